@@ -1,0 +1,253 @@
+//! The command line (CONTRACT §1). `main.rs` only parses and calls `cli::main`.
+
+use std::io::{BufRead, IsTerminal, Read, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{BleMode, Config, Overrides};
+use crate::registry::{self, DeviceId, RevokeOutcome};
+use crate::{admin, open_store, pairing};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "latchkey",
+    version,
+    about = "Pairs phones on the LAN and lets them through doors"
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// Data directory [default: $STATE_DIRECTORY, else ./latchkey-data]
+    #[arg(long, global = true, env = "LATCHKEY_DATA_DIR", value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// TOML configuration file
+    #[arg(long, global = true, env = "LATCHKEY_CONFIG", value_name = "FILE")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the daemon: web UI, HTTP API, WebSocket and BLE door service
+    Serve(ServeArgs),
+    /// Admin credentials
+    #[command(subcommand)]
+    Admin(AdminCmd),
+    /// Create a pairing token and show its QR code in the terminal
+    Pair,
+    /// The device registry
+    #[command(subcommand)]
+    Devices(DevicesCmd),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on [default: 0.0.0.0:8080]
+    #[arg(long, env = "LATCHKEY_LISTEN", value_name = "ADDR")]
+    pub listen: Option<SocketAddr>,
+    /// BLE door service: auto (when BlueZ and an adapter answer), on (required), off
+    #[arg(long, env = "LATCHKEY_BLE", value_enum)]
+    pub ble: Option<BleMode>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCmd {
+    /// Set the admin password (read from stdin when stdin is not a terminal)
+    Password,
+    /// Print a new admin API token, alone on one line
+    Token {
+        /// A name to recognise the token by
+        #[arg(long, default_value = "cli")]
+        name: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DevicesCmd {
+    /// List paired devices
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a device; its connections are cut off at once
+    Revoke {
+        /// Device id (from `latchkey devices list`)
+        id: String,
+    },
+}
+
+impl Cli {
+    fn overrides(&self) -> Overrides {
+        let (listen, ble) = match &self.command {
+            Command::Serve(a) => (a.listen, a.ble),
+            _ => (None, None),
+        };
+        Overrides {
+            data_dir: self.global.data_dir.clone(),
+            config: self.global.config.clone(),
+            listen,
+            ble,
+        }
+    }
+}
+
+pub fn init_tracing() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("LATCHKEY_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // Under systemd the journal adds its own timestamps; plain lines read best there.
+    let journald = std::env::var_os("JOURNAL_STREAM").is_some();
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(!journald && std::io::stderr().is_terminal())
+        .with_target(false);
+    if journald {
+        builder.without_time().init();
+    } else {
+        builder.init();
+    }
+}
+
+/// Runs a parsed command line. Errors become exit status 1 with a one-line reason.
+pub fn main(cli: Cli) -> anyhow::Result<()> {
+    let config = Config::resolve(&cli.overrides())?;
+    match cli.command {
+        Command::Serve(_) => serve(config),
+        Command::Admin(AdminCmd::Password) => set_password(&config),
+        Command::Admin(AdminCmd::Token { name }) => {
+            let store = open_store(&config.data_dir)?;
+            let now = config.clock.now();
+            let (_, token) =
+                store.write_blocking(|tx| Ok(admin::create_token(tx, &name, now)))??;
+            println!("{}", token.expose());
+            Ok(())
+        }
+        Command::Pair => pair(&config),
+        Command::Devices(DevicesCmd::List { json }) => list_devices(&config, json),
+        Command::Devices(DevicesCmd::Revoke { id }) => revoke_device(&config, &id),
+    }
+}
+
+fn serve(config: Config) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        crate::run(config, listener, crate::shutdown_signal()).await
+    })
+}
+
+fn set_password(config: &Config) -> anyhow::Result<()> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("New admin password: ")?;
+        let second = rpassword::prompt_password("Again: ")?;
+        if first != second {
+            bail!("the passwords differ");
+        }
+        crate::secret::SecretString::new(first)
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .take(8 * 1024)
+            .read_line(&mut line)
+            .context("cannot read the password from stdin")?;
+        crate::secret::SecretString::new(line.trim_end_matches(['\r', '\n']).to_owned())
+    };
+    let store = open_store(&config.data_dir)?;
+    let now = config.clock.now();
+    store.write_blocking(|tx| Ok(admin::set_password(tx, password.expose(), now)))??;
+    eprintln!("admin password set; existing web sessions were ended");
+    Ok(())
+}
+
+fn pair(config: &Config) -> anyhow::Result<()> {
+    let store = open_store(&config.data_dir)?;
+    let now = config.clock.now();
+    let ttl = config.pair_token_ttl_secs;
+    let t = store.write_blocking(|tx| Ok(pairing::create_token(tx, now, ttl)))??;
+    let host = crate::net::advertise_host(config.advertise_host.as_deref(), config.listen);
+    let payload = serde_json::json!({
+        "v": 1,
+        "host": host,
+        "port": config.listen.port(),
+        "pairToken": t.token.expose(),
+        "expires": t.expires,
+    })
+    .to_string();
+    let qr = crate::qr::terminal(&payload)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{qr}")?;
+    writeln!(
+        out,
+        "Scan with the phone within {} (until {}).",
+        human_secs(ttl),
+        crate::clock::rfc3339(t.expires)
+    )?;
+    writeln!(out, "{payload}")?;
+    Ok(())
+}
+
+fn human_secs(s: u64) -> String {
+    if s % 60 == 0 {
+        format!("{} min", s / 60)
+    } else {
+        format!("{s} s")
+    }
+}
+
+fn list_devices(config: &Config, json: bool) -> anyhow::Result<()> {
+    let store = open_store(&config.data_dir)?;
+    let devices = store.read_blocking(registry::list)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::json!({ "devices": devices }))?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<36}  {:<20}  {:<10}  {:<20}  {:<20}  STATUS",
+        "ID", "NAME", "TYPE", "PAIRED", "LAST SEEN"
+    )?;
+    for d in devices {
+        writeln!(
+            out,
+            "{:<36}  {:<20}  {:<10}  {:<20}  {:<20}  {}",
+            d.device_id,
+            d.name,
+            d.kind,
+            d.paired_at,
+            d.last_seen.as_deref().unwrap_or("never"),
+            if d.revoked { "revoked" } else { "active" }
+        )?;
+    }
+    Ok(())
+}
+
+fn revoke_device(config: &Config, id: &str) -> anyhow::Result<()> {
+    let Some(id) = DeviceId::parse(id) else {
+        bail!("no device with id {id:?}")
+    };
+    let store = open_store(&config.data_dir)?;
+    let now = config.clock.now();
+    match store.write_blocking(|tx| registry::revoke(tx, &id, now, "cli"))? {
+        RevokeOutcome::Revoked => eprintln!("revoked {id}"),
+        RevokeOutcome::AlreadyRevoked => eprintln!("{id} was already revoked"),
+        RevokeOutcome::NotFound => bail!("no device with id {id}"),
+    }
+    Ok(())
+}

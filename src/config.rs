@@ -1,0 +1,371 @@
+//! Configuration: command-line flag > environment > TOML file > default (CONTRACT §1).
+//! clap resolves flag-over-environment; this module layers the file and the defaults beneath.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::Deserialize;
+
+use crate::clock::{SharedClock, SystemClock};
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_DATA_DIR: &str = "latchkey-data";
+/// A config file is a few kilobytes; refuse anything absurd rather than read it.
+const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum BleMode {
+    #[default]
+    Auto,
+    On,
+    Off,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("config file {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("config file {path} is larger than 1 MiB")]
+    TooLarge { path: PathBuf },
+    #[error("config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("config: {0}")]
+    Invalid(String),
+}
+
+/// What the TOML file may say. Every field is optional; unknown keys are an error so a typo
+/// does not silently fall back to a default.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub advertise_host: Option<String>,
+    pub name: Option<String>,
+    #[serde(default)]
+    pub pairing: PairingFile,
+    #[serde(default)]
+    pub events: EventsFile,
+    #[serde(default)]
+    pub ble: BleFile,
+    #[serde(default, rename = "endpoint")]
+    pub endpoints: Vec<EndpointConfig>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairingFile {
+    pub token_ttl_secs: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EventsFile {
+    pub retention: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BleFile {
+    pub mode: Option<BleMode>,
+    pub require_encryption: Option<bool>,
+}
+
+/// A door, gate or vehicle the gateway can open (`[[endpoint]]` in the config file).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// `[a-z0-9_-]{1,32}`; what the phone names in its auth frame.
+    pub id: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Device ids allowed to use this endpoint; absent means every paired device.
+    #[serde(default)]
+    pub devices: Option<Vec<String>>,
+    pub action: ActionConfig,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum ActionConfig {
+    /// Runs argv directly (no shell) with a timeout.
+    Command {
+        argv: Vec<String>,
+        #[serde(default = "default_command_timeout")]
+        timeout_secs: u64,
+    },
+    /// Pulses a line through the Linux GPIO character device.
+    Gpio {
+        chip: String,
+        line: u32,
+        #[serde(default)]
+        active_low: bool,
+        #[serde(default = "default_pulse_ms")]
+        pulse_ms: u64,
+    },
+    /// Forwards the grant to an endpoint node.
+    Node { node_id: String },
+    /// Decides and records, drives nothing (useful while installing).
+    None,
+}
+
+fn default_command_timeout() -> u64 {
+    10
+}
+
+fn default_pulse_ms() -> u64 {
+    500
+}
+
+/// The resolved configuration the daemon runs with.
+#[derive(Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub ble: BleMode,
+    pub ble_require_encryption: bool,
+    pub advertise_host: Option<String>,
+    /// Shown in the UI and the BLE advertisement.
+    pub name: String,
+    pub pair_token_ttl_secs: u64,
+    pub event_retention: u64,
+    pub endpoints: Vec<EndpointConfig>,
+    /// systemd's `$CREDENTIALS_DIRECTORY`, where `latchkey.key` may live.
+    pub credentials_dir: Option<PathBuf>,
+    /// Injected so tests control time.
+    pub clock: SharedClock,
+    /// The system D-Bus address for BLE; `None` means libdbus's default.
+    pub dbus_address: Option<String>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("data_dir", &self.data_dir)
+            .field("listen", &self.listen)
+            .field("ble", &self.ble)
+            .field("advertise_host", &self.advertise_host)
+            .field("name", &self.name)
+            .field("pair_token_ttl_secs", &self.pair_token_ttl_secs)
+            .field("event_retention", &self.event_retention)
+            .field("endpoints", &self.endpoints.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Values that came from flags or the environment (clap merged those two already).
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub data_dir: Option<PathBuf>,
+    pub config: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub ble: Option<BleMode>,
+}
+
+impl Config {
+    pub fn resolve(over: &Overrides) -> Result<Self, ConfigError> {
+        let file = match &over.config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let state_dir = std::env::var_os("STATE_DIRECTORY").map(|s| {
+            // systemd may pass several colon-separated directories; the first is ours.
+            let s = s.to_string_lossy().into_owned();
+            PathBuf::from(s.split(':').next().unwrap_or_default())
+        });
+        let data_dir = over
+            .data_dir
+            .clone()
+            .or(file.data_dir.clone())
+            .or(state_dir)
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_DATA_DIR));
+        let listen = match over.listen.or(file.listen) {
+            Some(l) => l,
+            None => DEFAULT_LISTEN
+                .parse()
+                .map_err(|_| ConfigError::Invalid("default listen address".into()))?,
+        };
+        let cfg = Self {
+            data_dir,
+            listen,
+            ble: over.ble.or(file.ble.mode).unwrap_or_default(),
+            ble_require_encryption: file.ble.require_encryption.unwrap_or(false),
+            advertise_host: file.advertise_host,
+            name: file.name.unwrap_or_else(|| "latchkey".to_owned()),
+            pair_token_ttl_secs: file.pairing.token_ttl_secs.unwrap_or(300),
+            event_retention: file.events.retention.unwrap_or(10_000),
+            endpoints: file.endpoints,
+            credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+            clock: Arc::new(SystemClock),
+            dbus_address: None,
+        };
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// A configuration for tests: the given data dir, loopback, BLE off, defaults elsewhere.
+    pub fn for_test(data_dir: &Path, clock: SharedClock) -> Self {
+        Self {
+            data_dir: data_dir.to_owned(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            ble: BleMode::Off,
+            ble_require_encryption: false,
+            advertise_host: None,
+            name: "latchkey-test".to_owned(),
+            pair_token_ttl_secs: 300,
+            event_retention: 10_000,
+            endpoints: Vec::new(),
+            credentials_dir: None,
+            clock,
+            dbus_address: None,
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if !(30..=86_400).contains(&self.pair_token_ttl_secs) {
+            return Err(ConfigError::Invalid(
+                "pairing.token_ttl_secs must be between 30 and 86400".into(),
+            ));
+        }
+        if self.event_retention < 10_000 {
+            return Err(ConfigError::Invalid(
+                "events.retention must be at least 10000".into(),
+            ));
+        }
+        if self.name.is_empty() || self.name.len() > 32 {
+            return Err(ConfigError::Invalid(
+                "name must be 1 to 32 characters".into(),
+            ));
+        }
+        let mut seen = std::collections::HashSet::new();
+        for ep in &self.endpoints {
+            let valid_id = !ep.id.is_empty()
+                && ep.id.len() <= 32
+                && ep.id.bytes().all(|b| {
+                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_'
+                });
+            if !valid_id {
+                return Err(ConfigError::Invalid(format!(
+                    "endpoint id {:?} must be 1 to 32 of [a-z0-9_-]",
+                    ep.id
+                )));
+            }
+            if !seen.insert(ep.id.as_str()) {
+                return Err(ConfigError::Invalid(format!(
+                    "endpoint id {:?} appears twice",
+                    ep.id
+                )));
+            }
+            if let ActionConfig::Command { argv, timeout_secs } = &ep.action {
+                if argv.is_empty() {
+                    return Err(ConfigError::Invalid(format!(
+                        "endpoint {}: argv is empty",
+                        ep.id
+                    )));
+                }
+                if *timeout_secs == 0 || *timeout_secs > 300 {
+                    return Err(ConfigError::Invalid(format!(
+                        "endpoint {}: timeout_secs must be 1 to 300",
+                        ep.id
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
+    let meta = std::fs::metadata(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    if meta.len() > MAX_CONFIG_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    toml::from_str(&text).map_err(|e| ConfigError::Parse {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn precedence_flag_over_file_over_default() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("latchkey.toml");
+        std::fs::write(
+            &path,
+            r#"
+listen = "127.0.0.1:9000"
+data_dir = "/tmp/from-file"
+advertise_host = "10.0.0.5"
+[pairing]
+token_ttl_secs = 120
+[[endpoint]]
+id = "front-door"
+action = { type = "command", argv = ["/bin/true"] }
+"#,
+        )
+        .unwrap();
+        let over = Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        };
+        let cfg = Config::resolve(&over).unwrap();
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:9000");
+        assert_eq!(cfg.data_dir, PathBuf::from("/tmp/from-file"));
+        assert_eq!(cfg.pair_token_ttl_secs, 120);
+        assert_eq!(cfg.endpoints.len(), 1);
+        assert_eq!(cfg.ble, BleMode::Auto);
+
+        let over = Overrides {
+            config: Some(path),
+            listen: Some("127.0.0.1:7000".parse().unwrap()),
+            data_dir: Some("/tmp/flag".into()),
+            ble: Some(BleMode::Off),
+        };
+        let cfg = Config::resolve(&over).unwrap();
+        assert_eq!(cfg.listen.to_string(), "127.0.0.1:7000");
+        assert_eq!(cfg.data_dir, PathBuf::from("/tmp/flag"));
+        assert_eq!(cfg.ble, BleMode::Off);
+    }
+
+    #[test]
+    fn rejects_typos_and_bad_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        std::fs::write(&path, "lisen = \"1.2.3.4:1\"\n").unwrap();
+        let err = Config::resolve(&Overrides {
+            config: Some(path.clone()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("lisen"), "{err}");
+        std::fs::write(
+            &path,
+            "[[endpoint]]\nid = \"Bad Id\"\naction = { type = \"none\" }\n",
+        )
+        .unwrap();
+        let err = Config::resolve(&Overrides {
+            config: Some(path),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(matches!(err, ConfigError::Invalid(_)), "{err}");
+    }
+}

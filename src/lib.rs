@@ -1,0 +1,213 @@
+//! latchkey: a LAN gateway that pairs phones, keeps them in sync and lets them through doors.
+//!
+//! The domain (`registry`, `pairing`, `admin`, `events`, `store`) knows nothing of HTTP,
+//! WebSockets or BlueZ; `web`, `ws` and `ble` are adapters over it. `run` takes its listener and
+//! shutdown signal from the caller, so tests drive the real server on `127.0.0.1:0`.
+
+pub mod admin;
+pub mod ble;
+pub mod cli;
+pub mod clock;
+pub mod config;
+pub mod crypto;
+pub mod events;
+pub mod net;
+pub mod notify;
+pub mod pairing;
+pub mod qr;
+pub mod ratelimit;
+pub mod registry;
+pub mod secret;
+pub mod state;
+pub mod store;
+pub mod web;
+pub mod ws;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::DirBuilderExt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::crypto::MasterKey;
+use crate::state::{App, AppState, Metrics};
+use crate::store::Store;
+
+pub const DB_FILE: &str = "latchkey.db";
+/// Shutdown must finish well inside systemd's and the contract's 5 s.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+
+/// Creates the data directory (0700) if needed and opens the registry in it.
+pub fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+    Ok(Store::open(&data_dir.join(DB_FILE))?)
+}
+
+/// Loads the master key and proves it is the one this database's secrets were sealed under.
+pub fn open_master_key(config: &Config, store: &Store) -> anyhow::Result<MasterKey> {
+    let (key, source) = MasterKey::load(config.credentials_dir.as_deref(), &config.data_dir)?;
+    match &source {
+        crypto::KeySource::Created(p) => {
+            tracing::info!(path = %p.display(), "created a new master key")
+        }
+        crypto::KeySource::DataDir(p) | crypto::KeySource::Credential(p) => {
+            tracing::debug!(path = %p.display(), "master key loaded")
+        }
+    }
+    const AAD: &str = "latchkey/meta/key-check";
+    let check = store.read_blocking(|c| store::meta_get(c, "key_check"))?;
+    match check {
+        Some(hex) => {
+            let sealed = data_encoding::HEXLOWER
+                .decode(hex.as_bytes())
+                .unwrap_or_default();
+            if key.open(&sealed, AAD).is_err() {
+                anyhow::bail!(
+                    "the master key does not match this database (was {} replaced?); \
+                     restore the original key or start from an empty data directory",
+                    match source {
+                        crypto::KeySource::Credential(p)
+                        | crypto::KeySource::DataDir(p)
+                        | crypto::KeySource::Created(p) => p.display().to_string(),
+                    }
+                );
+            }
+        }
+        None => {
+            let sealed = key.seal(b"latchkey", AAD)?;
+            let hex = data_encoding::HEXLOWER.encode(&sealed);
+            store.write_blocking(|tx| {
+                tx.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('key_check', ?1)",
+                    [hex],
+                )?;
+                Ok(())
+            })?;
+        }
+    }
+    Ok(key)
+}
+
+/// Builds the shared application state from a resolved configuration.
+pub fn build_state(config: Config, port: u16) -> anyhow::Result<AppState> {
+    let store = open_store(&config.data_dir)?;
+    let master = open_master_key(&config, &store)?;
+    let gateway_id = store
+        .read_blocking(|c| store::meta_get(c, "gateway_id"))?
+        .context("database has no gateway id")?;
+    let advertise_host = net::advertise_host(config.advertise_host.as_deref(), config.listen);
+    Ok(Arc::new(App {
+        clock: config.clock.clone(),
+        store,
+        master,
+        bus: events::EventBus::new(),
+        gateway_id,
+        advertise_host,
+        port,
+        login_limit: ratelimit::RateLimiter::new(5, 60),
+        pair_limit: ratelimit::RateLimiter::new(10, 60),
+        metrics: Metrics::default(),
+        shutdown: CancellationToken::new(),
+        tasks: TaskTracker::new(),
+        config,
+    }))
+}
+
+/// Runs the gateway on `listener` until `shutdown` resolves, then stops within 5 s: no new
+/// connections, WebSockets closed with 1001, everything committed.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    let state = tokio::task::block_in_place(|| build_state(config, local.port()))?;
+    serve(state, listener, shutdown).await
+}
+
+/// Like `run`, with state the caller built (tests keep a handle on it).
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let local = listener.local_addr()?;
+    let tailer = state
+        .bus
+        .start_tailer(state.store.clone(), state.shutdown.clone())
+        .await?;
+    events::spawn_pruner(
+        state.store.clone(),
+        state.config.event_retention,
+        state.shutdown.clone(),
+    );
+    ble::start(&state).await?;
+
+    let app = web::router(state.clone(), ws::routes());
+    let token = state.shutdown.clone();
+    let server = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown({
+        let token = token.clone();
+        async move { token.cancelled().await }
+    });
+    let server = tokio::spawn(async move { server.await });
+    tracing::info!(
+        listen = %local,
+        advertise = %state.host_port(),
+        gateway_id = %state.gateway_id,
+        ble = ?state.config.ble,
+        "latchkey is ready"
+    );
+    notify::ready();
+    notify::spawn_watchdog(state.store.clone(), token.clone());
+
+    tokio::select! {
+        _ = shutdown => tracing::info!("shutting down"),
+        _ = token.cancelled() => {}
+    }
+    notify::stopping();
+    token.cancel();
+    state.tasks.close();
+    let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
+        let _ = server.await;
+        state.tasks.wait().await;
+        let _ = tailer.await;
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("some connections did not close in time; exiting anyway");
+    }
+    Ok(())
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let term = signal(SignalKind::terminate());
+    let int = signal(SignalKind::interrupt());
+    match (term, int) {
+        (Ok(mut t), Ok(mut i)) => {
+            tokio::select! {
+                _ = t.recv() => {}
+                _ = i.recv() => {}
+            }
+        }
+        _ => {
+            let _ = tokio::signal::ctrl_c().await;
+        }
+    }
+}

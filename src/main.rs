@@ -1,0 +1,14 @@
+use clap::Parser;
+
+fn main() -> std::process::ExitCode {
+    let cli = latchkey::cli::Cli::parse();
+    latchkey::cli::init_tracing();
+    match latchkey::cli::main(cli) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // One line, every cause joined: what a shell user or systemd's journal needs.
+            eprintln!("latchkey: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

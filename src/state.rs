@@ -1,0 +1,71 @@
+//! Everything a request handler, WebSocket session or BLE callback needs, shared by reference.
+
+use std::net::IpAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::clock::SharedClock;
+use crate::config::Config;
+use crate::crypto::MasterKey;
+use crate::events::EventBus;
+use crate::ratelimit::RateLimiter;
+use crate::store::Store;
+
+pub type AppState = Arc<App>;
+
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub master: MasterKey,
+    pub bus: EventBus,
+    pub clock: SharedClock,
+    pub gateway_id: String,
+    /// Host and port phones are told to reach us at.
+    pub advertise_host: String,
+    pub port: u16,
+    /// 5 failed logins per minute per client address.
+    pub login_limit: RateLimiter<IpAddr>,
+    /// 10 unknown pair tokens per minute per client address.
+    pub pair_limit: RateLimiter<IpAddr>,
+    pub metrics: Metrics,
+    /// Cancelled when the daemon begins to stop; long-lived tasks watch it.
+    pub shutdown: CancellationToken,
+    /// Long-lived connection tasks (WebSockets), awaited on shutdown.
+    pub tasks: TaskTracker,
+}
+
+impl App {
+    pub fn now(&self) -> i64 {
+        self.clock.now()
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.host_port())
+    }
+
+    pub fn host_port(&self) -> String {
+        if self.advertise_host.contains(':') {
+            format!("[{}]:{}", self.advertise_host, self.port)
+        } else {
+            format!("{}:{}", self.advertise_host, self.port)
+        }
+    }
+}
+
+/// Counters for `/metrics`; gauges that the database knows are read at scrape time.
+#[derive(Default)]
+pub struct Metrics {
+    pub http_requests: AtomicU64,
+    pub pairings: AtomicU64,
+    pub pair_failures: AtomicU64,
+    pub login_failures: AtomicU64,
+    pub rate_limited: AtomicU64,
+    pub ws_connections: AtomicU64,
+    pub ws_connections_total: AtomicU64,
+    pub ws_dropped_slow: AtomicU64,
+    pub access_granted: AtomicU64,
+    pub access_denied: AtomicU64,
+}

@@ -1,0 +1,175 @@
+//! The one error type every HTTP handler returns, rendered as the contract's body:
+//! `{"error":{"code":"…","message":"…"}}`. Internal causes are logged, never sent.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::pairing::PairError;
+use crate::store::StoreError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "BAD_REQUEST", message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "UNAUTHORIZED", message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "FORBIDDEN", message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "NOT_FOUND", message)
+    }
+
+    pub fn device_revoked() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "DEVICE_REVOKED",
+            "this device has been revoked",
+        )
+    }
+
+    pub fn too_large() -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "PAYLOAD_TOO_LARGE",
+            "request body is larger than 64 KiB",
+        )
+    }
+
+    pub fn rate_limited(retry_after: u64) -> Self {
+        Self {
+            retry_after: Some(retry_after.max(1)),
+            ..Self::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "RATE_LIMITED",
+                "too many attempts; retry later",
+            )
+        }
+    }
+
+    /// Logs the cause and answers with a message that reveals nothing about it.
+    pub fn internal(cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, "request failed");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "INTERNAL",
+            "internal error",
+        )
+    }
+
+    /// The contract's code for a bare status (used for framework-made errors).
+    pub fn from_status(status: StatusCode) -> Self {
+        match status {
+            StatusCode::NOT_FOUND => Self::not_found("no such resource"),
+            StatusCode::METHOD_NOT_ALLOWED => Self::new(
+                status,
+                "METHOD_NOT_ALLOWED",
+                "method not allowed for this resource",
+            ),
+            StatusCode::PAYLOAD_TOO_LARGE => Self::too_large(),
+            StatusCode::UNAUTHORIZED => Self::unauthorized("authentication required"),
+            StatusCode::FORBIDDEN => Self::forbidden("forbidden"),
+            StatusCode::TOO_MANY_REQUESTS => Self::rate_limited(60),
+            s if s.is_server_error() => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "INTERNAL",
+                "internal error",
+            ),
+            s => Self::new(
+                if s.is_client_error() {
+                    s
+                } else {
+                    StatusCode::BAD_REQUEST
+                },
+                "BAD_REQUEST",
+                s.canonical_reason().unwrap_or("bad request"),
+            ),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({ "error": { "code": self.code, "message": self.message } });
+        let mut resp = (self.status, axum::Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            if let Ok(v) = HeaderValue::from_str(&secs.to_string()) {
+                resp.headers_mut().insert(header::RETRY_AFTER, v);
+            }
+        }
+        resp
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        Self::internal(&e)
+    }
+}
+
+impl From<PairError> for ApiError {
+    fn from(e: PairError) -> Self {
+        match e {
+            PairError::Invalid => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "PAIR_TOKEN_INVALID",
+                "the pair token is not valid",
+            ),
+            PairError::Expired => Self::new(
+                StatusCode::GONE,
+                "PAIR_TOKEN_EXPIRED",
+                "the pair token has expired",
+            ),
+            PairError::Used => Self::new(
+                StatusCode::GONE,
+                "PAIR_TOKEN_USED",
+                "the pair token was already used",
+            ),
+            PairError::BadDeviceInfo(m) => Self::bad_request(m),
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl From<axum::extract::rejection::JsonRejection> for ApiError {
+    fn from(r: axum::extract::rejection::JsonRejection) -> Self {
+        use axum::extract::rejection::JsonRejection as J;
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            return Self::too_large();
+        }
+        match r {
+            J::MissingJsonContentType(_) => {
+                Self::bad_request("expected Content-Type: application/json")
+            }
+            J::JsonSyntaxError(_) => Self::bad_request("request body is not valid JSON"),
+            // serde's message names the missing or mistyped field, never a value.
+            J::JsonDataError(e) => {
+                let text: String = e.body_text().chars().take(200).collect();
+                Self::bad_request(format!("invalid request: {text}"))
+            }
+            other => Self::bad_request(other.body_text()),
+        }
+    }
+}
