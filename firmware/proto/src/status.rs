@@ -132,6 +132,7 @@ impl fmt::Display for Status {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 

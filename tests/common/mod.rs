@@ -1,0 +1,111 @@
+//! Test harness shared by the integration tests: the real daemon on 127.0.0.1:0 with a temp
+//! data dir and a manual clock.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use latchkey::clock::ManualClock;
+use latchkey::config::Config;
+use latchkey::state::AppState;
+use serde_json::{json, Value};
+use tokio::task::JoinHandle;
+
+/// A fixed, realistic start time (2026-01-13T10:40:00Z) for the manual clock.
+pub const T0: i64 = 1_768_300_800;
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    pub base: String,
+    pub state: AppState,
+    pub clock: Arc<ManualClock>,
+    pub dir: tempfile::TempDir,
+    pub admin_token: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    pub server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+impl Gateway {
+    pub async fn start() -> Self {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts a gateway; `tweak` may change the test config before it runs.
+    pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        Self::start_in(dir, T0, tweak).await
+    }
+
+    /// Starts a gateway on an existing data dir (restart tests).
+    pub async fn start_in(dir: tempfile::TempDir, now: i64, tweak: impl FnOnce(&mut Config)) -> Self {
+        let clock = ManualClock::new(now);
+        let mut config = Config::for_test(dir.path(), clock.clone());
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let state = latchkey::build_state(config, addr.port()).expect("state");
+        let now = state.now();
+        let (_, token) = state
+            .store
+            .write_blocking(|tx| Ok(latchkey::admin::create_token(tx, "test", now)))
+            .expect("store")
+            .expect("token");
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(latchkey::serve(state.clone(), listener, async move {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            base: format!("http://{addr}"),
+            state,
+            clock,
+            dir,
+            admin_token: token.expose().to_owned(),
+            stop: Some(tx),
+            server: Some(server),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn ws_url(&self) -> String {
+        format!("ws://{}/ws", self.addr)
+    }
+
+    /// Stops the daemon as SIGTERM would and waits for it; returns the data dir for a restart.
+    pub async fn stop(mut self) -> tempfile::TempDir {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(s) = self.server.take() {
+            s.await.expect("join").expect("serve");
+        }
+        self.dir
+    }
+
+    pub async fn pair_token(&self, http: &reqwest::Client) -> Value {
+        let r = http
+            .post(self.url("/api/pair-tokens"))
+            .bearer_auth(&self.admin_token)
+            .send()
+            .await
+            .expect("pair-tokens");
+        assert_eq!(r.status(), 201);
+        r.json().await.expect("json")
+    }
+
+    /// Pairs a phone; returns the pair answer (deviceId, deviceKey, totp, …).
+    pub async fn pair(&self, http: &reqwest::Client, name: &str) -> Value {
+        let t = self.pair_token(http).await;
+        let r = http
+            .post(self.url("/api/pair"))
+            .json(&json!({ "pairToken": t["pairToken"], "deviceInfo": { "name": name, "type": "mobile" } }))
+            .send()
+            .await
+            .expect("pair");
+        assert_eq!(r.status(), 201);
+        r.json().await.expect("json")
+    }
+}
