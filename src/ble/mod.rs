@@ -53,6 +53,8 @@ pub struct BleStatus {
     state: Mutex<Option<BleState>>,
     /// Successful registrations (more than one means BlueZ or the adapter came back).
     pub registrations: AtomicU64,
+    /// Peer disconnects seen (their nonces were discarded).
+    pub disconnects: AtomicU64,
 }
 
 impl BleStatus {
@@ -255,7 +257,10 @@ impl Supervisor {
                             self.down(&format!("adapter {a} disappeared")).await;
                             retry_at = Some(Instant::now());
                         }
-                        BusEvent::PeerGone(p) => self.door.peer_gone(&p),
+                        BusEvent::PeerGone(p) => {
+                            self.door.peer_gone(&p);
+                            self.state.ble.disconnects.fetch_add(1, Ordering::Relaxed);
+                        }
                         _ => {}
                     }
                 }
