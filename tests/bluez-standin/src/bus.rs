@@ -76,7 +76,7 @@ impl PrivateBus {
                     .arg(format!("--config-file={}", config.display()))
                     .stdin(Stdio::null())
                     .stdout(Stdio::piped())
-                    .stderr(Stdio::inherit());
+                    .stderr(Stdio::null());
                 // SAFETY: prctl(2) is async-signal-safe; it only asks the kernel to signal
                 // the child when this (never-ending) thread's process goes away.
                 unsafe {
