@@ -16,6 +16,7 @@ use super::verify::{self, Attempt};
 use crate::clock::UnixTime;
 use crate::config::ActionConfig;
 use crate::state::AppState;
+use crate::store::{Store, StoreError};
 
 /// What a transport needs back from an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,22 +72,20 @@ impl Gate {
         let state = self.state.clone();
         let endpoints = self.endpoints.clone();
         let peer_owned = peer.clone();
-        let store = self.state.store.clone();
-        let decided = store
-            .write(move |tx| {
-                verify::decide(
-                    tx,
-                    &state.master,
-                    &endpoints,
-                    &Attempt {
-                        frame: &frame,
-                        peer: &peer_owned,
-                        nonce,
-                        now,
-                    },
-                )
-            })
-            .await;
+        let decided = write(&self.state.store, move |tx| {
+            verify::decide(
+                tx,
+                &state.master,
+                &endpoints,
+                &Attempt {
+                    frame: &frame,
+                    peer: &peer_owned,
+                    nonce,
+                    now,
+                },
+            )
+        })
+        .await;
         let verdict = match decided {
             Ok(v) => v,
             Err(e) => {
@@ -113,11 +112,10 @@ impl Gate {
             let peer_owned = peer.clone();
             // The verdict holds keys; the store's thread gets only what it records.
             let summary = verdict.summary();
-            let recorded = self
-                .state
-                .store
-                .write(move |tx| verify::record_outcome(tx, &summary, status, &peer_owned, now))
-                .await;
+            let recorded = write(&self.state.store, move |tx| {
+                verify::record_outcome(tx, &summary, status, &peer_owned, now)
+            })
+            .await;
             if let Err(e) = recorded {
                 tracing::error!(error = %e, "BLE access decision could not be recorded");
             }
@@ -151,6 +149,23 @@ impl Gate {
                 Status::ActionFailed
             }
         }
+    }
+}
+
+/// A store write on the unlock path. On a multi-threaded runtime it runs in place
+/// (`block_in_place`): the transaction takes well under a millisecond, and handing it to the
+/// blocking pool and back costs two thread wake-ups, which is what shows in the tail latency
+/// of a busy Pi. Elsewhere (single-threaded test runtimes) it goes to the blocking pool.
+async fn write<R: Send + 'static>(
+    store: &Store,
+    f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError> + Send + 'static,
+) -> Result<R, StoreError> {
+    if tokio::runtime::Handle::current().runtime_flavor()
+        == tokio::runtime::RuntimeFlavor::MultiThread
+    {
+        tokio::task::block_in_place(|| store.write_blocking(f))
+    } else {
+        store.write(f).await
     }
 }
 

@@ -6,7 +6,7 @@
 //! consequences — the TOTP step it accepted, the failure it counts, the `access.denied` event —
 //! together, so concurrent attempts are serialized by SQLite and nothing half-happens.
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
@@ -254,20 +254,21 @@ pub fn evaluate(
     Ok(v)
 }
 
-/// The registry as a [`Ledger`], inside a transaction.
-pub struct SqlLedger<'t, 'c> {
-    pub tx: &'t Transaction<'c>,
+/// The registry as a [`Ledger`] (inside [`decide`]'s write transaction, or on any
+/// connection for a read-only look).
+pub struct SqlLedger<'t> {
+    pub conn: &'t Connection,
     pub master: &'t MasterKey,
 }
 
-impl Ledger for SqlLedger<'_, '_> {
+impl Ledger for SqlLedger<'_> {
     fn lockout(&mut self, subject: &Subject) -> Result<LockState, StoreError> {
-        lockout::load(self.tx, subject)
+        lockout::load(self.conn, subject)
     }
 
     fn device(&mut self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
         let row: Option<(String, Option<i64>, i64, Vec<u8>)> = self
-            .tx
+            .conn
             .prepare_cached(
                 "SELECT name, revoked_at, totp_last_step, totp_sealed FROM devices WHERE id = ?1",
             )?
@@ -303,7 +304,7 @@ pub fn decide(
     endpoints: &Endpoints,
     att: &Attempt<'_>,
 ) -> Result<Verdict, StoreError> {
-    let v = evaluate(att, &mut SqlLedger { tx, master }, endpoints)?;
+    let v = evaluate(att, &mut SqlLedger { conn: tx, master }, endpoints)?;
     if let (Some(step), Some(id)) = (v.accepted_step, &v.device_id) {
         // Recorded as soon as accepted, whatever happens next (PROTOCOL.md §4.2).
         tx.execute(
