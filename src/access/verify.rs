@@ -692,4 +692,28 @@ mod tests {
         let bytes = v.result_frame(Status::Granted);
         assert_eq!(bytes[2], Status::ActionFailed.code());
     }
+
+    proptest::proptest! {
+        #[test]
+        fn any_bytes_are_answered_and_never_granted(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200),
+            live in proptest::prelude::any::<bool>(),
+        ) {
+            let v = run(&mut ledger(), &bytes, live.then_some([9; 16]));
+            proptest::prop_assert_ne!(v.status, Status::Granted);
+            let r = v.result_frame(v.status);
+            proptest::prop_assert!(latchkey_proto::ResultFrame::decode(&r).is_ok());
+        }
+
+        #[test]
+        fn no_single_bit_flip_of_a_good_frame_is_granted(
+            byte in 0usize..84,
+            bit in 0u8..8,
+        ) {
+            let mut f = frame(&Phone::default());
+            f[byte] ^= 1 << bit;
+            let v = run(&mut ledger(), &f, Some([9; 16]));
+            proptest::prop_assert_ne!(v.status, Status::Granted);
+        }
+    }
 }
