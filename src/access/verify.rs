@@ -361,7 +361,13 @@ fn record_event(
     } else {
         "access.denied"
     };
-    events::append(tx, topic, &s.event_data(status, peer), ORIGIN, now * 1000)
+    events::append(
+        tx,
+        topic,
+        &s.event_data(status, peer),
+        ORIGIN,
+        now.saturating_mul(1000),
+    )
 }
 
 /// What a decision is recorded and logged as: a verdict without its keys.
