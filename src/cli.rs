@@ -46,6 +46,49 @@ pub enum Command {
     /// The device registry
     #[command(subcommand)]
     Devices(DevicesCmd),
+    /// A reference phone client: pair, listen, publish, unlock
+    #[command(subcommand)]
+    Phone(PhoneCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PhoneCmd {
+    /// Pair with a gateway from its QR code (the payload JSON or a picture of it)
+    Pair {
+        /// The QR payload JSON
+        #[arg(
+            long,
+            conflicts_with = "qr_image",
+            required_unless_present = "qr_image"
+        )]
+        payload: Option<String>,
+        /// A PNG showing the QR code
+        #[arg(long, value_name = "FILE.png")]
+        qr_image: Option<PathBuf>,
+        /// The name the gateway shows for this phone
+        #[arg(long, default_value = "latchkey phone")]
+        name: String,
+        /// Device type
+        #[arg(long = "type", default_value = "mobile")]
+        kind: String,
+        #[command(flatten)]
+        creds: CredentialsArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CredentialsArg {
+    /// Credentials file [default: ~/.config/latchkey/phone.json]
+    #[arg(long, env = "LATCHKEY_PHONE_CREDENTIALS", value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+}
+
+impl CredentialsArg {
+    pub fn path(&self) -> PathBuf {
+        self.credentials
+            .clone()
+            .unwrap_or_else(crate::phone::credentials::default_path)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +164,10 @@ pub fn init_tracing() {
 
 /// Runs a parsed command line. Errors become exit status 1 with a one-line reason.
 pub fn main(cli: Cli) -> anyhow::Result<()> {
+    // The phone side is a separate party: it reads no gateway configuration.
+    if let Command::Phone(cmd) = cli.command {
+        return phone(cmd);
+    }
     let config = Config::resolve(&cli.overrides())?;
     match cli.command {
         Command::Serve(_) => serve(config),
@@ -136,7 +183,49 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Pair => pair(&config),
         Command::Devices(DevicesCmd::List { json }) => list_devices(&config, json),
         Command::Devices(DevicesCmd::Revoke { id }) => revoke_device(&config, &id),
+        Command::Phone(_) => Ok(()),
     }
+}
+
+fn phone(cmd: PhoneCmd) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cmd {
+            PhoneCmd::Pair {
+                payload,
+                qr_image,
+                name,
+                kind,
+                creds,
+            } => {
+                use crate::phone::pair;
+                let text = match (payload, qr_image) {
+                    (Some(p), _) => p,
+                    (None, Some(img)) => pair::decode_qr_image(&img)?,
+                    (None, None) => bail!("give --payload or --qr-image"),
+                };
+                let payload = pair::parse_payload(&text)?;
+                let http = reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(15))
+                    .build()?;
+                let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+                let c = pair::redeem(&http, &payload, &name, &kind, now).await?;
+                let path = creds.path();
+                c.save(&path)?;
+                // A fresh pairing starts its event history afresh.
+                let _ = std::fs::remove_file(crate::phone::Credentials::seq_path(&path));
+                eprintln!(
+                    "paired as {:?}: device {} (credentials in {})",
+                    c.name,
+                    c.device_id,
+                    path.display()
+                );
+                Ok(())
+            }
+        }
+    })
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
@@ -180,11 +269,11 @@ fn pair(config: &Config) -> anyhow::Result<()> {
     let now = config.clock.now();
     let ttl = config.pair_token_ttl_secs;
     let t = store.write_blocking(|tx| Ok(pairing::create_token(tx, now, ttl)))??;
-    let host = crate::net::advertise_host(config.advertise_host.as_deref(), config.listen);
+    let (host, port) = advertised(config, &store)?;
     let payload = serde_json::json!({
         "v": 1,
         "host": host,
-        "port": config.listen.port(),
+        "port": port,
         "pairToken": t.token.expose(),
         "expires": t.expires,
     })
@@ -202,8 +291,21 @@ fn pair(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The address the daemon on this data dir last advertised, else what the config implies.
+fn advertised(config: &Config, store: &crate::store::Store) -> anyhow::Result<(String, u16)> {
+    let host = store.read_blocking(|c| crate::store::meta_get(c, "advertise_host"))?;
+    let port = store.read_blocking(|c| crate::store::meta_get(c, "advertise_port"))?;
+    if let (Some(h), Some(p)) = (host, port.and_then(|p| p.parse().ok())) {
+        if config.advertise_host.is_none() {
+            return Ok((h, p));
+        }
+    }
+    let host = crate::net::advertise_host(config.advertise_host.as_deref(), config.listen);
+    Ok((host, config.listen.port()))
+}
+
 fn human_secs(s: u64) -> String {
-    if s % 60 == 0 {
+    if s.is_multiple_of(60) {
         format!("{} min", s / 60)
     } else {
         format!("{s} s")

@@ -14,6 +14,7 @@ pub mod events;
 pub mod net;
 pub mod notify;
 pub mod pairing;
+pub mod phone;
 pub mod qr;
 pub mod ratelimit;
 pub mod registry;
@@ -153,6 +154,20 @@ pub async fn serve(
         state.shutdown.clone(),
     );
     ble::start(&state).await?;
+
+    // `latchkey pair` on the same data dir shows the address this daemon really serves on.
+    let advertised = (state.advertise_host.clone(), state.port.to_string());
+    state
+        .store
+        .write(move |tx| {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('advertise_host', ?1), ('advertise_port', ?2)
+                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                [advertised.0, advertised.1],
+            )?;
+            Ok(())
+        })
+        .await?;
 
     let app = web::router(state.clone(), ws::routes());
     let token = state.shutdown.clone();
