@@ -74,6 +74,23 @@ pub enum PhoneCmd {
         #[command(flatten)]
         creds: CredentialsArg,
     },
+    /// Open a door over Bluetooth LE
+    Unlock {
+        /// Endpoint id [default: the gateway's default endpoint]
+        #[arg(default_value = "")]
+        endpoint: String,
+        /// Bluetooth adapter [default: the system's default]
+        #[arg(long)]
+        adapter: Option<String>,
+        /// Print the outcome and stage timings as JSON
+        #[arg(long)]
+        json: bool,
+        /// Stage timeouts in seconds: scan, connect, challenge, server
+        #[arg(long, value_delimiter = ',', num_args = 4, value_name = "S,S,S,S")]
+        timeouts: Option<Vec<f64>>,
+        #[command(flatten)]
+        creds: CredentialsArg,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -224,6 +241,13 @@ fn phone(cmd: PhoneCmd) -> anyhow::Result<()> {
                 );
                 Ok(())
             }
+            PhoneCmd::Unlock {
+                endpoint,
+                adapter,
+                json,
+                timeouts,
+                creds,
+            } => phone_unlock(&endpoint, adapter.as_deref(), json, timeouts, &creds.path()).await,
         }
     })
 }
@@ -289,6 +313,104 @@ fn pair(config: &Config) -> anyhow::Result<()> {
     )?;
     writeln!(out, "{payload}")?;
     Ok(())
+}
+
+async fn phone_unlock(
+    endpoint: &str,
+    adapter: Option<&str>,
+    json: bool,
+    timeouts: Option<Vec<f64>>,
+    creds: &std::path::Path,
+) -> anyhow::Result<()> {
+    use crate::phone::unlock::{self, Timeouts};
+    use std::time::Duration;
+    let creds = crate::phone::Credentials::load(creds)?;
+    let mut limits = Timeouts::default();
+    if let Some(t) = timeouts {
+        let d = |s: f64| Duration::try_from_secs_f64(s).ok().filter(|d| !d.is_zero());
+        match t.as_slice() {
+            [a, b, c, e] => {
+                let parsed = (d(*a), d(*b), d(*c), d(*e));
+                let (Some(scan), Some(connect), Some(challenge), Some(server)) = parsed else {
+                    bail!("--timeouts takes four positive numbers of seconds");
+                };
+                limits = Timeouts {
+                    scan,
+                    connect,
+                    challenge,
+                    server,
+                };
+            }
+            _ => bail!("--timeouts takes four numbers: scan,connect,challenge,server"),
+        }
+    }
+    let session = bluer::Session::new()
+        .await
+        .context("cannot reach BlueZ on the system D-Bus")?;
+    let adapter = match adapter {
+        Some(name) => session.adapter(name)?,
+        None => session
+            .default_adapter()
+            .await
+            .context("no Bluetooth adapter")?,
+    };
+    let started = std::time::Instant::now();
+    let now = || crate::clock::Clock::now(&crate::clock::SystemClock).max(0) as u64;
+    let result = unlock::unlock(&adapter, &creds, endpoint, limits, now, |stage| {
+        tracing::debug!(stage = stage.as_str(), "unlock");
+    })
+    .await;
+    let total = started.elapsed();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    match result {
+        Ok(o) => {
+            let status = o.status.as_str();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "status": status,
+                        "granted": o.status == latchkey_proto::Status::Granted,
+                        "authenticated": o.authenticated,
+                        "retryAfter": o.retry_after,
+                        "gateway": { "address": o.gateway.address, "name": o.gateway.name, "rssi": o.gateway.rssi },
+                        "attOps": o.att_ops,
+                        "ms": { "scan": ms(o.timings.scan), "connect": ms(o.timings.connect),
+                                "challenge": ms(o.timings.challenge), "decision": ms(o.timings.decision),
+                                "total": ms(total) },
+                    })
+                );
+            } else if o.status == latchkey_proto::Status::Granted {
+                println!("granted");
+            } else {
+                let note = if o.authenticated {
+                    ""
+                } else {
+                    " (unconfirmed: the gateway could not sign it)"
+                };
+                let retry = if o.retry_after > 0 {
+                    format!(", retry in {} s", o.retry_after)
+                } else {
+                    String::new()
+                };
+                println!("denied: {status}{retry}{note}");
+            }
+            if o.status == latchkey_proto::Status::Granted {
+                Ok(())
+            } else {
+                bail!("access denied: {status}")
+            }
+        }
+        Err(e) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "status": "ERROR", "code": e.code(), "message": e.to_string() })
+                );
+            }
+            bail!("{}: {e}", e.code())
+        }
+    }
 }
 
 /// The address the daemon on this data dir last advertised, else what the config implies.

@@ -4,5 +4,6 @@
 
 pub mod credentials;
 pub mod pair;
+pub mod unlock;
 
 pub use credentials::Credentials;
