@@ -203,7 +203,7 @@ fn pair(config: &Config) -> anyhow::Result<()> {
 }
 
 fn human_secs(s: u64) -> String {
-    if s % 60 == 0 {
+    if s.is_multiple_of(60) {
         format!("{} min", s / 60)
     } else {
         format!("{s} s")
