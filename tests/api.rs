@@ -2,6 +2,8 @@
 //! redemption race, expiry on an injected clock, every error code, limits, restart, and that
 //! secrets never print.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::time::Duration;
