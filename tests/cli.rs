@@ -90,10 +90,7 @@ fn decode_terminal_qr(text: &str) -> Option<String> {
     // Each character is two modules, top and bottom; a drawn half is "ink".
     let ink = |x: usize, y: usize| -> bool {
         let c = rows[y / 2].get(x).copied().unwrap_or(' ');
-        match (c, y % 2) {
-            ('█', _) | ('▀', 0) | ('▄', 1) => true,
-            _ => false,
-        }
+        matches!((c, y % 2), ('█', _) | ('▀', 0) | ('▄', 1))
     };
     const SCALE: usize = 4;
     // The terminal draws light modules as ink (for light-on-dark terminals); try both ways.
