@@ -92,6 +92,19 @@ impl Daemon {
     }
 }
 
+/// utime + stime of a process, from /proc/PID/stat.
+fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0)
+        + f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    Ok(Duration::from_micros(ticks * 1_000_000 / hz))
+}
+
 impl Drop for Daemon {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
@@ -265,6 +278,9 @@ async fn main() -> anyhow::Result<()> {
     }
 
     let next = Arc::new(AtomicUsize::new(0));
+    let server_pid = d.child.id().to_string();
+    let server_cpu0 = cpu_time(&server_pid)?;
+    let client_cpu0 = cpu_time("self")?;
     let started = Instant::now();
     let mut workers = Vec::new();
     for _ in 0..args.concurrency {
@@ -303,6 +319,8 @@ async fn main() -> anyhow::Result<()> {
         failures += f;
     }
     let wall = started.elapsed();
+    let server_cpu = cpu_time(&server_pid)? - server_cpu0;
+    let client_cpu = cpu_time("self")? - client_cpu0;
     lat.sort();
     let peak_rss = d.status_kib("VmHWM:")?;
     d.stop()?;
@@ -321,6 +339,12 @@ async fn main() -> anyhow::Result<()> {
         ms(percentile(&lat, 90.0)),
         ms(percentile(&lat, 99.0)),
         ms(*lat.last().unwrap_or(&Duration::ZERO))
+    );
+    let per = |cpu: Duration| cpu.as_secs_f64() * 1e6 / lat.len().max(1) as f64;
+    println!(
+        "CPU per pairing: gateway {:.0} µs, load tool {:.0} µs (both on this machine's cores)",
+        per(server_cpu),
+        per(client_cpu)
     );
     println!(
         "peak RSS during the run: {peak_rss} KiB ({:.1} MiB)",

@@ -984,6 +984,25 @@ async fn the_web_ui_pairs_lists_and_revokes() {
         .await
         .unwrap();
     assert!(listing.contains("home-assistant") && !listing.contains(token));
+    // …and revoking it there ends it.
+    let row = &listing[listing.find("home-assistant").unwrap()..];
+    let action_start = row.find(r#"action="/tokens/"#).unwrap() + r#"action=""#.len();
+    let action = row[action_start..].split('"').next().unwrap().to_owned();
+    let r = http
+        .post(gw.url(&action))
+        .header(COOKIE, &s.cookie)
+        .form(&[("csrf", &s.csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let r = http
+        .get(gw.url("/api/devices"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    expect_error(r, 401, "UNAUTHORIZED").await;
 
     // Logging out ends the session server-side.
     let r = http
