@@ -2,6 +2,8 @@
 //! Test harness shared by the integration tests: the real daemon on 127.0.0.1:0 with a temp
 //! data dir and a manual clock.
 #![allow(dead_code)]
+// Test helpers fail loudly; clippy's allow-*-in-tests only covers #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,11 +40,17 @@ impl Gateway {
     }
 
     /// Starts a gateway on an existing data dir (restart tests).
-    pub async fn start_in(dir: tempfile::TempDir, now: i64, tweak: impl FnOnce(&mut Config)) -> Self {
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        now: i64,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let clock = ManualClock::new(now);
         let mut config = Config::for_test(dir.path(), clock.clone());
         tweak(&mut config);
-        let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind");
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let state = latchkey::build_state(config, addr.port()).expect("state");
         let now = state.now();
