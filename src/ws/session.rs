@@ -767,6 +767,92 @@ pub async fn serve_socket(socket: axum::extract::ws::WebSocket, conn: Arc<Conn>)
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::ManualClock;
+    use crate::config::Config;
+    use serde_json::{json, Value};
+
+    type Out = tokio::sync::mpsc::UnboundedReceiver<Message>;
+
+    /// Runs a session over in-memory channels with its own (small) bus.
+    fn session(
+        state: &AppState,
+        bus: broadcast::Receiver<Arc<Event>>,
+    ) -> (tokio::sync::mpsc::UnboundedSender<Message>, Out) {
+        let (out_tx, out_rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
+        let sink = Box::pin(futures_util::sink::unfold(
+            out_tx,
+            |tx, m: Message| async move {
+                tx.send(m).map_err(axum::Error::new)?;
+                Ok::<_, axum::Error>(tx)
+            },
+        ));
+        let (in_tx, in_rx) = tokio::sync::mpsc::unbounded_channel::<Message>();
+        let stream = Box::pin(futures_util::stream::unfold(in_rx, |mut rx| async move {
+            rx.recv().await.map(|m| (Ok(m), rx))
+        }));
+        let conn = Arc::new(Conn::new(state.clone(), Principal::Admin(Admin::Token(1))));
+        tokio::spawn(run(sink, stream, bus, conn));
+        (in_tx, out_rx)
+    }
+
+    async fn next_json(out: &mut Out) -> Value {
+        loop {
+            match out.recv().await {
+                Some(Message::Text(t)) => return serde_json::from_str(t.as_str()).unwrap(),
+                Some(_) => {}
+                None => panic!("session ended"),
+            }
+        }
+    }
+
+    /// Appends `n` events and returns them as the tailer would broadcast them.
+    async fn append(state: &AppState, n: usize) -> Vec<Arc<Event>> {
+        let from = state.store.read(events::latest_seq).await.unwrap();
+        state
+            .store
+            .write(move |tx| {
+                for i in 0..n {
+                    events::append(tx, "ui.sync", &json!({ "i": i }), "test", 0)?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let evs = state
+            .store
+            .read(move |c| events::since(c, from, 1000))
+            .await
+            .unwrap();
+        evs.into_iter().map(Arc::new).collect()
+    }
+
+    #[tokio::test]
+    async fn a_lagged_bus_is_refilled_from_the_log() {
+        let dir = tempfile::tempdir().unwrap();
+        let state =
+            crate::build_state(Config::for_test(dir.path(), ManualClock::new(0)), 0).unwrap();
+        let (bus_tx, bus_rx) = broadcast::channel(4);
+        // 30 events go out on a ring of 4 before the session reads any: it starts lagged.
+        for ev in append(&state, 30).await {
+            let _ = bus_tx.send(ev);
+        }
+        let (input, mut out) = session(&state, bus_rx);
+        input
+            .send(Message::Text(r#"{"type":"resume","since":0}"#.into()))
+            .unwrap();
+        assert_eq!(next_json(&mut out).await["type"], "hello");
+        for want in 1..=30 {
+            assert_eq!(next_json(&mut out).await["seq"], want);
+        }
+        // And live after that, again overflowing the ring between two reads.
+        for ev in append(&state, 10).await {
+            let _ = bus_tx.send(ev);
+        }
+        for want in 31..=40 {
+            assert_eq!(next_json(&mut out).await["seq"], want);
+        }
+        drop(input);
+    }
 
     #[tokio::test(start_paused = true)]
     async fn bad_frame_bucket_refills() {
