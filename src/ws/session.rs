@@ -510,20 +510,24 @@ where
 
     /// One turn of the loop: catch up from the log, deliver what is queued, or wait.
     async fn step(&mut self) -> Result<(), Stop> {
-        if self.intake.live && self.intake.need_log {
-            self.catch_up_step().await?;
+        if self.intake.live && (self.intake.need_log || !self.intake.pending.is_empty()) {
+            if self.intake.need_log {
+                self.catch_up_step().await?;
+            } else {
+                self.deliver_pending().await?;
+            }
+            // However busy the stream, shutdown, acks and pings still get their turn.
             if self.conn.state.shutdown.is_cancelled() {
                 return Err(Stop::Shutdown);
             }
-            // Acks and the like keep flowing during a long replay.
+            if self.ticker.tick().now_or_never().is_some() {
+                self.heartbeat().await?;
+            }
             return match self.ctl.try_recv() {
                 Ok(c) => self.on_control(c).await,
                 Err(mpsc::error::TryRecvError::Empty) => Ok(()),
                 Err(mpsc::error::TryRecvError::Disconnected) => Err(Stop::Gone),
             };
-        }
-        if self.intake.live && !self.intake.pending.is_empty() {
-            return self.deliver_pending().await;
         }
         let holding = !self.intake.live;
         tokio::select! {
