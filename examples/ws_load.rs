@@ -378,6 +378,20 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// CPU time (user + system) a process has used, in seconds.
+fn cpu_secs(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may contain spaces) start at field 3.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
+}
+
 /// Samples the server's RSS every 200 ms until stopped; returns the peak.
 fn rss_sampler(pid: u32) -> (CancellationToken, tokio::task::JoinHandle<u64>) {
     let stop = CancellationToken::new();
@@ -552,6 +566,9 @@ struct RunFigures {
     p99_us: u32,
     max_us: u32,
     rss_kib: u64,
+    /// CPU seconds the server used during the run, and the load tool.
+    server_cpu: f64,
+    tool_cpu: f64,
 }
 
 impl RunFigures {
@@ -564,6 +581,15 @@ impl RunFigures {
             0.0
         } else {
             self.delivered as f64 / self.expected as f64
+        }
+    }
+
+    /// Server CPU time per delivered event, in µs: comparable even on a busy machine.
+    fn cpu_us_per_event(&self) -> f64 {
+        if self.delivered == 0 {
+            0.0
+        } else {
+            self.server_cpu * 1e6 / self.delivered as f64
         }
     }
 
@@ -634,6 +660,7 @@ async fn bench_target(name: &str, args: &BenchArgs) -> anyhow::Result<TargetFigu
     let mut runs = Vec::new();
     for (run, &(rate, secs)) in plan.iter().enumerate() {
         let (rss_stop, rss) = rss_sampler(pid);
+        let (cpu0, tool0) = (cpu_secs(&pid.to_string()), cpu_secs("self"));
         let acked_before = acked.load(Ordering::Relaxed);
         let sent = publish_run(&mut pubs, run, rate, secs).await;
         // Let the last deliveries land.
@@ -641,6 +668,8 @@ async fn bench_target(name: &str, args: &BenchArgs) -> anyhow::Result<TargetFigu
         let acked = acked.load(Ordering::Relaxed) - acked_before;
         rss_stop.cancel();
         let rss = rss.await.unwrap_or(0);
+        let server_cpu = cpu_secs(&pid.to_string()) - cpu0;
+        let tool_cpu = cpu_secs("self") - tool0;
         println!(
             "  run {run}: {rate}/s for {secs} s: sent {sent}, acked {acked}, peak RSS {:.1} MB",
             rss as f64 / 1024.0
@@ -650,6 +679,8 @@ async fn bench_target(name: &str, args: &BenchArgs) -> anyhow::Result<TargetFigu
             secs,
             expected: sent * args.clients as u64,
             rss_kib: rss,
+            server_cpu,
+            tool_cpu,
             ..Default::default()
         });
         if pubs.len() < args.publishers {
@@ -679,7 +710,7 @@ async fn bench_target(name: &str, args: &BenchArgs) -> anyhow::Result<TargetFigu
         fig.p99_us = percentile(&s, 0.99);
         fig.max_us = s.last().copied().unwrap_or(0);
         println!(
-            "    {:>5}/s: delivered {:>9}/{:<9} ({:6.2}%) {:>9.0} ev/s  p50 {:>9} p99 {:>9} max {:>9}",
+            "    {:>5}/s: delivered {:>9}/{:<9} ({:6.2}%) {:>9.0} ev/s  p50 {:>9} p99 {:>9} max {:>9}  server CPU {:.2} µs/event ({:.1} s), load tool CPU {:.1} s",
             fig.rate,
             fig.delivered,
             fig.expected,
@@ -687,7 +718,10 @@ async fn bench_target(name: &str, args: &BenchArgs) -> anyhow::Result<TargetFigu
             fig.delivered_per_sec(),
             ms(fig.p50_us),
             ms(fig.p99_us),
-            ms(fig.max_us)
+            ms(fig.max_us),
+            fig.cpu_us_per_event(),
+            fig.server_cpu,
+            fig.tool_cpu,
         );
     }
     drop(pubs);
@@ -729,10 +763,10 @@ fn summary(args: &BenchArgs, all: &[TargetFigures]) {
     );
     println!();
     println!(
-        "| server | {}/s: p50 | p99 | max | delivered ev/s | peak RSS | best sustained ev/s (rate) | max delivered ev/s | {} idle: RSS |",
+        "| server | {}/s: p50 | p99 | max | delivered ev/s | server CPU/event | peak RSS | best sustained ev/s (rate) | max delivered ev/s | {} idle: RSS |",
         args.rate, args.idle
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     let mut best = BTreeMap::new();
     for t in all {
         let Some(first) = t.runs.first() else {
@@ -748,17 +782,28 @@ fn summary(args: &BenchArgs, all: &[TargetFigures]) {
             .iter()
             .map(RunFigures::delivered_per_sec)
             .fold(0.0, f64::max);
+        // CPU per event over every run.
+        let (cpu, n) = t
+            .runs
+            .iter()
+            .fold((0.0, 0u64), |(c, n), r| (c + r.server_cpu, n + r.delivered));
+        let cpu_per_event = if n > 0 { cpu * 1e6 / n as f64 } else { 0.0 };
         best.insert(
             t.name.clone(),
-            (sustained.map(RunFigures::delivered_per_sec), max_delivered),
+            (
+                sustained.map(RunFigures::delivered_per_sec),
+                max_delivered,
+                cpu_per_event,
+            ),
         );
         println!(
-            "| {} | {} | {} | {} | {:.0} | {:.1} MB | {} | {:.0} | {} |",
+            "| {} | {} | {} | {} | {:.0} | {:.2} µs | {:.1} MB | {} | {:.0} | {} |",
             t.name,
             ms(first.p50_us),
             ms(first.p99_us),
             ms(first.max_us),
             first.delivered_per_sec(),
+            cpu_per_event,
             first.rss_kib as f64 / 1024.0,
             sustained
                 .map(|r| format!("{:.0} ({}/s)", r.delivered_per_sec(), r.rate))
@@ -778,16 +823,17 @@ fn summary(args: &BenchArgs, all: &[TargetFigures]) {
         let _ = t.connect_secs;
     }
     println!();
-    if let Some((lk_s, lk_max)) = best.get("latchkey") {
+    if let Some((lk_s, lk_max, lk_cpu)) = best.get("latchkey") {
         for other in ["bare", "python"] {
-            if let Some((o_s, o_max)) = best.get(other) {
+            if let Some((o_s, o_max, o_cpu)) = best.get(other) {
                 let sus = match (lk_s, o_s) {
                     (Some(a), Some(b)) if *b > 0.0 => format!("{:.2}×", a / b),
                     _ => "n/a".into(),
                 };
                 println!(
-                    "latchkey / {other}: sustained throughput {sus}, max delivered {:.2}×",
-                    if *o_max > 0.0 { lk_max / o_max } else { 0.0 }
+                    "latchkey / {other}: sustained throughput {sus}, max delivered {:.2}×, events per CPU-second {:.2}×",
+                    if *o_max > 0.0 { lk_max / o_max } else { 0.0 },
+                    if *lk_cpu > 0.0 { o_cpu / lk_cpu } else { 0.0 },
                 );
             }
         }
