@@ -21,6 +21,7 @@ pub mod registry;
 pub mod secret;
 pub mod state;
 pub mod store;
+pub mod sync_client;
 pub mod web;
 pub mod ws;
 
@@ -167,6 +168,10 @@ pub async fn serve(
 
     let app = web::router(state.clone(), ws::routes());
     let token = state.shutdown.clone();
+    // Small WebSocket frames must go out at once, not wait on Nagle for the previous ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
