@@ -46,6 +46,66 @@ pub enum Command {
     /// The device registry
     #[command(subcommand)]
     Devices(DevicesCmd),
+    /// A reference phone client: pair, listen, publish, unlock
+    #[command(subcommand)]
+    Phone(PhoneCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PhoneCmd {
+    /// Pair with a gateway from its QR code (the payload JSON or a picture of it)
+    Pair {
+        /// The QR payload JSON
+        #[arg(
+            long,
+            conflicts_with = "qr_image",
+            required_unless_present = "qr_image"
+        )]
+        payload: Option<String>,
+        /// A PNG showing the QR code
+        #[arg(long, value_name = "FILE.png")]
+        qr_image: Option<PathBuf>,
+        /// The name the gateway shows for this phone
+        #[arg(long, default_value = "latchkey phone")]
+        name: String,
+        /// Device type
+        #[arg(long = "type", default_value = "mobile")]
+        kind: String,
+        #[command(flatten)]
+        creds: CredentialsArg,
+    },
+    /// Open a door over Bluetooth LE
+    Unlock {
+        /// Endpoint id [default: the gateway's default endpoint]
+        #[arg(default_value = "")]
+        endpoint: String,
+        /// Bluetooth adapter [default: the system's default]
+        #[arg(long)]
+        adapter: Option<String>,
+        /// Print the outcome and stage timings as JSON
+        #[arg(long)]
+        json: bool,
+        /// Stage timeouts in seconds: scan, connect, challenge, server
+        #[arg(long, value_delimiter = ',', num_args = 4, value_name = "S,S,S,S")]
+        timeouts: Option<Vec<f64>>,
+        #[command(flatten)]
+        creds: CredentialsArg,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct CredentialsArg {
+    /// Credentials file [default: ~/.config/latchkey/phone.json]
+    #[arg(long, env = "LATCHKEY_PHONE_CREDENTIALS", value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+}
+
+impl CredentialsArg {
+    pub fn path(&self) -> PathBuf {
+        self.credentials
+            .clone()
+            .unwrap_or_else(crate::phone::credentials::default_path)
+    }
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +181,10 @@ pub fn init_tracing() {
 
 /// Runs a parsed command line. Errors become exit status 1 with a one-line reason.
 pub fn main(cli: Cli) -> anyhow::Result<()> {
+    // The phone side is a separate party: it reads no gateway configuration.
+    if let Command::Phone(cmd) = cli.command {
+        return phone(cmd);
+    }
     let config = Config::resolve(&cli.overrides())?;
     match cli.command {
         Command::Serve(_) => serve(config),
@@ -136,18 +200,86 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Pair => pair(&config),
         Command::Devices(DevicesCmd::List { json }) => list_devices(&config, json),
         Command::Devices(DevicesCmd::Revoke { id }) => revoke_device(&config, &id),
+        Command::Phone(_) => Ok(()),
     }
+}
+
+fn phone(cmd: PhoneCmd) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cmd {
+            PhoneCmd::Pair {
+                payload,
+                qr_image,
+                name,
+                kind,
+                creds,
+            } => {
+                use crate::phone::pair;
+                let text = match (payload, qr_image) {
+                    (Some(p), _) => p,
+                    (None, Some(img)) => pair::decode_qr_image(&img)?,
+                    (None, None) => bail!("give --payload or --qr-image"),
+                };
+                let payload = pair::parse_payload(&text)?;
+                let http = reqwest::Client::builder()
+                    .timeout(std::time::Duration::from_secs(15))
+                    .build()?;
+                let now = crate::clock::Clock::now(&crate::clock::SystemClock);
+                let c = pair::redeem(&http, &payload, &name, &kind, now).await?;
+                let path = creds.path();
+                c.save(&path)?;
+                // A fresh pairing starts its event history afresh.
+                let _ = std::fs::remove_file(crate::phone::Credentials::seq_path(&path));
+                eprintln!(
+                    "paired as {:?}: device {} (credentials in {})",
+                    c.name,
+                    c.device_id,
+                    path.display()
+                );
+                Ok(())
+            }
+            PhoneCmd::Unlock {
+                endpoint,
+                adapter,
+                json,
+                timeouts,
+                creds,
+            } => phone_unlock(&endpoint, adapter.as_deref(), json, timeouts, &creds.path()).await,
+        }
+    })
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
+        // Handlers go in first, so a SIGTERM that arrives while we start is a clean stop, not
+        // the default action (death by signal, which systemd counts as a failure).
+        let shutdown = signals()?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        crate::run(config, listener, crate::shutdown_signal()).await
+        crate::run(config, listener, shutdown).await
+    });
+    // Everything is committed by now; do not let a stuck blocking task hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
+}
+
+/// Resolves on the first SIGTERM or SIGINT; the handlers are installed when this is called.
+fn signals() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     })
 }
 
@@ -180,11 +312,27 @@ fn pair(config: &Config) -> anyhow::Result<()> {
     let now = config.clock.now();
     let ttl = config.pair_token_ttl_secs;
     let t = store.write_blocking(|tx| Ok(pairing::create_token(tx, now, ttl)))??;
-    let host = crate::net::advertise_host(config.advertise_host.as_deref(), config.listen);
+    // Where the daemon on this data dir said it is reachable; else work it out from the config.
+    let recorded: Option<serde_json::Value> = store
+        .read_blocking(|c| crate::store::meta_get(c, "advertise"))?
+        .and_then(|s| serde_json::from_str(&s).ok());
+    let host = match (
+        &config.advertise_host,
+        recorded.as_ref().and_then(|v| v["host"].as_str()),
+    ) {
+        (Some(h), _) => h.clone(),
+        (None, Some(h)) => h.to_owned(),
+        (None, None) => crate::net::advertise_host(None, config.listen),
+    };
+    let port = recorded
+        .as_ref()
+        .and_then(|v| v["port"].as_u64())
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(config.listen.port());
     let payload = serde_json::json!({
         "v": 1,
         "host": host,
-        "port": config.listen.port(),
+        "port": port,
         "pairToken": t.token.expose(),
         "expires": t.expires,
     })
@@ -202,8 +350,106 @@ fn pair(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+async fn phone_unlock(
+    endpoint: &str,
+    adapter: Option<&str>,
+    json: bool,
+    timeouts: Option<Vec<f64>>,
+    creds: &std::path::Path,
+) -> anyhow::Result<()> {
+    use crate::phone::unlock::{self, Timeouts};
+    use std::time::Duration;
+    let creds = crate::phone::Credentials::load(creds)?;
+    let mut limits = Timeouts::default();
+    if let Some(t) = timeouts {
+        let d = |s: f64| Duration::try_from_secs_f64(s).ok().filter(|d| !d.is_zero());
+        match t.as_slice() {
+            [a, b, c, e] => {
+                let parsed = (d(*a), d(*b), d(*c), d(*e));
+                let (Some(scan), Some(connect), Some(challenge), Some(server)) = parsed else {
+                    bail!("--timeouts takes four positive numbers of seconds");
+                };
+                limits = Timeouts {
+                    scan,
+                    connect,
+                    challenge,
+                    server,
+                };
+            }
+            _ => bail!("--timeouts takes four numbers: scan,connect,challenge,server"),
+        }
+    }
+    let session = bluer::Session::new()
+        .await
+        .context("cannot reach BlueZ on the system D-Bus")?;
+    let adapter = match adapter {
+        Some(name) => session.adapter(name)?,
+        None => session
+            .default_adapter()
+            .await
+            .context("no Bluetooth adapter")?,
+    };
+    let started = std::time::Instant::now();
+    let now = || crate::clock::Clock::now(&crate::clock::SystemClock).max(0) as u64;
+    let result = unlock::unlock(&adapter, &creds, endpoint, limits, now, |stage| {
+        tracing::debug!(stage = stage.as_str(), "unlock");
+    })
+    .await;
+    let total = started.elapsed();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    match result {
+        Ok(o) => {
+            let status = o.status.as_str();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({
+                        "status": status,
+                        "granted": o.status == latchkey_proto::Status::Granted,
+                        "authenticated": o.authenticated,
+                        "retryAfter": o.retry_after,
+                        "gateway": { "address": o.gateway.address, "name": o.gateway.name, "rssi": o.gateway.rssi },
+                        "attOps": o.att_ops,
+                        "ms": { "scan": ms(o.timings.scan), "connect": ms(o.timings.connect),
+                                "challenge": ms(o.timings.challenge), "decision": ms(o.timings.decision),
+                                "total": ms(total) },
+                    })
+                );
+            } else if o.status == latchkey_proto::Status::Granted {
+                println!("granted");
+            } else {
+                let note = if o.authenticated {
+                    ""
+                } else {
+                    " (unconfirmed: the gateway could not sign it)"
+                };
+                let retry = if o.retry_after > 0 {
+                    format!(", retry in {} s", o.retry_after)
+                } else {
+                    String::new()
+                };
+                println!("denied: {status}{retry}{note}");
+            }
+            if o.status == latchkey_proto::Status::Granted {
+                Ok(())
+            } else {
+                bail!("access denied: {status}")
+            }
+        }
+        Err(e) => {
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({ "status": "ERROR", "code": e.code(), "message": e.to_string() })
+                );
+            }
+            bail!("{}: {e}", e.code())
+        }
+    }
+}
+
 fn human_secs(s: u64) -> String {
-    if s % 60 == 0 {
+    if s.is_multiple_of(60) {
         format!("{} min", s / 60)
     } else {
         format!("{s} s")

@@ -16,12 +16,14 @@ pub mod events;
 pub mod net;
 pub mod notify;
 pub mod pairing;
+pub mod phone;
 pub mod qr;
 pub mod ratelimit;
 pub mod registry;
 pub mod secret;
 pub mod state;
 pub mod store;
+pub mod sync_client;
 pub mod web;
 pub mod ws;
 
@@ -109,6 +111,16 @@ pub fn build_state(config: Config, port: u16) -> anyhow::Result<AppState> {
         .read_blocking(|c| store::meta_get(c, "gateway_id"))?
         .context("database has no gateway id")?;
     let advertise_host = net::advertise_host(config.advertise_host.as_deref(), config.listen);
+    // Recorded so `latchkey pair`, run beside this daemon, prints the address it really serves.
+    let advertised = serde_json::json!({ "host": advertise_host, "port": port }).to_string();
+    store.write_blocking(|tx| {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('advertise', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [advertised],
+        )?;
+        Ok(())
+    })?;
     Ok(Arc::new(App {
         clock: config.clock.clone(),
         store,
@@ -160,6 +172,10 @@ pub async fn serve(
 
     let app = web::router(state.clone(), ws::routes());
     let token = state.shutdown.clone();
+    // Small WebSocket frames must go out at once, not wait on Nagle for the previous ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),
