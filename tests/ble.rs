@@ -672,3 +672,72 @@ async fn the_activity_page_lists_decisions() {
         .unwrap();
     assert_eq!(r.status(), 303);
 }
+
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// The next `event` frame on a WebSocket (other frames skipped).
+async fn ws_event(ws: &mut Ws) -> serde_json::Value {
+    ws_frame(ws, "event").await
+}
+
+/// The next frame of `kind` on a WebSocket (other frames skipped).
+async fn ws_frame(ws: &mut Ws, kind: &str) -> serde_json::Value {
+    use futures_util::StreamExt;
+    loop {
+        let m = tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("a frame in time")
+            .expect("socket open")
+            .expect("frame");
+        if let tokio_tungstenite::tungstenite::Message::Text(t) = m {
+            let f: serde_json::Value = serde_json::from_str(t.as_str()).unwrap();
+            if f["type"] == kind {
+                return f;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn decisions_reach_websocket_clients_live() {
+    use futures_util::SinkExt;
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    use tokio_tungstenite::tungstenite::Message;
+
+    let d = Door::start(vec![endpoint("front", None)]).await;
+    let (mut phone, answer) = d.pair("phone").await;
+    let mut sockets = Vec::new();
+    for auth in [
+        format!("Bearer {}", d.gw.admin_token),
+        format!("Device {}", answer["deviceKey"].as_str().unwrap()),
+    ] {
+        let mut req = d.gw.ws_url().into_client_request().unwrap();
+        req.headers_mut()
+            .insert("authorization", auth.parse().unwrap());
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+        // After hello the session is live; decisions from here on are delivered.
+        ws_frame(&mut ws, "hello").await;
+        ws.send(Message::text(
+            serde_json::json!({"type":"subscribe","topics":["access.*"]}).to_string(),
+        ))
+        .await
+        .unwrap();
+        sockets.push(ws);
+    }
+    let link = d.connect("cc:00:00:00:00:01").await;
+    let (_, r) = unlock(&link, &mut phone, d.now(), "front").await;
+    assert_eq!(status_of(&r), Status::Granted);
+    let r = write_and_wait(&link, &[1, 2, 3]).await;
+    assert_eq!(status_of(&r), Status::Malformed);
+    for ws in &mut sockets {
+        let granted = ws_event(ws).await;
+        assert_eq!(granted["topic"], "access.granted");
+        assert_eq!(granted["data"]["deviceId"], answer["deviceId"]);
+        assert_eq!(granted["data"]["endpoint"], "front");
+        let denied = ws_event(ws).await;
+        assert_eq!(denied["topic"], "access.denied");
+        assert_eq!(denied["data"]["reason"], "MALFORMED");
+        assert!(denied["seq"].as_i64() > granted["seq"].as_i64());
+    }
+}
