@@ -16,7 +16,6 @@ use super::verify::{self, Attempt};
 use crate::clock::UnixTime;
 use crate::config::ActionConfig;
 use crate::state::AppState;
-use crate::store::{Store, StoreError};
 
 /// What a transport needs back from an attempt.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,20 +71,23 @@ impl Gate {
         let state = self.state.clone();
         let endpoints = self.endpoints.clone();
         let peer_owned = peer.clone();
-        let decided = write(&self.state.store, move |tx| {
-            verify::decide(
-                tx,
-                &state.master,
-                &endpoints,
-                &Attempt {
-                    frame: &frame,
-                    peer: &peer_owned,
-                    nonce,
-                    now,
-                },
-            )
-        })
-        .await;
+        let decided = self
+            .state
+            .store
+            .write(move |tx| {
+                verify::decide(
+                    tx,
+                    &state.master,
+                    &endpoints,
+                    &Attempt {
+                        frame: &frame,
+                        peer: &peer_owned,
+                        nonce,
+                        now,
+                    },
+                )
+            })
+            .await;
         let verdict = match decided {
             Ok(v) => v,
             Err(e) => {
@@ -112,10 +114,11 @@ impl Gate {
             let peer_owned = peer.clone();
             // The verdict holds keys; the store's thread gets only what it records.
             let summary = verdict.summary();
-            let recorded = write(&self.state.store, move |tx| {
-                verify::record_outcome(tx, &summary, status, &peer_owned, now)
-            })
-            .await;
+            let recorded = self
+                .state
+                .store
+                .write(move |tx| verify::record_outcome(tx, &summary, status, &peer_owned, now))
+                .await;
             if let Err(e) = recorded {
                 tracing::error!(error = %e, "BLE access decision could not be recorded");
             }
@@ -150,17 +153,6 @@ impl Gate {
             }
         }
     }
-}
-
-/// A store write on the unlock path, through the store's own async path (its write permit
-/// and blocking pool). Running it in place with `block_in_place` was measured too: it saves
-/// about 0.1 ms at the median (two thread wake-ups), nothing visible against a BLE connection
-/// interval, and would bypass the store's queueing of bursts.
-async fn write<R: Send + 'static>(
-    store: &Store,
-    f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError> + Send + 'static,
-) -> Result<R, StoreError> {
-    store.write(f).await
 }
 
 fn log_decision(v: &verify::Verdict, status: Status, peer: &str) {
