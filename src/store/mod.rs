@@ -1,15 +1,15 @@
 //! The registry: one SQLite file in WAL mode, opened by the daemon and by CLI commands alike.
 //!
-//! rusqlite is blocking, so async callers never run it on the runtime. Writes run, one after
-//! another, on a dedicated writer thread that owns the write connection, each as a `BEGIN
-//! IMMEDIATE` transaction, so SQLite itself decides races (including against CLI processes on
-//! the same file); a queue instead of many blocked threads keeps a burst of writers from turning
-//! into a storm of wake-ups. Reads use a second connection through `spawn_blocking` and never
-//! wait behind a write. WAL checkpoints (the only fsyncs with `synchronous=NORMAL`) run on a
-//! background thread of their own shortly after writes, so in normal use (bursts of writes,
-//! then quiet) the WAL is copied back and restarted without any request paying for the fsync.
-//! Under writes without pause SQLite's own auto-checkpoint (1000 pages) still bounds the WAL;
-//! it then finds most of the copying already done.
+//! rusqlite is blocking, so async callers go through `spawn_blocking` (which also keeps a
+//! paused test clock from jumping while the database works). Writes take one connection behind
+//! a mutex and run as `BEGIN IMMEDIATE` transactions, so SQLite itself decides races (including
+//! against CLI processes on the same file). Async writers first queue for a permit, so a burst
+//! of them waits as cheap tasks in order instead of as a crowd of blocking threads all woken in
+//! turn by the mutex. Reads use a second connection and never wait behind a write. WAL
+//! checkpoints (the only fsyncs with `synchronous=NORMAL`) run on a background thread shortly
+//! after writes, so in normal use (bursts of writes, then quiet) no request pays for the fsync;
+//! under writes without pause SQLite's own auto-checkpoint (1000 pages) still bounds the WAL
+//! and finds most of the copying already done.
 
 mod migrations;
 
@@ -45,30 +45,25 @@ struct Inner {
     shared: Arc<Shared>,
     reader: Mutex<Connection>,
     path: PathBuf,
-    /// Work for the writer thread; dropping it (with the last `Store`) ends the thread.
-    jobs: Option<mpsc::Sender<Job>>,
+    /// One async writer at a time goes to the blocking pool; the rest wait here, in order.
+    write_turn: tokio::sync::Semaphore,
     /// Dropped to stop the checkpointer.
     stop: Option<mpsc::Sender<()>>,
-    threads: Vec<std::thread::JoinHandle<()>>,
+    checkpointer: Option<std::thread::JoinHandle<()>>,
 }
 
-/// The last handle closes everything before returning, as a plain connection would: the
-/// writer finishes what is queued, and the final close checkpoints and removes the WAL.
+/// The last handle closes everything before returning, as a plain connection would: the final
+/// close checkpoints and removes the WAL.
 impl Drop for Inner {
     fn drop(&mut self) {
-        self.jobs.take();
         self.stop.take();
-        let me = std::thread::current().id();
-        for t in self.threads.drain(..) {
-            // The last handle may be dropped by a job on the writer thread itself.
-            if t.thread().id() != me {
-                let _ = t.join();
-            }
+        if let Some(t) = self.checkpointer.take() {
+            let _ = t.join();
         }
     }
 }
 
-/// What the writer thread, the checkpointer and blocking callers share.
+/// What blocking callers and the checkpointer share.
 struct Shared {
     writer: Mutex<Connection>,
     /// Signalled after every commit that appended events, so the event tailer wakes at once.
@@ -76,8 +71,6 @@ struct Shared {
     /// Commits so far; the checkpointer compares it with what it last saw.
     commits: AtomicU64,
 }
-
-type Job = Box<dyn FnOnce(&Shared) + Send>;
 
 /// How often the checkpointer looks for new commits.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
@@ -130,24 +123,10 @@ impl Store {
             committed: Notify::new(),
             commits: AtomicU64::new(0),
         });
-        let (jobs, queue) = mpsc::channel::<Job>();
         let spawn_err = |e: std::io::Error| StoreError::Open {
             path: path.to_owned(),
-            message: format!("cannot start a database thread: {e}"),
+            message: format!("cannot start the checkpoint thread: {e}"),
         };
-        let for_writer = shared.clone();
-        let writer_thread = std::thread::Builder::new()
-            .name("latchkey-db-writer".into())
-            .spawn(move || {
-                // Ends when every Store handle (and so the sender) is gone.
-                while let Ok(job) = queue.recv() {
-                    // A panicking job fails its own caller (its answer channel drops), not
-                    // every later write.
-                    let _ =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&for_writer)));
-                }
-            })
-            .map_err(spawn_err)?;
         let watched = Arc::downgrade(&shared);
         let (stop, stopped) = mpsc::channel::<()>();
         let checkpoint_thread = std::thread::Builder::new()
@@ -159,9 +138,9 @@ impl Store {
                 shared,
                 reader: Mutex::new(reader),
                 path: path.to_owned(),
-                jobs: Some(jobs),
+                write_turn: tokio::sync::Semaphore::new(1),
                 stop: Some(stop),
-                threads: vec![writer_thread, checkpoint_thread],
+                checkpointer: Some(checkpoint_thread),
             }),
         })
     }
@@ -193,17 +172,21 @@ impl Store {
         f(&conn)
     }
 
-    /// A write transaction off the async runtime, queued to the writer thread.
+    /// A write transaction off the async runtime.
     pub async fn write<R: Send + 'static>(
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let (answer, result) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |shared: &Shared| {
-            let _ = answer.send(shared.write(f));
-        });
-        self.send(job)?;
-        result.await.map_err(|_| StoreError::Worker)?
+        let _turn = self
+            .inner
+            .write_turn
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Worker)?;
+        let shared = self.inner.shared.clone();
+        tokio::task::spawn_blocking(move || shared.write(f))
+            .await
+            .map_err(|_| StoreError::Worker)?
     }
 
     /// A read off the async runtime.
@@ -217,33 +200,23 @@ impl Store {
             .map_err(|_| StoreError::Worker)?
     }
 
-    fn send(&self, job: Job) -> Result<(), StoreError> {
-        match &self.inner.jobs {
-            Some(jobs) => jobs.send(job).map_err(|_| StoreError::Worker),
-            None => Err(StoreError::Worker),
-        }
-    }
-
     /// Resolves after the next commit made through this handle.
     pub async fn committed(&self) {
         self.inner.shared.committed.notified().await;
     }
 
-    /// Proves the database answers, through the read connection and through the writer thread
-    /// (used by the systemd watchdog: a wedged writer must get us restarted).
+    /// Proves the database answers on both connections (used by the systemd watchdog: a
+    /// wedged writer must get us restarted too).
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
             .await?;
-        let (answer, result) = tokio::sync::oneshot::channel();
-        let job: Job = Box::new(move |shared: &Shared| {
+        let shared = self.inner.shared.clone();
+        tokio::task::spawn_blocking(move || {
             let conn = Self::lock(&shared.writer);
-            let r = conn
-                .query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
-                .map_err(StoreError::from);
-            let _ = answer.send(r);
-        });
-        self.send(job)?;
-        result.await.map_err(|_| StoreError::Worker)??;
+            conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+        })
+        .await
+        .map_err(|_| StoreError::Worker)??;
         Ok(())
     }
 }
