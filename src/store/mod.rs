@@ -1,15 +1,15 @@
 //! The registry: one SQLite file in WAL mode, opened by the daemon and by CLI commands alike.
 //!
-//! rusqlite is blocking, so async callers go through `spawn_blocking` (which also keeps a
-//! paused test clock from jumping while the database works). Writes take one connection behind
-//! a mutex and run as `BEGIN IMMEDIATE` transactions, so SQLite itself decides races (including
-//! against CLI processes on the same file). Async writers first queue for a permit, so a burst
-//! of them waits as cheap tasks in order instead of as a crowd of blocking threads all woken in
-//! turn by the mutex. Reads use a second connection and never wait behind a write. WAL
-//! checkpoints (the only fsyncs with `synchronous=NORMAL`) run on a background thread shortly
-//! after writes, so in normal use (bursts of writes, then quiet) no request pays for the fsync;
-//! under writes without pause SQLite's own auto-checkpoint (1000 pages) still bounds the WAL
-//! and finds most of the copying already done.
+//! rusqlite is blocking, so async callers never run it on the runtime. Writes run, one after
+//! another, on a dedicated writer thread that owns the write connection, each as a `BEGIN
+//! IMMEDIATE` transaction, so SQLite itself decides races (including against CLI processes on
+//! the same file). Queued jobs run back to back: no thread hand-off between two transactions,
+//! which is what a crowd of threads taking turns on a mutex costs. Reads use a second
+//! connection through `spawn_blocking` and never wait behind a write. WAL checkpoints (the only fsyncs with `synchronous=NORMAL`) run on a
+//! background thread of their own shortly after writes, so in normal use (bursts of writes,
+//! then quiet) the WAL is copied back and restarted without any request paying for the fsync.
+//! Under writes without pause SQLite's own auto-checkpoint (1000 pages) still bounds the WAL;
+//! it then finds most of the copying already done.
 
 mod migrations;
 
@@ -45,25 +45,30 @@ struct Inner {
     shared: Arc<Shared>,
     reader: Mutex<Connection>,
     path: PathBuf,
-    /// One async writer at a time goes to the blocking pool; the rest wait here, in order.
-    write_turn: tokio::sync::Semaphore,
+    /// Work for the writer thread; dropping it (with the last `Store`) ends the thread.
+    jobs: Option<mpsc::Sender<Job>>,
     /// Dropped to stop the checkpointer.
     stop: Option<mpsc::Sender<()>>,
-    checkpointer: Option<std::thread::JoinHandle<()>>,
+    threads: Vec<std::thread::JoinHandle<()>>,
 }
 
-/// The last handle closes everything before returning, as a plain connection would: the final
-/// close checkpoints and removes the WAL.
+/// The last handle closes everything before returning, as a plain connection would: the
+/// writer finishes what is queued, and the final close checkpoints and removes the WAL.
 impl Drop for Inner {
     fn drop(&mut self) {
+        self.jobs.take();
         self.stop.take();
-        if let Some(t) = self.checkpointer.take() {
-            let _ = t.join();
+        let me = std::thread::current().id();
+        for t in self.threads.drain(..) {
+            // The last handle may be dropped by a job on the writer thread itself.
+            if t.thread().id() != me {
+                let _ = t.join();
+            }
         }
     }
 }
 
-/// What blocking callers and the checkpointer share.
+/// What the writer thread, the checkpointer and blocking callers share.
 struct Shared {
     writer: Mutex<Connection>,
     /// Signalled after every commit that appended events, so the event tailer wakes at once.
@@ -71,6 +76,8 @@ struct Shared {
     /// Commits so far; the checkpointer compares it with what it last saw.
     commits: AtomicU64,
 }
+
+type Job = Box<dyn FnOnce(&Shared) + Send>;
 
 /// How often the checkpointer looks for new commits.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
@@ -123,10 +130,24 @@ impl Store {
             committed: Notify::new(),
             commits: AtomicU64::new(0),
         });
+        let (jobs, queue) = mpsc::channel::<Job>();
         let spawn_err = |e: std::io::Error| StoreError::Open {
             path: path.to_owned(),
-            message: format!("cannot start the checkpoint thread: {e}"),
+            message: format!("cannot start a database thread: {e}"),
         };
+        let for_writer = shared.clone();
+        let writer_thread = std::thread::Builder::new()
+            .name("latchkey-db-writer".into())
+            .spawn(move || {
+                // Ends when every Store handle (and so the sender) is gone.
+                while let Ok(job) = queue.recv() {
+                    // A panicking job fails its own caller (its answer channel drops), not
+                    // every later write.
+                    let _ =
+                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| job(&for_writer)));
+                }
+            })
+            .map_err(spawn_err)?;
         let watched = Arc::downgrade(&shared);
         let (stop, stopped) = mpsc::channel::<()>();
         let checkpoint_thread = std::thread::Builder::new()
@@ -138,9 +159,9 @@ impl Store {
                 shared,
                 reader: Mutex::new(reader),
                 path: path.to_owned(),
-                write_turn: tokio::sync::Semaphore::new(1),
+                jobs: Some(jobs),
                 stop: Some(stop),
-                checkpointer: Some(checkpoint_thread),
+                threads: vec![writer_thread, checkpoint_thread],
             }),
         })
     }
@@ -172,21 +193,29 @@ impl Store {
         f(&conn)
     }
 
-    /// A write transaction off the async runtime.
+    /// A write transaction off the async runtime, queued to the writer thread.
     pub async fn write<R: Send + 'static>(
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
-        let _turn = self
-            .inner
-            .write_turn
-            .acquire()
-            .await
-            .map_err(|_| StoreError::Worker)?;
-        let shared = self.inner.shared.clone();
-        tokio::task::spawn_blocking(move || shared.write(f))
+        let (answer, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |shared: &Shared| {
+            let _ = answer.send(shared.write(f));
+        });
+        self.send(job)?;
+        Self::wait(result).await?
+    }
+
+    /// Waits for the writer thread's answer on the blocking pool rather than on the runtime:
+    /// tokio does not auto-advance a paused test clock while a `spawn_blocking` task runs, so
+    /// time-paused tests see no time pass during a write, as with a direct blocking call.
+    async fn wait<T: Send + 'static>(
+        result: tokio::sync::oneshot::Receiver<T>,
+    ) -> Result<T, StoreError> {
+        tokio::task::spawn_blocking(move || result.blocking_recv())
             .await
             .map_err(|_| StoreError::Worker)?
+            .map_err(|_| StoreError::Worker)
     }
 
     /// A read off the async runtime.
@@ -200,23 +229,33 @@ impl Store {
             .map_err(|_| StoreError::Worker)?
     }
 
+    fn send(&self, job: Job) -> Result<(), StoreError> {
+        match &self.inner.jobs {
+            Some(jobs) => jobs.send(job).map_err(|_| StoreError::Worker),
+            None => Err(StoreError::Worker),
+        }
+    }
+
     /// Resolves after the next commit made through this handle.
     pub async fn committed(&self) {
         self.inner.shared.committed.notified().await;
     }
 
-    /// Proves the database answers on both connections (used by the systemd watchdog: a
-    /// wedged writer must get us restarted too).
+    /// Proves the database answers, through the read connection and through the writer thread
+    /// (used by the systemd watchdog: a wedged writer must get us restarted).
     pub async fn ping(&self) -> Result<(), StoreError> {
         self.read(|c| Ok(c.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))?))
             .await?;
-        let shared = self.inner.shared.clone();
-        tokio::task::spawn_blocking(move || {
+        let (answer, result) = tokio::sync::oneshot::channel();
+        let job: Job = Box::new(move |shared: &Shared| {
             let conn = Self::lock(&shared.writer);
-            conn.query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
-        })
-        .await
-        .map_err(|_| StoreError::Worker)??;
+            let r = conn
+                .query_row("SELECT 1", [], |r| r.get::<_, i64>(0))
+                .map_err(StoreError::from);
+            let _ = answer.send(r);
+        });
+        self.send(job)?;
+        Self::wait(result).await??;
         Ok(())
     }
 }
