@@ -21,6 +21,7 @@ pub mod registry;
 pub mod secret;
 pub mod state;
 pub mod store;
+pub mod sync_client;
 pub mod web;
 pub mod ws;
 

@@ -38,11 +38,17 @@ impl Gateway {
     }
 
     /// Starts a gateway on an existing data dir (restart tests).
-    pub async fn start_in(dir: tempfile::TempDir, now: i64, tweak: impl FnOnce(&mut Config)) -> Self {
+    pub async fn start_in(
+        dir: tempfile::TempDir,
+        now: i64,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Self {
         let clock = ManualClock::new(now);
         let mut config = Config::for_test(dir.path(), clock.clone());
         tweak(&mut config);
-        let listener = tokio::net::TcpListener::bind(config.listen).await.expect("bind");
+        let listener = tokio::net::TcpListener::bind(config.listen)
+            .await
+            .expect("bind");
         let addr = listener.local_addr().expect("addr");
         let state = latchkey::build_state(config, addr.port()).expect("state");
         let now = state.now();

@@ -1,0 +1,147 @@
+//! Who is on the other end of a socket, decided on the upgrade request (before any upgrade).
+
+use axum::http::{header, HeaderMap};
+
+use crate::events::Event;
+use crate::registry::DeviceId;
+use crate::state::AppState;
+use crate::web::auth::{admin_from_headers, authorization, device_by_key, Admin};
+use crate::web::error::ApiError;
+
+/// An authenticated peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A paired phone (`Authorization: Device <key>`).
+    Device(DeviceId),
+    /// The admin: an API token (`Bearer`) or the web UI's session cookie.
+    Admin(Admin),
+    // Endpoint nodes (`Authorization: Node <key>`, CONTRACT §6) join here once they exist; see
+    // `authenticate_node`.
+}
+
+impl Principal {
+    pub fn device_id(&self) -> Option<&DeviceId> {
+        match self {
+            Principal::Device(id) => Some(id),
+            Principal::Admin(_) => None,
+        }
+    }
+
+    /// Where this peer's publishes come from, as the event log records it.
+    pub fn origin(&self) -> String {
+        match self {
+            Principal::Device(id) => format!("device:{id}"),
+            Principal::Admin(a) => a.origin(),
+        }
+    }
+
+    /// Whether this peer may receive events of `topic`. Phones see every topic except the
+    /// gateway's administration (`gateway.*`, e.g. `gateway.admin_token_revoked`).
+    pub fn may_see(&self, topic: &str) -> bool {
+        match self {
+            Principal::Admin(_) => true,
+            Principal::Device(_) => !topic.starts_with("gateway."),
+        }
+    }
+
+    /// Whether `ev` revokes the credential this socket was opened with.
+    pub fn revoked_by(&self, ev: &Event) -> bool {
+        match (self, ev.topic.as_str()) {
+            (Principal::Device(id), "device.revoked") => {
+                ev.data_json().get("deviceId").and_then(|v| v.as_str()) == Some(id.as_str())
+            }
+            (Principal::Admin(Admin::Token(tid)), "gateway.admin_token_revoked") => {
+                ev.data_json().get("tokenId").and_then(|v| v.as_i64()) == Some(*tid)
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Authenticates an upgrade request. Missing or bad credentials: 401; a revoked device: 403
+/// (`DEVICE_REVOKED`); a cookie sent from another origin: 403.
+pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    let scheme = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.split_once(' ').map_or(v, |(s, _)| s));
+    match scheme {
+        Some(s) if s.eq_ignore_ascii_case("Device") => {
+            let key = authorization(headers, "Device")
+                .ok_or_else(|| ApiError::unauthorized("device key is not valid"))?;
+            match device_by_key(state, key).await? {
+                None => Err(ApiError::unauthorized("device key is not valid")),
+                Some(d) if d.revoked => Err(ApiError::device_revoked()),
+                Some(d) => Ok(Principal::Device(d.device_id)),
+            }
+        }
+        Some(s) if s.eq_ignore_ascii_case("Node") => {
+            let key = authorization(headers, "Node")
+                .ok_or_else(|| ApiError::unauthorized("node key is not valid"))?;
+            authenticate_node(state, key).await
+        }
+        Some(s) if !s.eq_ignore_ascii_case("Bearer") => Err(ApiError::unauthorized(
+            "use Device, Node or Bearer authorization",
+        )),
+        _ => match admin_from_headers(state, headers).await? {
+            Some(admin @ Admin::Token(_)) => Ok(Principal::Admin(admin)),
+            Some(admin @ Admin::Session(_)) => {
+                if !same_origin(headers) {
+                    return Err(ApiError::forbidden(
+                        "a session cookie is only accepted from the gateway's own pages",
+                    ));
+                }
+                Ok(Principal::Admin(admin))
+            }
+            None => Err(ApiError::unauthorized("authentication required")),
+        },
+    }
+}
+
+/// The hook for endpoint nodes (`Authorization: Node <nodeKey>`). Nodes do not exist yet
+/// (CONTRACT §6), so every node key is refused with 401; when the node registry lands, look the
+/// key up here and return a `Principal::Node`.
+async fn authenticate_node(_state: &AppState, _key: &str) -> Result<Principal, ApiError> {
+    Err(ApiError::unauthorized("node key is not valid"))
+}
+
+/// Browsers always send `Origin` on a WebSocket handshake; a cookie-authenticated socket must
+/// come from our own pages, so another site (or another port on this host) cannot ride the
+/// admin's cookie. Clients without `Origin` are not browsers.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .is_some_and(|rest| rest.eq_ignore_ascii_case(host))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    #[test]
+    fn origin_must_match_host_when_present() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, HeaderValue::from_static("192.168.1.42:8080"));
+        assert!(same_origin(&h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://192.168.1.42:8080"),
+        );
+        assert!(same_origin(&h));
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_static("http://192.168.1.42:3000"),
+        );
+        assert!(!same_origin(&h));
+        h.insert(header::ORIGIN, HeaderValue::from_static("null"));
+        assert!(!same_origin(&h));
+    }
+}
