@@ -86,7 +86,7 @@ pub enum PhoneCmd {
         #[arg(long)]
         json: bool,
         /// Stage timeouts in seconds: scan, connect, challenge, server
-        #[arg(long, value_delimiter = ',', num_args = 4, value_name = "S,S,S,S")]
+        #[arg(long, value_delimiter = ',', value_name = "S,S,S,S")]
         timeouts: Option<Vec<f64>>,
         #[command(flatten)]
         creds: CredentialsArg,
