@@ -219,10 +219,7 @@ fn terminal_to_png(qr: &str, path: &std::path::Path) {
         |x, y| {
             let (col, half) = ((x / scale) as usize, (y / scale) as usize);
             let ch = rows[half / 2].get(col).copied().unwrap_or(' ');
-            let lit = match (ch, half % 2) {
-                ('█', _) | ('▀', 0) | ('▄', 1) => true,
-                _ => false,
-            };
+            let lit = matches!((ch, half % 2), ('█', _) | ('▀', 0) | ('▄', 1));
             image::Luma([if lit { 255 } else { 0 }])
         },
     );
@@ -342,6 +339,17 @@ async fn timeout_scan_when_no_gateway_is_heard() {
     // Never connected while withheld; then one connection with the protocol's three ops.
     assert_eq!(s.connections_made, 1);
     assert_eq!(s.closed_att_ops, [3]);
+
+    // BlueZ remembers the gateway, but a remembered device is not one in range: the scan
+    // still times out rather than picking it.
+    assert_eq!(f.phone.radio().devices.len(), 1);
+    f.gateway.withhold(Withhold::Device, true);
+    let (creds, _) = f.pair("second phone").await;
+    let (out, json) = unlock(&f.bus, &creds, "front", &f.phone, Some("0.5,10,10,10")).await;
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert_eq!(json["code"], "TIMEOUT_SCAN", "{json}");
+    assert_clean(&f);
+    assert_eq!(f.phone.radio().stats.connections_made, 1);
 }
 
 #[tokio::test]
