@@ -55,6 +55,42 @@ fn ws_url(c: &Credentials) -> String {
     }
 }
 
+/// `GET /api/me` (CONTRACT §2, "used on reconnect"): the gateway still knows this device?
+/// Returns its registry name; `None` when the gateway cannot be asked now (the WebSocket
+/// keeps trying).
+async fn whoami(c: &Credentials) -> Result<Option<String>, PhoneSyncError> {
+    let Ok(http) = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+    else {
+        return Ok(None);
+    };
+    let Ok(mut auth) =
+        reqwest::header::HeaderValue::from_str(&format!("Device {}", c.device_key.expose()))
+    else {
+        return Err(PhoneSyncError::Unauthorized);
+    };
+    auth.set_sensitive(true);
+    let Ok(resp) = http
+        .get(format!("{}/api/me", c.base_url()))
+        .header(reqwest::header::AUTHORIZATION, auth)
+        .send()
+        .await
+    else {
+        return Ok(None);
+    };
+    match resp.status().as_u16() {
+        401 => Err(PhoneSyncError::Unauthorized),
+        403 => Err(PhoneSyncError::Revoked),
+        200 => Ok(resp
+            .json::<Value>()
+            .await
+            .ok()
+            .and_then(|v| v["name"].as_str().map(str::to_owned))),
+        _ => Ok(None),
+    }
+}
+
 /// One output line per event (the frame as the gateway sent it) or reset.
 fn line(x: &Incoming) -> (i64, Value) {
     match x {
@@ -77,7 +113,12 @@ pub async fn listen(
     mut status: impl FnMut(&str),
     stop: impl Future<Output = ()>,
 ) -> Result<(), PhoneSyncError> {
+    tokio::pin!(stop);
     let creds = Credentials::load(path)?;
+    let name = tokio::select! {
+        r = whoami(&creds) => r?,
+        _ = &mut stop => return Ok(()),
+    };
     let record = |seq: i64| {
         credentials::store_seq(path, u64::try_from(seq).unwrap_or(0)).map_err(|source| {
             PhoneSyncError::Seq {
@@ -93,7 +134,6 @@ pub async fn listen(
     if let Some(s) = since {
         client = client.since(i64::try_from(s).unwrap_or(i64::MAX));
     }
-    tokio::pin!(stop);
     tokio::select! {
         r = client.connect() => r?,
         _ = &mut stop => return Ok(()),
@@ -103,9 +143,13 @@ pub async fn listen(
         // From now on; a later run resumes here.
         record(from)?;
     }
+    let who = match name {
+        Some(n) => format!("{n:?} ({})", creds.device_id),
+        None => format!("device {}", creds.device_id),
+    };
     status(&format!(
-        "listening to {} as device {} (events after seq {from})",
-        creds.gateway_id, creds.device_id
+        "listening to {} as {who} (events after seq {from})",
+        creds.gateway_id
     ));
     loop {
         let next = tokio::select! {
