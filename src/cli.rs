@@ -290,11 +290,30 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
+        // Handlers go in first, so a SIGTERM that arrives while we start is a clean stop, not
+        // the default action (death by signal, which systemd counts as a failure).
+        let shutdown = signals()?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
-        crate::run(config, listener, crate::shutdown_signal()).await
+        crate::run(config, listener, shutdown).await
+    });
+    // Everything is committed by now; do not let a stuck blocking task hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+    result
+}
+
+/// Resolves on the first SIGTERM or SIGINT; the handlers are installed when this is called.
+fn signals() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
     })
 }
 
@@ -327,7 +346,23 @@ fn pair(config: &Config) -> anyhow::Result<()> {
     let now = config.clock.now();
     let ttl = config.pair_token_ttl_secs;
     let t = store.write_blocking(|tx| Ok(pairing::create_token(tx, now, ttl)))??;
-    let (host, port) = advertised(config, &store)?;
+    // Where the daemon on this data dir said it is reachable; else work it out from the config.
+    let recorded: Option<serde_json::Value> = store
+        .read_blocking(|c| crate::store::meta_get(c, "advertise"))?
+        .and_then(|s| serde_json::from_str(&s).ok());
+    let host = match (
+        &config.advertise_host,
+        recorded.as_ref().and_then(|v| v["host"].as_str()),
+    ) {
+        (Some(h), _) => h.clone(),
+        (None, Some(h)) => h.to_owned(),
+        (None, None) => crate::net::advertise_host(None, config.listen),
+    };
+    let port = recorded
+        .as_ref()
+        .and_then(|v| v["port"].as_u64())
+        .and_then(|p| u16::try_from(p).ok())
+        .unwrap_or(config.listen.port());
     let payload = serde_json::json!({
         "v": 1,
         "host": host,
@@ -347,19 +382,6 @@ fn pair(config: &Config) -> anyhow::Result<()> {
     )?;
     writeln!(out, "{payload}")?;
     Ok(())
-}
-
-/// The address the daemon on this data dir last advertised, else what the config implies.
-fn advertised(config: &Config, store: &crate::store::Store) -> anyhow::Result<(String, u16)> {
-    let host = store.read_blocking(|c| crate::store::meta_get(c, "advertise_host"))?;
-    let port = store.read_blocking(|c| crate::store::meta_get(c, "advertise_port"))?;
-    if let (Some(h), Some(p)) = (host, port.and_then(|p| p.parse().ok())) {
-        if config.advertise_host.is_none() {
-            return Ok((h, p));
-        }
-    }
-    let host = crate::net::advertise_host(config.advertise_host.as_deref(), config.listen);
-    Ok((host, config.listen.port()))
 }
 
 fn human_secs(s: u64) -> String {

@@ -320,8 +320,23 @@ fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {
     })?;
     toml::from_str(&text).map_err(|e| ConfigError::Parse {
         path: path.to_owned(),
-        message: e.to_string(),
+        message: one_line_toml_error(&text, &e),
     })
+}
+
+/// toml's own rendering draws the offending line over several lines; a shell user and the
+/// journal want one: "line 3, column 1: unknown field `lisen`, expected …".
+fn one_line_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().split_whitespace().collect::<Vec<_>>().join(" ");
+    match e.span() {
+        Some(span) => {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|b| **b == b'\n').count() + 1;
+            let column = before.iter().rev().take_while(|b| **b != b'\n').count() + 1;
+            format!("line {line}, column {column}: {message}")
+        }
+        None => message,
+    }
 }
 
 #[cfg(test)]
@@ -380,6 +395,8 @@ action = { type = "command", argv = ["/bin/true"] }
         })
         .unwrap_err();
         assert!(err.to_string().contains("lisen"), "{err}");
+        assert!(err.to_string().contains("line 1, column 1"), "{err}");
+        assert!(!err.to_string().contains('\n'), "{err}");
         std::fs::write(
             &path,
             "[[endpoint]]\nid = \"Bad Id\"\naction = { type = \"none\" }\n",

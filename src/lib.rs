@@ -111,6 +111,16 @@ pub fn build_state(config: Config, port: u16) -> anyhow::Result<AppState> {
         .read_blocking(|c| store::meta_get(c, "gateway_id"))?
         .context("database has no gateway id")?;
     let advertise_host = net::advertise_host(config.advertise_host.as_deref(), config.listen);
+    // Recorded so `latchkey pair`, run beside this daemon, prints the address it really serves.
+    let advertised = serde_json::json!({ "host": advertise_host, "port": port }).to_string();
+    store.write_blocking(|tx| {
+        tx.execute(
+            "INSERT INTO meta (key, value) VALUES ('advertise', ?1)
+             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+            [advertised],
+        )?;
+        Ok(())
+    })?;
     Ok(Arc::new(App {
         clock: config.clock.clone(),
         store,
@@ -160,22 +170,12 @@ pub async fn serve(
     );
     ble::start(&state).await?;
 
-    // `latchkey pair` on the same data dir shows the address this daemon really serves on.
-    let advertised = (state.advertise_host.clone(), state.port.to_string());
-    state
-        .store
-        .write(move |tx| {
-            tx.execute(
-                "INSERT INTO meta (key, value) VALUES ('advertise_host', ?1), ('advertise_port', ?2)
-                 ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                [advertised.0, advertised.1],
-            )?;
-            Ok(())
-        })
-        .await?;
-
     let app = web::router(state.clone(), ws::routes());
     let token = state.shutdown.clone();
+    // Small WebSocket frames must go out at once, not wait on Nagle for the previous ACK.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let server = axum::serve(
         listener,
         app.into_make_service_with_connect_info::<SocketAddr>(),

@@ -7,7 +7,11 @@ fn main() -> std::process::ExitCode {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             // One line, every cause joined: what a shell user or systemd's journal needs.
-            eprintln!("latchkey: {e:#}");
+            let reason = format!("{e:#}");
+            eprintln!(
+                "latchkey: {}",
+                reason.split_whitespace().collect::<Vec<_>>().join(" ")
+            );
             std::process::ExitCode::FAILURE
         }
     }

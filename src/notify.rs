@@ -22,10 +22,28 @@ pub fn stopping() {
     }
 }
 
-/// The watchdog period systemd asked for, if any.
+/// The watchdog period systemd asked for, if any. Follows sd_watchdog_enabled(3): `WATCHDOG_USEC`
+/// set and non-zero, and `WATCHDOG_PID`, *when present*, naming this process. (The sd-notify
+/// crate's own check insists on `WATCHDOG_PID`, so a manager that leaves it out got no pings.)
 pub fn watchdog_interval() -> Option<Duration> {
-    let mut usec = 0u64;
-    sd_notify::watchdog_enabled(false, &mut usec).then(|| Duration::from_micros(usec))
+    parse_watchdog(
+        std::env::var("WATCHDOG_USEC").ok().as_deref(),
+        std::env::var("WATCHDOG_PID").ok().as_deref(),
+        std::process::id(),
+    )
+}
+
+fn parse_watchdog(usec: Option<&str>, pid: Option<&str>, me: u32) -> Option<Duration> {
+    let usec: u64 = usec?.trim().parse().ok()?;
+    if usec == 0 {
+        return None;
+    }
+    if let Some(pid) = pid {
+        if pid.trim().parse::<u32>().ok() != Some(me) {
+            return None;
+        }
+    }
+    Some(Duration::from_micros(usec))
 }
 
 pub fn spawn_watchdog(store: Store, shutdown: CancellationToken) {
@@ -53,4 +71,20 @@ pub fn spawn_watchdog(store: Store, shutdown: CancellationToken) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn watchdog_env_follows_sd_watchdog_enabled() {
+        let ms = |m| Some(Duration::from_millis(m));
+        assert_eq!(parse_watchdog(Some("200000"), None, 7), ms(200));
+        assert_eq!(parse_watchdog(Some("200000"), Some("7"), 7), ms(200));
+        assert_eq!(parse_watchdog(Some("200000"), Some("8"), 7), None);
+        assert_eq!(parse_watchdog(Some("0"), None, 7), None);
+        assert_eq!(parse_watchdog(Some("x"), None, 7), None);
+        assert_eq!(parse_watchdog(None, Some("7"), 7), None);
+    }
 }

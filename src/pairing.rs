@@ -133,14 +133,14 @@ pub fn redeem(
         return Err(PairError::Invalid);
     }
     let hash = crate::secret::TokenHash::of(token);
+    // Cached statements: this is the hot path when a room full of phones pairs at once.
     let claimed: Option<i64> = tx
-        .query_row(
+        .prepare_cached(
             "UPDATE pair_tokens SET used_at = ?2
              WHERE token_hash = ?1 AND used_at IS NULL AND expires_at > ?2
              RETURNING id",
-            params![hash.as_bytes(), now],
-            |r| r.get(0),
-        )
+        )?
+        .query_row(params![hash.as_bytes(), now], |r| r.get(0))
         .optional()?;
     let Some(token_id) = claimed else {
         let row: Option<(i64, Option<i64>)> = tx
@@ -163,22 +163,20 @@ pub fn redeem(
     let sealed = master
         .seal(totp_secret.expose(), &totp_aad(&device_id))
         .map_err(|_| PairError::Seal)?;
-    tx.execute(
+    tx.prepare_cached(
         "INSERT INTO devices (id, name, type, key_hash, totp_sealed, paired_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-        params![
-            device_id.as_str(),
-            info.name,
-            info.kind,
-            device_key.hash().as_bytes(),
-            sealed,
-            now
-        ],
-    )?;
-    tx.execute(
-        "UPDATE pair_tokens SET device_id = ?2 WHERE id = ?1",
-        params![token_id, device_id.as_str()],
-    )?;
+    )?
+    .execute(params![
+        device_id.as_str(),
+        info.name,
+        info.kind,
+        device_key.hash().as_bytes(),
+        sealed,
+        now
+    ])?;
+    tx.prepare_cached("UPDATE pair_tokens SET device_id = ?2 WHERE id = ?1")?
+        .execute(params![token_id, device_id.as_str()])?;
     let seq = events::append(
         tx,
         "device.paired",

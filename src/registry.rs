@@ -86,7 +86,7 @@ fn device_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Device> {
 
 pub fn list(conn: &Connection) -> Result<Vec<Device>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY paired_at, id"
+        "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY paired_at, rowid"
     ))?;
     let rows = stmt.query_map([], device_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)

@@ -115,6 +115,8 @@ async fn pair(
         return Err(ApiError::rate_limited(retry));
     }
     let info = DeviceInfo::validate(&req.device_info.name, &req.device_info.kind)?;
+    // The authenticator label; kept here so no second database round trip is needed.
+    let account = info.name.clone();
     let token = req.pair_token;
     let st = state.clone();
     let result = state
@@ -135,11 +137,6 @@ async fn pair(
     };
     state.metrics.pairings.fetch_add(1, Ordering::Relaxed);
     tracing::info!(device_id = %paired.device_id, "device paired");
-    let name = state.store.read({
-        let id = paired.device_id.clone();
-        move |c| Ok(registry::get(c, &id)?.map(|d| d.name))
-    });
-    let account = name.await?.unwrap_or_else(|| paired.device_id.to_string());
     let uri = pairing::totp_uri(&paired.totp_secret, &state.config.name, &account)
         .ok_or_else(|| ApiError::internal(&"otpauth uri"))?;
     let body = json!({

@@ -54,12 +54,22 @@ pub fn authorization<'h>(headers: &'h HeaderMap, scheme: &str) -> Option<&'h str
         .then(|| cred.trim())
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 pub enum Admin {
     /// An API token, by id (so its revocation can close what it opened).
     Token(i64),
     /// A browser session; the value is the session id from the cookie.
     Session(String),
+}
+
+/// The session id is a bearer credential: it never prints.
+impl std::fmt::Debug for Admin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Admin::Token(id) => f.debug_tuple("Token").field(id).finish(),
+            Admin::Session(_) => f.write_str("Session([redacted])"),
+        }
+    }
 }
 
 impl Admin {

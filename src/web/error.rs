@@ -79,15 +79,16 @@ impl ApiError {
         )
     }
 
-    /// The contract's code for a bare status (used for framework-made errors).
+    /// The contract's code for a bare status (used for framework-made errors). The contract
+    /// has a closed list of codes, each with its status, so anything without a code of its own
+    /// (405, 415, 422, …) is a 400 BAD_REQUEST.
     pub fn from_status(status: StatusCode) -> Self {
         match status {
             StatusCode::NOT_FOUND => Self::not_found("no such resource"),
-            StatusCode::METHOD_NOT_ALLOWED => Self::new(
-                status,
-                "METHOD_NOT_ALLOWED",
-                "method not allowed for this resource",
-            ),
+            StatusCode::METHOD_NOT_ALLOWED => {
+                Self::bad_request("this method is not allowed on this resource (see Allow)")
+            }
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::bad_request("unsupported Content-Type"),
             StatusCode::PAYLOAD_TOO_LARGE => Self::too_large(),
             StatusCode::UNAUTHORIZED => Self::unauthorized("authentication required"),
             StatusCode::FORBIDDEN => Self::forbidden("forbidden"),
@@ -97,15 +98,7 @@ impl ApiError {
                 "INTERNAL",
                 "internal error",
             ),
-            s => Self::new(
-                if s.is_client_error() {
-                    s
-                } else {
-                    StatusCode::BAD_REQUEST
-                },
-                "BAD_REQUEST",
-                s.canonical_reason().unwrap_or("bad request"),
-            ),
+            s => Self::bad_request(s.canonical_reason().unwrap_or("bad request")),
         }
     }
 }

@@ -74,12 +74,14 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .merge(extra)
         .route("/static/{file}", get(asset))
         .fallback(|| async { ApiError::not_found("no such resource") })
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        // Outside the body limit: its early 413 (declared Content-Length too big) is plain
+        // text and must be rewritten too.
         .layer(middleware::from_fn_with_state(
             state.clone(),
             contract_errors,
         ))
-        .layer(DefaultBodyLimit::max(MAX_BODY))
-        .layer(RequestBodyLimitLayer::new(MAX_BODY))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CSP),
@@ -135,8 +137,10 @@ async fn contract_errors(
             .unwrap_or("");
         if !ct.starts_with("application/json") && !ct.starts_with("text/html") {
             let mut fixed = ApiError::from_status(status).into_response();
-            if let Some(ra) = resp.headers().get(header::RETRY_AFTER) {
-                fixed.headers_mut().insert(header::RETRY_AFTER, ra.clone());
+            for h in [header::RETRY_AFTER, header::ALLOW] {
+                if let Some(v) = resp.headers().get(&h) {
+                    fixed.headers_mut().insert(h, v.clone());
+                }
             }
             return fixed;
         }

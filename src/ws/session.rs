@@ -13,6 +13,7 @@
 //! queue. A live queue that overflows, or a write that stalls, means a slow reader: close 1008.
 
 use std::collections::VecDeque;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,6 +23,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::{sleep, Instant, MissedTickBehavior};
+use tokio_util::sync::WaitForCancellationFutureOwned;
 
 use super::auth::Principal;
 use super::frames::{self, code, ClientFrame, Filter, FrameError};
@@ -352,12 +354,15 @@ struct Outbound<S> {
     cursor: i64,
     filter: Filter,
     /// Fires when holding ends (see `HOLD`).
-    hold: std::pin::Pin<Box<tokio::time::Sleep>>,
+    hold: Pin<Box<tokio::time::Sleep>>,
     /// Events replayed since the log catch-up began; a catch-up that never ends is a client
     /// that cannot keep up.
     replayed: u64,
     last_touch: i64,
     ticker: tokio::time::Interval,
+    /// Registered once on the daemon's shutdown token (not once per loop turn: that token is
+    /// shared by every connection).
+    shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
 }
 
 fn text(s: String) -> Message {
@@ -445,13 +450,14 @@ where
                 conn: conn.clone(),
             },
             ctl,
-            conn,
+            conn: conn.clone(),
             cursor: 0,
             filter: Filter::default(),
             hold: Box::pin(sleep(HOLD)),
             replayed: 0,
             last_touch: 0,
             ticker,
+            shutdown: Box::pin(conn.state.shutdown.clone().cancelled_owned()),
         }
     }
 
@@ -504,26 +510,29 @@ where
 
     /// One turn of the loop: catch up from the log, deliver what is queued, or wait.
     async fn step(&mut self) -> Result<(), Stop> {
-        if self.intake.live && self.intake.need_log {
-            self.catch_up_step().await?;
+        if self.intake.live && (self.intake.need_log || !self.intake.pending.is_empty()) {
+            if self.intake.need_log {
+                self.catch_up_step().await?;
+            } else {
+                self.deliver_pending().await?;
+            }
+            // However busy the stream, shutdown, acks and pings still get their turn.
             if self.conn.state.shutdown.is_cancelled() {
                 return Err(Stop::Shutdown);
             }
-            // Acks and the like keep flowing during a long replay.
+            if self.ticker.tick().now_or_never().is_some() {
+                self.heartbeat().await?;
+            }
             return match self.ctl.try_recv() {
                 Ok(c) => self.on_control(c).await,
                 Err(mpsc::error::TryRecvError::Empty) => Ok(()),
                 Err(mpsc::error::TryRecvError::Disconnected) => Err(Stop::Gone),
             };
         }
-        if self.intake.live && !self.intake.pending.is_empty() {
-            return self.deliver_pending().await;
-        }
-        let conn = self.conn.clone();
         let holding = !self.intake.live;
         tokio::select! {
             biased;
-            _ = conn.state.shutdown.cancelled() => Err(Stop::Shutdown),
+            _ = &mut self.shutdown => Err(Stop::Shutdown),
             c = self.ctl.recv() => match c {
                 Some(c) => self.on_control(c).await,
                 None => Err(Stop::Gone),

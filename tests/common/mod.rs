@@ -1,7 +1,8 @@
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! Test harness shared by the integration tests: the real daemon on 127.0.0.1:0 with a temp
 //! data dir and a manual clock.
 #![allow(dead_code)]
+// Test helpers fail loudly; clippy's allow-*-in-tests only covers #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::net::SocketAddr;
 use std::sync::Arc;

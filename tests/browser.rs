@@ -1,0 +1,248 @@
+//! The web UI in a real browser (Debian's chromium + chromedriver, driven with fantoccini):
+//! log in, open /pair, screenshot it, decode the QR from the pixels, redeem the token over HTTP
+//! and watch the page say "paired: NAME" by itself.
+//!
+//! Without chromium and chromedriver this test fails (it does not skip): `.ci/run` installs them
+//! (`apt-get install chromium chromium-driver`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::Gateway;
+use fantoccini::{ClientBuilder, Locator};
+use serde_json::{json, Value};
+
+const PASSWORD: &str = "correct horse battery staple";
+/// Bounds on waiting for things to happen (not performance assertions).
+const WAIT: Duration = Duration::from_secs(30);
+
+fn find_exe(names: &[&str]) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    names.iter().find_map(|n| {
+        std::env::split_paths(&path)
+            .map(|d| d.join(n))
+            .find(|p| p.is_file())
+    })
+}
+
+/// chromedriver on a free loopback port, killed when dropped.
+struct Driver {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start_driver(exe: &PathBuf, log: PathBuf) -> Driver {
+    let http = reqwest::Client::new();
+    // A port just released can be taken in between; try a few.
+    for _ in 0..3 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let child = Command::new(exe)
+            .arg(format!("--port={port}"))
+            .arg(format!("--log-path={}", log.display()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start chromedriver");
+        let mut driver = Driver {
+            child,
+            url: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + WAIT;
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = driver.child.try_wait() {
+                break;
+            }
+            if let Ok(r) = http.get(format!("{}/status", driver.url)).send().await {
+                let status: Value = r.json().await.unwrap_or_default();
+                if status["value"]["ready"] == true {
+                    return driver;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = driver.child.kill();
+    }
+    panic!("chromedriver did not come up; see {}", log.display());
+}
+
+fn decode_qr(png: &[u8]) -> Option<String> {
+    let img = image::load_from_memory(png).expect("a PNG").to_luma8();
+    let mut prepared = rqrr::PreparedImage::prepare(img);
+    prepared
+        .detect_grids()
+        .into_iter()
+        .find_map(|g| g.decode().ok().map(|(_, content)| content))
+}
+
+async fn text_of(c: &fantoccini::Client, id: &str) -> String {
+    c.execute(
+        "const e = document.getElementById(arguments[0]); return e ? e.textContent : null;",
+        vec![json!(id)],
+    )
+    .await
+    .unwrap()
+    .as_str()
+    .unwrap_or_default()
+    .to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pair_page_in_chromium_moves_on_when_the_phone_pairs() {
+    let Some(chromium) = find_exe(&["chromium", "chromium-browser", "google-chrome"]) else {
+        panic!(
+            "chromium is not installed: `apt-get install chromium chromium-driver` (.ci/run does)"
+        );
+    };
+    let Some(chromedriver) = find_exe(&["chromedriver"]) else {
+        panic!("chromedriver is not installed: `apt-get install chromium-driver` (.ci/run does)");
+    };
+
+    let gw = Gateway::start().await;
+    let now = gw.state.now();
+    gw.state
+        .store
+        .write_blocking(|tx| Ok(latchkey::admin::set_password(tx, PASSWORD, now)))
+        .unwrap()
+        .unwrap();
+    let http = reqwest::Client::new();
+
+    let scratch = tempfile::tempdir().unwrap();
+    let driver = start_driver(&chromedriver, scratch.path().join("chromedriver.log")).await;
+    let profile = scratch.path().join("profile");
+    let caps = json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": chromium,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--no-default-browser-check", "--disable-extensions",
+                "--disable-default-apps", "--disable-domain-reliability",
+                "--window-size=1200,1000",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        },
+        "goog:loggingPrefs": { "browser": "ALL" },
+    });
+    let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps.as_object().unwrap().clone())
+        .connect(&driver.url)
+        .await
+        .expect("a chromium session");
+
+    // Log in through the form.
+    c.goto(&gw.url("/login")).await.unwrap();
+    c.find(Locator::Id("password"))
+        .await
+        .unwrap()
+        .send_keys(PASSWORD)
+        .await
+        .unwrap();
+    c.find(Locator::Css("form[action='/login'] button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Css("section.stats"))
+        .await
+        .expect("logged in and sent to the dashboard");
+    assert_eq!(c.current_url().await.unwrap().as_str(), gw.url("/"));
+
+    // The pairing page: its QR code, read back from the pixels, is the page's payload.
+    c.goto(&gw.url("/pair")).await.unwrap();
+    let shot = c.screenshot().await.unwrap();
+    let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::write(shots.join("browser-pair.png"), &shot).unwrap();
+    let payload = text_of(&c, "payload").await;
+    let decoded = decode_qr(&shot).expect("the screenshot shows a readable QR code");
+    assert_eq!(decoded, payload);
+    let payload: Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(payload["v"], 1);
+    assert_eq!(payload["host"], "127.0.0.1");
+    assert_eq!(payload["port"], gw.addr.port());
+    let countdown = text_of(&c, "countdown").await;
+    assert!(countdown.contains(':'), "countdown runs: {countdown:?}");
+
+    // A phone redeems it over HTTP.
+    let r = http
+        .post(gw.url("/api/pair"))
+        .json(&json!({"pairToken": payload["pairToken"], "deviceInfo": {"name": "Browser Phone", "type": "mobile"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+
+    // The page moves on by itself (pushed over /ws; no reload).
+    let deadline = Instant::now() + WAIT;
+    let mut status = text_of(&c, "pair-status").await;
+    while status != "paired: Browser Phone" && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        status = text_of(&c, "pair-status").await;
+    }
+    std::fs::write(
+        shots.join("browser-paired.png"),
+        c.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        status, "paired: Browser Phone",
+        "the /pair page did not show the pairing without a reload (it listens on the WebSocket /ws)"
+    );
+
+    // The devices page lists the phone.
+    c.goto(&gw.url("/devices")).await.unwrap();
+    let table = c
+        .find(Locator::Id("devices"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(table.contains("Browser Phone"), "{table}");
+
+    // Every page came with a CSP, and the browser reported no error (a CSP violation, a
+    // missing asset, a script error) on the way.
+    let r = http.get(gw.url("/login")).send().await.unwrap();
+    assert!(r.headers().contains_key("content-security-policy"));
+    let session = c.session_id().await.unwrap().unwrap();
+    let log: Value = http
+        .post(format!("{}/session/{session}/se/log", driver.url))
+        .json(&json!({"type": "browser"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let errors: Vec<&Value> = log["value"]
+        .as_array()
+        .unwrap_or_else(|| panic!("chromedriver gave no browser log: {log}"))
+        .iter()
+        .filter(|e| e["level"] == "SEVERE")
+        .collect();
+    assert!(errors.is_empty(), "browser console errors: {errors:#?}");
+
+    c.close().await.unwrap();
+    drop(driver);
+    gw.stop().await;
+}
