@@ -300,7 +300,7 @@ async fn pairs_from_a_picture_of_the_terminal_qr() {
 /// The stage under test gets half a second, the others ten: what is tested is the timeout
 /// path (its code, its message, its cleanup), not timing.
 async fn times_out(area: &str, what: Withhold, timeouts: &str, code: &str, message: &str) -> Field {
-    let opened = tempfile::tempdir().unwrap().keep().join("opened");
+    let opened = tempfile::NamedTempFile::new().unwrap().into_temp_path();
     let f = Field::start(area, vec![door("front", &opened)]).await;
     let (creds, c) = f.pair("timeout phone").await;
     f.gateway.withhold(what, true);
@@ -402,7 +402,8 @@ async fn timeout_server_when_the_result_is_lost() {
 
 #[tokio::test]
 async fn a_denial_and_a_powered_off_adapter_also_leave_nothing_open() {
-    let opened = tempfile::tempdir().unwrap().keep().join("opened");
+    let out_dir = tempfile::tempdir().unwrap();
+    let opened = out_dir.path().join("opened");
     let f = Field::start("denial", vec![door("front", &opened)]).await;
     let (creds, _) = f.pair("denied phone").await;
 

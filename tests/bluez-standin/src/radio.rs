@@ -1471,3 +1471,52 @@ impl Standin {
         .await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adv(uuids: &[&str]) -> AdvInfo {
+        AdvInfo {
+            owner: ":1.1".into(),
+            path: "/adv".into(),
+            kind: "peripheral".into(),
+            service_uuids: uuids.iter().map(|u| (*u).to_owned()).collect(),
+            local_name: None,
+            discoverable: None,
+        }
+    }
+
+    #[test]
+    fn discovery_filters_as_bluetoothd_reads_them() {
+        let door = "8603cf6e-0001-462b-ab5a-16c899edcee3";
+        let dict = |uuids: Vec<&str>, transport: &str| {
+            let mut d: HashMap<String, OwnedValue> = HashMap::new();
+            let list: Vec<String> = uuids.into_iter().map(str::to_owned).collect();
+            d.insert(
+                "UUIDs".into(),
+                OwnedValue::try_from(Value::from(list)).unwrap(),
+            );
+            d.insert(
+                "Transport".into(),
+                OwnedValue::try_from(Value::from(transport.to_owned())).unwrap(),
+            );
+            d
+        };
+        let f = Filter::parse(&dict(vec!["8603CF6E-0001-462B-AB5A-16C899EDCEE3"], "le")).unwrap();
+        assert!(f.accepts(&adv(&[door])));
+        assert!(!f.accepts(&adv(&["0000180f-0000-1000-8000-00805f9b34fb"])));
+        assert!(Filter::parse(&dict(vec![], "auto"))
+            .unwrap()
+            .accepts(&adv(&[])));
+        assert!(!Filter::parse(&dict(vec![], "bredr"))
+            .unwrap()
+            .accepts(&adv(&[door])));
+        assert!(Filter::parse(&dict(vec![], "usb")).is_err());
+        let mut unknown = HashMap::new();
+        unknown.insert("Colour".to_owned(), OwnedValue::from(1u8));
+        assert!(Filter::parse(&unknown).is_err());
+        assert_eq!("challenge".parse::<Withhold>(), Ok(Withhold::Challenge));
+        assert!("everything".parse::<Withhold>().is_err());
+    }
+}
