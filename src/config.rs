@@ -74,6 +74,8 @@ pub struct EventsFile {
 pub struct BleFile {
     pub mode: Option<BleMode>,
     pub require_encryption: Option<bool>,
+    /// Which BlueZ adapter to serve on (`hci0`, …); default: `hci0` if present, else the first.
+    pub adapter: Option<String>,
 }
 
 /// A door, gate or vehicle the gateway can open (`[[endpoint]]` in the config file).
@@ -129,6 +131,8 @@ pub struct Config {
     pub listen: SocketAddr,
     pub ble: BleMode,
     pub ble_require_encryption: bool,
+    /// The BlueZ adapter to use (`[ble] adapter`); `None` picks `hci0`, else the first one.
+    pub ble_adapter: Option<String>,
     pub advertise_host: Option<String>,
     /// Shown in the UI and the BLE advertisement.
     pub name: String,
@@ -195,6 +199,7 @@ impl Config {
             listen,
             ble: over.ble.or(file.ble.mode).unwrap_or_default(),
             ble_require_encryption: file.ble.require_encryption.unwrap_or(false),
+            ble_adapter: file.ble.adapter,
             advertise_host: file.advertise_host,
             name: file.name.unwrap_or_else(|| "latchkey".to_owned()),
             pair_token_ttl_secs: file.pairing.token_ttl_secs.unwrap_or(300),
@@ -215,6 +220,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             ble: BleMode::Off,
             ble_require_encryption: false,
+            ble_adapter: None,
             advertise_host: None,
             name: "latchkey-test".to_owned(),
             pair_token_ttl_secs: 300,
@@ -236,6 +242,16 @@ impl Config {
             return Err(ConfigError::Invalid(
                 "events.retention must be at least 10000".into(),
             ));
+        }
+        if let Some(a) = &self.ble_adapter {
+            let valid = a.len() <= 16
+                && a.strip_prefix("hci")
+                    .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+            if !valid {
+                return Err(ConfigError::Invalid(format!(
+                    "ble.adapter {a:?} must be an adapter name like hci0"
+                )));
+            }
         }
         if self.name.is_empty() || self.name.len() > 32 {
             return Err(ConfigError::Invalid(
@@ -260,6 +276,14 @@ impl Config {
                     "endpoint id {:?} appears twice",
                     ep.id
                 )));
+            }
+            if let ActionConfig::Gpio { chip, pulse_ms, .. } = &ep.action {
+                if chip.is_empty() || !(1..=60_000).contains(pulse_ms) {
+                    return Err(ConfigError::Invalid(format!(
+                        "endpoint {}: gpio needs a chip and pulse_ms from 1 to 60000",
+                        ep.id
+                    )));
+                }
             }
             if let ActionConfig::Command { argv, timeout_secs } = &ep.action {
                 if argv.is_empty() {

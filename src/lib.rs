@@ -4,10 +4,12 @@
 //! WebSockets or BlueZ; `web`, `ws` and `ble` are adapters over it. `run` takes its listener and
 //! shutdown signal from the caller, so tests drive the real server on `127.0.0.1:0`.
 
+pub mod access;
 pub mod admin;
 pub mod ble;
 pub mod cli;
 pub mod clock;
+pub mod clocktrust;
 pub mod config;
 pub mod crypto;
 pub mod events;
@@ -132,6 +134,8 @@ pub fn build_state(config: Config, port: u16) -> anyhow::Result<AppState> {
         metrics: Metrics::default(),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
+        ble: ble::BleStatus::default(),
+        clock_trust: clocktrust::ClockTrust::new(),
         config,
     }))
 }

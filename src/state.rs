@@ -7,7 +7,9 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use crate::ble::BleStatus;
 use crate::clock::SharedClock;
+use crate::clocktrust::ClockTrust;
 use crate::config::Config;
 use crate::crypto::MasterKey;
 use crate::events::EventBus;
@@ -35,6 +37,10 @@ pub struct App {
     pub shutdown: CancellationToken,
     /// Long-lived connection tasks (WebSockets), awaited on shutdown.
     pub tasks: TaskTracker,
+    /// Where the BLE door service stands.
+    pub ble: BleStatus,
+    /// Whether the gateway's clock looks right (NTP, and what phones' frames say).
+    pub clock_trust: ClockTrust,
 }
 
 impl App {

@@ -75,6 +75,11 @@ const MIGRATIONS: &[&str] = &[
 
     INSERT INTO meta (key, value) VALUES ('gateway_id', lower(hex(randomblob(16))));
     "#,
+    // 2: BLE door service: when a lockout row last changed, so that idle rows of peer
+    // addresses (phones rotate them) can be pruned.
+    r#"
+    ALTER TABLE lockouts ADD COLUMN updated_at INTEGER NOT NULL DEFAULT 0;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

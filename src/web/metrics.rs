@@ -120,5 +120,48 @@ pub async fn render(state: &AppState) -> Result<String, StoreError> {
         "Door denials.",
         c(&m.access_denied),
     );
+    line(
+        "latchkey_ble_up",
+        "gauge",
+        "1 when the BLE door service is registered and advertising.",
+        i64::from(state.ble.is_up()),
+    );
+    line(
+        "latchkey_ble_registrations_total",
+        "counter",
+        "BLE GATT registrations (more than one: BlueZ or the adapter came back).",
+        c(&state.ble.registrations),
+    );
+    line(
+        "latchkey_ble_disconnects_total",
+        "counter",
+        "BLE peer disconnects seen.",
+        c(&state.ble.disconnects),
+    );
+    let clock = state.clock_trust.assess(state.now());
+    line(
+        "latchkey_clock_ntp_synchronized",
+        "gauge",
+        "systemd-timedated NTPSynchronized: 1 yes, 0 no, -1 unknown.",
+        clock.ntp.gauge(),
+    );
+    line(
+        "latchkey_clock_phone_offset_seconds",
+        "gauge",
+        "Median of phone time minus gateway time over recent authenticated BLE frames.",
+        clock.phone_offset_secs.unwrap_or(0),
+    );
+    line(
+        "latchkey_clock_offset_samples",
+        "gauge",
+        "Recent authenticated BLE frames behind the offset.",
+        i64::try_from(clock.samples).unwrap_or(i64::MAX),
+    );
+    line(
+        "latchkey_clock_suspect",
+        "gauge",
+        "1 when the gateway clock looks wrong (see the log or /activity).",
+        i64::from(clock.suspect),
+    );
     Ok(out)
 }

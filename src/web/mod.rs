@@ -1,5 +1,6 @@
 //! HTTP adapter: the JSON API, the admin pages and the static assets on one port.
 
+pub mod activity;
 pub mod api;
 pub mod auth;
 pub mod error;
@@ -49,6 +50,16 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../static/devices.js"),
     ),
     (
+        "activity.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/activity.js"),
+    ),
+    (
+        "activity.css",
+        "text/css; charset=utf-8",
+        include_str!("../../static/activity.css"),
+    ),
+    (
         "favicon.svg",
         "image/svg+xml",
         include_str!("../../static/favicon.svg"),
@@ -59,6 +70,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
     Router::new()
         .merge(api::routes())
         .merge(ui::routes())
+        .merge(activity::routes())
         .merge(extra)
         .route("/static/{file}", get(asset))
         .fallback(|| async { ApiError::not_found("no such resource") })

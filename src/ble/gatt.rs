@@ -1,0 +1,168 @@
+//! The door service as a bluer GATT application and LE advertisement, and their registration
+//! on one adapter. The application is plain data whose callbacks call into [`Door`]; the
+//! handles unregister on drop.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bluer::adv::{Advertisement, AdvertisementHandle, Type as AdvType};
+use bluer::gatt::local::{
+    Application, ApplicationHandle, Characteristic, CharacteristicNotify,
+    CharacteristicNotifyMethod, CharacteristicRead, CharacteristicWrite, CharacteristicWriteMethod,
+    Service,
+};
+use bluer::Uuid;
+use futures_util::FutureExt;
+
+use latchkey_proto::{AUTH_UUID, CHALLENGE_UUID, RESULT_UUID, SERVICE_UUID};
+
+use super::door::{peer_path, Door, Request};
+
+/// Our limit on each registration call (bluer's own is 120 s).
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A live registration: dropping it unregisters the application and the advertisement.
+pub struct Registration {
+    pub adapter: String,
+    _app: ApplicationHandle,
+    _adv: AdvertisementHandle,
+}
+
+impl std::fmt::Debug for Registration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registration")
+            .field("adapter", &self.adapter)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The GATT application: one primary service with the Challenge, Auth and Result
+/// characteristics (PROTOCOL.md §3).
+pub fn application(door: &Arc<Door>) -> Application {
+    let enc = door.require_encryption();
+    let reader = door.clone();
+    let challenge = Characteristic {
+        uuid: Uuid::from_u128(CHALLENGE_UUID),
+        read: Some(CharacteristicRead {
+            read: true,
+            encrypt_authenticated_read: enc,
+            fun: Box::new(move |req| {
+                let door = reader.clone();
+                async move {
+                    door.read_challenge(&Request {
+                        peer: peer_path(&req.adapter_name, req.device_address),
+                        offset: req.offset,
+                    })
+                }
+                .boxed()
+            }),
+            ..Default::default()
+        }),
+        // Notify-capable as the protocol says; a BlueZ gateway never notifies challenges,
+        // because BlueZ would send them to every subscriber (PROTOCOL.md §7.1).
+        notify: Some(CharacteristicNotify {
+            notify: true,
+            method: CharacteristicNotifyMethod::Fun(Box::new(|_| async {}.boxed())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    let writer = door.clone();
+    let auth = Characteristic {
+        uuid: Uuid::from_u128(AUTH_UUID),
+        write: Some(CharacteristicWrite {
+            write: true,
+            encrypt_authenticated_write: enc,
+            method: CharacteristicWriteMethod::Fun(Box::new(move |value, req| {
+                let door = writer.clone();
+                async move {
+                    let r = Request {
+                        peer: peer_path(&req.adapter_name, req.device_address),
+                        offset: req.offset,
+                    };
+                    door.write_auth(value, &r, req.op_type, req.prepare_authorize)
+                }
+                .boxed()
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    let subscriber = door.clone();
+    let result = Characteristic {
+        uuid: Uuid::from_u128(RESULT_UUID),
+        notify: Some(CharacteristicNotify {
+            notify: true,
+            method: CharacteristicNotifyMethod::Fun(Box::new(move |notifier| {
+                let door = subscriber.clone();
+                async move { door.result_subscribed(notifier).await }.boxed()
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+
+    Application {
+        services: vec![Service {
+            uuid: Uuid::from_u128(SERVICE_UUID),
+            primary: true,
+            characteristics: vec![challenge, auth, result],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Connectable advertising with the service UUID and the gateway's name.
+pub fn advertisement(name: &str) -> Advertisement {
+    Advertisement {
+        advertisement_type: AdvType::Peripheral,
+        service_uuids: [Uuid::from_u128(SERVICE_UUID)].into_iter().collect(),
+        local_name: Some(name.to_owned()),
+        discoverable: Some(true),
+        ..Default::default()
+    }
+}
+
+async fn within<T>(
+    what: &str,
+    fut: impl std::future::Future<Output = bluer::Result<T>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(REGISTER_TIMEOUT, fut).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(format!("{what}: {e}")),
+        Err(_) => Err(format!("{what}: BlueZ did not answer within 10 s")),
+    }
+}
+
+/// Powers the adapter if needed, then registers the application and the advertisement.
+pub async fn register(
+    session: &bluer::Session,
+    adapter_name: &str,
+    door: &Arc<Door>,
+) -> Result<Registration, String> {
+    let adapter = session
+        .adapter(adapter_name)
+        .map_err(|e| format!("adapter {adapter_name}: {e}"))?;
+    if !within("reading the adapter's power state", adapter.is_powered()).await? {
+        within("powering the adapter on", adapter.set_powered(true)).await?;
+        tracing::info!(adapter = adapter_name, "powered the Bluetooth adapter on");
+    }
+    let app = within(
+        "registering the GATT application",
+        adapter.serve_gatt_application(application(door)),
+    )
+    .await?;
+    let adv = within(
+        "registering the LE advertisement",
+        adapter.advertise(advertisement(&door.state().config.name)),
+    )
+    .await?;
+    Ok(Registration {
+        adapter: adapter_name.to_owned(),
+        _app: app,
+        _adv: adv,
+    })
+}
