@@ -86,8 +86,26 @@ pub enum PhoneCmd {
         #[arg(long)]
         json: bool,
         /// Stage timeouts in seconds: scan, connect, challenge, server
-        #[arg(long, value_delimiter = ',', num_args = 4, value_name = "S,S,S,S")]
+        #[arg(long, value_delimiter = ',', value_name = "S,S,S,S")]
         timeouts: Option<Vec<f64>>,
+        #[command(flatten)]
+        creds: CredentialsArg,
+    },
+    /// Print the gateway's events as JSON lines, reconnecting and resuming as needed
+    Listen {
+        /// Start after this seq [default: the last one printed before, else now]
+        #[arg(long, value_name = "N")]
+        since: Option<u64>,
+        #[command(flatten)]
+        creds: CredentialsArg,
+    },
+    /// Publish an event; prints its seq once the gateway has committed it
+    Publish {
+        /// Topic, e.g. ui.sync (device., access., node. and gateway. are the gateway's own)
+        topic: String,
+        /// The event's data, a JSON value
+        #[arg(value_parser = crate::phone::cli::parse_json)]
+        data: serde_json::Value,
         #[command(flatten)]
         creds: CredentialsArg,
     },
@@ -231,8 +249,9 @@ fn phone(cmd: PhoneCmd) -> anyhow::Result<()> {
                 let c = pair::redeem(&http, &payload, &name, &kind, now).await?;
                 let path = creds.path();
                 c.save(&path)?;
-                // A fresh pairing starts its event history afresh.
+                // A fresh pairing starts its event history and TOTP steps afresh.
                 let _ = std::fs::remove_file(crate::phone::Credentials::seq_path(&path));
+                let _ = std::fs::remove_file(crate::phone::Credentials::step_path(&path));
                 eprintln!(
                     "paired as {:?}: device {} (credentials in {})",
                     c.name,
@@ -247,7 +266,22 @@ fn phone(cmd: PhoneCmd) -> anyhow::Result<()> {
                 json,
                 timeouts,
                 creds,
-            } => phone_unlock(&endpoint, adapter.as_deref(), json, timeouts, &creds.path()).await,
+            } => {
+                crate::phone::cli::unlock(
+                    &endpoint,
+                    adapter.as_deref(),
+                    json,
+                    timeouts,
+                    &creds.path(),
+                )
+                .await
+            }
+            PhoneCmd::Listen { since, creds } => {
+                crate::phone::cli::listen(&creds.path(), since).await
+            }
+            PhoneCmd::Publish { topic, data, creds } => {
+                crate::phone::cli::publish(&creds.path(), &topic, data).await
+            }
         }
     })
 }
@@ -348,104 +382,6 @@ fn pair(config: &Config) -> anyhow::Result<()> {
     )?;
     writeln!(out, "{payload}")?;
     Ok(())
-}
-
-async fn phone_unlock(
-    endpoint: &str,
-    adapter: Option<&str>,
-    json: bool,
-    timeouts: Option<Vec<f64>>,
-    creds: &std::path::Path,
-) -> anyhow::Result<()> {
-    use crate::phone::unlock::{self, Timeouts};
-    use std::time::Duration;
-    let creds = crate::phone::Credentials::load(creds)?;
-    let mut limits = Timeouts::default();
-    if let Some(t) = timeouts {
-        let d = |s: f64| Duration::try_from_secs_f64(s).ok().filter(|d| !d.is_zero());
-        match t.as_slice() {
-            [a, b, c, e] => {
-                let parsed = (d(*a), d(*b), d(*c), d(*e));
-                let (Some(scan), Some(connect), Some(challenge), Some(server)) = parsed else {
-                    bail!("--timeouts takes four positive numbers of seconds");
-                };
-                limits = Timeouts {
-                    scan,
-                    connect,
-                    challenge,
-                    server,
-                };
-            }
-            _ => bail!("--timeouts takes four numbers: scan,connect,challenge,server"),
-        }
-    }
-    let session = bluer::Session::new()
-        .await
-        .context("cannot reach BlueZ on the system D-Bus")?;
-    let adapter = match adapter {
-        Some(name) => session.adapter(name)?,
-        None => session
-            .default_adapter()
-            .await
-            .context("no Bluetooth adapter")?,
-    };
-    let started = std::time::Instant::now();
-    let now = || crate::clock::Clock::now(&crate::clock::SystemClock).max(0) as u64;
-    let result = unlock::unlock(&adapter, &creds, endpoint, limits, now, |stage| {
-        tracing::debug!(stage = stage.as_str(), "unlock");
-    })
-    .await;
-    let total = started.elapsed();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    match result {
-        Ok(o) => {
-            let status = o.status.as_str();
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({
-                        "status": status,
-                        "granted": o.status == latchkey_proto::Status::Granted,
-                        "authenticated": o.authenticated,
-                        "retryAfter": o.retry_after,
-                        "gateway": { "address": o.gateway.address, "name": o.gateway.name, "rssi": o.gateway.rssi },
-                        "attOps": o.att_ops,
-                        "ms": { "scan": ms(o.timings.scan), "connect": ms(o.timings.connect),
-                                "challenge": ms(o.timings.challenge), "decision": ms(o.timings.decision),
-                                "total": ms(total) },
-                    })
-                );
-            } else if o.status == latchkey_proto::Status::Granted {
-                println!("granted");
-            } else {
-                let note = if o.authenticated {
-                    ""
-                } else {
-                    " (unconfirmed: the gateway could not sign it)"
-                };
-                let retry = if o.retry_after > 0 {
-                    format!(", retry in {} s", o.retry_after)
-                } else {
-                    String::new()
-                };
-                println!("denied: {status}{retry}{note}");
-            }
-            if o.status == latchkey_proto::Status::Granted {
-                Ok(())
-            } else {
-                bail!("access denied: {status}")
-            }
-        }
-        Err(e) => {
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({ "status": "ERROR", "code": e.code(), "message": e.to_string() })
-                );
-            }
-            bail!("{}: {e}", e.code())
-        }
-    }
 }
 
 fn human_secs(s: u64) -> String {

@@ -139,10 +139,44 @@ impl Credentials {
 
     /// Where `phone listen` keeps the last event seq it saw: beside the credentials.
     pub fn seq_path(path: &Path) -> PathBuf {
-        let mut p = path.as_os_str().to_owned();
-        p.push(".seq");
-        PathBuf::from(p)
+        beside(path, ".seq")
     }
+
+    /// Where `phone unlock` keeps the last TOTP step it sent: beside the credentials.
+    pub fn step_path(path: &Path) -> PathBuf {
+        beside(path, ".step")
+    }
+}
+
+fn beside(path: &Path, suffix: &str) -> PathBuf {
+    let mut p = path.as_os_str().to_owned();
+    p.push(suffix);
+    PathBuf::from(p)
+}
+
+/// Writes a number next to the credentials (write-then-rename, so a crash never leaves a
+/// torn number).
+fn store_number(target: &Path, n: u64) -> std::io::Result<()> {
+    let mut tmp = target.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    std::fs::write(&tmp, format!("{n}\n"))?;
+    std::fs::rename(tmp, target)
+}
+
+fn load_number(target: &Path) -> Option<u64> {
+    std::fs::read_to_string(target)
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+/// The last TOTP step sent to this gateway, if any.
+pub fn load_step(path: &Path) -> Option<u64> {
+    load_number(&Credentials::step_path(path))
+}
+
+pub fn store_step(path: &Path, step: u64) -> std::io::Result<()> {
+    store_number(&Credentials::step_path(path), step)
 }
 
 /// `$XDG_CONFIG_HOME/latchkey/phone.json`, else `~/.config/latchkey/phone.json`, else
@@ -159,18 +193,17 @@ pub fn default_path() -> PathBuf {
 
 /// Reads the last seen seq (0 if none).
 pub fn load_seq(path: &Path) -> u64 {
-    std::fs::read_to_string(Credentials::seq_path(path))
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(0)
+    load_number(&Credentials::seq_path(path)).unwrap_or(0)
 }
 
-/// Records the last seen seq (write-then-rename so a crash never leaves a torn number).
+/// Whether a seq was ever recorded for these credentials.
+pub fn has_seq(path: &Path) -> bool {
+    load_number(&Credentials::seq_path(path)).is_some()
+}
+
+/// Records the last seen seq.
 pub fn store_seq(path: &Path, seq: u64) -> std::io::Result<()> {
-    let target = Credentials::seq_path(path);
-    let tmp = target.with_extension("seq.tmp");
-    std::fs::write(&tmp, format!("{seq}\n"))?;
-    std::fs::rename(tmp, target)
+    store_number(&Credentials::seq_path(path), seq)
 }
 
 #[cfg(test)]
@@ -208,8 +241,13 @@ mod tests {
             "{dbg}"
         );
         assert_eq!(load_seq(&path), 0);
+        assert!(!has_seq(&path));
         store_seq(&path, 42).unwrap();
         assert_eq!(load_seq(&path), 42);
+        assert!(has_seq(&path));
+        assert_eq!(load_step(&path), None);
+        store_step(&path, 7).unwrap();
+        assert_eq!(load_step(&path), Some(7));
         assert!(matches!(
             Credentials::load(&dir.path().join("none.json")),
             Err(CredentialsError::Missing(_))

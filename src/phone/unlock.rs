@@ -1,13 +1,26 @@
 //! `phone unlock`: open a door over BLE as a phone app would, following seed 000's states
 //! (idle → scanning → deviceSelected → connecting → challenge → completing → completed | error)
 //! with a timeout per stage. Three ATT operations after connecting: subscribe to Result, read
-//! Challenge, write Auth (docs/PROTOCOL.md §6). Every exit path stops the scan and disconnects.
+//! Challenge, write Auth (docs/PROTOCOL.md §8). Every exit path stops the scan and disconnects.
+//!
+//! Choices a real app must make too, and what BlueZ needs for them:
+//! - a device counts as found only when it was heard during this scan (it has an `RSSI`);
+//!   BlueZ also lists devices it merely remembers;
+//! - the auth frame is written with a write *request*: bluer's `write()` sends a write command
+//!   (no response), which the gateway's write-only characteristic does not answer;
+//! - the notify session is kept until after the disconnect, so ending it costs no fourth ATT
+//!   operation (disabling the CCCD); the link's end ends it anyway;
+//! - the TOTP step: one step per attempt, never one already sent (PROTOCOL.md §4.2); the caller
+//!   picks it with [`next_step`] and remembers it from [`Stage::Completing`] on.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
+use bluer::gatt::remote::CharacteristicWriteRequest;
+use bluer::gatt::WriteOp;
 use bluer::{AdapterEvent, DiscoveryFilter, DiscoveryTransport, Uuid};
-use futures_util::{Stream, StreamExt};
+use futures_util::stream::BoxStream;
+use futures_util::StreamExt;
 use latchkey_proto as proto;
 
 use super::Credentials;
@@ -59,6 +72,11 @@ impl Default for Timeouts {
     }
 }
 
+/// The smallest ATT MTU that carries every frame in one PDU (PROTOCOL.md §3).
+pub const MIN_MTU: usize = 114;
+/// How long cleanup (stopping the scan, disconnecting) may take before we give up on it.
+const CLEANUP_LIMIT: Duration = Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum UnlockError {
     #[error("no latchkey gateway found nearby")]
@@ -71,6 +89,8 @@ pub enum UnlockError {
     TimeoutServer,
     #[error("the gateway does not offer the latchkey door service")]
     NoService,
+    #[error("Bluetooth adapter {0} is powered off")]
+    PoweredOff(String),
     #[error("bluetooth: {0}")]
     Bluetooth(String),
     #[error("protocol: {0}")]
@@ -88,6 +108,7 @@ impl UnlockError {
             UnlockError::TimeoutChallenge => "TIMEOUT_CHALLENGE",
             UnlockError::TimeoutServer => "TIMEOUT_SERVER",
             UnlockError::NoService => "NO_SERVICE",
+            UnlockError::PoweredOff(_) => "BLUETOOTH_OFF",
             UnlockError::Bluetooth(_) => "BLUETOOTH",
             UnlockError::Protocol(_) => "PROTOCOL",
             UnlockError::Credentials(_) => "CREDENTIALS",
@@ -129,6 +150,18 @@ pub struct Outcome {
     pub att_ops: u32,
 }
 
+/// The TOTP step to send at `now` when `last` was the last one sent to this gateway
+/// (PROTOCOL.md §4.2): the current step, else the next; `None` when both were sent (wait for
+/// the next step to begin).
+pub fn next_step(last: Option<u64>, now: u64) -> Option<u64> {
+    let current = proto::totp_step(now);
+    match last {
+        Some(l) if l == current => Some(current + 1),
+        Some(l) if l == current + 1 => None,
+        _ => Some(current),
+    }
+}
+
 /// One attempt's signed auth frame and what is needed to check the answer.
 pub struct Attempt {
     pub frame: Vec<u8>,
@@ -138,12 +171,14 @@ pub struct Attempt {
 }
 
 impl Attempt {
-    /// Builds the auth frame answering `challenge` (PROTOCOL.md §5.2).
+    /// Builds the auth frame answering `challenge` (PROTOCOL.md §5.2) with the code of TOTP
+    /// step `step`, stamped `now`.
     pub fn new(
         creds: &Credentials,
         challenge: &proto::Challenge,
         endpoint: &str,
         now: u64,
+        step: u64,
     ) -> Result<Self, UnlockError> {
         let secret = creds
             .totp_bytes()
@@ -155,7 +190,7 @@ impl Attempt {
             .map_err(|e| UnlockError::Credentials(e.to_string()))?;
         let request = proto::AuthRequest {
             device_id,
-            totp: proto::totp_at(secret.expose(), now),
+            totp: proto::hotp(secret.expose(), step),
             timestamp: now,
             endpoint,
         };
@@ -176,11 +211,12 @@ impl Attempt {
         })
     }
 
-    /// `Ok(None)` for a notification that answers someone else's attempt.
+    /// `Ok(None)` for a notification that answers someone else's attempt, or that does not
+    /// verify (a spoof, PROTOCOL.md §8 step 7.4): keep waiting.
     pub fn check(&self, notification: &[u8]) -> Result<Option<proto::VerifiedResult>, UnlockError> {
         match proto::ResultFrame::verify(notification, &self.keys, &self.nonce, &self.tag) {
             Ok(v) => Ok(Some(v)),
-            Err(proto::Error::NonceMismatch) => Ok(None),
+            Err(proto::Error::NonceMismatch | proto::Error::BadTag) => Ok(None),
             Err(e) => Err(UnlockError::Protocol(format!("result frame rejected: {e}"))),
         }
     }
@@ -200,18 +236,29 @@ async fn within<T>(
         .unwrap_or(Err(on_timeout))
 }
 
-/// Runs one unlock. `now` gives Unix seconds (injected so tests control the phone's clock);
-/// `on_stage` sees every state transition.
+/// Runs one unlock, sending the code of TOTP step `step` (see [`next_step`]). `now` gives
+/// Unix seconds (injected so tests control the phone's clock); `on_stage` sees every state
+/// transition.
 pub async fn unlock(
     adapter: &bluer::Adapter,
     creds: &Credentials,
     endpoint: &str,
+    step: u64,
     timeouts: Timeouts,
     now: impl Fn() -> u64,
     mut on_stage: impl FnMut(Stage),
 ) -> Result<Outcome, UnlockError> {
     on_stage(Stage::Idle);
-    let result = run(adapter, creds, endpoint, timeouts, &now, &mut on_stage).await;
+    let result = run(
+        adapter,
+        creds,
+        endpoint,
+        step,
+        timeouts,
+        &now,
+        &mut on_stage,
+    )
+    .await;
     on_stage(if result.is_ok() {
         Stage::Completed
     } else {
@@ -220,79 +267,145 @@ pub async fn unlock(
     result
 }
 
+/// What stays open while talking to the gateway, closed only after the disconnect.
+#[derive(Default)]
+struct Session {
+    notifications: Option<BoxStream<'static, Vec<u8>>>,
+    att_ops: u32,
+}
+
 async fn run(
     adapter: &bluer::Adapter,
     creds: &Credentials,
     endpoint: &str,
+    step: u64,
     timeouts: Timeouts,
     now: &impl Fn() -> u64,
     on_stage: &mut impl FnMut(Stage),
 ) -> Result<Outcome, UnlockError> {
+    if !adapter.is_powered().await? {
+        return Err(UnlockError::PoweredOff(adapter.name().to_owned()));
+    }
     on_stage(Stage::Scanning);
     let t0 = Instant::now();
-    let (address, gateway) = within(timeouts.scan, UnlockError::TimeoutScan, scan(adapter)).await?;
+    let found = within(timeouts.scan, UnlockError::TimeoutScan, scan(adapter)).await;
+    // The scan ends here whatever happened (and before connecting, as controllers prefer).
+    stop_scan(adapter).await;
+    let (address, gateway) = found?;
     let scan_time = t0.elapsed();
     on_stage(Stage::DeviceSelected);
 
     let device = adapter.device(address)?;
-    // Whatever happens from here on, the link is dropped on the way out.
-    let outcome = async {
-        on_stage(Stage::Connecting);
-        let t1 = Instant::now();
-        let chars = within(
-            timeouts.connect,
-            UnlockError::TimeoutConnect,
-            connect(&device),
-        )
-        .await?;
-        let connect_time = t1.elapsed();
-
-        on_stage(Stage::Challenge);
-        let t2 = Instant::now();
-        let (notifications, challenge) =
-            within(timeouts.challenge, UnlockError::TimeoutChallenge, async {
-                // ATT 1: subscribe to results before anything can be answered.
-                let notifications = chars.result.notify().await?;
-                // ATT 2: the connection's fresh nonce.
-                let raw = chars.challenge.read().await?;
-                let challenge = proto::Challenge::decode(&raw)
-                    .map_err(|e| UnlockError::Protocol(format!("challenge rejected: {e}")))?;
-                Ok((notifications, challenge))
-            })
-            .await?;
-        let challenge_time = t2.elapsed();
-
-        on_stage(Stage::Completing);
-        let t3 = Instant::now();
-        let attempt = Attempt::new(creds, &challenge, endpoint, now())?;
-        let verified = within(timeouts.server, UnlockError::TimeoutServer, async {
-            // ATT 3: the signed request (write with response).
-            chars.auth.write(&attempt.frame).await?;
-            wait_result(notifications, &attempt).await
-        })
-        .await?;
-        Ok(Outcome {
-            status: verified.result.status,
-            authenticated: verified.authenticated,
-            retry_after: verified.result.retry_after,
-            gateway: gateway.clone(),
-            timings: Timings {
-                scan: scan_time,
-                connect: connect_time,
-                challenge: challenge_time,
-                decision: t3.elapsed(),
-            },
-            att_ops: 3,
-        })
-    }
+    let mut session = Session::default();
+    let talked = talk(
+        &device,
+        &mut session,
+        creds,
+        endpoint,
+        step,
+        timeouts,
+        now,
+        on_stage,
+    )
     .await;
-    // Bounded: a disconnect that hangs must not keep the command alive.
-    let _ = tokio::time::timeout(Duration::from_secs(5), device.disconnect()).await;
-    outcome
+    // Whatever happened, the link is dropped on the way out (this also cancels a connection
+    // attempt still pending). Bounded: a disconnect that hangs must not keep us alive.
+    let _ = tokio::time::timeout(CLEANUP_LIMIT, device.disconnect()).await;
+    let att_ops = session.att_ops;
+    drop(session);
+    let t = talked?;
+    Ok(Outcome {
+        status: t.verified.result.status,
+        authenticated: t.verified.authenticated,
+        retry_after: t.verified.result.retry_after,
+        gateway,
+        timings: Timings {
+            scan: scan_time,
+            connect: t.connect,
+            challenge: t.challenge,
+            decision: t.decision,
+        },
+        att_ops,
+    })
 }
 
-/// Filtered scan for the door service; the first gateway seen wins. Dropping the discovery
-/// stream on return stops the scan.
+struct Talked {
+    verified: proto::VerifiedResult,
+    connect: Duration,
+    challenge: Duration,
+    decision: Duration,
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn talk(
+    device: &bluer::Device,
+    session: &mut Session,
+    creds: &Credentials,
+    endpoint: &str,
+    step: u64,
+    timeouts: Timeouts,
+    now: &impl Fn() -> u64,
+    on_stage: &mut impl FnMut(Stage),
+) -> Result<Talked, UnlockError> {
+    on_stage(Stage::Connecting);
+    let t1 = Instant::now();
+    let chars = within(
+        timeouts.connect,
+        UnlockError::TimeoutConnect,
+        connect(device),
+    )
+    .await?;
+    let connect_time = t1.elapsed();
+
+    on_stage(Stage::Challenge);
+    let t2 = Instant::now();
+    let challenge = within(timeouts.challenge, UnlockError::TimeoutChallenge, async {
+        // ATT 1: subscribe to results before anything can be answered.
+        session.att_ops += 1;
+        session.notifications = Some(chars.result.notify().await?.boxed());
+        // ATT 2: the connection's fresh nonce.
+        session.att_ops += 1;
+        let raw = chars.challenge.read().await?;
+        proto::Challenge::decode(&raw)
+            .map_err(|e| UnlockError::Protocol(format!("challenge rejected: {e}")))
+    })
+    .await?;
+    let challenge_time = t2.elapsed();
+
+    on_stage(Stage::Completing);
+    let t3 = Instant::now();
+    let attempt = Attempt::new(creds, &challenge, endpoint, now(), step)?;
+    let verified = within(timeouts.server, UnlockError::TimeoutServer, async {
+        // ATT 3: the signed request, as a write request (with response).
+        session.att_ops += 1;
+        let request = CharacteristicWriteRequest {
+            op_type: WriteOp::Request,
+            ..Default::default()
+        };
+        chars.auth.write_ext(&attempt.frame, &request).await?;
+        let Some(notifications) = session.notifications.as_mut() else {
+            return Err(UnlockError::Protocol("not subscribed to results".into()));
+        };
+        while let Some(value) = notifications.next().await {
+            // BlueZ notifies every subscriber; ours is the one carrying our nonce.
+            if let Some(v) = attempt.check(&value)? {
+                return Ok(v);
+            }
+        }
+        Err(UnlockError::Bluetooth(
+            "the gateway dropped the connection".into(),
+        ))
+    })
+    .await?;
+    Ok(Talked {
+        verified,
+        connect: connect_time,
+        challenge: challenge_time,
+        decision: t3.elapsed(),
+    })
+}
+
+/// Filtered scan for the door service; the first gateway heard during this scan wins.
 async fn scan(adapter: &bluer::Adapter) -> Result<(bluer::Address, FoundGateway), UnlockError> {
     let filter = DiscoveryFilter {
         uuids: HashSet::from([uuid(proto::SERVICE_UUID)]),
@@ -300,23 +413,44 @@ async fn scan(adapter: &bluer::Adapter) -> Result<(bluer::Address, FoundGateway)
         ..Default::default()
     };
     adapter.set_discovery_filter(filter).await?;
-    let mut events = adapter.discover_devices().await?;
+    // With changes: a remembered device becomes a candidate when it is heard again (RSSI).
+    let mut events = adapter.discover_devices_with_changes().await?;
     while let Some(ev) = events.next().await {
         let AdapterEvent::DeviceAdded(addr) = ev else {
             continue;
         };
         let device = adapter.device(addr)?;
+        let Some(rssi) = device.rssi().await? else {
+            continue;
+        };
         let uuids = device.uuids().await?.unwrap_or_default();
         if uuids.contains(&uuid(proto::SERVICE_UUID)) {
             let found = FoundGateway {
                 address: addr.to_string(),
                 name: device.name().await.ok().flatten(),
-                rssi: device.rssi().await.ok().flatten(),
+                rssi: Some(rssi),
             };
             return Ok((addr, found));
         }
     }
     Err(UnlockError::Bluetooth("discovery ended".into()))
+}
+
+/// Waits until the discovery session of `scan` has stopped. bluer stops it from a task once
+/// the stream is dropped; setting the filter waits for that, and fails while it is still
+/// running.
+async fn stop_scan(adapter: &bluer::Adapter) {
+    let filter = DiscoveryFilter {
+        uuids: HashSet::from([uuid(proto::SERVICE_UUID)]),
+        transport: DiscoveryTransport::Le,
+        ..Default::default()
+    };
+    let _ = tokio::time::timeout(CLEANUP_LIMIT, async {
+        while adapter.set_discovery_filter(filter.clone()).await.is_err() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    })
+    .await;
 }
 
 struct DoorChars {
@@ -344,6 +478,15 @@ async fn connect(device: &bluer::Device) -> Result<DoorChars, UnlockError> {
             }
         }
         if let (Some(challenge), Some(auth), Some(result)) = (challenge, auth, result) {
+            // Every frame must fit one ATT PDU; BlueZ negotiates the MTU itself (older BlueZ
+            // does not show it: then trust it).
+            if let Ok(mtu) = auth.mtu().await {
+                if mtu < MIN_MTU {
+                    return Err(UnlockError::Protocol(format!(
+                        "the ATT MTU is {mtu}, below the {MIN_MTU} the frames need"
+                    )));
+                }
+            }
             return Ok(DoorChars {
                 challenge,
                 auth,
@@ -352,22 +495,6 @@ async fn connect(device: &bluer::Device) -> Result<DoorChars, UnlockError> {
         }
     }
     Err(UnlockError::NoService)
-}
-
-async fn wait_result(
-    notifications: impl Stream<Item = Vec<u8>>,
-    attempt: &Attempt,
-) -> Result<proto::VerifiedResult, UnlockError> {
-    let mut notifications = std::pin::pin!(notifications);
-    while let Some(value) = notifications.next().await {
-        // BlueZ notifies every subscriber; ours is the one carrying our nonce.
-        if let Some(v) = attempt.check(&value)? {
-            return Ok(v);
-        }
-    }
-    Err(UnlockError::Bluetooth(
-        "the gateway dropped the connection".into(),
-    ))
 }
 
 #[cfg(test)]
@@ -395,7 +522,8 @@ mod tests {
             nonce: [7; 16],
             gateway_time: 1_700_000_000,
         };
-        let a = Attempt::new(&c, &challenge, "front-door", 1_700_000_000).unwrap();
+        let step = proto::totp_step(1_700_000_000);
+        let a = Attempt::new(&c, &challenge, "front-door", 1_700_000_000, step).unwrap();
         let secret = c.totp_bytes().unwrap();
         let keys = proto::DeviceKeys::derive(
             secret.expose(),
@@ -427,5 +555,18 @@ mod tests {
         other.encode_signed(&keys, &a.tag, &mut out).unwrap();
         assert!(a.check(&out).unwrap().is_none());
         assert_eq!(UnlockError::TimeoutScan.code(), "TIMEOUT_SCAN");
+    }
+
+    #[test]
+    fn never_sends_a_step_twice() {
+        let t = 1_700_000_010; // step 56666667, 20 s before the next
+        let s = proto::totp_step(t);
+        assert_eq!(next_step(None, t), Some(s));
+        assert_eq!(next_step(Some(s - 1), t), Some(s));
+        assert_eq!(next_step(Some(s), t), Some(s + 1));
+        assert_eq!(next_step(Some(s + 1), t), None);
+        assert_eq!(next_step(Some(s + 1), t + 30), Some(s + 2));
+        // A clock that went back: the gateway will judge.
+        assert_eq!(next_step(Some(s + 5), t), Some(s));
     }
 }

@@ -3,9 +3,9 @@
 //! rusqlite is blocking, so async callers never run it on the runtime. Writes run, one after
 //! another, on a dedicated writer thread that owns the write connection, each as a `BEGIN
 //! IMMEDIATE` transaction, so SQLite itself decides races (including against CLI processes on
-//! the same file); a queue instead of many blocked threads keeps a burst of writers from turning
-//! into a storm of wake-ups. Reads use a second connection through `spawn_blocking` and never
-//! wait behind a write. WAL checkpoints (the only fsyncs with `synchronous=NORMAL`) run on a
+//! the same file). Queued jobs run back to back: no thread hand-off between two transactions,
+//! which is what a crowd of threads taking turns on a mutex costs. Reads use a second
+//! connection through `spawn_blocking` and never wait behind a write. WAL checkpoints (the only fsyncs with `synchronous=NORMAL`) run on a
 //! background thread of their own shortly after writes, so in normal use (bursts of writes,
 //! then quiet) the WAL is copied back and restarted without any request paying for the fsync.
 //! Under writes without pause SQLite's own auto-checkpoint (1000 pages) still bounds the WAL;
@@ -203,7 +203,19 @@ impl Store {
             let _ = answer.send(shared.write(f));
         });
         self.send(job)?;
-        result.await.map_err(|_| StoreError::Worker)?
+        Self::wait(result).await?
+    }
+
+    /// Waits for the writer thread's answer on the blocking pool rather than on the runtime:
+    /// tokio does not auto-advance a paused test clock while a `spawn_blocking` task runs, so
+    /// time-paused tests see no time pass during a write, as with a direct blocking call.
+    async fn wait<T: Send + 'static>(
+        result: tokio::sync::oneshot::Receiver<T>,
+    ) -> Result<T, StoreError> {
+        tokio::task::spawn_blocking(move || result.blocking_recv())
+            .await
+            .map_err(|_| StoreError::Worker)?
+            .map_err(|_| StoreError::Worker)
     }
 
     /// A read off the async runtime.
@@ -243,7 +255,7 @@ impl Store {
             let _ = answer.send(r);
         });
         self.send(job)?;
-        result.await.map_err(|_| StoreError::Worker)??;
+        Self::wait(result).await??;
         Ok(())
     }
 }

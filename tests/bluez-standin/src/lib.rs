@@ -21,6 +21,7 @@
 mod bus;
 mod objects;
 pub mod phone;
+pub mod radio;
 mod state;
 
 use std::collections::HashMap;
@@ -34,6 +35,7 @@ use tokio::sync::mpsc;
 use zbus::zvariant::{ObjectPath, OwnedObjectPath, Value};
 
 pub use bus::{Broker, PrivateBus};
+pub use radio::{RadioReport, Withhold};
 pub use state::{AdapterState, AdvInfo, AppInfo, CharInfo, Notification, ServiceInfo};
 
 use objects::{Adapter1, Device1, GattManager1, LeAdvertisingManager1};
@@ -146,6 +148,7 @@ impl Standin {
         lock(&self.inner.adapters).insert(name.to_owned(), state.clone());
         let conn = self.inner.conn.clone();
         let st = state.clone();
+        let standin = Arc::downgrade(&self.inner);
         self.home(async move {
             let server = conn.object_server();
             let path = st.path();
@@ -156,7 +159,13 @@ impl Standin {
                 .at(path.as_str(), LeAdvertisingManager1 { state: st.clone() })
                 .await?;
             server
-                .at(path.as_str(), Adapter1 { state: st.clone() })
+                .at(
+                    path.as_str(),
+                    Adapter1 {
+                        state: st.clone(),
+                        standin,
+                    },
+                )
                 .await?;
             Ok(())
         })

@@ -28,10 +28,55 @@ pub enum BluezError {
 
 pub struct Adapter1 {
     pub state: Arc<AdapterState>,
+    /// The stand-in, for the simulated radio (discovery sees the other adapters).
+    pub standin: std::sync::Weak<crate::Inner>,
 }
 
 #[zbus::interface(name = "org.bluez.Adapter1")]
 impl Adapter1 {
+    // Discovery: the simulated radio (radio.rs).
+    async fn start_discovery(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<(), crate::radio::RadioError> {
+        crate::radio::start_discovery(&self.standin, &self.state, conn, &hdr).await
+    }
+    async fn stop_discovery(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        #[zbus(connection)] conn: &zbus::Connection,
+    ) -> Result<(), crate::radio::RadioError> {
+        crate::radio::stop_discovery(&self.state, conn, &hdr).await
+    }
+    fn set_discovery_filter(
+        &self,
+        #[zbus(header)] hdr: Header<'_>,
+        filter: HashMap<String, OwnedValue>,
+    ) -> Result<(), crate::radio::RadioError> {
+        crate::radio::set_discovery_filter(&self.state, &hdr, &filter)
+    }
+    fn get_discovery_filters(&self) -> Vec<String> {
+        [
+            "UUIDs",
+            "RSSI",
+            "Pathloss",
+            "Transport",
+            "DuplicateData",
+            "Discoverable",
+            "Pattern",
+        ]
+        .map(String::from)
+        .to_vec()
+    }
+    async fn remove_device(
+        &self,
+        #[zbus(connection)] conn: &zbus::Connection,
+        device: ObjectPath<'_>,
+    ) -> Result<(), crate::radio::RadioError> {
+        crate::radio::remove_device(&self.state, conn, device.as_str()).await
+    }
+
     #[zbus(property)]
     fn address(&self) -> String {
         self.state.address.clone()
@@ -70,7 +115,7 @@ impl Adapter1 {
     }
     #[zbus(property)]
     fn discovering(&self) -> bool {
-        false
+        self.state.radio.discovering()
     }
     #[zbus(property, name = "UUIDs")]
     fn uuids(&self) -> Vec<String> {

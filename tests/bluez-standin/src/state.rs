@@ -77,6 +77,8 @@ pub struct AdapterState {
     adv_registrations: watch::Sender<u64>,
     /// Notifications routed to links, in total.
     pub notifications: AtomicU64,
+    /// The simulated radio's view from this adapter (radio.rs).
+    pub(crate) radio: crate::radio::RadioState,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -100,6 +102,7 @@ impl AdapterState {
             app_registrations: watch::channel(0).0,
             adv_registrations: watch::channel(0).0,
             notifications: AtomicU64::new(0),
+            radio: Default::default(),
         }
     }
 
