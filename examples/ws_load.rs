@@ -446,8 +446,9 @@ fn spawn_receivers(
     clients
         .into_iter()
         .map(|mut c| {
-            let stop = stop.clone();
+            let stop = stop.clone().cancelled_owned();
             tokio::spawn(async move {
+                tokio::pin!(stop);
                 let mut st = ReceiverStats {
                     samples: vec![Vec::new(); runs],
                     resets: 0,
@@ -455,7 +456,8 @@ fn spawn_receivers(
                 };
                 loop {
                     let r = tokio::select! {
-                        _ = stop.cancelled() => break,
+                        biased;
+                        _ = &mut stop => break,
                         r = c.next() => r,
                     };
                     match r {

@@ -102,11 +102,8 @@ impl Backoff {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
 enum ServerFrame {
     Hello {
-        #[serde(rename = "deviceId")]
         device_id: Option<String>,
         seq: i64,
     },
@@ -119,12 +116,54 @@ enum ServerFrame {
         seq: i64,
     },
     Error {
-        #[serde(default)]
         id: Option<Value>,
         code: String,
-        #[serde(default)]
         message: String,
     },
+}
+
+/// Every field any server frame has, parsed in one pass (an internally tagged enum would
+/// buffer each frame and parse it twice; this is the per-event hot path).
+#[derive(Deserialize)]
+struct RawFrame<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    seq: Option<i64>,
+    topic: Option<String>,
+    ts: Option<String>,
+    data: Option<Value>,
+    id: Option<Value>,
+    code: Option<String>,
+    message: Option<String>,
+    #[serde(rename = "deviceId")]
+    device_id: Option<String>,
+}
+
+fn parse_frame(text: &str) -> Option<ServerFrame> {
+    let r: RawFrame<'_> = serde_json::from_str(text).ok()?;
+    Some(match r.kind.as_ref() {
+        "event" => ServerFrame::Event(SyncEvent {
+            seq: r.seq?,
+            topic: r.topic?,
+            ts: r.ts.unwrap_or_default(),
+            data: r.data.unwrap_or(Value::Null),
+        }),
+        "hello" => ServerFrame::Hello {
+            device_id: r.device_id,
+            seq: r.seq?,
+        },
+        "reset" => ServerFrame::Reset { seq: r.seq? },
+        "ack" => ServerFrame::Ack {
+            id: r.id.unwrap_or(Value::Null),
+            seq: r.seq?,
+        },
+        "error" => ServerFrame::Error {
+            id: r.id,
+            code: r.code.unwrap_or_default(),
+            message: r.message.unwrap_or_default(),
+        },
+        _ => return None,
+    })
 }
 
 enum Attempt {
@@ -309,7 +348,7 @@ impl SyncClient {
         loop {
             match ws.next().await {
                 Some(Ok(Message::Text(t))) => {
-                    if let Ok(f) = serde_json::from_str::<ServerFrame>(t.as_str()) {
+                    if let Some(f) = parse_frame(t.as_str()) {
                         return Ok(Some(f));
                     }
                 }
@@ -397,8 +436,7 @@ impl SyncClient {
             while let Some(m) = ws.next().await {
                 match m {
                     Ok(Message::Text(t)) => {
-                        if let Ok(ServerFrame::Hello { device_id, seq }) =
-                            serde_json::from_str(t.as_str())
+                        if let Some(ServerFrame::Hello { device_id, seq }) = parse_frame(t.as_str())
                         {
                             return Ok((device_id, seq));
                         }
@@ -447,16 +485,18 @@ mod tests {
 
     #[test]
     fn parses_server_frames() {
-        let f: ServerFrame = serde_json::from_str(
+        let f = parse_frame(
             r#"{"type":"event","seq":3,"topic":"ui.sync","ts":"2026-01-13T10:40:00Z","data":{"a":1}}"#,
         )
         .unwrap();
         assert!(matches!(f, ServerFrame::Event(SyncEvent { seq: 3, .. })));
-        let f: ServerFrame =
-            serde_json::from_str(r#"{"type":"error","id":2,"code":"TOPIC_RESERVED"}"#).unwrap();
+        let f = parse_frame(r#"{"type":"error","id":2,"code":"TOPIC_RESERVED"}"#).unwrap();
         assert!(matches!(f, ServerFrame::Error { code, .. } if code == "TOPIC_RESERVED"));
-        let f: ServerFrame =
-            serde_json::from_str(r#"{"type":"hello","deviceId":null,"seq":0}"#).unwrap();
+        let f = parse_frame(r#"{"type":"ack","id":"k","seq":4}"#).unwrap();
+        assert!(matches!(f, ServerFrame::Ack { seq: 4, .. }));
+        assert!(parse_frame(r#"{"type":"event","seq":3}"#).is_none());
+        assert!(parse_frame(r#"{"type":"mystery"}"#).is_none());
+        let f = parse_frame(r#"{"type":"hello","deviceId":null,"seq":0}"#).unwrap();
         assert!(matches!(
             f,
             ServerFrame::Hello {
