@@ -23,7 +23,7 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes};
 use futures_util::{FutureExt, Sink, SinkExt, Stream, StreamExt};
 use tokio::sync::{broadcast, mpsc};
 use tokio::time::{sleep, Instant, MissedTickBehavior};
-use tokio_util::sync::WaitForCancellationFutureOwned;
+use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::auth::Principal;
 use super::frames::{self, code, ClientFrame, Filter, FrameError};
@@ -79,16 +79,21 @@ pub struct Conn {
     pub origin: String,
     /// Pings sent since the peer last showed a sign of life.
     outstanding: AtomicU32,
+    /// A child of the daemon's shutdown token: checking it takes this connection's own lock,
+    /// not one shared by every connection.
+    shutdown: CancellationToken,
 }
 
 impl Conn {
     pub fn new(state: AppState, principal: Principal) -> Self {
         let origin = format!("{}/ws:{:016x}", principal.origin(), rand::random::<u64>());
+        let shutdown = state.shutdown.child_token();
         Self {
             state,
             principal,
             origin,
             outstanding: AtomicU32::new(0),
+            shutdown,
         }
     }
 }
@@ -189,7 +194,7 @@ async fn read_loop<R>(mut stream: R, ctl: mpsc::Sender<Control>, conn: Arc<Conn>
 where
     R: Stream<Item = Result<Message, axum::Error>> + Unpin,
 {
-    let shutdown = conn.state.shutdown.clone();
+    let shutdown = conn.shutdown.clone();
     let mut bad = BadFrames::new();
     loop {
         let msg = tokio::select! {
@@ -360,30 +365,24 @@ struct Outbound<S> {
     replayed: u64,
     last_touch: i64,
     ticker: tokio::time::Interval,
-    /// Registered once on the daemon's shutdown token (not once per loop turn: that token is
-    /// shared by every connection).
+    /// Registered once on the connection's shutdown token, not once per loop turn.
     shutdown: Pin<Box<WaitForCancellationFutureOwned>>,
+    /// Loop turns spent delivering without waiting (pings are checked every few of them).
+    busy_turns: u32,
 }
 
 fn text(s: String) -> Message {
     Message::Text(Utf8Bytes::from(s))
 }
 
-/// An event's pre-rendered frame, shared with every other recipient (no copy).
-struct SharedFrame(Arc<str>);
-
-impl AsRef<[u8]> for SharedFrame {
-    fn as_ref(&self) -> &[u8] {
-        self.0.as_bytes()
-    }
-}
-
+/// An event's pre-rendered frame. Copied (it is small, and tungstenite copies it into its
+/// buffer anyway) rather than shared: a shared reference count touched by every connection
+/// costs more than the copy.
 fn event_message(ev: &Event) -> Option<Message> {
     if ev.frame.is_empty() {
         return None;
     }
-    let bytes = Bytes::from_owner(SharedFrame(ev.frame.clone()));
-    Utf8Bytes::try_from(bytes).ok().map(Message::Text)
+    Some(Message::Text(Utf8Bytes::from(String::from(&*ev.frame))))
 }
 
 /// Writes `msgs` (one flush) while still draining the bus into `intake`, so a socket that
@@ -408,7 +407,7 @@ where
     if let Some(r) = (&mut write).now_or_never() {
         return r.map_err(|_| Stop::Gone);
     }
-    let shutdown = intake.conn.state.shutdown.clone();
+    let shutdown = intake.conn.shutdown.clone();
     let deadline = sleep(SEND_TIMEOUT);
     tokio::pin!(deadline);
     let mut shutting = false;
@@ -457,7 +456,8 @@ where
             replayed: 0,
             last_touch: 0,
             ticker,
-            shutdown: Box::pin(conn.state.shutdown.clone().cancelled_owned()),
+            shutdown: Box::pin(conn.shutdown.clone().cancelled_owned()),
+            busy_turns: 0,
         }
     }
 
@@ -517,10 +517,11 @@ where
                 self.deliver_pending().await?;
             }
             // However busy the stream, shutdown, acks and pings still get their turn.
-            if self.conn.state.shutdown.is_cancelled() {
+            if self.conn.shutdown.is_cancelled() {
                 return Err(Stop::Shutdown);
             }
-            if self.ticker.tick().now_or_never().is_some() {
+            self.busy_turns = self.busy_turns.wrapping_add(1);
+            if self.busy_turns % 32 == 0 && self.ticker.tick().now_or_never().is_some() {
                 self.heartbeat().await?;
             }
             return match self.ctl.try_recv() {
@@ -730,7 +731,7 @@ where
             code,
             reason: Utf8Bytes::from_static(reason),
         }));
-        let shutdown = self.conn.state.shutdown.clone();
+        let shutdown = self.conn.shutdown.clone();
         let sent = tokio::select! {
             biased;
             r = tokio::time::timeout(grace, self.sink.send(frame)) => matches!(r, Ok(Ok(()))),
