@@ -521,7 +521,7 @@ where
                 return Err(Stop::Shutdown);
             }
             self.busy_turns = self.busy_turns.wrapping_add(1);
-            if self.busy_turns % 32 == 0 && self.ticker.tick().now_or_never().is_some() {
+            if self.busy_turns.is_multiple_of(32) && self.ticker.tick().now_or_never().is_some() {
                 self.heartbeat().await?;
             }
             return match self.ctl.try_recv() {
