@@ -511,18 +511,21 @@ where
     /// One turn of the loop: catch up from the log, deliver what is queued, or wait.
     async fn step(&mut self) -> Result<(), Stop> {
         if self.intake.live && (self.intake.need_log || !self.intake.pending.is_empty()) {
-            if self.intake.need_log {
+            let replaying = self.intake.need_log;
+            if replaying {
                 self.catch_up_step().await?;
             } else {
                 self.deliver_pending().await?;
             }
             // However busy the stream, shutdown, acks and pings still get their turn.
-            if self.conn.shutdown.is_cancelled() {
-                return Err(Stop::Shutdown);
-            }
             self.busy_turns = self.busy_turns.wrapping_add(1);
-            if self.busy_turns % 32 == 0 && self.ticker.tick().now_or_never().is_some() {
-                self.heartbeat().await?;
+            if replaying || self.busy_turns.is_multiple_of(32) {
+                if self.conn.shutdown.is_cancelled() {
+                    return Err(Stop::Shutdown);
+                }
+                if self.ticker.tick().now_or_never().is_some() {
+                    self.heartbeat().await?;
+                }
             }
             return match self.ctl.try_recv() {
                 Ok(c) => self.on_control(c).await,
@@ -531,9 +534,10 @@ where
             };
         }
         let holding = !self.intake.live;
+        // Shutdown is polled last: checking it takes a lock, and it is seen anyway whenever
+        // the connection goes idle (and every few busy turns above).
         tokio::select! {
             biased;
-            _ = &mut self.shutdown => Err(Stop::Shutdown),
             c = self.ctl.recv() => match c {
                 Some(c) => self.on_control(c).await,
                 None => Err(Stop::Gone),
@@ -547,6 +551,7 @@ where
                 self.intake.live = true;
                 Ok(())
             }
+            _ = &mut self.shutdown => Err(Stop::Shutdown),
         }
     }
 
