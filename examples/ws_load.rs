@@ -74,7 +74,7 @@ struct BenchArgs {
     #[arg(long, default_value_t = 10)]
     duration: u64,
     /// Publish rates of the throughput steps.
-    #[arg(long, value_delimiter = ',', default_value = "200,400,800,1600")]
+    #[arg(long, value_delimiter = ',', default_value = "25,50,200,400,800,1600")]
     steps: Vec<u64>,
     #[arg(long, default_value_t = 4)]
     step_secs: u64,
@@ -431,9 +431,12 @@ async fn connect_clients(
     Ok(clients.into_iter().collect::<Result<Vec<_>, _>>()?)
 }
 
+/// One delivery: its latency (µs) and when it arrived (ms since the tool started).
+type Sample = (u32, u32);
+
 struct ReceiverStats {
-    /// Latency samples (µs) per run id.
-    samples: Vec<Vec<u32>>,
+    /// Deliveries per run id.
+    samples: Vec<Vec<Sample>>,
     resets: u64,
     errors: u64,
 }
@@ -467,7 +470,8 @@ fn spawn_receivers(
                                 (ev.data["t"].as_u64(), ev.data["r"].as_u64())
                             {
                                 if let Some(v) = st.samples.get_mut(run as usize) {
-                                    v.push(now.saturating_sub(t).min(u32::MAX as u64) as u32);
+                                    let latency = now.saturating_sub(t).min(u32::MAX as u64);
+                                    v.push((latency as u32, (now / 1000) as u32));
                                 }
                             }
                         }
@@ -561,7 +565,6 @@ async fn publish_run(pubs: &mut Vec<PubSink>, run: usize, rate: u64, secs: u64) 
 #[derive(Clone, Default)]
 struct RunFigures {
     rate: u64,
-    secs: u64,
     expected: u64,
     delivered: u64,
     p50_us: u32,
@@ -571,11 +574,19 @@ struct RunFigures {
     /// CPU seconds the server used during the run, and the load tool.
     server_cpu: f64,
     tool_cpu: f64,
+    /// Publishing started, ended, and the drain after it ended (ms since the tool started).
+    window_ms: (u32, u32, u32),
+    /// Deliveries that arrived while publishing / before the drain ended.
+    in_window: u64,
+    in_cpu_window: u64,
 }
 
 impl RunFigures {
+    /// Deliveries that arrived while the publishers ran, per second: what the server
+    /// actually got out, not what it owed and delivered seconds later.
     fn delivered_per_sec(&self) -> f64 {
-        self.delivered as f64 / self.secs.max(1) as f64
+        let (start, end, _) = self.window_ms;
+        self.in_window as f64 * 1000.0 / end.saturating_sub(start).max(1) as f64
     }
 
     fn ratio(&self) -> f64 {
@@ -588,10 +599,10 @@ impl RunFigures {
 
     /// Server CPU time per delivered event, in µs: comparable even on a busy machine.
     fn cpu_us_per_event(&self) -> f64 {
-        if self.delivered == 0 {
+        if self.in_cpu_window == 0 {
             0.0
         } else {
-            self.server_cpu * 1e6 / self.delivered as f64
+            self.server_cpu * 1e6 / self.in_cpu_window as f64
         }
     }
 
@@ -664,9 +675,12 @@ async fn bench_target(name: &str, args: &BenchArgs) -> anyhow::Result<TargetFigu
         let (rss_stop, rss) = rss_sampler(pid);
         let (cpu0, tool0) = (cpu_secs(&pid.to_string()), cpu_secs("self"));
         let acked_before = acked.load(Ordering::Relaxed);
+        let start_ms = micros() / 1000;
         let sent = publish_run(&mut pubs, run, rate, secs).await;
+        let end_ms = micros() / 1000;
         // Let the last deliveries land.
         tokio::time::sleep(Duration::from_secs(2)).await;
+        let drained_ms = micros() / 1000;
         let acked = acked.load(Ordering::Relaxed) - acked_before;
         rss_stop.cancel();
         let rss = rss.await.unwrap_or(0);
@@ -678,11 +692,11 @@ async fn bench_target(name: &str, args: &BenchArgs) -> anyhow::Result<TargetFigu
         );
         runs.push(RunFigures {
             rate,
-            secs,
             expected: sent * args.clients as u64,
             rss_kib: rss,
             server_cpu,
             tool_cpu,
+            window_ms: (start_ms as u32, end_ms as u32, drained_ms as u32),
             ..Default::default()
         });
         if pubs.len() < args.publishers {
@@ -691,7 +705,7 @@ async fn bench_target(name: &str, args: &BenchArgs) -> anyhow::Result<TargetFigu
         }
     }
     stop.cancel();
-    let mut per_run: Vec<Vec<u32>> = vec![Vec::new(); plan.len()];
+    let mut per_run: Vec<Vec<Sample>> = vec![Vec::new(); plan.len()];
     let (mut resets, mut errors) = (0, 0);
     for r in receivers {
         if let Ok(st) = r.await {
@@ -705,14 +719,24 @@ async fn bench_target(name: &str, args: &BenchArgs) -> anyhow::Result<TargetFigu
     if resets + errors > 0 {
         println!("  receivers saw {resets} resets and {errors} terminal errors");
     }
-    for (fig, mut s) in runs.iter_mut().zip(per_run) {
+    for (fig, samples) in runs.iter_mut().zip(per_run) {
+        let (start, end, drained) = fig.window_ms;
+        fig.in_window = samples
+            .iter()
+            .filter(|(_, at)| (start..=end).contains(at))
+            .count() as u64;
+        fig.in_cpu_window = samples
+            .iter()
+            .filter(|(_, at)| (start..=drained).contains(at))
+            .count() as u64;
+        let mut s: Vec<u32> = samples.into_iter().map(|(l, _)| l).collect();
         s.sort_unstable();
         fig.delivered = s.len() as u64;
         fig.p50_us = percentile(&s, 0.50);
         fig.p99_us = percentile(&s, 0.99);
         fig.max_us = s.last().copied().unwrap_or(0);
         println!(
-            "    {:>5}/s: delivered {:>9}/{:<9} ({:6.2}%) {:>9.0} ev/s  p50 {:>9} p99 {:>9} max {:>9}  server CPU {:.2} µs/event ({:.1} s), load tool CPU {:.1} s",
+            "    {:>5}/s: delivered {:>9}/{:<9} ({:6.2}%), {:>9.0} ev/s while publishing,  p50 {:>9} p99 {:>9} max {:>9}  server CPU {:.2} µs/event ({:.1} s), load tool CPU {:.1} s",
             fig.rate,
             fig.delivered,
             fig.expected,
@@ -785,10 +809,9 @@ fn summary(args: &BenchArgs, all: &[TargetFigures]) {
             .map(RunFigures::delivered_per_sec)
             .fold(0.0, f64::max);
         // CPU per event over every run.
-        let (cpu, n) = t
-            .runs
-            .iter()
-            .fold((0.0, 0u64), |(c, n), r| (c + r.server_cpu, n + r.delivered));
+        let (cpu, n) = t.runs.iter().fold((0.0, 0u64), |(c, n), r| {
+            (c + r.server_cpu, n + r.in_cpu_window)
+        });
         let cpu_per_event = if n > 0 { cpu * 1e6 / n as f64 } else { 0.0 };
         best.insert(
             t.name.clone(),
