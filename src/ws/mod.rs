@@ -70,14 +70,7 @@ async fn upgrade(
             return ApiError::bad_request("this endpoint speaks WebSocket only").into_response()
         }
     };
-    if state.shutdown.is_cancelled() {
-        return ApiError::new(
-            axum::http::StatusCode::SERVICE_UNAVAILABLE,
-            "INTERNAL",
-            "the gateway is shutting down",
-        )
-        .into_response();
-    }
+    // (An upgrade that races the daemon's shutdown gets its hello and then 1001 at once.)
     // Counted by the daemon's task tracker from now on, so shutdown waits for its 1001.
     let tracked = state.tasks.token();
     let conn = Arc::new(session::Conn::new(state, principal));
