@@ -293,7 +293,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
     let result = runtime.block_on(async move {
         // Handlers go in first, so a SIGTERM that arrives while we start is a clean stop, not
         // the default action (death by signal, which systemd counts as a failure).
-        let shutdown = signals()?;
+        let shutdown = crate::shutdown_signal().context("cannot handle SIGTERM/SIGINT")?;
         let listener = tokio::net::TcpListener::bind(config.listen)
             .await
             .with_context(|| format!("cannot listen on {}", config.listen))?;
@@ -302,19 +302,6 @@ fn serve(config: Config) -> anyhow::Result<()> {
     // Everything is committed by now; do not let a stuck blocking task hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     result
-}
-
-/// Resolves on the first SIGTERM or SIGINT; the handlers are installed when this is called.
-fn signals() -> anyhow::Result<impl std::future::Future<Output = ()> + Send + 'static> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
-    Ok(async move {
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = int.recv() => {}
-        }
-    })
 }
 
 fn set_password(config: &Config) -> anyhow::Result<()> {

@@ -64,7 +64,6 @@ impl App {
 /// Counters for `/metrics`; gauges that the database knows are read at scrape time.
 #[derive(Default)]
 pub struct Metrics {
-    pub http_requests: AtomicU64,
     pub pairings: AtomicU64,
     pub pair_failures: AtomicU64,
     pub login_failures: AtomicU64,

@@ -161,7 +161,7 @@ pub async fn listen(path: &Path, since: Option<u64>) -> anyhow::Result<()> {
         since,
         stdout.lock(),
         |msg| eprintln!("latchkey: {msg}"),
-        crate::shutdown_signal(),
+        crate::shutdown_signal()?,
     )
     .await?;
     Ok(())

@@ -7,9 +7,7 @@ pub mod error;
 pub mod metrics;
 pub mod ui;
 
-use std::sync::atomic::Ordering;
-
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, Path};
 use axum::http::{header, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -78,10 +76,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
         // Outside the body limit: its early 413 (declared Content-Length too big) is plain
         // text and must be rewritten too.
-        .layer(middleware::from_fn_with_state(
-            state.clone(),
-            contract_errors,
-        ))
+        .layer(middleware::from_fn(contract_errors))
         .layer(SetResponseHeaderLayer::if_not_present(
             header::CONTENT_SECURITY_POLICY,
             HeaderValue::from_static(CSP),
@@ -121,12 +116,7 @@ async fn asset(Path(file): Path<String>) -> Response {
 
 /// Rewrites any error the framework produced on its own (unknown route, wrong method, body
 /// too large, bad form) into the contract's JSON error body, so nothing leaks as plain text.
-async fn contract_errors(
-    State(state): State<AppState>,
-    req: axum::extract::Request,
-    next: Next,
-) -> Response {
-    state.metrics.http_requests.fetch_add(1, Ordering::Relaxed);
+async fn contract_errors(req: axum::extract::Request, next: Next) -> Response {
     let resp = next.run(req).await;
     let status = resp.status();
     if status.is_client_error() || status.is_server_error() {
