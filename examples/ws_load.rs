@@ -7,7 +7,7 @@
 //! publishers at a fixed rate, then increasing rates, then many idle connections. It prints
 //! delivery latency (p50/p99/max), delivered events/s and the server's RSS, then the ratios.
 //!
-//! Receivers are `latchkey::sync_client::SyncClient`s; publishers are raw sockets that
+//! Receivers are `latchkey_phone::sync_client::SyncClient`s; publishers are raw sockets that
 //! stamp each event with its send time.
 
 use std::collections::BTreeMap;
@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
-use latchkey::secret::SecretString;
-use latchkey::sync_client::{Incoming, SyncClient};
+use latchkey_phone::secret::SecretString;
+use latchkey_phone::sync_client::{Incoming, SyncClient};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::process::{Child, Command};

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context};
 use clap::{Args, Parser, Subcommand};
+use latchkey_phone::cli::PhoneCmd;
 
 use crate::config::{BleMode, Config, Overrides};
 use crate::registry::{self, DeviceId, RevokeOutcome};
@@ -49,81 +50,6 @@ pub enum Command {
     /// A reference phone client: pair, listen, publish, unlock
     #[command(subcommand)]
     Phone(PhoneCmd),
-}
-
-#[derive(Debug, Subcommand)]
-pub enum PhoneCmd {
-    /// Pair with a gateway from its QR code (the payload JSON or a picture of it)
-    Pair {
-        /// The QR payload JSON
-        #[arg(
-            long,
-            conflicts_with = "qr_image",
-            required_unless_present = "qr_image"
-        )]
-        payload: Option<String>,
-        /// A PNG showing the QR code
-        #[arg(long, value_name = "FILE.png")]
-        qr_image: Option<PathBuf>,
-        /// The name the gateway shows for this phone
-        #[arg(long, default_value = "latchkey phone")]
-        name: String,
-        /// Device type
-        #[arg(long = "type", default_value = "mobile")]
-        kind: String,
-        #[command(flatten)]
-        creds: CredentialsArg,
-    },
-    /// Open a door over Bluetooth LE
-    Unlock {
-        /// Endpoint id [default: the gateway's default endpoint]
-        #[arg(default_value = "")]
-        endpoint: String,
-        /// Bluetooth adapter [default: the system's default]
-        #[arg(long)]
-        adapter: Option<String>,
-        /// Print the outcome and stage timings as JSON
-        #[arg(long)]
-        json: bool,
-        /// Stage timeouts in seconds: scan, connect, challenge, server
-        #[arg(long, value_delimiter = ',', value_name = "S,S,S,S")]
-        timeouts: Option<Vec<f64>>,
-        #[command(flatten)]
-        creds: CredentialsArg,
-    },
-    /// Print the gateway's events as JSON lines, reconnecting and resuming as needed
-    Listen {
-        /// Start after this seq [default: the last one printed before, else now]
-        #[arg(long, value_name = "N")]
-        since: Option<u64>,
-        #[command(flatten)]
-        creds: CredentialsArg,
-    },
-    /// Publish an event; prints its seq once the gateway has committed it
-    Publish {
-        /// Topic, e.g. ui.sync (device., access., node. and gateway. are the gateway's own)
-        topic: String,
-        /// The event's data, a JSON value
-        #[arg(value_parser = crate::phone::cli::parse_json)]
-        data: serde_json::Value,
-        #[command(flatten)]
-        creds: CredentialsArg,
-    },
-}
-
-#[derive(Debug, Args)]
-pub struct CredentialsArg {
-    /// Credentials file [default: ~/.config/latchkey/phone.json]
-    #[arg(long, env = "LATCHKEY_PHONE_CREDENTIALS", value_name = "FILE")]
-    pub credentials: Option<PathBuf>,
-}
-
-impl CredentialsArg {
-    pub fn path(&self) -> PathBuf {
-        self.credentials
-            .clone()
-            .unwrap_or_else(crate::phone::credentials::default_path)
-    }
 }
 
 #[derive(Debug, Args)]
@@ -201,7 +127,7 @@ pub fn init_tracing() {
 pub fn main(cli: Cli) -> anyhow::Result<()> {
     // The phone side is a separate party: it reads no gateway configuration.
     if let Command::Phone(cmd) = cli.command {
-        return phone(cmd);
+        return latchkey_phone::cli::run(cmd);
     }
     let config = Config::resolve(&cli.overrides())?;
     match cli.command {
@@ -220,70 +146,6 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Devices(DevicesCmd::Revoke { id }) => revoke_device(&config, &id),
         Command::Phone(_) => Ok(()),
     }
-}
-
-fn phone(cmd: PhoneCmd) -> anyhow::Result<()> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    runtime.block_on(async move {
-        match cmd {
-            PhoneCmd::Pair {
-                payload,
-                qr_image,
-                name,
-                kind,
-                creds,
-            } => {
-                use crate::phone::pair;
-                let text = match (payload, qr_image) {
-                    (Some(p), _) => p,
-                    (None, Some(img)) => pair::decode_qr_image(&img)?,
-                    (None, None) => bail!("give --payload or --qr-image"),
-                };
-                let payload = pair::parse_payload(&text)?;
-                let http = reqwest::Client::builder()
-                    .timeout(std::time::Duration::from_secs(15))
-                    .build()?;
-                let now = crate::clock::Clock::now(&crate::clock::SystemClock);
-                let c = pair::redeem(&http, &payload, &name, &kind, now).await?;
-                let path = creds.path();
-                c.save(&path)?;
-                // A fresh pairing starts its event history and TOTP steps afresh.
-                let _ = std::fs::remove_file(crate::phone::Credentials::seq_path(&path));
-                let _ = std::fs::remove_file(crate::phone::Credentials::step_path(&path));
-                eprintln!(
-                    "paired as {:?}: device {} (credentials in {})",
-                    c.name,
-                    c.device_id,
-                    path.display()
-                );
-                Ok(())
-            }
-            PhoneCmd::Unlock {
-                endpoint,
-                adapter,
-                json,
-                timeouts,
-                creds,
-            } => {
-                crate::phone::cli::unlock(
-                    &endpoint,
-                    adapter.as_deref(),
-                    json,
-                    timeouts,
-                    &creds.path(),
-                )
-                .await
-            }
-            PhoneCmd::Listen { since, creds } => {
-                crate::phone::cli::listen(&creds.path(), since).await
-            }
-            PhoneCmd::Publish { topic, data, creds } => {
-                crate::phone::cli::publish(&creds.path(), &topic, data).await
-            }
-        }
-    })
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {

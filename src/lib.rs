@@ -16,14 +16,12 @@ pub mod events;
 pub mod net;
 pub mod notify;
 pub mod pairing;
-pub mod phone;
 pub mod qr;
 pub mod ratelimit;
 pub mod registry;
 pub mod secret;
 pub mod state;
 pub mod store;
-pub mod sync_client;
 pub mod web;
 pub mod ws;
 

@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use latchkey::clock::SystemClock;
-use latchkey::phone::Credentials;
+use latchkey_phone::Credentials;
 use latchkey_bluez_standin::Withhold;
 use serde_json::Value;
 

@@ -10,9 +10,9 @@ mod phone;
 
 use common::{Gateway, T0};
 use latchkey::events;
-use latchkey::phone::credentials;
+use latchkey_phone::credentials;
 use latchkey::registry::{self, DeviceId};
-use latchkey::sync_client::SyncClient;
+use latchkey_phone::sync_client::SyncClient;
 use serde_json::{json, Value};
 
 use phone::*;

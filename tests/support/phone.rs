@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use latchkey::clock::{Clock, SystemClock};
 use latchkey::config::{ActionConfig, BleMode, Config, EndpointConfig};
-use latchkey::phone::Credentials;
+use latchkey_phone::Credentials;
 use latchkey_bluez_standin::Adapter;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
@@ -205,9 +205,9 @@ impl Listener {
 pub async fn pair(gw: &Gateway, dir: &Path, name: &str, now: i64) -> (PathBuf, Credentials) {
     let http = reqwest::Client::new();
     let t = gw.pair_token(&http).await;
-    let payload = latchkey::phone::pair::parse_payload(t["qrPayload"].as_str().expect("qrPayload"))
+    let payload = latchkey_phone::pair::parse_payload(t["qrPayload"].as_str().expect("qrPayload"))
         .expect("payload");
-    let creds = latchkey::phone::pair::redeem(&http, &payload, name, "mobile", now)
+    let creds = latchkey_phone::pair::redeem(&http, &payload, name, "mobile", now)
         .await
         .expect("redeem");
     let path = dir.join(format!("{}.json", name.replace(' ', "-")));

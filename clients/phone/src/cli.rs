@@ -1,16 +1,255 @@
-//! The `latchkey phone unlock|listen|publish` commands: argument handling and output around
-//! the library functions (`phone pair` is small enough to live in `crate::cli`).
+//! The `latchkey phone …` commands: their arguments ([`PhoneCmd`], which the gateway binary
+//! mounts under `latchkey phone`) and the output around the library functions.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, Context};
+use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::credentials;
 use super::unlock::{self, Stage, Timeouts};
 use super::Credentials;
-use crate::clock::{Clock, SystemClock};
+
+#[derive(Debug, Subcommand)]
+pub enum PhoneCmd {
+    /// Pair with a gateway from its QR code (the payload JSON or a picture of it)
+    Pair {
+        /// The QR payload JSON
+        #[arg(
+            long,
+            conflicts_with = "qr_image",
+            required_unless_present = "qr_image"
+        )]
+        payload: Option<String>,
+        /// A PNG showing the QR code
+        #[arg(long, value_name = "FILE.png")]
+        qr_image: Option<PathBuf>,
+        /// The name the gateway shows for this phone
+        #[arg(long, default_value = "latchkey phone")]
+        name: String,
+        /// Device type
+        #[arg(long = "type", default_value = "mobile")]
+        kind: String,
+        #[command(flatten)]
+        creds: CredentialsArg,
+    },
+    /// Open a door over Bluetooth LE
+    Unlock {
+        /// Endpoint id [default: the gateway's default endpoint]
+        #[arg(default_value = "")]
+        endpoint: String,
+        /// Bluetooth adapter [default: the system's default]
+        #[arg(long)]
+        adapter: Option<String>,
+        /// Print the outcome and stage timings as JSON
+        #[arg(long)]
+        json: bool,
+        /// Stage timeouts in seconds: scan, connect, challenge, server
+        #[arg(long, value_delimiter = ',', value_name = "S,S,S,S")]
+        timeouts: Option<Vec<f64>>,
+        #[command(flatten)]
+        creds: CredentialsArg,
+    },
+    /// Print the gateway's events as JSON lines, reconnecting and resuming as needed
+    Listen {
+        /// Start after this seq [default: the last one printed before, else now]
+        #[arg(long, value_name = "N")]
+        since: Option<u64>,
+        #[command(flatten)]
+        creds: CredentialsArg,
+    },
+    /// Publish an event; prints its seq once the gateway has committed it
+    Publish {
+        /// Topic, e.g. ui.sync (device., access., node. and gateway. are the gateway's own)
+        topic: String,
+        /// The event's data, a JSON value
+        #[arg(value_parser = parse_json)]
+        data: serde_json::Value,
+        #[command(flatten)]
+        creds: CredentialsArg,
+    },
+    /// Add an endpoint node: token from the gateway, Wi-Fi details to the node's setup access
+    /// point, then wait until the node is online
+    #[command(after_help = ADD_NODE_HELP)]
+    AddNode(AddNodeArgs),
+}
+
+/// The seed 004 error table as the command reports it.
+const ADD_NODE_HELP: &str = "\
+The Wi-Fi password is read from --wifi-password-file (its first line), else from stdin (prompted
+without echo on a terminal); never give it on the command line. Prefer LATCHKEY_ADMIN_TOKEN to
+--admin-token for the same reason.
+
+On success the node id is printed on stdout, alone on one line, and the exit status is 0.
+Exit status 2: usage error. Exit status 1: any other failure, with one line on stderr,
+`latchkey: CODE: message`:
+  LOGIN_REQUIRED            Please log in again (the gateway refused the admin token: 401/403)
+  GATEWAY_UNREACHABLE       Please connect to your home WiFi first (token request failed to connect)
+  TOKEN_REFRESH_FAILED      Provisioning token expired. Please try again. (refresh before sending failed)
+  TOKEN_EXPIRED_AFTER_SEND  Provisioning failed. Please restart the node and try again.
+                            (the token expired after it was sent, before the node registered)
+  PROVISIONING_REJECTED     Provisioning failed. Please try again. (the node or the gateway refused it)
+  NOT_READY                 Provisioning not ready. Please try again. (no token to send)
+  TOKEN_REFUSED             the gateway refused the token request (e.g. --node-id of a registered node)
+  NODE_UNREACHABLE          the node's setup access point does not answer at --node-url
+  NODE_BUSY                 the node is not waiting to be provisioned
+  UNKNOWN_NETWORK           the node does not see the --ssid network
+  BAD_PASSWORD              the Wi-Fi password is not 8 to 63 printable ASCII characters
+  WIFI_FAILED               the node could not join the network (wrong password?): run again with
+                            --node-id ID and the right password; the node needs no reset
+  TIMEOUT                   the node was not online within --timeout seconds
+  PROTOCOL                  the gateway or the node answered something unexpected
+A token that expires before it is sent (checked against its expires_at, with a 2-minute margin)
+is refreshed for the same node id without asking.";
+
+/// The node's setup access point, where the node serves its AP API (docs/NODES.md §4).
+pub const DEFAULT_NODE_URL: &str = "http://192.168.4.1";
+
+#[derive(Debug, Args)]
+pub struct AddNodeArgs {
+    /// The gateway, e.g. http://192.168.1.42:8080
+    #[arg(long, env = "LATCHKEY_GATEWAY", value_name = "URL", value_parser = http_url)]
+    pub gateway: String,
+    /// An admin API token (`latchkey admin token`)
+    #[arg(
+        long,
+        env = "LATCHKEY_ADMIN_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub admin_token: String,
+    /// The node's setup API, reached over its access point
+    #[arg(long, value_name = "URL", default_value = DEFAULT_NODE_URL, value_parser = http_url)]
+    pub node_url: String,
+    /// The room the node is in
+    #[arg(long)]
+    pub room: String,
+    /// The node's name at the gateway [default: the gateway's choice]
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Household id (seed 004's household_id)
+    #[arg(long, default_value = "")]
+    pub household_id: String,
+    /// The Wi-Fi network the node joins (one it sees) [default: asked on a terminal]
+    #[arg(long)]
+    pub ssid: Option<String>,
+    /// A file whose first line is the Wi-Fi password [default: stdin]
+    #[arg(long, value_name = "FILE")]
+    pub wifi_password_file: Option<PathBuf>,
+    /// The gateway URL as the node reaches it [default: --gateway]
+    #[arg(long, value_name = "URL", value_parser = http_url)]
+    pub command_center_url: Option<String>,
+    /// Continue with a node the gateway holds as pending (a new token for its id)
+    #[arg(long, value_name = "ID")]
+    pub node_id: Option<String>,
+    /// Seconds to wait for the node's access point, and again for the node to come online
+    #[arg(long, value_name = "S", default_value_t = 180)]
+    pub timeout: u64,
+}
+
+fn http_url(s: &str) -> Result<String, String> {
+    crate::provisioning::base_url("the URL", s).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Args)]
+pub struct CredentialsArg {
+    /// Credentials file [default: ~/.config/latchkey/phone.json]
+    #[arg(long, env = "LATCHKEY_PHONE_CREDENTIALS", value_name = "FILE")]
+    pub credentials: Option<PathBuf>,
+}
+
+impl CredentialsArg {
+    pub fn path(&self) -> PathBuf {
+        self.credentials
+            .clone()
+            .unwrap_or_else(credentials::default_path)
+    }
+}
+
+/// Runs one `latchkey phone …` command on a runtime of its own.
+pub fn run(cmd: PhoneCmd) -> anyhow::Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cmd {
+            PhoneCmd::Pair {
+                payload,
+                qr_image,
+                name,
+                kind,
+                creds,
+            } => pair(payload, qr_image, &name, &kind, &creds.path()).await,
+            PhoneCmd::Unlock {
+                endpoint,
+                adapter,
+                json,
+                timeouts,
+                creds,
+            } => unlock(&endpoint, adapter.as_deref(), json, timeouts, &creds.path()).await,
+            PhoneCmd::Listen { since, creds } => listen(&creds.path(), since).await,
+            PhoneCmd::Publish { topic, data, creds } => {
+                publish(&creds.path(), &topic, data).await
+            }
+            PhoneCmd::AddNode(args) => {
+                let id = crate::add_node::run(args)
+                    .await
+                    .map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
+                println!("{id}");
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn pair(
+    payload: Option<String>,
+    qr_image: Option<PathBuf>,
+    name: &str,
+    kind: &str,
+    path: &Path,
+) -> anyhow::Result<()> {
+    use super::pair;
+    let text = match (payload, qr_image) {
+        (Some(p), _) => p,
+        (None, Some(img)) => pair::decode_qr_image(&img)?,
+        (None, None) => bail!("give --payload or --qr-image"),
+    };
+    let payload = pair::parse_payload(&text)?;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()?;
+    let c = pair::redeem(&http, &payload, name, kind, crate::clock::unix_now()).await?;
+    c.save(path)?;
+    // A fresh pairing starts its event history and TOTP steps afresh.
+    let _ = std::fs::remove_file(Credentials::seq_path(path));
+    let _ = std::fs::remove_file(Credentials::step_path(path));
+    eprintln!(
+        "paired as {:?}: device {} (credentials in {})",
+        c.name,
+        c.device_id,
+        path.display()
+    );
+    Ok(())
+}
+
+/// Resolves on the first SIGTERM or SIGINT; the handlers are in place once this returns, so a
+/// signal that arrives early is a clean stop.
+fn stop_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int) = (
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+    })
+}
 
 /// Parses the JSON argument of `phone publish` (a usage error when it is not JSON).
 pub fn parse_json(s: &str) -> Result<serde_json::Value, String> {
@@ -18,7 +257,7 @@ pub fn parse_json(s: &str) -> Result<serde_json::Value, String> {
 }
 
 fn unix_now() -> u64 {
-    u64::try_from(SystemClock.now()).unwrap_or(0)
+    u64::try_from(crate::clock::unix_now()).unwrap_or(0)
 }
 
 fn timeouts(given: Option<Vec<f64>>) -> anyhow::Result<Timeouts> {
@@ -61,7 +300,7 @@ async fn choose_step(path: &Path) -> u64 {
     }
 }
 
-pub async fn unlock(
+async fn unlock(
     endpoint: &str,
     adapter: Option<&str>,
     json: bool,
@@ -154,20 +393,20 @@ pub async fn unlock(
     }
 }
 
-pub async fn listen(path: &Path, since: Option<u64>) -> anyhow::Result<()> {
+async fn listen(path: &Path, since: Option<u64>) -> anyhow::Result<()> {
     let stdout = std::io::stdout();
     super::sync::listen(
         path,
         since,
         stdout.lock(),
         |msg| eprintln!("latchkey: {msg}"),
-        crate::shutdown_signal()?,
+        stop_signal()?,
     )
     .await?;
     Ok(())
 }
 
-pub async fn publish(path: &Path, topic: &str, data: serde_json::Value) -> anyhow::Result<()> {
+async fn publish(path: &Path, topic: &str, data: serde_json::Value) -> anyhow::Result<()> {
     let seq = super::sync::publish(path, topic, data).await?;
     println!("{seq}");
     Ok(())

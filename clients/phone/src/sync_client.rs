@@ -3,8 +3,8 @@
 //! the last event it handed out, so a caller sees every event once, in order, across drops.
 //!
 //! ```no_run
-//! # async fn demo(key: latchkey::secret::SecretString) -> Result<(), latchkey::sync_client::SyncError> {
-//! use latchkey::sync_client::{Incoming, SyncClient};
+//! # async fn demo(key: latchkey_phone::secret::SecretString) -> Result<(), latchkey_phone::sync_client::SyncError> {
+//! use latchkey_phone::sync_client::{Incoming, SyncClient};
 //! let mut client = SyncClient::new("ws://192.168.1.42:8080/ws", key);
 //! loop {
 //!     match client.next().await? {
