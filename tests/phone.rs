@@ -12,8 +12,8 @@ use std::os::unix::fs::PermissionsExt;
 use std::time::{Duration, Instant};
 
 use latchkey::clock::SystemClock;
-use latchkey_phone::Credentials;
 use latchkey_bluez_standin::Withhold;
+use latchkey_phone::Credentials;
 use serde_json::Value;
 
 use common::Gateway;

@@ -10,8 +10,8 @@ mod phone;
 
 use common::{Gateway, T0};
 use latchkey::events;
-use latchkey_phone::credentials;
 use latchkey::registry::{self, DeviceId};
+use latchkey_phone::credentials;
 use latchkey_phone::sync_client::SyncClient;
 use serde_json::{json, Value};
 

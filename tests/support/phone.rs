@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use latchkey::clock::{Clock, SystemClock};
 use latchkey::config::{ActionConfig, BleMode, Config, EndpointConfig};
-use latchkey_phone::Credentials;
 use latchkey_bluez_standin::Adapter;
+use latchkey_phone::Credentials;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::process::{Child, Command};

@@ -222,7 +222,8 @@ impl PasswordSource {
     }
 
     fn read(&mut self, ssid: &str) -> Result<SecretString, AddNodeError> {
-        let failed = |e: std::io::Error| AddNodeError::Usage(format!("cannot read the Wi-Fi password: {e}"));
+        let failed =
+            |e: std::io::Error| AddNodeError::Usage(format!("cannot read the Wi-Fi password: {e}"));
         let line = match (&self.file, self.tty) {
             (Some(path), _) => {
                 let f = std::fs::File::open(path).map_err(|e| {

@@ -190,9 +190,7 @@ pub fn run(cmd: PhoneCmd) -> anyhow::Result<()> {
                 creds,
             } => unlock(&endpoint, adapter.as_deref(), json, timeouts, &creds.path()).await,
             PhoneCmd::Listen { since, creds } => listen(&creds.path(), since).await,
-            PhoneCmd::Publish { topic, data, creds } => {
-                publish(&creds.path(), &topic, data).await
-            }
+            PhoneCmd::Publish { topic, data, creds } => publish(&creds.path(), &topic, data).await,
             PhoneCmd::AddNode(args) => {
                 let id = crate::add_node::run(args)
                     .await

@@ -34,7 +34,10 @@ mod tests {
     fn rfc3339_round_trips() {
         assert_eq!(rfc3339(1_768_300_800), "2026-01-13T10:40:00Z");
         assert_eq!(parse_rfc3339("2026-01-13T10:40:00Z"), Some(1_768_300_800));
-        assert_eq!(parse_rfc3339("2026-01-13T11:40:00+01:00"), Some(1_768_300_800));
+        assert_eq!(
+            parse_rfc3339("2026-01-13T11:40:00+01:00"),
+            Some(1_768_300_800)
+        );
         assert_eq!(parse_rfc3339("yesterday"), None);
     }
 }

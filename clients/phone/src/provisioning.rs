@@ -42,7 +42,9 @@ pub enum AddNodeError {
     #[error("Please log in again: the gateway refused the admin token")]
     LoginRequired,
     /// Token request could not reach the gateway.
-    #[error("Please connect to your home WiFi first: the gateway at {url} does not answer ({reason})")]
+    #[error(
+        "Please connect to your home WiFi first: the gateway at {url} does not answer ({reason})"
+    )]
     GatewayUnreachable { url: String, reason: String },
     /// The refresh before sending failed.
     #[error("Provisioning token expired. Please try again. ({0})")]
@@ -228,9 +230,11 @@ impl GatewayApi {
     }
 
     fn auth(&self) -> Result<reqwest::header::HeaderValue, AddNodeError> {
-        let mut v =
-            reqwest::header::HeaderValue::from_str(&format!("Bearer {}", self.admin_token.expose()))
-                .map_err(|_| AddNodeError::LoginRequired)?;
+        let mut v = reqwest::header::HeaderValue::from_str(&format!(
+            "Bearer {}",
+            self.admin_token.expose()
+        ))
+        .map_err(|_| AddNodeError::LoginRequired)?;
         v.set_sensitive(true);
         Ok(v)
     }
@@ -510,7 +514,12 @@ pub struct Provisioning {
 }
 
 impl Provisioning {
-    pub fn new(gateway: GatewayApi, household_id: String, room: String, name: Option<String>) -> Self {
+    pub fn new(
+        gateway: GatewayApi,
+        household_id: String,
+        room: String,
+        name: Option<String>,
+    ) -> Self {
         Self {
             gateway,
             household_id,
