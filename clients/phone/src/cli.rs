@@ -73,7 +73,7 @@ pub enum PhoneCmd {
     /// Add an endpoint node: token from the gateway, Wi-Fi details to the node's setup access
     /// point, then wait until the node is online
     #[command(after_help = ADD_NODE_HELP)]
-    AddNode(AddNodeArgs),
+    AddNode(Box<AddNodeArgs>),
 }
 
 /// The seed 004 error table as the command reports it.
@@ -192,7 +192,7 @@ pub fn run(cmd: PhoneCmd) -> anyhow::Result<()> {
             PhoneCmd::Listen { since, creds } => listen(&creds.path(), since).await,
             PhoneCmd::Publish { topic, data, creds } => publish(&creds.path(), &topic, data).await,
             PhoneCmd::AddNode(args) => {
-                let id = crate::add_node::run(args)
+                let id = crate::add_node::run(*args)
                     .await
                     .map_err(|e| anyhow::anyhow!("{}: {e}", e.code()))?;
                 println!("{id}");

@@ -420,7 +420,7 @@ impl NodeAp {
         }
         let mut l: List = serde_json::from_value(self.get("/api/v1/networks").await?)
             .map_err(|_| AddNodeError::Protocol("the node".into(), "no network list".into()))?;
-        l.networks.sort_by(|a, b| b.rssi.cmp(&a.rssi));
+        l.networks.sort_by_key(|n| std::cmp::Reverse(n.rssi));
         Ok(l.networks)
     }
 
