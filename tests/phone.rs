@@ -430,3 +430,62 @@ async fn a_denial_and_a_powered_off_adapter_also_leave_nothing_open() {
     );
     assert_clean(&f);
 }
+
+/// `phone add-node` as a process: its help documents seed 004's error table, a bad URL is a
+/// usage error (2), and a gateway that does not answer is seed 004's "connect to your home
+/// WiFi" on one line (1), without the admin token in it.
+#[tokio::test]
+async fn add_node_documents_its_errors_and_reports_them_on_one_line() {
+    let mut c = latchkey(None);
+    c.args(["phone", "add-node", "--help"]);
+    let help = run(c).await;
+    assert_eq!(help.code, 0, "{}", help.all());
+    for code in [
+        "LOGIN_REQUIRED",
+        "GATEWAY_UNREACHABLE",
+        "TOKEN_REFRESH_FAILED",
+        "TOKEN_EXPIRED_AFTER_SEND",
+        "PROVISIONING_REJECTED",
+        "NOT_READY",
+        "WIFI_FAILED",
+        "Please log in again",
+        "--wifi-password-file",
+    ] {
+        assert!(
+            help.stdout.contains(code),
+            "{code} missing:\n{}",
+            help.stdout
+        );
+    }
+    assert!(
+        !help.stdout.contains("--wifi-password <"),
+        "{}",
+        help.stdout
+    );
+
+    let mut c = latchkey(None);
+    c.args([
+        "phone",
+        "add-node",
+        "--gateway",
+        "ftp://x",
+        "--room",
+        "Hall",
+    ])
+    .env("LATCHKEY_ADMIN_TOKEN", "adm_x");
+    assert_eq!(run(c).await.code, 2);
+
+    let gateway = format!("http://127.0.0.1:{}", free_port());
+    let mut c = latchkey(None);
+    c.args(["phone", "add-node", "--gateway", &gateway, "--room", "Hall"])
+        .env("LATCHKEY_ADMIN_TOKEN", "adm_secret_x");
+    let out = run(c).await;
+    assert_eq!(out.code, 1, "{}", out.all());
+    assert!(
+        out.reason()
+            .starts_with("latchkey: GATEWAY_UNREACHABLE: Please connect to your home WiFi first"),
+        "{}",
+        out.all()
+    );
+    assert!(!out.all().contains("adm_secret_x"), "{}", out.all());
+}

@@ -46,6 +46,8 @@ pub fn latchkey(bus: Option<&str>) -> Command {
     c.env_remove("LATCHKEY_CONFIG")
         .env_remove("LATCHKEY_DATA_DIR")
         .env_remove("LATCHKEY_PHONE_CREDENTIALS")
+        .env_remove("LATCHKEY_GATEWAY")
+        .env_remove("LATCHKEY_ADMIN_TOKEN")
         .env_remove("NOTIFY_SOCKET")
         .env("LATCHKEY_LOG", "debug")
         .env_remove("DBUS_SYSTEM_BUS_ADDRESS")
