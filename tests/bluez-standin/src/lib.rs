@@ -240,6 +240,21 @@ impl Adapter {
         self.state.powered.load(Ordering::SeqCst)
     }
 
+    /// bluetoothd's `StartNotify` policy: for every peer that enables notifications (`true`,
+    /// the default, as bluetoothd does today) or for the first one only (`false`, older
+    /// bluetoothd). `StopNotify` comes when the last subscriber leaves, either way.
+    pub fn set_start_notify_per_peer(&self, per_peer: bool) {
+        self.state.set_start_notify_per_peer(per_peer);
+    }
+
+    /// `StartNotify` and `StopNotify` calls made into the registered application so far.
+    pub fn notify_calls(&self) -> (u64, u64) {
+        (
+            self.state.start_notify_calls.load(Ordering::Relaxed),
+            self.state.stop_notify_calls.load(Ordering::Relaxed),
+        )
+    }
+
     /// Successful `RegisterApplication` calls so far.
     pub fn registrations(&self) -> u64 {
         *self.state.app_registrations().borrow()
@@ -391,8 +406,8 @@ impl Link {
             .await
     }
 
-    /// Writes the CCCD of `uuid` (enable notifications). bluetoothd calls `StartNotify` when
-    /// the first client of the characteristic subscribes.
+    /// Writes the CCCD of `uuid` (enable notifications). bluetoothd calls `StartNotify` for
+    /// every peer that does so (see [`Adapter::set_start_notify_per_peer`]).
     pub async fn subscribe(&self, uuid: &str) -> Result<(), Error> {
         let c = self.characteristic(uuid)?;
         self.att_ops.fetch_add(1, Ordering::Relaxed);

@@ -276,6 +276,8 @@ struct Remote {
     peer: String,
     name: Option<String>,
     uuids: Vec<String>,
+    /// The advertisement's manufacturer data, as bluetoothd shows it (`ManufacturerData`).
+    manufacturer_data: std::collections::BTreeMap<u16, Vec<u8>>,
     rssi: i16,
     state: Mutex<RemoteState>,
 }
@@ -573,6 +575,7 @@ async fn hear(standin: &Standin, me: &Arc<AdapterState>, conn: &zbus::Connection
                         peer: peer.name.clone(),
                         name: adv.local_name.clone(),
                         uuids: adv.service_uuids.clone(),
+                        manufacturer_data: adv.manufacturer_data.clone(),
                         rssi: rssi(me, &peer),
                         state: Mutex::new(RemoteState::default()),
                     })
@@ -1048,6 +1051,24 @@ impl RemoteDevice {
     fn uuids(&self) -> Vec<String> {
         self.remote.uuids.clone()
     }
+    /// Present only when the advertisement carried some, as with bluetoothd.
+    #[zbus(property)]
+    fn manufacturer_data(&self) -> zbus::fdo::Result<HashMap<u16, OwnedValue>> {
+        if self.remote.manufacturer_data.is_empty() {
+            return Err(zbus::fdo::Error::InvalidArgs(
+                "No such property 'ManufacturerData'".into(),
+            ));
+        }
+        self.remote
+            .manufacturer_data
+            .iter()
+            .map(|(k, v)| {
+                OwnedValue::try_from(Value::from(v.clone()))
+                    .map(|v| (*k, v))
+                    .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))
+            })
+            .collect()
+    }
     #[zbus(property)]
     fn connected(&self) -> bool {
         matches!(lock(&self.remote.state).link, LinkState::Up(_))
@@ -1482,8 +1503,7 @@ mod tests {
             path: "/adv".into(),
             kind: "peripheral".into(),
             service_uuids: uuids.iter().map(|u| (*u).to_owned()).collect(),
-            local_name: None,
-            discoverable: None,
+            ..Default::default()
         }
     }
 
