@@ -44,10 +44,15 @@ async fn registers_the_service_and_advertises() {
     let ours = latchkey_proto::adv_data(&d.gw.state.gateway_id).to_vec();
     assert_eq!(
         adv.manufacturer_data,
-        [(latchkey_proto::ADV_COMPANY_ID, ours)].into_iter().collect()
+        [(latchkey_proto::ADV_COMPANY_ID, ours)]
+            .into_iter()
+            .collect()
     );
     assert_eq!(adv.legacy_len(), 31);
-    assert_eq!((adv.min_interval_ms, adv.max_interval_ms), (Some(100), Some(150)));
+    assert_eq!(
+        (adv.min_interval_ms, adv.max_interval_ms),
+        (Some(100), Some(150))
+    );
     assert_eq!(adv.owner, app.owner);
 
     let m = d.metrics().await;
@@ -470,7 +475,8 @@ async fn hostile_writes_of_every_length() {
             // A peer of its own per write, and time for the gateway-wide budget to refill, so
             // that no lockout hides the decoder.
             n += 1;
-            d.gw.clock.advance(latchkey::access::lockout::BUDGET_INTERVAL_SECS);
+            d.gw.clock
+                .advance(latchkey::access::lockout::BUDGET_INTERVAL_SECS);
             let link = d
                 .adapter
                 .connect(&format!("77:00:00:00:{:02X}:{:02X}", n >> 8, n & 0xff), 517)
@@ -857,7 +863,9 @@ async fn frames_proving_nothing_have_a_gateway_wide_budget() {
     let mut n = 0u32;
     while sent < BUDGET_BURST {
         n += 1;
-        let link = d.connect(&format!("f0:00:00:00:{:02X}:{:02X}", n >> 8, n & 0xff)).await;
+        let link = d
+            .connect(&format!("f0:00:00:00:{:02X}:{:02X}", n >> 8, n & 0xff))
+            .await;
         for _ in 0..4.min(BUDGET_BURST - sent) {
             let r = write_and_wait(&link, &junk).await;
             assert_eq!(status_of(&r), Status::Malformed, "frame {sent}");
@@ -877,7 +885,11 @@ async fn frames_proving_nothing_have_a_gateway_wide_budget() {
         );
     }
     let events = d.access_events().await;
-    assert_eq!(events.len(), before + 1, "one event for the run of shed frames");
+    assert_eq!(
+        events.len(),
+        before + 1,
+        "one event for the run of shed frames"
+    );
     assert_eq!(events[before].1["lockout"], "gateway");
     // A phone proving its key is not affected.
     let (_, r) = unlock(&fresh, &mut phone, d.now(), "front").await;
@@ -902,10 +914,17 @@ async fn results_reach_every_subscriber_whatever_bluetoothd_calls() {
         let la = d.connect("ab:00:00:00:00:01").await;
         let lb = d.connect("ab:00:00:00:00:02").await;
         let starts = if per_peer { 2 } else { 1 };
-        assert_eq!(d.adapter.notify_calls(), (starts, 0), "per peer: {per_peer}");
+        assert_eq!(
+            d.adapter.notify_calls(),
+            (starts, 0),
+            "per peer: {per_peer}"
+        );
         for (link, phone) in [(&la, &mut a), (&lb, &mut b)] {
             let (at, r) = unlock(link, phone, d.now(), "front").await;
-            assert_eq!(phone.verify(&r, &at).unwrap().result.status, Status::Granted);
+            assert_eq!(
+                phone.verify(&r, &at).unwrap().result.status,
+                Status::Granted
+            );
         }
         // The first subscriber leaves; the other still hears its answer.
         la.disconnect().await.unwrap();

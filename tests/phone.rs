@@ -469,10 +469,8 @@ async fn unlock_picks_its_own_gateway_among_several() {
         .expect("the phone hears the other gateway");
         f.gateway.withhold(Withhold::Device, false);
     };
-    let ((out, json), ()) = tokio::join!(
-        unlock(&f.bus, &creds, "front", &f.phone, None),
-        ours_later
-    );
+    let ((out, json), ()) =
+        tokio::join!(unlock(&f.bus, &creds, "front", &f.phone, None), ours_later);
     assert_eq!(out.code, 0, "{}", out.all());
     assert_eq!(json["status"], "GRANTED", "{json}");
     assert_eq!(

@@ -109,7 +109,8 @@ impl Budget {
     /// Seconds until the budget admits a frame, or `None` when it admits one at `now`.
     pub fn wait(&self, now: UnixTime) -> Option<u16> {
         let limit = now.saturating_add((BUDGET_BURST - 1) * BUDGET_INTERVAL_SECS);
-        (self.tat > limit).then(|| u16::try_from(self.tat.abs_diff(limit).max(1)).unwrap_or(u16::MAX))
+        (self.tat > limit)
+            .then(|| u16::try_from(self.tat.abs_diff(limit).max(1)).unwrap_or(u16::MAX))
     }
 
     /// Admits one frame at `now`. Returns how many were shed before it.

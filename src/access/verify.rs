@@ -789,7 +789,10 @@ mod tests {
         assert_eq!(v.status, Status::LockedOut);
         assert_eq!(v.nonce, [9; 16], "the frame's nonce, not the connection's");
         assert!(v.result_frame(v.status)[21..].iter().all(|b| *b == 0));
-        assert_eq!(run(&mut m, &frame(&Phone::default()), live).status, Status::Granted);
+        assert_eq!(
+            run(&mut m, &frame(&Phone::default()), live).status,
+            Status::Granted
+        );
 
         // A locked device: only a frame proving its key hears about it (signed); a bad tag
         // in its name is the peer's failure.

@@ -3,11 +3,11 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use latchkey_proto::vectors::{self, compute};
-use sha2::Digest as _;
 use latchkey_proto::{
     AuthFrame, Challenge, ResultFrame, Status, UuidText, AUTH_MAC_LABEL, AUTH_UUID, CHALLENGE_UUID,
     INFO_AUTH_KEY, INFO_RESULT_KEY, RESULT_MAC_LABEL, RESULT_UUID, SERVICE_UUID,
 };
+use sha2::Digest as _;
 
 const PROTOCOL_MD: &str = include_str!("../../../docs/PROTOCOL.md");
 
@@ -49,15 +49,24 @@ fn vectors_are_pinned() {
     assert_eq!(hex::encode(v.result_granted), RESULT_GRANTED);
     assert_eq!(hex::encode(v.result_locked_out), RESULT_LOCKED_OUT);
     assert_eq!(hex::encode(v.result_unknown_device), RESULT_UNKNOWN_DEVICE);
-    assert_eq!(hex::encode(v.result_peer_locked_out), RESULT_PEER_LOCKED_OUT);
+    assert_eq!(
+        hex::encode(v.result_peer_locked_out),
+        RESULT_PEER_LOCKED_OUT
+    );
     let mut hash = sha2::Sha256::new();
     sha2::Digest::update(&mut hash, latchkey_proto::ADV_GATEWAY_LABEL);
     sha2::Digest::update(&mut hash, vectors::GATEWAY_ID.as_bytes());
     assert_eq!(hex::encode(sha2::Digest::finalize(hash)), GATEWAY_HASH);
     assert_eq!(hex::encode(v.adv_data), ADV_DATA);
-    assert_eq!(hex::encode(latchkey_proto::gateway_tag(vectors::GATEWAY_ID)), &ADV_DATA[2..]);
+    assert_eq!(
+        hex::encode(latchkey_proto::gateway_tag(vectors::GATEWAY_ID)),
+        &ADV_DATA[2..]
+    );
     assert_eq!(hex::encode(v.advertising), ADVERTISING);
-    assert!(latchkey_proto::adv_matches(&v.adv_data, vectors::GATEWAY_ID));
+    assert!(latchkey_proto::adv_matches(
+        &v.adv_data,
+        vectors::GATEWAY_ID
+    ));
 }
 
 #[test]
