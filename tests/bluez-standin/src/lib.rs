@@ -4,11 +4,15 @@
 //! bluetoothd does: adapters at `/org/bluez/hciN` with `Adapter1`, `GattManager1` and
 //! `LEAdvertisingManager1` under an ObjectManager at `/`; `RegisterApplication` reads the
 //! application back with `GetManagedObjects`; `RegisterAdvertisement` reads the
-//! advertisement's properties. A simulated LE [`Link`] (a phone connected to the adapter)
-//! appears as a `Device1` object and performs ATT operations as method calls into the
-//! application — `ReadValue`, `WriteValue`, `StartNotify`/`StopNotify` with the options
-//! bluetoothd passes (`device`, `mtu`, `link`, `offset`, `type`) — and receives notifications,
-//! which the application sends as `PropertiesChanged(Value)`.
+//! advertisement's properties (and refuses more than the 31 bytes of legacy advertising data,
+//! where bluetoothd would quietly switch to extended advertising). A simulated LE [`Link`] (a
+//! phone connected to the adapter) appears as a `Device1` object and performs ATT operations
+//! as method calls into the application — `ReadValue`, `WriteValue`, `StartNotify`/
+//! `StopNotify` with the options bluetoothd passes (`device`, `mtu`, `link`, `offset`,
+//! `type`); `StartNotify` for every peer that subscribes and `StopNotify` when the last one
+//! leaves, as bluetoothd's `ccc_write_cb` does (older bluetoothd: `StartNotify` for the first
+//! only, [`Adapter::set_start_notify_per_peer`]) — and receives notifications, which the
+//! application sends as `PropertiesChanged(Value)`.
 //!
 //! Every call into the application has a timeout on this side ([`CALL_TIMEOUT`]), so a test
 //! never hangs on an application that does not answer.

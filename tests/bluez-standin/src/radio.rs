@@ -5,8 +5,8 @@
 //! - `Adapter1.SetDiscoveryFilter` / `StartDiscovery` / `StopDiscovery`: while an adapter
 //!   discovers, every [`ADVERTISING_INTERVAL`] the advertisements of the other adapters in the
 //!   same area that pass the merged filter appear as `/org/bluez/hciA/dev_XX_XX_…` objects with
-//!   `org.bluez.Device1` (`Address`, `Name`, `Alias`, `RSSI`, `UUIDs`, `Connected`,
-//!   `ServicesResolved`, …), announced with `InterfacesAdded`, seen again with a
+//!   `org.bluez.Device1` (`Address`, `Name`, `Alias`, `RSSI`, `UUIDs`, `ManufacturerData`,
+//!   `Connected`, `ServicesResolved`, …), announced with `InterfacesAdded`, seen again with a
 //!   `PropertiesChanged(RSSI)`. When discovery stops the `RSSI` is invalidated (bluetoothd
 //!   does the same), so a client can tell a device seen now from one remembered; devices are
 //!   kept (bluetoothd with `TemporaryTimeout = 0`).
