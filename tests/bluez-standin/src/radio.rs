@@ -1430,6 +1430,13 @@ impl Sim1 {
         Ok(())
     }
 
+    /// bluetoothd's `StartNotify` policy for the adapter's applications: for every peer that
+    /// subscribes (`true`, the default, as bluetoothd does) or for the first only (`false`).
+    fn set_start_notify_per_peer(&self, adapter: String, per_peer: bool) -> zbus::fdo::Result<()> {
+        self.adapter(&adapter)?.set_start_notify_per_peer(per_peer);
+        Ok(())
+    }
+
     /// `what`: device, connection, challenge or result.
     fn withhold(&self, adapter: String, what: String, on: bool) -> zbus::fdo::Result<()> {
         let w: Withhold = what.parse().map_err(zbus::fdo::Error::InvalidArgs)?;
