@@ -488,6 +488,7 @@ async fn add_node_documents_its_errors_and_reports_them_on_one_line() {
         out.all()
     );
     assert!(!out.all().contains("adm_secret_x"), "{}", out.all());
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unlock_picks_its_own_gateway_among_several() {
