@@ -1,6 +1,23 @@
 //! The event log: every gateway event and every client publish is a row with a gateway-wide,
 //! strictly increasing `seq`, committed before anyone sees it.
 //!
+//! Two kinds share the one sequence. The gateway's own events (topics under `device.`,
+//! `access.`, `node.`, `gateway.`) are the audit log; client publishes are everything else.
+//! The pruner keeps them apart (`Retention`, `prune`):
+//! - the audit log keeps its newest `audit` events (and, if set, none older than
+//!   `audit_max_age_ms`); no publish ever counts against it;
+//! - each publisher (a device, an admin credential) keeps at most its newest `per_publisher`
+//!   publishes and a proportional share of `max_bytes` — a quota of its own, so one device
+//!   flooding only ever trims its own past;
+//! - all publishes together keep at most `publishes` events, and the whole log's `data` at most
+//!   `max_bytes` (the audit log's bytes count, but are never pruned for it): the oldest
+//!   publishes go first.
+//!
+//! `horizon` is what `resume` compares with: the highest seq the audit rule or the total
+//! publish bounds ever pruned. Below it the log no longer holds everything, so a resume from
+//! there gets `reset`. A quota trim does not move it: a client resuming from before it gets
+//! the retained (newest) part of that publisher's events, in order, without a reset.
+//!
 //! One tailer task reads newly committed rows in `seq` order and fans them out on a broadcast
 //! channel. Because delivery always comes from the committed log (never straight from a
 //! writer), live delivery has the same order as replay, and events written by other processes
@@ -9,12 +26,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::rfc3339_ms;
+use crate::clock::{rfc3339_ms, SharedClock};
 use crate::store::{Store, StoreError};
 
 /// Largest `data` we accept for one event, serialized.
@@ -31,12 +48,56 @@ pub fn is_reserved(topic: &str) -> bool {
     RESERVED_PREFIXES.iter().any(|p| topic.starts_with(p))
 }
 
+/// How often the pruner runs: the log may exceed its bounds by what arrives in this time.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+/// What the pruner keeps (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Client publishes kept, all publishers together.
+    pub publishes: u64,
+    /// Client publishes kept per publisher.
+    pub per_publisher: u64,
+    /// Bytes of `data` in the whole log.
+    pub max_bytes: u64,
+    /// Gateway (audit) events kept.
+    pub audit: u64,
+    /// Audit events older than this go even within `audit`.
+    pub audit_max_age_ms: Option<i64>,
+}
+
+impl Retention {
+    /// A publisher's share of `max_bytes`: the same fraction as `per_publisher` of `publishes`.
+    pub fn per_publisher_bytes(&self) -> u64 {
+        let share = u128::from(self.max_bytes) * u128::from(self.per_publisher)
+            / u128::from(self.publishes.max(1));
+        u64::try_from(share).unwrap_or(u64::MAX)
+    }
+}
+
+/// How many rows one `prune` removed, by rule.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub audit: usize,
+    pub quota: usize,
+    pub publishes: usize,
+}
+
+impl Pruned {
+    pub fn total(&self) -> usize {
+        self.audit + self.quota + self.publishes
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Event {
     pub seq: i64,
     pub topic: String,
     pub ts_ms: i64,
     pub origin: String,
+    /// For a gateway event about one device (`device.*`, `access.*`): that device's id, read
+    /// once here so that per-connection visibility checks never parse JSON.
+    pub subject: Option<String>,
     /// The `data` object as JSON text.
     pub data: Arc<str>,
     /// The complete `{"type":"event",…}` frame, rendered once and shared by every recipient.
@@ -53,8 +114,26 @@ struct Frame<'a> {
     data: &'a serde_json::value::RawValue,
 }
 
+/// The field that names the device a gateway event is about.
+#[derive(serde::Deserialize)]
+struct About {
+    #[serde(rename = "deviceId")]
+    device_id: Option<String>,
+}
+
+/// Which device a gateway event concerns (`device.paired`, `device.revoked` and `access.*`
+/// all carry it as `deviceId`; an `access.denied` for a frame that named no known device has
+/// none).
+fn subject_of(topic: &str, data: &str) -> Option<String> {
+    if !(topic.starts_with("device.") || topic.starts_with("access.")) {
+        return None;
+    }
+    serde_json::from_str::<About>(data).ok()?.device_id
+}
+
 impl Event {
     fn from_row(seq: i64, topic: String, data: String, ts_ms: i64, origin: String) -> Self {
+        let subject = subject_of(&topic, &data);
         let raw = serde_json::value::RawValue::from_string(data.clone()).ok();
         let frame = match raw.as_deref() {
             Some(raw) => serde_json::to_string(&Frame {
@@ -72,6 +151,7 @@ impl Event {
             topic,
             ts_ms,
             origin,
+            subject,
             data: data.into(),
             frame: frame.into(),
         }
@@ -83,7 +163,8 @@ impl Event {
 }
 
 /// Appends an event inside the caller's transaction, so it commits (or not) with the change
-/// it describes. Returns its seq.
+/// it describes. Returns its seq. A gateway module's events are under the reserved prefixes
+/// (the audit log); `origin` also counts as the publisher of anything else.
 pub fn append(
     tx: &Transaction<'_>,
     topic: &str,
@@ -91,11 +172,45 @@ pub fn append(
     origin: &str,
     ts_ms: i64,
 ) -> Result<i64, StoreError> {
+    insert(tx, topic, data, origin, origin, ts_ms)
+}
+
+/// Appends a client publish: `publisher` is whose quota it counts against (`device:<id>`, an
+/// admin credential), `origin` the connection it came from.
+pub fn publish(
+    tx: &Transaction<'_>,
+    topic: &str,
+    data: &serde_json::Value,
+    publisher: &str,
+    origin: &str,
+    ts_ms: i64,
+) -> Result<i64, StoreError> {
+    insert(tx, topic, data, publisher, origin, ts_ms)
+}
+
+fn insert(
+    tx: &Transaction<'_>,
+    topic: &str,
+    data: &serde_json::Value,
+    publisher: &str,
+    origin: &str,
+    ts_ms: i64,
+) -> Result<i64, StoreError> {
     let data = serde_json::to_string(data).map_err(|_| StoreError::Corrupt("event data"))?;
-    tx.execute(
-        "INSERT INTO events (topic, data, ts_ms, origin) VALUES (?1, ?2, ?3, ?4)",
-        params![topic, data, ts_ms, origin],
-    )?;
+    let size = i64::try_from(data.len()).unwrap_or(i64::MAX);
+    tx.prepare_cached(
+        "INSERT INTO events (topic, data, ts_ms, origin, audit, source, size)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        topic,
+        data,
+        ts_ms,
+        origin,
+        is_reserved(topic),
+        publisher,
+        size
+    ])?;
     Ok(tx.last_insert_rowid())
 }
 
@@ -118,7 +233,6 @@ pub fn since(conn: &Connection, since: i64, limit: i64) -> Result<Vec<Event>, St
 
 /// The newest seq ever assigned (0 when none), also after pruning.
 pub fn latest_seq(conn: &Connection) -> Result<i64, StoreError> {
-    use rusqlite::OptionalExtension;
     let from_seq: Option<i64> = conn
         .query_row(
             "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
@@ -129,18 +243,106 @@ pub fn latest_seq(conn: &Connection) -> Result<i64, StoreError> {
     Ok(from_seq.unwrap_or(0))
 }
 
-/// The oldest seq still retained, or `None` if the log is empty.
-pub fn oldest_seq(conn: &Connection) -> Result<Option<i64>, StoreError> {
-    Ok(conn.query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))?)
+/// The highest seq below which the log may lack events a client could see: a `resume` from
+/// before it gets `reset` (see the module docs). 0 when nothing was ever pruned that way.
+pub fn horizon(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(conn.query_row(
+        "SELECT COALESCE(MAX(seq), 0) FROM event_floors",
+        [],
+        |r| r.get(0),
+    )?)
 }
 
-/// Deletes all but the newest `keep` events. Returns how many went.
-pub fn prune(tx: &Transaction<'_>, keep: u64) -> Result<usize, StoreError> {
-    let keep = i64::try_from(keep).unwrap_or(i64::MAX);
-    Ok(tx.execute(
-        "DELETE FROM events WHERE seq <= (SELECT COALESCE(MAX(seq), 0) FROM events) - ?1",
-        [keep],
-    )?)
+/// Applies `r` (see the module docs); `now_ms` dates the audit log's age limit.
+pub fn prune(tx: &Transaction<'_>, r: &Retention, now_ms: i64) -> Result<Pruned, StoreError> {
+    let mut pruned = Pruned::default();
+
+    // The audit log, by its own count and age only.
+    let mut cut: Option<i64> = tx
+        .query_row(
+            "SELECT seq FROM events WHERE audit = 1 ORDER BY seq DESC LIMIT 1 OFFSET ?1",
+            [to_i64(r.audit)],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(age) = r.audit_max_age_ms {
+        let aged: Option<i64> = tx.query_row(
+            "SELECT MAX(seq) FROM events WHERE audit = 1 AND ts_ms < ?1",
+            [now_ms.saturating_sub(age)],
+            |row| row.get(0),
+        )?;
+        cut = cut.max(aged);
+    }
+    if let Some(cut) = cut {
+        pruned.audit = tx.execute("DELETE FROM events WHERE audit = 1 AND seq <= ?1", [cut])?;
+        raise_floor(tx, "audit", cut)?;
+    }
+
+    // Each publisher's quota: only its own oldest go.
+    let share = to_i64(r.per_publisher_bytes());
+    let over: Vec<String> = tx
+        .prepare_cached(
+            "SELECT source FROM events WHERE audit = 0 GROUP BY source
+             HAVING COUNT(*) > ?1 OR SUM(size) > ?2",
+        )?
+        .query_map(params![to_i64(r.per_publisher), share], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for source in over {
+        let cut: Option<i64> = tx
+            .query_row(
+                "SELECT seq FROM (
+                     SELECT seq, ROW_NUMBER() OVER w AS n, SUM(size) OVER w AS bytes
+                     FROM events WHERE audit = 0 AND source = ?1
+                     WINDOW w AS (ORDER BY seq DESC))
+                 WHERE n > ?2 OR bytes > ?3 ORDER BY seq DESC LIMIT 1",
+                params![source, to_i64(r.per_publisher), share],
+                |row| row.get(0),
+            )
+            .optional()?;
+        if let Some(cut) = cut {
+            pruned.quota += tx.execute(
+                "DELETE FROM events WHERE audit = 0 AND source = ?1 AND seq <= ?2",
+                params![source, cut],
+            )?;
+        }
+    }
+
+    // All publishes together: what the audit log leaves of `max_bytes`, and `publishes`.
+    let audit_bytes: i64 = tx.query_row(
+        "SELECT COALESCE(SUM(size), 0) FROM events WHERE audit = 1",
+        [],
+        |row| row.get(0),
+    )?;
+    let room = to_i64(r.max_bytes).saturating_sub(audit_bytes).max(0);
+    let cut: Option<i64> = tx
+        .query_row(
+            "SELECT seq FROM (
+                 SELECT seq, ROW_NUMBER() OVER w AS n, SUM(size) OVER w AS bytes
+                 FROM events WHERE audit = 0
+                 WINDOW w AS (ORDER BY seq DESC))
+             WHERE n > ?1 OR bytes > ?2 ORDER BY seq DESC LIMIT 1",
+            params![to_i64(r.publishes), room],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(cut) = cut {
+        pruned.publishes = tx.execute("DELETE FROM events WHERE audit = 0 AND seq <= ?1", [cut])?;
+        raise_floor(tx, "publish", cut)?;
+    }
+    Ok(pruned)
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn raise_floor(tx: &Transaction<'_>, kind: &str, seq: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO event_floors (kind, seq) VALUES (?1, ?2)
+         ON CONFLICT(kind) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+        params![kind, seq],
+    )?;
+    Ok(())
 }
 
 /// Live fan-out of committed events, in seq order.
@@ -215,18 +417,29 @@ impl Default for EventBus {
     }
 }
 
-/// Keeps the log to `keep` events, checking once a minute.
-pub fn spawn_pruner(store: Store, keep: u64, shutdown: CancellationToken) {
+/// Keeps the log within `retention`, checking every `PRUNE_EVERY`.
+pub fn spawn_pruner(
+    store: Store,
+    retention: Retention,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        let mut tick = tokio::time::interval(PRUNE_EVERY);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
-            match store.write(move |tx| prune(tx, keep)).await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(pruned = n, "event log pruned"),
+            let now_ms = clock.now_ms();
+            match store.write(move |tx| prune(tx, &retention, now_ms)).await {
+                Ok(p) if p.total() == 0 => {}
+                Ok(p) => tracing::debug!(
+                    audit = p.audit,
+                    quota = p.quota,
+                    publishes = p.publishes,
+                    "event log pruned"
+                ),
                 Err(e) => tracing::warn!(error = %e, "event log prune failed"),
             }
         }
@@ -238,6 +451,23 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Small bounds, so a test can cross each of them.
+    const SMALL: Retention = Retention {
+        publishes: 6,
+        per_publisher: 3,
+        max_bytes: 1_000_000,
+        audit: 4,
+        audit_max_age_ms: None,
+    };
+
+    fn seqs(c: &Connection) -> Vec<(i64, String)> {
+        since(c, 0, 1000)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.seq, e.topic))
+            .collect()
+    }
+
     #[tokio::test]
     async fn seq_survives_pruning_and_frames_render() {
         let dir = tempfile::tempdir().unwrap();
@@ -248,9 +478,14 @@ mod tests {
                 .await
                 .unwrap();
         }
-        assert_eq!(store.write(|tx| prune(tx, 2)).await.unwrap(), 3);
+        let r = Retention {
+            per_publisher: 2,
+            publishes: 2,
+            ..SMALL
+        };
+        let p = store.write(move |tx| prune(tx, &r, 0)).await.unwrap();
+        assert_eq!(p.total(), 3);
         assert_eq!(store.read(latest_seq).await.unwrap(), 5);
-        assert_eq!(store.read(oldest_seq).await.unwrap(), Some(4));
         let next = store
             .write(|tx| append(tx, "ui.sync", &json!({}), "test", 2_000))
             .await
@@ -263,6 +498,157 @@ mod tests {
             frame,
             json!({"type":"event","seq":5,"topic":"ui.sync","ts":"1970-01-01T00:00:01Z","data":{"i":4}})
         );
+    }
+
+    #[tokio::test]
+    async fn publishes_never_evict_the_audit_log_nor_one_publisher_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        store
+            .write(|tx| {
+                append(tx, "access.granted", &json!({"deviceId": "d1"}), "ble", 0)?; // 1
+                publish(tx, "ui.a", &json!({}), "device:a", "device:a/ws:1", 0)?; // 2
+                publish(tx, "ui.a", &json!({}), "device:a", "device:a/ws:1", 0)?; // 3
+                for _ in 0..20 {
+                    publish(tx, "ui.spam", &json!({}), "device:x", "device:x/ws:9", 0)?; // 4..=23
+                }
+                append(tx, "device.paired", &json!({"deviceId": "d2"}), "gateway", 0)?; // 24
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let p = store.write(|tx| prune(tx, &SMALL, 0)).await.unwrap();
+        // The spammer is trimmed to its quota; nobody else loses anything.
+        assert_eq!(p, Pruned { audit: 0, quota: 17, publishes: 0 });
+        let kept = store.read(|c| Ok(seqs(c))).await.unwrap();
+        let kept: Vec<i64> = kept.into_iter().map(|(s, _)| s).collect();
+        assert_eq!(kept, vec![1, 2, 3, 21, 22, 23, 24]);
+        // A quota trim is no reason for a reset.
+        assert_eq!(store.read(horizon).await.unwrap(), 0);
+
+        // More publishers than the total holds: the oldest publishes go, the horizon moves,
+        // and the audit events stay.
+        store
+            .write(|tx| {
+                for who in ["b", "c"] {
+                    for _ in 0..2 {
+                        publish(tx, "ui.b", &json!({}), who, who, 0)?; // 25..=28
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let p = store.write(|tx| prune(tx, &SMALL, 0)).await.unwrap();
+        assert_eq!(p, Pruned { audit: 0, quota: 0, publishes: 3 });
+        let kept: Vec<i64> = store
+            .read(|c| Ok(seqs(c)))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(kept, vec![1, 22, 23, 24, 25, 26, 27, 28]);
+        assert_eq!(store.read(horizon).await.unwrap(), 21);
+
+        // The audit log by its own count, then by age.
+        store
+            .write(|tx| {
+                for i in 0..4 {
+                    append(tx, "access.denied", &json!({}), "ble", 10_000 + i)?; // 29..=32
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let p = store.write(|tx| prune(tx, &SMALL, 0)).await.unwrap();
+        assert_eq!(p, Pruned { audit: 2, quota: 0, publishes: 0 });
+        assert_eq!(store.read(horizon).await.unwrap(), 24);
+        let aged = Retention {
+            audit_max_age_ms: Some(1_000),
+            ..SMALL
+        };
+        let p = store.write(move |tx| prune(tx, &aged, 11_002)).await.unwrap();
+        assert_eq!(p.audit, 2, "{p:?}");
+        let kept: Vec<i64> = store
+            .read(|c| Ok(seqs(c)))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(kept, vec![22, 23, 25, 26, 27, 28, 31, 32]);
+    }
+
+    #[tokio::test]
+    async fn bytes_are_bounded_per_publisher_and_in_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let pad = "p".repeat(990);
+        // ~1000 bytes each: x has 5 KB, y 2 KB, and an audit event of a few bytes.
+        store
+            .write(move |tx| {
+                for _ in 0..5 {
+                    publish(tx, "ui.big", &json!({ "p": pad }), "x", "x", 0)?; // 1..=5
+                }
+                append(tx, "device.revoked", &json!({"deviceId": "d"}), "cli", 0)?; // 6
+                for _ in 0..2 {
+                    publish(tx, "ui.big", &json!({ "p": pad }), "y", "y", 0)?; // 7, 8
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        // max_bytes 4,500 with a third of it per publisher: x keeps 1 (1,500 bytes), y 1;
+        // then the total fits.
+        let r = Retention {
+            publishes: 30,
+            per_publisher: 10,
+            max_bytes: 4_500,
+            audit: 10,
+            audit_max_age_ms: None,
+        };
+        let p = store.write(move |tx| prune(tx, &r, 0)).await.unwrap();
+        assert_eq!(p, Pruned { audit: 0, quota: 5, publishes: 0 });
+        let kept: Vec<i64> = store
+            .read(|c| Ok(seqs(c)))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(kept, vec![5, 6, 8]);
+        // A total of 1,500 bytes leaves room for one publish beside the audit event.
+        let r = Retention {
+            max_bytes: 1_500,
+            per_publisher: 30,
+            ..r
+        };
+        let p = store.write(move |tx| prune(tx, &r, 0)).await.unwrap();
+        assert_eq!(p, Pruned { audit: 0, quota: 0, publishes: 1 });
+        let kept: Vec<i64> = store
+            .read(|c| Ok(seqs(c)))
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(s, _)| s)
+            .collect();
+        assert_eq!(kept, vec![6, 8]);
+        assert_eq!(store.read(horizon).await.unwrap(), 5);
+    }
+
+    #[test]
+    fn gateway_events_name_their_device() {
+        assert_eq!(
+            subject_of("device.paired", r#"{"deviceId":"d1","name":"x"}"#).as_deref(),
+            Some("d1")
+        );
+        assert_eq!(
+            subject_of("access.denied", r#"{"deviceId":null,"peer":"p"}"#),
+            None
+        );
+        assert_eq!(subject_of("ui.sync", r#"{"deviceId":"d1"}"#), None);
+        assert_eq!(subject_of("gateway.x", r#"{"deviceId":"d1"}"#), None);
     }
 
     #[tokio::test]

@@ -80,6 +80,34 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE lockouts ADD COLUMN updated_at INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 3: the event log's two kinds, pruned apart (events.rs): `audit` marks the gateway's own
+    // events, `source` is the publisher a client event counts against, `size` the bytes of its
+    // `data`. The indexes cover every pruning query, so none reads a row's (large) data.
+    // `event_floors` remembers how far each rule pruned, since the log may now have holes; an
+    // old log was pruned from the front, so both start just below its oldest row. Topics are
+    // matched case-sensitively (GLOB): `DEVICE.x` was a client's, not the gateway's.
+    r#"
+    ALTER TABLE events ADD COLUMN audit INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE events ADD COLUMN source TEXT NOT NULL DEFAULT '';
+    ALTER TABLE events ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+    UPDATE events SET
+        audit = (topic GLOB 'device.*' OR topic GLOB 'access.*'
+                 OR topic GLOB 'node.*' OR topic GLOB 'gateway.*'),
+        source = CASE WHEN instr(origin, '/') > 0
+                      THEN substr(origin, 1, instr(origin, '/') - 1) ELSE origin END,
+        size = length(CAST(data AS BLOB));
+    CREATE INDEX events_kind ON events (audit);
+    CREATE INDEX events_source ON events (audit, source, size);
+
+    CREATE TABLE event_floors (
+        kind TEXT PRIMARY KEY,
+        seq  INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO event_floors (kind, seq)
+        SELECT kind, COALESCE((SELECT MIN(seq) - 1 FROM events),
+                              (SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)
+        FROM (SELECT 'audit' AS kind UNION ALL SELECT 'publish');
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
