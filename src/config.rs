@@ -479,6 +479,42 @@ action = { type = "command", argv = ["/bin/true"] }
     }
 
     #[test]
+    fn event_bounds_and_budget_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::resolve(&Overrides {
+                config: Some(path.clone()),
+                ..Default::default()
+            })
+        };
+        let cfg = resolve(
+            "[events]\nretention = 20000\nretention_per_publisher = 500\n\
+             audit_retention = 30000\naudit_max_age_days = 2\npublish_rate = 5\n",
+        )
+        .unwrap();
+        let r = cfg.retention();
+        assert_eq!((r.publishes, r.per_publisher, r.audit), (20_000, 500, 30_000));
+        assert_eq!(r.audit_max_age_ms, Some(2 * 86_400_000));
+        assert_eq!(r.max_bytes, DEFAULT_MAX_BYTES);
+        assert_eq!((cfg.publish_rate, cfg.publish_burst), (5, 40));
+        for bad in [
+            "[events]\nretention_per_publisher = 10001\n",
+            "[events]\nretention_per_publisher = 0\n",
+            "[events]\naudit_retention = 9999\n",
+            "[events]\nmax_bytes = 1000\n",
+            "[events]\npublish_rate = 0\n",
+            "[events]\naudit_max_age_days = 0\n",
+        ] {
+            assert!(
+                matches!(resolve(bad), Err(ConfigError::Invalid(_))),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
     fn rejects_typos_and_bad_values() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("c.toml");

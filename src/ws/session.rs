@@ -225,7 +225,11 @@ where
         let reply = match outcome {
             Ok(None) => continue,
             Ok(Some(c)) => c,
-            Err(e) if e.code == code::INTERNAL => Control::Frame(e.render()),
+            // Neither is the client's fault as a malformed frame is: a refused publish over
+            // budget costs the client its event, not its socket.
+            Err(e) if e.code == code::INTERNAL || e.code == code::RATE_LIMITED => {
+                Control::Frame(e.render())
+            }
             Err(e) => {
                 if !bad.take() {
                     let _ = ctl
