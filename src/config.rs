@@ -495,7 +495,10 @@ action = { type = "command", argv = ["/bin/true"] }
         )
         .unwrap();
         let r = cfg.retention();
-        assert_eq!((r.publishes, r.per_publisher, r.audit), (20_000, 500, 30_000));
+        assert_eq!(
+            (r.publishes, r.per_publisher, r.audit),
+            (20_000, 500, 30_000)
+        );
         assert_eq!(r.audit_max_age_ms, Some(2 * 86_400_000));
         assert_eq!(r.max_bytes, DEFAULT_MAX_BYTES);
         assert_eq!((cfg.publish_rate, cfg.publish_burst), (5, 40));

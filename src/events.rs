@@ -246,11 +246,11 @@ pub fn latest_seq(conn: &Connection) -> Result<i64, StoreError> {
 /// The highest seq below which the log may lack events a client could see: a `resume` from
 /// before it gets `reset` (see the module docs). 0 when nothing was ever pruned that way.
 pub fn horizon(conn: &Connection) -> Result<i64, StoreError> {
-    Ok(conn.query_row(
-        "SELECT COALESCE(MAX(seq), 0) FROM event_floors",
-        [],
-        |r| r.get(0),
-    )?)
+    Ok(
+        conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM event_floors", [], |r| {
+            r.get(0)
+        })?,
+    )
 }
 
 /// Applies `r` (see the module docs); `now_ms` dates the audit log's age limit.
@@ -460,12 +460,10 @@ mod tests {
         audit_max_age_ms: None,
     };
 
-    fn seqs(c: &Connection) -> Vec<(i64, String)> {
-        since(c, 0, 1000)
-            .unwrap()
-            .into_iter()
-            .map(|e| (e.seq, e.topic))
-            .collect()
+    /// The seqs still in the log.
+    async fn kept(store: &Store) -> Vec<i64> {
+        let evs = store.read(|c| since(c, 0, 1000)).await.unwrap();
+        evs.into_iter().map(|e| e.seq).collect()
     }
 
     #[tokio::test]
@@ -510,19 +508,31 @@ mod tests {
                 publish(tx, "ui.a", &json!({}), "device:a", "device:a/ws:1", 0)?; // 2
                 publish(tx, "ui.a", &json!({}), "device:a", "device:a/ws:1", 0)?; // 3
                 for _ in 0..20 {
-                    publish(tx, "ui.spam", &json!({}), "device:x", "device:x/ws:9", 0)?; // 4..=23
+                    publish(tx, "ui.spam", &json!({}), "device:x", "device:x/ws:9", 0)?;
+                    // 4..=23
                 }
-                append(tx, "device.paired", &json!({"deviceId": "d2"}), "gateway", 0)?; // 24
+                append(
+                    tx,
+                    "device.paired",
+                    &json!({"deviceId": "d2"}),
+                    "gateway",
+                    0,
+                )?; // 24
                 Ok(())
             })
             .await
             .unwrap();
         let p = store.write(|tx| prune(tx, &SMALL, 0)).await.unwrap();
         // The spammer is trimmed to its quota; nobody else loses anything.
-        assert_eq!(p, Pruned { audit: 0, quota: 17, publishes: 0 });
-        let kept = store.read(|c| Ok(seqs(c))).await.unwrap();
-        let kept: Vec<i64> = kept.into_iter().map(|(s, _)| s).collect();
-        assert_eq!(kept, vec![1, 2, 3, 21, 22, 23, 24]);
+        assert_eq!(
+            p,
+            Pruned {
+                audit: 0,
+                quota: 17,
+                publishes: 0
+            }
+        );
+        assert_eq!(kept(&store).await, vec![1, 2, 3, 21, 22, 23, 24]);
         // A quota trim is no reason for a reset.
         assert_eq!(store.read(horizon).await.unwrap(), 0);
 
@@ -540,44 +550,48 @@ mod tests {
             .await
             .unwrap();
         let p = store.write(|tx| prune(tx, &SMALL, 0)).await.unwrap();
-        assert_eq!(p, Pruned { audit: 0, quota: 0, publishes: 3 });
-        let kept: Vec<i64> = store
-            .read(|c| Ok(seqs(c)))
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
-        assert_eq!(kept, vec![1, 22, 23, 24, 25, 26, 27, 28]);
+        assert_eq!(
+            p,
+            Pruned {
+                audit: 0,
+                quota: 0,
+                publishes: 3
+            }
+        );
+        assert_eq!(kept(&store).await, vec![1, 22, 23, 24, 25, 26, 27, 28]);
         assert_eq!(store.read(horizon).await.unwrap(), 21);
 
         // The audit log by its own count, then by age.
         store
             .write(|tx| {
                 for i in 0..4 {
-                    append(tx, "access.denied", &json!({}), "ble", 10_000 + i)?; // 29..=32
+                    append(tx, "access.denied", &json!({}), "ble", 10_000 + i)?;
+                    // 29..=32
                 }
                 Ok(())
             })
             .await
             .unwrap();
         let p = store.write(|tx| prune(tx, &SMALL, 0)).await.unwrap();
-        assert_eq!(p, Pruned { audit: 2, quota: 0, publishes: 0 });
+        assert_eq!(
+            p,
+            Pruned {
+                audit: 2,
+                quota: 0,
+                publishes: 0
+            }
+        );
         assert_eq!(store.read(horizon).await.unwrap(), 24);
         let aged = Retention {
             audit_max_age_ms: Some(1_000),
             ..SMALL
         };
-        let p = store.write(move |tx| prune(tx, &aged, 11_002)).await.unwrap();
-        assert_eq!(p.audit, 2, "{p:?}");
-        let kept: Vec<i64> = store
-            .read(|c| Ok(seqs(c)))
+        let p = store
+            .write(move |tx| prune(tx, &aged, 11_002))
             .await
-            .unwrap()
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
-        assert_eq!(kept, vec![22, 23, 25, 26, 27, 28, 31, 32]);
+            .unwrap();
+        assert_eq!(p.audit, 2, "{p:?}");
+        assert_eq!(kept(&store).await, vec![22, 23, 25, 26, 27, 28, 31, 32]);
     }
 
     #[tokio::test]
@@ -609,15 +623,15 @@ mod tests {
             audit_max_age_ms: None,
         };
         let p = store.write(move |tx| prune(tx, &r, 0)).await.unwrap();
-        assert_eq!(p, Pruned { audit: 0, quota: 5, publishes: 0 });
-        let kept: Vec<i64> = store
-            .read(|c| Ok(seqs(c)))
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
-        assert_eq!(kept, vec![5, 6, 8]);
+        assert_eq!(
+            p,
+            Pruned {
+                audit: 0,
+                quota: 5,
+                publishes: 0
+            }
+        );
+        assert_eq!(kept(&store).await, vec![5, 6, 8]);
         // A total of 1,500 bytes leaves room for one publish beside the audit event.
         let r = Retention {
             max_bytes: 1_500,
@@ -625,15 +639,15 @@ mod tests {
             ..r
         };
         let p = store.write(move |tx| prune(tx, &r, 0)).await.unwrap();
-        assert_eq!(p, Pruned { audit: 0, quota: 0, publishes: 1 });
-        let kept: Vec<i64> = store
-            .read(|c| Ok(seqs(c)))
-            .await
-            .unwrap()
-            .into_iter()
-            .map(|(s, _)| s)
-            .collect();
-        assert_eq!(kept, vec![6, 8]);
+        assert_eq!(
+            p,
+            Pruned {
+                audit: 0,
+                quota: 0,
+                publishes: 1
+            }
+        );
+        assert_eq!(kept(&store).await, vec![6, 8]);
         assert_eq!(store.read(horizon).await.unwrap(), 5);
     }
 

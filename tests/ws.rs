@@ -198,6 +198,15 @@ async fn revoke_api(gw: &Gateway, http: &reqwest::Client, id: &DeviceId) {
     assert_eq!(r.status(), 200);
 }
 
+/// A web UI session, as logging in makes one.
+async fn admin_session(gw: &Gateway) -> SecretString {
+    gw.state
+        .store
+        .write(|tx| Ok(latchkey::admin::create_session(tx, T0).unwrap()))
+        .await
+        .unwrap()
+}
+
 /// For tests about delivery, not about the publish budget.
 fn unlimited_publishing(c: &mut latchkey::config::Config) {
     c.publish_rate = 1_000_000;
@@ -403,9 +412,7 @@ async fn reserved_topics_and_bad_frames_get_error_frames_and_the_socket_stays() 
             json!(11),
         ),
         (
-            Message::text(
-                json!({"type":"publish","id":12,"topic":"a".repeat(129)}).to_string(),
-            ),
+            Message::text(json!({"type":"publish","id":12,"topic":"a".repeat(129)}).to_string()),
             "BAD_TOPIC",
             json!(12),
         ),
@@ -696,12 +703,7 @@ async fn admin_token_revocation_closes_the_sockets_it_opened() {
 async fn the_admin_pages_socket_uses_the_session_cookie_from_our_own_origin() {
     let gw = Gateway::start().await;
     let http = reqwest::Client::new();
-    let sid = gw
-        .state
-        .store
-        .write(|tx| Ok(latchkey::admin::create_session(tx, T0).unwrap()))
-        .await
-        .unwrap();
+    let sid = admin_session(&gw).await;
     let own = format!("http://{}", gw.addr);
     assert_eq!(
         refused(&gw, Auth::Cookie(sid.expose(), "http://evil.example")).await,
@@ -1201,12 +1203,7 @@ async fn a_publish_flood_is_budgeted_and_evicts_neither_the_audit_log_nor_other_
     assert_eq!(seqs_of(&got)[..3], b_own[..]);
 
     // And the admin's activity page still lists both door decisions.
-    let sid = gw
-        .state
-        .store
-        .write(|tx| Ok(latchkey::admin::create_session(tx, T0).unwrap()))
-        .await
-        .unwrap();
+    let sid = admin_session(&gw).await;
     let page = http
         .get(gw.url("/activity"))
         .header("cookie", format!("latchkey_session={}", sid.expose()))
@@ -1308,7 +1305,11 @@ mod raw {
         while !head.ends_with(b"\r\n\r\n") {
             head.push(tcp.read_u8().await.unwrap());
         }
-        assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
         tcp
     }
 
@@ -1340,7 +1341,10 @@ mod raw {
     /// Reads server frames until a close frame; returns its code.
     pub async fn close_code(tcp: &mut TcpStream) -> u16 {
         loop {
-            let b0 = tcp.read_u8().await.expect("a close frame before the socket ends");
+            let b0 = tcp
+                .read_u8()
+                .await
+                .expect("a close frame before the socket ends");
             let b1 = tcp.read_u8().await.unwrap();
             assert_eq!(b1 & 0x80, 0, "server frames are not masked");
             let len = match b1 & 0x7f {
@@ -1365,12 +1369,24 @@ async fn websocket_protocol_violations_close_with_the_rfc_6455_codes() {
     let a = gw.pair(&http, "a").await;
     let big = vec![b'x'; 300 * 1024];
     let cases: Vec<(&str, Vec<u8>, u16)> = vec![
-        ("text that is not UTF-8", raw::frame(0x1, &[0xff, 0xfe, 0x80], true), 1007),
+        (
+            "text that is not UTF-8",
+            raw::frame(0x1, &[0xff, 0xfe, 0x80], true),
+            1007,
+        ),
         ("unmasked client frame", raw::frame(0x1, b"{}", false), 1002),
         ("reserved data opcode", raw::frame(0x3, b"x", true), 1002),
         ("reserved control opcode", raw::frame(0xb, b"", true), 1002),
-        ("ping over 125 bytes", raw::frame(0x9, &[0u8; 126], true), 1002),
-        ("frame over the size limit", raw::frame(0x1, &big, true), 1009),
+        (
+            "ping over 125 bytes",
+            raw::frame(0x9, &[0u8; 126], true),
+            1002,
+        ),
+        (
+            "frame over the size limit",
+            raw::frame(0x1, &big, true),
+            1009,
+        ),
     ];
     for (what, bytes, want) in cases {
         let mut tcp = raw::connect(&gw, &key(&a)).await;

@@ -194,9 +194,9 @@ pub fn valid_topic(t: &str) -> bool {
         && t.len() <= MAX_TOPIC_LEN
         && t.split('.').all(|word| {
             !word.is_empty()
-                && word.bytes().all(|b| {
-                    b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-'
-                })
+                && word
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
         })
 }
 
@@ -334,7 +334,14 @@ mod tests {
             err_code(r#"{"type":"publish","id":1,"topic":"a","data":[1]}"#),
             code::BAD_FRAME
         );
-        for topic in ["a..b", "DEVICE.paired", "Access.granted", "ui.Sync", "a b", "é"] {
+        for topic in [
+            "a..b",
+            "DEVICE.paired",
+            "Access.granted",
+            "ui.Sync",
+            "a b",
+            "é",
+        ] {
             let e = parse(&json!({"type":"publish","id":1,"topic":topic}).to_string()).unwrap_err();
             assert_eq!((e.code, e.id), (code::BAD_TOPIC, Some(json!(1))), "{topic}");
         }
@@ -410,7 +417,12 @@ mod tests {
             serde_json::from_str(&FrameError::rate_limited(&json!(5), 50).render()).unwrap();
         assert_eq!(
             (&v["type"], &v["id"], &v["code"], &v["retryAfterMs"]),
-            (&json!("error"), &json!(5), &json!("RATE_LIMITED"), &json!(50))
+            (
+                &json!("error"),
+                &json!(5),
+                &json!("RATE_LIMITED"),
+                &json!(50)
+            )
         );
     }
 }
