@@ -135,3 +135,56 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log written before migration 3 (pruned from the front, as it was then) is sorted
+    /// into its two kinds, by publisher, with the floors just below its oldest row.
+    #[test]
+    fn migration_3_sorts_an_old_log() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..2] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.execute_batch(
+            r#"
+            INSERT INTO events (topic, data, ts_ms, origin) VALUES
+                ('ui.gone', '{}', 0, 'device:a/ws:01'),
+                ('access.granted', '{"deviceId":"a"}', 0, 'ble'),
+                ('ui.sync', '{"x":"yz"}', 0, 'device:a/ws:02'),
+                ('DEVICE.paired', '{}', 0, 'device:b/ws:03'),
+                ('gateway.admin_token_revoked', '{}', 0, 'admin-token:1');
+            DELETE FROM events WHERE seq = 1;
+            "#,
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let rows: Vec<(i64, bool, String, i64)> = conn
+            .prepare("SELECT seq, audit, source, size FROM events ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (2, true, "ble".into(), 16),
+                (3, false, "device:a".into(), 10),
+                (4, false, "device:b".into(), 2),
+                (5, true, "admin-token:1".into(), 2),
+            ]
+        );
+        let floors: Vec<(String, i64)> = conn
+            .prepare("SELECT kind, seq FROM event_floors ORDER BY kind")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(floors, vec![("audit".into(), 1), ("publish".into(), 1)]);
+    }
+}
