@@ -11,7 +11,8 @@ use crate::clock::{SharedClock, SystemClock};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_DATA_DIR: &str = "latchkey-data";
-/// A publisher keeps a fifth of the publishes: it takes five devices to crowd out the rest.
+/// A publisher's quota is a fifth of the publishes: when the log is full, those holding more
+/// lose their oldest first, so it takes five devices at their quota to crowd out the rest.
 const DEFAULT_PER_PUBLISHER: u64 = 2_000;
 /// Event data the log keeps at most: room for the default retention at an average of 6 KiB.
 const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
@@ -154,7 +155,7 @@ pub struct Config {
     pub pair_token_ttl_secs: u64,
     /// Client publishes kept, all publishers together (`[events] retention`).
     pub event_retention: u64,
-    /// Client publishes kept per publisher (`[events] retention_per_publisher`).
+    /// Each publisher's quota when the log is full (`[events] retention_per_publisher`).
     pub event_retention_per_publisher: u64,
     /// Bytes of event data the log keeps (`[events] max_bytes`).
     pub event_max_bytes: u64,

@@ -6,17 +6,19 @@
 //! The pruner keeps them apart (`Retention`, `prune`):
 //! - the audit log keeps its newest `audit` events (and, if set, none older than
 //!   `audit_max_age_ms`); no publish ever counts against it;
-//! - each publisher (a device, an admin credential) keeps at most its newest `per_publisher`
-//!   publishes and a proportional share of `max_bytes` — a quota of its own, so one device
-//!   flooding only ever trims its own past;
-//! - all publishes together keep at most `publishes` events, and the whole log's `data` at most
-//!   `max_bytes` (the audit log's bytes count, but are never pruned for it): the oldest
-//!   publishes go first.
+//! - publishes are pruned only when there are more than `publishes` of them, or the log's
+//!   `data` exceeds `max_bytes` (the audit log's bytes count, but are never pruned for it).
+//!   Then, first, publishers holding more than their quota (their newest `per_publisher`
+//!   events and a proportional share of `max_bytes`) lose their oldest events beyond it,
+//!   oldest first, just enough to fit: one device flooding only ever trims its own past, and
+//!   a device within its quota loses nothing however much others publish. Only when every
+//!   publisher is within its quota and the log is still over do the oldest publishes go,
+//!   whoever's.
 //!
-//! `horizon` is what `resume` compares with: the highest seq the audit rule or the total
-//! publish bounds ever pruned. Below it the log no longer holds everything, so a resume from
-//! there gets `reset`. A quota trim does not move it: a client resuming from before it gets
-//! the retained (newest) part of that publisher's events, in order, without a reset.
+//! `horizon` is what `resume` compares with: the highest seq the audit rule or the last rule
+//! above ever pruned. Below it the log no longer holds everything, so a resume from there gets
+//! `reset`. Trimming a publisher beyond its quota does not move it: a client resuming from
+//! before the trim gets that publisher's retained (newest) events, in order, without a reset.
 //!
 //! One tailer task reads newly committed rows in `seq` order and fans them out on a broadcast
 //! channel. Because delivery always comes from the committed log (never straight from a
@@ -268,42 +270,44 @@ pub fn prune(tx: &Transaction<'_>, r: &Retention, now_ms: i64) -> Result<Pruned,
         raise_floor(tx, "audit", cut)?;
     }
 
-    // Each publisher's quota: only its own oldest go.
-    let share = to_i64(r.per_publisher_bytes());
-    let over: Vec<String> = tx
-        .prepare_cached(
-            "SELECT source FROM events WHERE audit = 0 GROUP BY source
-             HAVING COUNT(*) > ?1 OR SUM(size) > ?2",
-        )?
-        .query_map(params![to_i64(r.per_publisher), share], |row| row.get(0))?
-        .collect::<Result<_, _>>()?;
-    for source in over {
-        let cut: Option<i64> = tx
-            .query_row(
-                "SELECT seq FROM (
-                     SELECT seq, ROW_NUMBER() OVER w AS n, SUM(size) OVER w AS bytes
-                     FROM events WHERE audit = 0 AND source = ?1
-                     WINDOW w AS (ORDER BY seq DESC))
-                 WHERE n > ?2 OR bytes > ?3 ORDER BY seq DESC LIMIT 1",
-                params![source, to_i64(r.per_publisher), share],
-                |row| row.get(0),
-            )
-            .optional()?;
-        if let Some(cut) = cut {
-            pruned.quota += tx.execute(
-                "DELETE FROM events WHERE audit = 0 AND source = ?1 AND seq <= ?2",
-                params![source, cut],
-            )?;
-        }
-    }
-
-    // All publishes together: what the audit log leaves of `max_bytes`, and `publishes`.
+    // Publishes, only when over the total count or what the audit log leaves of `max_bytes`.
     let audit_bytes: i64 = tx.query_row(
         "SELECT COALESCE(SUM(size), 0) FROM events WHERE audit = 1",
         [],
         |row| row.get(0),
     )?;
     let room = to_i64(r.max_bytes).saturating_sub(audit_bytes).max(0);
+    let (count, bytes): (i64, i64) = tx.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events WHERE audit = 0",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    let (over_count, over_bytes) = (count - to_i64(r.publishes), bytes - room);
+    if over_count <= 0 && over_bytes <= 0 {
+        return Ok(pruned);
+    }
+
+    // First what publishers hold beyond their quota, oldest first, just enough to fit (all of
+    // it if that is not enough). Nobody within their quota loses anything here.
+    let (per, share) = (to_i64(r.per_publisher), to_i64(r.per_publisher_bytes()));
+    let cut: Option<i64> = tx.query_row(
+        &format!(
+            "WITH {EXCESS}, running AS (
+                 SELECT seq, ROW_NUMBER() OVER w AS k, SUM(size) OVER w AS freed
+                 FROM excess WINDOW w AS (ORDER BY seq))
+             SELECT MIN(seq) FROM running WHERE k >= ?3 AND freed >= ?4"
+        ),
+        params![per, share, over_count, over_bytes],
+        |row| row.get(0),
+    )?;
+    pruned.quota = tx.execute(
+        &format!(
+            "WITH {EXCESS} DELETE FROM events WHERE seq IN (SELECT seq FROM excess WHERE seq <= ?3)"
+        ),
+        params![per, share, cut.unwrap_or(i64::MAX)],
+    )?;
+
+    // Still over (every publisher within its quota): the oldest publishes, whoever's.
     let cut: Option<i64> = tx
         .query_row(
             "SELECT seq FROM (
@@ -321,6 +325,14 @@ pub fn prune(tx: &Transaction<'_>, r: &Retention, now_ms: i64) -> Result<Pruned,
     }
     Ok(pruned)
 }
+
+/// A publisher's publishes beyond its newest `?1` or beyond `?2` bytes (newest first).
+const EXCESS: &str = "excess AS (
+    SELECT seq, size FROM (
+        SELECT seq, size, ROW_NUMBER() OVER w AS n, SUM(size) OVER w AS held
+        FROM events WHERE audit = 0
+        WINDOW w AS (PARTITION BY source ORDER BY seq DESC))
+    WHERE n > ?1 OR held > ?2)";
 
 fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
@@ -513,14 +525,14 @@ mod tests {
             .await
             .unwrap();
         let p = store.write(|tx| prune(tx, &SMALL, 0)).await.unwrap();
-        // The spammer is trimmed to its quota; nobody else loses anything.
-        assert_eq!((p.audit, p.quota, p.publishes), (0, 17, 0));
-        assert_eq!(kept(&store).await, vec![1, 2, 3, 21, 22, 23, 24]);
+        // 22 publishes, 6 fit: the spammer's oldest beyond its quota go; nobody else's.
+        assert_eq!((p.audit, p.quota, p.publishes), (0, 16, 0));
+        assert_eq!(kept(&store).await, vec![1, 2, 3, 20, 21, 22, 23, 24]);
         // A quota trim is no reason for a reset.
         assert_eq!(store.read(horizon).await.unwrap(), 0);
 
-        // More publishers than the total holds: the oldest publishes go, the horizon moves,
-        // and the audit events stay.
+        // More publishers than the total holds: the spammer's last excess goes, then the
+        // oldest publishes, whoever's; the horizon moves, and the audit events stay.
         store
             .write(|tx| {
                 for who in ["b", "c"] {
@@ -533,7 +545,7 @@ mod tests {
             .await
             .unwrap();
         let p = store.write(|tx| prune(tx, &SMALL, 0)).await.unwrap();
-        assert_eq!((p.audit, p.quota, p.publishes), (0, 0, 3));
+        assert_eq!((p.audit, p.quota, p.publishes), (0, 1, 3));
         assert_eq!(kept(&store).await, vec![1, 22, 23, 24, 25, 26, 27, 28]);
         assert_eq!(store.read(horizon).await.unwrap(), 21);
 
@@ -582,8 +594,8 @@ mod tests {
             })
             .await
             .unwrap();
-        // max_bytes 4,500 with a third of it per publisher: x keeps 1 (1,500 bytes), y 1;
-        // then the total fits.
+        // max_bytes 4,500, a third of it per publisher: 2,502 bytes too many, taken from the
+        // oldest of what x and y hold beyond 1,500 bytes each (x: 1..=4, y: 7).
         let r = Retention {
             publishes: 30,
             per_publisher: 10,
@@ -592,16 +604,17 @@ mod tests {
             audit_max_age_ms: None,
         };
         let p = store.write(move |tx| prune(tx, &r, 0)).await.unwrap();
-        assert_eq!((p.audit, p.quota, p.publishes), (0, 5, 0));
-        assert_eq!(kept(&store).await, vec![5, 6, 8]);
-        // A total of 1,500 bytes leaves room for one publish beside the audit event.
+        assert_eq!((p.audit, p.quota, p.publishes), (0, 3, 0));
+        assert_eq!(kept(&store).await, vec![4, 5, 6, 7, 8]);
+        // A total of 1,500 bytes leaves room for one publish beside the audit event: all the
+        // excess goes (4, 7), then the oldest (5).
         let r = Retention {
             max_bytes: 1_500,
             per_publisher: 30,
             ..r
         };
         let p = store.write(move |tx| prune(tx, &r, 0)).await.unwrap();
-        assert_eq!((p.audit, p.quota, p.publishes), (0, 0, 1));
+        assert_eq!((p.audit, p.quota, p.publishes), (0, 2, 1));
         assert_eq!(kept(&store).await, vec![6, 8]);
         assert_eq!(store.read(horizon).await.unwrap(), 5);
     }

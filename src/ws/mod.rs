@@ -29,14 +29,15 @@
 //!   all its sockets. Over it: `{"type":"error","id":K,"code":"RATE_LIMITED","message":…,
 //!   "retryAfterMs":N}`; the event is not recorded, the socket stays.
 //! - Retention (`events.rs`): the gateway's events are an audit log pruned only by their own
-//!   count (`audit_retention`, default 10,000) and optional age (`audit_max_age_days`); client
-//!   publishes keep at most `retention` (10,000) together and `retention_per_publisher`
-//!   (2,000) per device; the log's data is bounded by `max_bytes` (64 MiB) at the expense of
-//!   the oldest publishes. The pruner runs every 10 s.
+//!   count (`audit_retention`, default 10,000) and optional age (`audit_max_age_days`). Client
+//!   publishes are kept up to `retention` (10,000) together and within `max_bytes` (64 MiB,
+//!   audit data included); past that, publishers holding more than their quota
+//!   (`retention_per_publisher`, 2,000, and the same share of the bytes) lose their oldest
+//!   first, and only then the oldest publishes of all. The pruner runs every 10 s.
 //! - `reset`: a resume from `since` gets `{"type":"reset","seq":LATEST}` exactly when `since`
 //!   is beyond the newest seq, or when the audit rule or the total publish bounds have pruned
 //!   an event with a seq above `since` (`events::horizon`; for a phone this is conservative: an
-//!   audit event of another device counts too). A publisher trimmed to its own quota does not
+//!   audit event of another device counts too). A publisher trimmed beyond its quota does not
 //!   cause a reset: a client resuming from before the trim gets that publisher's retained
 //!   (newest) events, in order, and everything else complete.
 //! - Catch-up is paced by the client's reads: the log is replayed a batch at a time, each

@@ -618,6 +618,7 @@ where
     async fn catch_up_step(&mut self) -> Result<(), Stop> {
         self.intake.overflowed = false;
         let cursor = self.cursor;
+        // The horizon is read after the batch: a prune that commits in between is seen.
         let (batch, horizon) = self
             .conn
             .state
