@@ -1178,7 +1178,8 @@ async fn a_publish_flood_is_budgeted_and_evicts_neither_the_audit_log_nor_other_
     assert!((40..=200).contains(&acked.len()), "{} acked", acked.len());
     assert_eq!(acked.len() as u64 + limited, sent);
 
-    // The pruner's pass over the log: the flooder's oldest go, nobody else's.
+    // The pruner's pass over the log (the daemon's own may have run already; either way):
+    // the flooder's oldest go, nobody else's, and nothing that would move the horizon.
     let retention = gw.state.config.retention();
     let now = gw.state.clock.now_ms();
     let pruned = gw
@@ -1187,9 +1188,8 @@ async fn a_publish_flood_is_budgeted_and_evicts_neither_the_audit_log_nor_other_
         .write(move |tx| events::prune(tx, &retention, now))
         .await
         .unwrap();
-    let flood_kept = 100 - b_own.len();
-    assert_eq!(pruned.quota, acked.len() - flood_kept, "{pruned:?}");
     assert_eq!((pruned.audit, pruned.publishes), (0, 0), "{pruned:?}");
+    let flood_kept = 100 - b_own.len();
 
     // b resumes from where it was: no reset; its own door decision and the flooder's retained
     // (newest) events, in order; c's decision is none of its business.
