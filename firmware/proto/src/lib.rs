@@ -18,6 +18,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
@@ -31,6 +33,8 @@ mod status;
 mod totp;
 #[doc(hidden)]
 pub mod vectors;
+
+pub mod v2;
 
 pub use endpoint::validate_endpoint;
 pub use error::Error;
