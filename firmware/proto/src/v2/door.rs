@@ -26,6 +26,7 @@ use super::{
 };
 use crate::{mac, Nonce, NONCE_LIFETIME_SECS};
 
+#[derive(Clone)]
 struct Entry {
     grant: Grant,
     secret: PeerSecret,
@@ -33,6 +34,7 @@ struct Entry {
 
 /// The grants of one door, each with its precomputed [`PeerSecret`]. At most
 /// [`super::GRANT_CAPACITY`] grants; replaced only by a newer verified snapshot.
+#[derive(Clone)]
 pub struct GrantSet {
     door_id: DoorId,
     version: u64,
