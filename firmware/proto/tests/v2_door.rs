@@ -330,3 +330,54 @@ fn phone_refuses_forged_and_foreign_results() {
     assert_eq!(ResultFrame::open(&plain, &keys, &nonce), Err(Error::UnsignedGrant));
     assert_eq!(ResultFrame::plain(Status::Granted, &nonce), Err(Error::UnsignedGrant));
 }
+
+#[test]
+fn cached_secrets_spare_the_ecdh_after_a_restart() {
+    let mut gateway = Gateway::new();
+    let snapshot = gateway.snapshot(DOOR_ID, 1, &grants(3, 1));
+    let mut first = GrantSet::new(DOOR_ID);
+    assert_eq!(first.apply(&snapshot, &gateway.public(), &door_key()).unwrap().new_keys, 3);
+    let cache: Vec<([u8; 65], [u8; 32])> =
+        first.shared_secrets().map(|(k, z)| (*k, *z)).collect();
+    let mut restarted = GrantSet::new(DOOR_ID);
+    let applied = restarted
+        .apply_with(&snapshot, &gateway.public(), &door_key(), |key| {
+            cache.iter().find(|(k, _)| k == key).map(|(_, z)| *z)
+        })
+        .unwrap();
+    assert_eq!(applied.new_keys, 0);
+    let (issued, frame) = IssuedChallenge::issue(&restarted, [4; 16], 0, Some(NOW));
+    let (request, _, _) = phone_request(2, &door_key(), &frame, tool(2), "front-door");
+    assert_eq!(decide(&restarted, Some(&issued), &request, 0, Some(NOW)).status, Status::Granted);
+}
+
+mod never_panics {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        /// Any bytes written as a request, on a live or stale challenge: `decide` answers, and
+        /// never grants without a grant's keys.
+        #[test]
+        fn decide_on_any_bytes(
+            tail in proptest::collection::vec(any::<u8>(), 0..100),
+            header in any::<bool>(),
+            mono in 0u64..40,
+            wall in proptest::option::of(any::<u64>()),
+        ) {
+            static DOOR: std::sync::OnceLock<Door> = std::sync::OnceLock::new();
+            let door = DOOR.get_or_init(|| Door::new(4));
+            let (issued, _) = door.challenge(3, 0);
+            let mut frame = if header { vec![2, 2] } else { Vec::new() };
+            frame.extend_from_slice(&tail);
+            let d = decide(&door.set, Some(&issued), &frame, mono, wall);
+            prop_assert!(!d.status.is_granted());
+            prop_assert!(!d.authenticated());
+            let status = d.status;
+            let reply = d.reply(status, wall);
+            prop_assert_eq!(reply.as_bytes().len(), ResultFrame::PLAIN_LEN);
+        }
+    }
+}

@@ -18,11 +18,12 @@
 use alloc::vec::Vec;
 
 use ed25519_dalek::VerifyingKey;
+use zeroize::Zeroize;
 
 use super::frame::{Challenge, Request, RequestBody, ResultFrame};
 use super::grant::{verify_snapshot, Grant};
 use super::{
-    DoorId, EndpointId, Error, Hint, PeerSecret, SessionKeys, Status, ToolId,
+    DoorId, EndpointId, Error, Hint, HintMac, PeerSecret, PublicKeyBytes, SessionKeys, Status, ToolId,
 };
 use crate::{mac, Nonce, NONCE_LIFETIME_SECS};
 
@@ -30,6 +31,7 @@ use crate::{mac, Nonce, NONCE_LIFETIME_SECS};
 struct Entry {
     grant: Grant,
     secret: PeerSecret,
+    hint: HintMac,
 }
 
 /// The grants of one door, each with its precomputed [`PeerSecret`]. At most
@@ -81,6 +83,23 @@ impl GrantSet {
         gateway: &VerifyingKey,
         door_key: &p256::SecretKey,
     ) -> Result<Applied, Error> {
+        self.apply_with(snapshot, gateway, door_key, |_| None)
+    }
+
+    /// [`GrantSet::apply`], taking the shared secret `Z` of a phone key from `cached` when it
+    /// has one (kept in the node's storage, see [`GrantSet::shared_secrets`]), so that a
+    /// restart does not redo one ECDH per phone. A wrong cached value only locks that phone
+    /// out (its requests no longer decrypt).
+    ///
+    /// # Errors
+    /// As [`GrantSet::apply`].
+    pub fn apply_with(
+        &mut self,
+        snapshot: &[u8],
+        gateway: &VerifyingKey,
+        door_key: &p256::SecretKey,
+        cached: impl Fn(&PublicKeyBytes) -> Option<[u8; 32]>,
+    ) -> Result<Applied, Error> {
         let verified = verify_snapshot(snapshot, gateway, &self.door_id)?;
         let header = verified.header;
         if header.version <= self.version {
@@ -103,14 +122,24 @@ impl GrantSet {
                 .chain(self.entries.iter())
                 .find(|e| e.grant.phone_key == grant.phone_key)
                 .map(|e| e.secret.clone());
-            let secret = match known {
-                Some(s) => s,
-                None => {
+            let secret = match (known, cached(&grant.phone_key)) {
+                (Some(s), _) => s,
+                (None, Some(mut z)) => {
+                    let s = PeerSecret::from_shared(&z, &self.door_id);
+                    z.zeroize();
+                    s
+                }
+                (None, None) => {
                     new_keys += 1;
                     PeerSecret::derive(door_key, &grant.phone_key, &self.door_id)?
                 }
             };
-            entries.push(Entry { grant, secret });
+            let hint = secret.hint_mac();
+            entries.push(Entry {
+                grant,
+                secret,
+                hint,
+            });
         }
         self.entries = entries;
         self.version = header.version;
@@ -164,8 +193,16 @@ impl GrantSet {
         self.entries.iter().map(|e| &e.grant)
     }
 
+    /// Each phone key held with its shared secret `Z`, for a node that caches them in its
+    /// storage (as secret as the door's private key, from which they derive).
+    pub fn shared_secrets(&self) -> impl Iterator<Item = (&PublicKeyBytes, &[u8; 32])> {
+        self.entries
+            .iter()
+            .map(|e| (&e.grant.phone_key, e.secret.shared()))
+    }
+
     fn hints(&self, nonce: &Nonce) -> Vec<Hint> {
-        self.entries.iter().map(|e| e.secret.hint(nonce)).collect()
+        self.entries.iter().map(|e| e.hint.hint(nonce)).collect()
     }
 }
 

@@ -39,7 +39,7 @@ pub use grant::{
     SIGNATURE_LEN, SNAPSHOT_HEADER_LEN, SNAPSHOT_LABEL,
 };
 pub use keys::{
-    parse_public_key, parse_secret_key, public_key_bytes, PeerSecret, SessionKeys, HINT_LABEL,
+    parse_public_key, parse_secret_key, public_key_bytes, HintMac, PeerSecret, SessionKeys, HINT_LABEL,
     INFO_HINT_KEY, INFO_TO_DOOR, INFO_TO_PHONE,
 };
 pub use status::Status;
