@@ -12,8 +12,8 @@ mod v2_support;
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion};
 use latchkey_proto::v2::{
-    decide, public_key_bytes, to_base64, verify_snapshot, GrantSet, IssuedChallenge,
-    PeerSecret, SignedGrant, GRANT_CAPACITY,
+    decide, public_key_bytes, to_base64, verify_snapshot, GrantSet, IssuedChallenge, PeerSecret,
+    SignedGrant, GRANT_CAPACITY,
 };
 use v2_support::{door_key, grants, key, phone_request, tool, Gateway, DOOR_ID, NOW};
 
@@ -23,7 +23,8 @@ fn full_door() -> (Gateway, GrantSet, Vec<u8>) {
     let mut gateway = Gateway::new();
     let snapshot = gateway.snapshot(DOOR_ID, 1, &grants(N, 1));
     let mut set = GrantSet::new(DOOR_ID);
-    set.apply(&snapshot, &gateway.public(), &door_key()).unwrap();
+    set.apply(&snapshot, &gateway.public(), &door_key())
+        .unwrap();
     (gateway, set, snapshot)
 }
 
@@ -34,12 +35,18 @@ fn unlock(c: &mut Criterion) {
     // The last grant: the hint scan goes through all 256.
     let last = N - 1;
     let (request, _, _) = phone_request(last, &door_key(), &frame, tool(last), "front-door");
-    assert!(decide(&set, Some(&issued), &request, 1, Some(NOW)).status.is_granted());
+    assert!(decide(&set, Some(&issued), &request, 1, Some(NOW))
+        .status
+        .is_granted());
 
     let mut g = c.benchmark_group("v2_unlock_256_grants");
     g.bench_function("door_challenge_hints", |b| {
         b.iter(|| IssuedChallenge::issue(&set, nonce, 0, Some(NOW)))
     });
+    let one = PeerSecret::from_shared(&[7; 32], &DOOR_ID);
+    let keyed = one.hint_mac();
+    g.bench_function("one_hint_keyed_once", |b| b.iter(|| keyed.hint(&nonce)));
+    g.bench_function("one_hint_keying_each_time", |b| b.iter(|| one.hint(&nonce)));
     g.bench_function("door_request_decide_and_reply", |b| {
         b.iter(|| {
             let d = decide(&set, Some(&issued), &request, 1, Some(NOW));
@@ -85,8 +92,12 @@ fn refresh(c: &mut Criterion) {
     let mut b64 = vec![0u8; snapshot.len() * 4 / 3 + 4];
     let text_len = to_base64(&snapshot, &mut b64).unwrap().len();
     println!(
-        "snapshot of {N} grants: {} bytes, {text_len} characters of base64",
-        snapshot.len()
+        "snapshot of {N} grants: {} bytes, {text_len} characters of base64; \
+         in memory per grant: Grant {} B, PeerSecret {} B, HintMac {} B",
+        snapshot.len(),
+        std::mem::size_of::<latchkey_proto::v2::Grant>(),
+        std::mem::size_of::<PeerSecret>(),
+        std::mem::size_of::<latchkey_proto::v2::HintMac>(),
     );
     let public = gateway.public();
     let next = gateway.snapshot(DOOR_ID, 1, &grants(N, 1));

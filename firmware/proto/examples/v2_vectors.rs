@@ -34,7 +34,11 @@ fn main() -> Result<(), latchkey_proto::v2::Error> {
     }
     println!("{:<20} {}", "signed_grant", hex::encode(v.signed_grant));
     let mut b64 = [0u8; SignedGrant::LEN * 2];
-    println!("{:<20} {}", "signed_grant_b64", to_base64(&v.signed_grant, &mut b64)?);
+    println!(
+        "{:<20} {}",
+        "signed_grant_b64",
+        to_base64(&v.signed_grant, &mut b64)?
+    );
     println!("{:<20} {}", "snapshot", hex::encode(v.snapshot));
     Ok(())
 }

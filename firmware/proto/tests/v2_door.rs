@@ -8,9 +8,7 @@ use latchkey_proto::v2::{
     decide, Decision, Error, GrantSet, IssuedChallenge, ResultFrame, SessionKeys, Status,
     VerifiedResult, GRANT_CAPACITY,
 };
-use v2_support::{
-    door_key, grant, grants, phone_request, tool, Gateway, DAY, DOOR_ID, NOW,
-};
+use v2_support::{door_key, grant, grants, phone_request, tool, Gateway, DAY, DOOR_ID, NOW};
 
 /// A door holding grants for phones 0..n, its gateway, and a monotonic clock.
 struct Door {
@@ -23,7 +21,8 @@ impl Door {
         let mut gateway = Gateway::new();
         let mut set = GrantSet::new(DOOR_ID);
         let snapshot = gateway.snapshot(DOOR_ID, 1, &grants(n, 1));
-        set.apply(&snapshot, &gateway.public(), &door_key()).unwrap();
+        set.apply(&snapshot, &gateway.public(), &door_key())
+            .unwrap();
         Door { gateway, set }
     }
 
@@ -96,9 +95,15 @@ fn replayed_request_is_refused() {
     let door = Door::new(2);
     let (issued, frame) = door.challenge(1, 0);
     let (request, _, _) = phone_request(1, &door_key(), &frame, tool(1), "front-door");
-    assert_eq!(decide(&door.set, Some(&issued), &request, 1, Some(NOW)).status, Status::Granted);
+    assert_eq!(
+        decide(&door.set, Some(&issued), &request, 1, Some(NOW)).status,
+        Status::Granted
+    );
     // The connection's challenge was taken by the first write: nothing left to answer.
-    assert_eq!(decide(&door.set, None, &request, 2, Some(NOW)).status, Status::NonceInvalid);
+    assert_eq!(
+        decide(&door.set, None, &request, 2, Some(NOW)).status,
+        Status::NonceInvalid
+    );
     // A later challenge on any connection: the hint no longer matches.
     let (later, _) = door.challenge(2, 3);
     let d = decide(&door.set, Some(&later), &request, 3, Some(NOW));
@@ -123,7 +128,10 @@ fn expired_challenge_is_refused() {
     let door = Door::new(1);
     let (issued, frame) = door.challenge(1, 100);
     let (request, _, _) = phone_request(0, &door_key(), &frame, tool(0), "front-door");
-    assert_eq!(decide(&door.set, Some(&issued), &request, 130, Some(NOW)).status, Status::Granted);
+    assert_eq!(
+        decide(&door.set, Some(&issued), &request, 130, Some(NOW)).status,
+        Status::Granted
+    );
     let d = decide(&door.set, Some(&issued), &request, 131, Some(NOW));
     assert_eq!(d.status, Status::NonceInvalid);
     // The plain reply names the connection's nonce so the phone recognises it.
@@ -158,7 +166,10 @@ fn tampered_requests_are_refused() {
         decide(&door.set, Some(&issued), &request[..82], 1, Some(NOW)).status,
         Status::Malformed
     );
-    assert_eq!(decide(&door.set, Some(&issued), &[], 1, Some(NOW)).status, Status::Malformed);
+    assert_eq!(
+        decide(&door.set, Some(&issued), &[], 1, Some(NOW)).status,
+        Status::Malformed
+    );
 }
 
 #[test]
@@ -166,14 +177,21 @@ fn a_tool_for_another_door_is_refused() {
     let mut door = Door::new(0);
     // Phone 5 holds a grant, but for another door; this door holds grants for others.
     let other_door = [0xee; 16];
-    let _ = door.gateway.snapshot(other_door, 1, &[grant(5, other_door, "front-door", 1)]);
+    let _ = door
+        .gateway
+        .snapshot(other_door, 1, &[grant(5, other_door, "front-door", 1)]);
     let mut others = grants(3, 1);
     others.push(grant(6, DOOR_ID, "front-door", 1));
     let snapshot = door.gateway.snapshot(DOOR_ID, 1, &others);
-    door.set.apply(&snapshot, &door.gateway.public(), &door_key()).unwrap();
+    door.set
+        .apply(&snapshot, &door.gateway.public(), &door_key())
+        .unwrap();
     let (issued, frame) = door.challenge(1, 0);
     let (request, _, _) = phone_request(5, &door_key(), &frame, tool(5), "front-door");
-    assert_eq!(decide(&door.set, Some(&issued), &request, 0, Some(NOW)).status, Status::UnknownTool);
+    assert_eq!(
+        decide(&door.set, Some(&issued), &request, 0, Some(NOW)).status,
+        Status::UnknownTool
+    );
 }
 
 #[test]
@@ -198,9 +216,15 @@ fn endpoint_and_tool_must_be_this_phones() {
 #[test]
 fn two_endpoints_for_one_phone() {
     let mut door = Door::new(0);
-    let both = [grant(0, DOOR_ID, "front-door", 2), grant(0, DOOR_ID, "garage", 2)];
+    let both = [
+        grant(0, DOOR_ID, "front-door", 2),
+        grant(0, DOOR_ID, "garage", 2),
+    ];
     let snapshot = door.gateway.snapshot(DOOR_ID, 2, &both);
-    let applied = door.set.apply(&snapshot, &door.gateway.public(), &door_key()).unwrap();
+    let applied = door
+        .set
+        .apply(&snapshot, &door.gateway.public(), &door_key())
+        .unwrap();
     assert_eq!((applied.grants, applied.new_keys), (2, 1));
     for endpoint in ["front-door", "garage"] {
         let (issued, frame) = door.challenge(3, 0);
@@ -216,14 +240,26 @@ fn revocation_by_snapshot_applies_to_the_next_request_and_survives_a_challenge_i
     let (issued, frame) = door.challenge(1, 0);
     let (request, _, _) = phone_request(1, &door_key(), &frame, tool(1), "front-door");
     // Phone 1 revoked: epoch 2, its grant gone, the others re-issued.
-    let remaining = [grant(0, DOOR_ID, "front-door", 2), grant(2, DOOR_ID, "front-door", 2)];
+    let remaining = [
+        grant(0, DOOR_ID, "front-door", 2),
+        grant(2, DOOR_ID, "front-door", 2),
+    ];
     let snapshot = door.gateway.snapshot(DOOR_ID, 2, &remaining);
-    let applied = door.set.apply(&snapshot, &door.gateway.public(), &door_key()).unwrap();
+    let applied = door
+        .set
+        .apply(&snapshot, &door.gateway.public(), &door_key())
+        .unwrap();
     assert_eq!(applied.new_keys, 0, "known phones keep their shared secret");
-    assert_eq!(decide(&door.set, Some(&issued), &request, 1, Some(NOW)).status, Status::UnknownTool);
+    assert_eq!(
+        decide(&door.set, Some(&issued), &request, 1, Some(NOW)).status,
+        Status::UnknownTool
+    );
     // The others still open, with a challenge issued before the change too.
     let (request, _, _) = phone_request(2, &door_key(), &frame, tool(2), "front-door");
-    assert_eq!(decide(&door.set, Some(&issued), &request, 1, Some(NOW)).status, Status::Granted);
+    assert_eq!(
+        decide(&door.set, Some(&issued), &request, 1, Some(NOW)).status,
+        Status::Granted
+    );
 }
 
 #[test]
@@ -235,23 +271,35 @@ fn forged_stale_and_foreign_snapshots_are_never_stored() {
     let mut forged = door.gateway.snapshot(DOOR_ID, 1, &grants(4, 1));
     let n = forged.len();
     forged[n - 100] ^= 1; // inside the last grant
-    assert_eq!(door.set.apply(&forged, &gateway, &door_key()), Err(Error::BadSignature));
+    assert_eq!(
+        door.set.apply(&forged, &gateway, &door_key()),
+        Err(Error::BadSignature)
+    );
 
     let mut impostor = Gateway::new();
     impostor.key = latchkey_proto::v2::ed25519_dalek::SigningKey::from_bytes(&[0x45; 32]);
     impostor.version = 100;
     let foreign_signer = impostor.snapshot(DOOR_ID, 1, &grants(4, 1));
-    assert_eq!(door.set.apply(&foreign_signer, &gateway, &door_key()), Err(Error::BadSignature));
+    assert_eq!(
+        door.set.apply(&foreign_signer, &gateway, &door_key()),
+        Err(Error::BadSignature)
+    );
 
     let other_node = door.gateway.snapshot([0xee; 16], 1, &[]);
-    assert_eq!(door.set.apply(&other_node, &gateway, &door_key()), Err(Error::WrongNode));
+    assert_eq!(
+        door.set.apply(&other_node, &gateway, &door_key()),
+        Err(Error::WrongNode)
+    );
 
     // An old snapshot replayed (version 1, already applied).
     let mut replay_gateway = Gateway::new();
     let replayed = replay_gateway.snapshot(DOOR_ID, 1, &grants(2, 1));
     assert!(matches!(
         door.set.apply(&replayed, &gateway, &door_key()),
-        Err(Error::StaleVersion { stored: 1, received: 1 })
+        Err(Error::StaleVersion {
+            stored: 1,
+            received: 1
+        })
     ));
 
     // Newer version, older epoch.
@@ -260,7 +308,10 @@ fn forged_stale_and_foreign_snapshots_are_never_stored() {
     let older_epoch = door.gateway.snapshot(DOOR_ID, 4, &grants(2, 4));
     assert!(matches!(
         door.set.apply(&older_epoch, &gateway, &door_key()),
-        Err(Error::StaleEpoch { stored: 5, received: 4 })
+        Err(Error::StaleEpoch {
+            stored: 5,
+            received: 4
+        })
     ));
     // Only the one good snapshot (the gateway's fourth) was ever stored.
     assert_eq!(door.set.len(), 1);
@@ -289,7 +340,10 @@ fn capacity_is_bounded() {
     let (issued, frame) = door.challenge(7, 0);
     let last = GRANT_CAPACITY as u32 - 1;
     let (request, _, _) = phone_request(last, &door_key(), &frame, tool(last), "front-door");
-    assert_eq!(decide(&door.set, Some(&issued), &request, 0, Some(NOW)).status, Status::Granted);
+    assert_eq!(
+        decide(&door.set, Some(&issued), &request, 0, Some(NOW)).status,
+        Status::Granted
+    );
 }
 
 #[test]
@@ -297,15 +351,22 @@ fn grants_survive_a_restart_from_the_stored_snapshot() {
     let mut gateway = Gateway::new();
     let snapshot = gateway.snapshot(DOOR_ID, 1, &grants(3, 1));
     let mut first = GrantSet::new(DOOR_ID);
-    first.apply(&snapshot, &gateway.public(), &door_key()).unwrap();
+    first
+        .apply(&snapshot, &gateway.public(), &door_key())
+        .unwrap();
     // What a node persists is the snapshot bytes; after a restart it applies them again.
     let stored = snapshot.clone();
     drop(first);
     let mut restarted = GrantSet::new(DOOR_ID);
-    restarted.apply(&stored, &gateway.public(), &door_key()).unwrap();
+    restarted
+        .apply(&stored, &gateway.public(), &door_key())
+        .unwrap();
     let (issued, frame) = IssuedChallenge::issue(&restarted, [4; 16], 0, None);
     let (request, _, _) = phone_request(1, &door_key(), &frame, tool(1), "front-door");
-    assert_eq!(decide(&restarted, Some(&issued), &request, 0, Some(NOW)).status, Status::Granted);
+    assert_eq!(
+        decide(&restarted, Some(&issued), &request, 0, Some(NOW)).status,
+        Status::Granted
+    );
 }
 
 #[test]
@@ -317,18 +378,31 @@ fn phone_refuses_forged_and_foreign_results() {
     let reply = d.reply(Status::Granted, Some(NOW));
     let bytes = reply.as_bytes();
     // Someone else's attempt (another nonce): not ours.
-    assert_eq!(ResultFrame::open(bytes, &keys, &[2; 16]), Err(Error::NonceMismatch));
+    assert_eq!(
+        ResultFrame::open(bytes, &keys, &[2; 16]),
+        Err(Error::NonceMismatch)
+    );
     // Any flipped bit: forged.
     for i in 18..bytes.len() {
         let mut bad = bytes.to_vec();
         bad[i] ^= 0x80;
-        assert_eq!(ResultFrame::open(&bad, &keys, &nonce), Err(Error::Decrypt), "byte {i}");
+        assert_eq!(
+            ResultFrame::open(&bad, &keys, &nonce),
+            Err(Error::Decrypt),
+            "byte {i}"
+        );
     }
     // A plain result may never grant.
     let mut plain = ResultFrame::plain(Status::UnknownTool, &nonce).unwrap();
     plain[18] = Status::Granted.code();
-    assert_eq!(ResultFrame::open(&plain, &keys, &nonce), Err(Error::UnsignedGrant));
-    assert_eq!(ResultFrame::plain(Status::Granted, &nonce), Err(Error::UnsignedGrant));
+    assert_eq!(
+        ResultFrame::open(&plain, &keys, &nonce),
+        Err(Error::UnsignedGrant)
+    );
+    assert_eq!(
+        ResultFrame::plain(Status::Granted, &nonce),
+        Err(Error::UnsignedGrant)
+    );
 }
 
 #[test]
@@ -336,9 +410,14 @@ fn cached_secrets_spare_the_ecdh_after_a_restart() {
     let mut gateway = Gateway::new();
     let snapshot = gateway.snapshot(DOOR_ID, 1, &grants(3, 1));
     let mut first = GrantSet::new(DOOR_ID);
-    assert_eq!(first.apply(&snapshot, &gateway.public(), &door_key()).unwrap().new_keys, 3);
-    let cache: Vec<([u8; 65], [u8; 32])> =
-        first.shared_secrets().map(|(k, z)| (*k, *z)).collect();
+    assert_eq!(
+        first
+            .apply(&snapshot, &gateway.public(), &door_key())
+            .unwrap()
+            .new_keys,
+        3
+    );
+    let cache: Vec<([u8; 65], [u8; 32])> = first.shared_secrets().map(|(k, z)| (*k, *z)).collect();
     let mut restarted = GrantSet::new(DOOR_ID);
     let applied = restarted
         .apply_with(&snapshot, &gateway.public(), &door_key(), |key| {
@@ -348,7 +427,10 @@ fn cached_secrets_spare_the_ecdh_after_a_restart() {
     assert_eq!(applied.new_keys, 0);
     let (issued, frame) = IssuedChallenge::issue(&restarted, [4; 16], 0, Some(NOW));
     let (request, _, _) = phone_request(2, &door_key(), &frame, tool(2), "front-door");
-    assert_eq!(decide(&restarted, Some(&issued), &request, 0, Some(NOW)).status, Status::Granted);
+    assert_eq!(
+        decide(&restarted, Some(&issued), &request, 0, Some(NOW)).status,
+        Status::Granted
+    );
 }
 
 mod never_panics {
@@ -380,4 +462,41 @@ mod never_panics {
             prop_assert_eq!(reply.as_bytes().len(), ResultFrame::PLAIN_LEN);
         }
     }
+}
+
+#[test]
+fn a_request_that_decrypts_to_a_bad_body_is_malformed_and_sealed() {
+    use aes_gcm::aead::{AeadInOut, KeyInit};
+    use latchkey_proto::v2::{
+        parse_public_key, public_key_bytes, Challenge, PeerSecret, GCM_IV, REQUEST_BODY_LEN,
+    };
+    let door = Door::new(2);
+    let (issued, frame) = door.challenge(1, 0);
+    let challenge = Challenge::decode(&frame).unwrap();
+    let door_public = public_key_bytes(&door_key().public_key());
+    assert!(parse_public_key(&door_public).is_ok());
+    let secret = PeerSecret::derive(&v2_support::key(1), &door_public, &DOOR_ID).unwrap();
+    let keys = secret.session(&challenge.nonce, &DOOR_ID);
+    let mut body = [0u8; REQUEST_BODY_LEN];
+    body[..16].copy_from_slice(&tool(1));
+    body[24] = 1;
+    body[25] = b'a';
+    body[REQUEST_BODY_LEN - 1] = 7; // non-zero padding
+    let mut request = vec![2, 2];
+    request.extend_from_slice(&secret.hint(&challenge.nonce));
+    let mut aad = request.clone();
+    aad.extend_from_slice(&challenge.nonce);
+    let cipher = aes_gcm::Aes256Gcm::new(&(*keys.to_door()).into());
+    let tag = cipher
+        .encrypt_inout_detached(&GCM_IV.into(), &aad, body.as_mut_slice().into())
+        .unwrap();
+    request.extend_from_slice(&body);
+    request.extend_from_slice(&tag);
+    let d = decide(&door.set, Some(&issued), &request, 0, Some(NOW));
+    assert_eq!(d.status, Status::Malformed);
+    assert!(d.authenticated());
+    assert_eq!(
+        read_reply(d, &keys, &challenge.nonce).status,
+        Status::Malformed
+    );
 }

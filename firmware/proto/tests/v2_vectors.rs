@@ -3,13 +3,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use latchkey_proto::v2::vectors::{self, compute};
-use latchkey_proto::UuidText;
 use latchkey_proto::v2::{
     door_tag, gateway_key, to_base64, verify_snapshot, Challenge, Grant, Request, ResultFrame,
-    SignedGrant, Status, CHALLENGE_UUID, DOOR_TAG_LABEL, GRANT_LABEL, HINT_LABEL,
-    INFO_HINT_KEY, INFO_TO_DOOR, INFO_TO_PHONE, REQUEST_UUID, RESULT_UUID, SERVICE_UUID,
-    SNAPSHOT_LABEL,
+    SignedGrant, Status, CHALLENGE_UUID, DOOR_TAG_LABEL, GRANT_LABEL, HINT_LABEL, INFO_HINT_KEY,
+    INFO_TO_DOOR, INFO_TO_PHONE, REQUEST_UUID, RESULT_UUID, SERVICE_UUID, SNAPSHOT_LABEL,
 };
+use latchkey_proto::UuidText;
 
 const PROTOCOL_MD: &str = include_str!("../../../docs/PROTOCOL.md");
 
@@ -27,12 +26,14 @@ const HINT: &str = "35818963ea862c48";
 const SESSION_PRK: &str = "d1df3f65afd272d86d8c664a5efc16db54eadd7f8a43ba7608887b96aff11000";
 const TO_DOOR: &str = "e38d197a2a6ec05e0403ab34679955269020a23da6dbcde38df0e1968c9dcaea";
 const TO_PHONE: &str = "e7e71193db8c611998b2d93303c46c8ef09693ccdd754a5b9e22b8a9f0bb7799";
-const CHALLENGE: &str = "02013d9a5c1e7b2f4c809e415a6b7c8d9e0f000102030405060708090a0b0c0d0e0f000000006955b900";
+const CHALLENGE: &str =
+    "02013d9a5c1e7b2f4c809e415a6b7c8d9e0f000102030405060708090a0b0c0d0e0f000000006955b900";
 const REQUEST_PLAIN: &str = "a1b2c3d4e5f64a7b8c9d0e1f2a3b4c5d000000006955b90c0a66726f6e742d646f6f7200000000000000000000000000\
 000000000000000000";
 const REQUEST: &str = "020235818963ea862c48e417de6976c5f7044dc69aa72c72648bddb9a2eb152d7d036cc4da6d51a4afff38964c7556ee\
 61afc0137c99634294f6a882980cef4816a231ca44789ff4ea53c08d0852f3c78a4afe";
-const RESULT_GRANTED: &str = "0203000102030405060708090a0b0c0d0e0f372750a1e123c5f1193c5b018443ea20418b6ab4b27b7a0591";
+const RESULT_GRANTED: &str =
+    "0203000102030405060708090a0b0c0d0e0f372750a1e123c5f1193c5b018443ea20418b6ab4b27b7a0591";
 const RESULT_UNKNOWN: &str = "0204000102030405060708090a0b0c0d0e0f0d";
 const GRANT: &str = "a1b2c3d4e5f64a7b8c9d0e1f2a3b4c5d3d9a5c1e7b2f4c809e415a6b7c8d9e0f0a66726f6e742d646f6f720000000000\
 0000000000000000000000000000000000000000006955b6a800000000695ef38000000003040217e617f0b644392827\
@@ -96,12 +97,32 @@ fn vectors_are_pinned() {
 #[test]
 fn protocol_md_lists_the_vectors_and_constants() {
     for value in [
-        PHONE_PUBLIC, DOOR_PUBLIC, OTHER_PHONE_PUBLIC, GATEWAY_PUBLIC, DOOR_TAG, SHARED_Z,
-        HINT_KEY, HINT, SESSION_PRK, TO_DOOR, TO_PHONE, CHALLENGE, REQUEST_PLAIN, REQUEST,
-        RESULT_GRANTED, RESULT_UNKNOWN, GRANT, SIGNED_GRANT, SNAPSHOT, SIGNED_GRANT_B64,
+        PHONE_PUBLIC,
+        DOOR_PUBLIC,
+        OTHER_PHONE_PUBLIC,
+        GATEWAY_PUBLIC,
+        DOOR_TAG,
+        SHARED_Z,
+        HINT_KEY,
+        HINT,
+        SESSION_PRK,
+        TO_DOOR,
+        TO_PHONE,
+        CHALLENGE,
+        REQUEST_PLAIN,
+        REQUEST,
+        RESULT_GRANTED,
+        RESULT_UNKNOWN,
+        GRANT,
+        SIGNED_GRANT,
+        SNAPSHOT,
+        SIGNED_GRANT_B64,
     ] {
-        assert!(PROTOCOL_MD.contains(&format!("`{value}`")) || PROTOCOL_MD.contains(&format!("\n{value}\n")),
-            "PROTOCOL.md lacks {value}");
+        assert!(
+            PROTOCOL_MD.contains(&format!("`{value}`"))
+                || PROTOCOL_MD.contains(&format!("\n{value}\n")),
+            "PROTOCOL.md lacks {value}"
+        );
     }
     for uuid in [SERVICE_UUID, CHALLENGE_UUID, REQUEST_UUID, RESULT_UUID] {
         let text = UuidText(uuid).to_string();
@@ -109,12 +130,29 @@ fn protocol_md_lists_the_vectors_and_constants() {
     }
     for status in Status::ALL {
         let row = format!("| {} | `{}` |", status.code(), status.as_str());
-        assert!(PROTOCOL_MD.contains(&row), "PROTOCOL.md lacks status row {row}");
+        assert!(
+            PROTOCOL_MD.contains(&row),
+            "PROTOCOL.md lacks status row {row}"
+        );
     }
-    for label in [INFO_HINT_KEY, HINT_LABEL, INFO_TO_DOOR, INFO_TO_PHONE, GRANT_LABEL, SNAPSHOT_LABEL, DOOR_TAG_LABEL] {
+    for label in [
+        INFO_HINT_KEY,
+        HINT_LABEL,
+        INFO_TO_DOOR,
+        INFO_TO_PHONE,
+        GRANT_LABEL,
+        SNAPSHOT_LABEL,
+        DOOR_TAG_LABEL,
+    ] {
         let text = std::str::from_utf8(label).unwrap();
-        assert!(PROTOCOL_MD.contains(&format!("`{text}`")), "PROTOCOL.md lacks `{text}`");
-        assert!(PROTOCOL_MD.contains(&format!("`{}`", hex::encode(label))), "PROTOCOL.md lacks the hex of {text}");
+        assert!(
+            PROTOCOL_MD.contains(&format!("`{text}`")),
+            "PROTOCOL.md lacks `{text}`"
+        );
+        assert!(
+            PROTOCOL_MD.contains(&format!("`{}`", hex::encode(label))),
+            "PROTOCOL.md lacks the hex of {text}"
+        );
     }
     assert!(PROTOCOL_MD.contains(&format!("{} bytes", Request::LEN)));
 }
@@ -141,10 +179,26 @@ fn vectors_play_through_a_phone_and_a_door() {
     assert_eq!(body.tool_id, vectors::TOOL_ID);
     assert_eq!(body.endpoint.as_str(), vectors::ENDPOINT);
     assert_eq!(body.phone_time, vectors::PHONE_TIME);
-    let granted = ResultFrame::open(&hex::decode(RESULT_GRANTED).unwrap(), &keys, &challenge.nonce).unwrap();
-    assert_eq!((granted.status, granted.authenticated, granted.door_time), (Status::Granted, true, Some(vectors::DOOR_TIME)));
-    let unknown = ResultFrame::open(&hex::decode(RESULT_UNKNOWN).unwrap(), &keys, &challenge.nonce).unwrap();
-    assert_eq!((unknown.status, unknown.authenticated), (Status::UnknownTool, false));
+    let granted = ResultFrame::open(
+        &hex::decode(RESULT_GRANTED).unwrap(),
+        &keys,
+        &challenge.nonce,
+    )
+    .unwrap();
+    assert_eq!(
+        (granted.status, granted.authenticated, granted.door_time),
+        (Status::Granted, true, Some(vectors::DOOR_TIME))
+    );
+    let unknown = ResultFrame::open(
+        &hex::decode(RESULT_UNKNOWN).unwrap(),
+        &keys,
+        &challenge.nonce,
+    )
+    .unwrap();
+    assert_eq!(
+        (unknown.status, unknown.authenticated),
+        (Status::UnknownTool, false)
+    );
 }
 
 #[cfg(feature = "alloc")]
@@ -154,10 +208,16 @@ fn the_vector_door_grants_the_vector_request() {
     let v = compute().unwrap();
     let mut set = GrantSet::new(vectors::DOOR_ID);
     let door = parse_secret_key(&vectors::DOOR_SECRET).unwrap();
-    set.apply(&v.snapshot, &gateway_key(&v.gateway_public).unwrap(), &door).unwrap();
+    set.apply(&v.snapshot, &gateway_key(&v.gateway_public).unwrap(), &door)
+        .unwrap();
     let (issued, frame) = IssuedChallenge::issue(&set, vectors::NONCE, 0, Some(vectors::DOOR_TIME));
     assert_eq!(hex(&frame), CHALLENGE);
     let d = decide(&set, Some(&issued), &v.request, 0, Some(vectors::DOOR_TIME));
     assert_eq!(d.status, Status::Granted);
-    assert_eq!(hex(d.reply(Status::Granted, Some(vectors::DOOR_TIME)).as_bytes()), RESULT_GRANTED);
+    assert_eq!(
+        hex(d
+            .reply(Status::Granted, Some(vectors::DOOR_TIME))
+            .as_bytes()),
+        RESULT_GRANTED
+    );
 }

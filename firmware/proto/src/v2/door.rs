@@ -23,7 +23,8 @@ use zeroize::Zeroize;
 use super::frame::{Challenge, Request, RequestBody, ResultFrame};
 use super::grant::{verify_snapshot, Grant};
 use super::{
-    DoorId, EndpointId, Error, Hint, HintMac, PeerSecret, PublicKeyBytes, SessionKeys, Status, ToolId,
+    DoorId, EndpointId, Error, Hint, HintMac, PeerSecret, PublicKeyBytes, SessionKeys, Status,
+    ToolId,
 };
 use crate::{mac, Nonce, NONCE_LIFETIME_SECS};
 

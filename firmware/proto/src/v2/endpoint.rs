@@ -124,10 +124,16 @@ mod tests {
         assert_eq!(EndpointId::from_field(&padded), Err(Error::NonZeroPadding));
         let mut long = field;
         long[0] = 33;
-        assert_eq!(EndpointId::from_field(&long), Err(Error::EndpointTooLong(33)));
+        assert_eq!(
+            EndpointId::from_field(&long),
+            Err(Error::EndpointTooLong(33))
+        );
         let mut upper = field;
         upper[1] = b'F';
-        assert_eq!(EndpointId::from_field(&upper), Err(Error::EndpointChar(b'F')));
+        assert_eq!(
+            EndpointId::from_field(&upper),
+            Err(Error::EndpointChar(b'F'))
+        );
         assert!(EndpointId::from_field(&field[..32]).is_err());
         assert_eq!(EndpointId::new("a b"), Err(Error::EndpointChar(b' ')));
         assert_eq!(EndpointId::new(""), EndpointId::from_field(&[0; 33]));

@@ -102,19 +102,28 @@ impl fmt::Display for Error {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Error::BufferTooSmall { needed, available } => {
-                write!(f, "output buffer too small: need {needed} bytes, have {available}")
+                write!(
+                    f,
+                    "output buffer too small: need {needed} bytes, have {available}"
+                )
             }
             Error::Empty => f.write_str("empty input"),
             Error::UnsupportedVersion(v) => write!(f, "unsupported protocol version {v}"),
             Error::WrongKind { expected, found } => {
-                write!(f, "wrong kind: expected {expected:#04x}, found {found:#04x}")
+                write!(
+                    f,
+                    "wrong kind: expected {expected:#04x}, found {found:#04x}"
+                )
             }
             Error::BadLength { expected, actual } => {
                 write!(f, "bad length: expected {expected} bytes, got {actual}")
             }
             Error::EndpointTooLong(n) => write!(f, "endpoint id is {n} bytes, at most 32 allowed"),
             Error::EndpointChar(b) => {
-                write!(f, "endpoint id contains byte {b:#04x}, only [a-z0-9_-] allowed")
+                write!(
+                    f,
+                    "endpoint id contains byte {b:#04x}, only [a-z0-9_-] allowed"
+                )
             }
             Error::NonZeroPadding => f.write_str("non-zero padding"),
             Error::UnknownStatus(s) => write!(f, "unknown status code {s}"),

@@ -310,7 +310,11 @@ impl ResultFrame {
         let (aad, rest) = out.split_at_mut(2 + NONCE_LEN);
         let (body, tag_out) = rest.split_at_mut(RESULT_BODY_LEN);
         body[0] = status.code();
-        for (dst, src) in body.iter_mut().skip(1).zip(door_time.unwrap_or(0).to_be_bytes()) {
+        for (dst, src) in body
+            .iter_mut()
+            .skip(1)
+            .zip(door_time.unwrap_or(0).to_be_bytes())
+        {
             *dst = src;
         }
         let tag = seal(keys.to_phone(), aad, body)?;
@@ -371,9 +375,14 @@ impl ResultFrame {
             });
         }
         let aad = frame.get(..2 + NONCE_LEN).unwrap_or_default();
-        let mut body: [u8; RESULT_BODY_LEN] =
-            copy(frame.get(2 + NONCE_LEN..2 + NONCE_LEN + RESULT_BODY_LEN).unwrap_or_default());
-        let tag = frame.get(2 + NONCE_LEN + RESULT_BODY_LEN..).unwrap_or_default();
+        let mut body: [u8; RESULT_BODY_LEN] = copy(
+            frame
+                .get(2 + NONCE_LEN..2 + NONCE_LEN + RESULT_BODY_LEN)
+                .unwrap_or_default(),
+        );
+        let tag = frame
+            .get(2 + NONCE_LEN + RESULT_BODY_LEN..)
+            .unwrap_or_default();
         open(keys.to_phone(), aad, &mut body, tag)?;
         let status = Status::try_from(body[0])?;
         let door_time = u64_at(body.get(1..).unwrap_or_default());

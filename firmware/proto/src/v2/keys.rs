@@ -240,8 +240,10 @@ mod tests {
     fn both_sides_derive_the_same_secret() {
         let (phone, door) = (key(0x11), key(0x22));
         let id = [9u8; 16];
-        let at_phone = PeerSecret::derive(&phone, &public_key_bytes(&door.public_key()), &id).unwrap();
-        let at_door = PeerSecret::derive(&door, &public_key_bytes(&phone.public_key()), &id).unwrap();
+        let at_phone =
+            PeerSecret::derive(&phone, &public_key_bytes(&door.public_key()), &id).unwrap();
+        let at_door =
+            PeerSecret::derive(&door, &public_key_bytes(&phone.public_key()), &id).unwrap();
         assert_eq!(at_phone.shared(), at_door.shared());
         assert_eq!(at_phone.hint_key(), at_door.hint_key());
         let nonce = [1u8; 16];
@@ -260,7 +262,10 @@ mod tests {
     #[test]
     fn bad_keys_are_refused() {
         assert_eq!(parse_secret_key(&[0; 32]).unwrap_err(), Error::BadSecretKey);
-        assert_eq!(parse_secret_key(&[0xff; 32]).unwrap_err(), Error::BadSecretKey);
+        assert_eq!(
+            parse_secret_key(&[0xff; 32]).unwrap_err(),
+            Error::BadSecretKey
+        );
         let mut point = public_key_bytes(&key(3).public_key());
         assert!(parse_public_key(&point).is_ok());
         point[64] ^= 1;
@@ -277,6 +282,9 @@ mod tests {
     fn debug_prints_no_secret() {
         let s = PeerSecret::from_shared(&[0xab; 32], &[0; 16]);
         assert_eq!(format!("{s:?}"), "PeerSecret { .. }");
-        assert_eq!(format!("{:?}", s.session(&[0; 16], &[0; 16])), "SessionKeys { .. }");
+        assert_eq!(
+            format!("{:?}", s.session(&[0; 16], &[0; 16])),
+            "SessionKeys { .. }"
+        );
     }
 }

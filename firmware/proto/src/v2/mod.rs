@@ -35,12 +35,12 @@ pub use frame::{
 };
 pub use grant::{
     encode_snapshot, from_base64, gateway_key, snapshot_len, to_base64, verify_snapshot, Grant,
-    SignedGrant, SnapshotHeader, VerifiedSnapshot, GRANT_LABEL, MAX_SNAPSHOT_LEN,
-    SIGNATURE_LEN, SNAPSHOT_HEADER_LEN, SNAPSHOT_LABEL,
+    SignedGrant, SnapshotHeader, VerifiedSnapshot, GRANT_LABEL, MAX_SNAPSHOT_LEN, SIGNATURE_LEN,
+    SNAPSHOT_HEADER_LEN, SNAPSHOT_LABEL,
 };
 pub use keys::{
-    parse_public_key, parse_secret_key, public_key_bytes, HintMac, PeerSecret, SessionKeys, HINT_LABEL,
-    INFO_HINT_KEY, INFO_TO_DOOR, INFO_TO_PHONE,
+    parse_public_key, parse_secret_key, public_key_bytes, HintMac, PeerSecret, SessionKeys,
+    HINT_LABEL, INFO_HINT_KEY, INFO_TO_DOOR, INFO_TO_PHONE,
 };
 pub use status::Status;
 

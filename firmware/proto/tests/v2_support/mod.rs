@@ -77,7 +77,9 @@ pub fn grant(i: u32, door_id: [u8; 16], endpoint: &str, epoch: u32) -> Grant {
 /// Grants for phones `0..n`, each for `front-door`.
 pub fn grants(n: u32, epoch: u32) -> Vec<Grant> {
     assert!(n as usize <= GRANT_CAPACITY);
-    (0..n).map(|i| grant(i, DOOR_ID, "front-door", epoch)).collect()
+    (0..n)
+        .map(|i| grant(i, DOOR_ID, "front-door", epoch))
+        .collect()
 }
 
 /// Phone `i` answering a challenge frame: the request and the keys to read the result.
@@ -97,6 +99,12 @@ pub fn phone_request(
         phone_time: NOW + 3,
         endpoint: EndpointId::new(endpoint).unwrap(),
     };
-    let frame = Request::seal(&body, &keys, &secret.hint(&challenge.nonce), &challenge.nonce).unwrap();
+    let frame = Request::seal(
+        &body,
+        &keys,
+        &secret.hint(&challenge.nonce),
+        &challenge.nonce,
+    )
+    .unwrap();
     (frame, keys, challenge.nonce)
 }
