@@ -368,7 +368,5 @@ pub fn to_base64<'o>(bytes: &[u8], out: &'o mut [u8]) -> Result<&'o str, Error> 
 /// [`Error::Base64`] for anything but canonical padded standard base64 that fits `out`.
 pub fn from_base64<'o>(text: &str, out: &'o mut [u8]) -> Result<&'o [u8], Error> {
     use base64ct::Encoding;
-    base64ct::Base64::decode(text, out)
-        .map(|d| &*d)
-        .map_err(|_| Error::Base64)
+    base64ct::Base64::decode(text, out).map_err(|_| Error::Base64)
 }
