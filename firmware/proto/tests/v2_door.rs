@@ -500,3 +500,40 @@ fn a_request_that_decrypts_to_a_bad_body_is_malformed_and_sealed() {
         Status::Malformed
     );
 }
+
+#[test]
+fn the_gateway_cannot_sign_a_snapshot_nodes_would_refuse() {
+    let gateway = Gateway::new();
+    let header = latchkey_proto::v2::SnapshotHeader {
+        node_id: DOOR_ID,
+        version: 1,
+        epoch: 1,
+        issued_at: NOW,
+    };
+    let mut out = vec![0u8; latchkey_proto::v2::snapshot_len(2)];
+    let mut empty = grant(0, DOOR_ID, "front-door", 1);
+    empty.expires = empty.not_before;
+    let mut bad_key = grant(0, DOOR_ID, "front-door", 1);
+    bad_key.phone_key[64] ^= 1;
+    let cases = [
+        (vec![empty], Error::EmptyValidity),
+        (vec![bad_key], Error::BadPublicKey),
+        (
+            vec![grant(0, DOOR_ID, "a", 1), grant(0, DOOR_ID, "a", 1)],
+            Error::DuplicateGrant,
+        ),
+        (vec![grant(0, [1; 16], "a", 1)], Error::WrongNode),
+        (vec![grant(0, DOOR_ID, "a", 2)], Error::EpochMismatch),
+    ];
+    for (grants, expected) in cases {
+        assert_eq!(
+            latchkey_proto::v2::encode_snapshot(&header, &grants, &gateway.key, &mut out),
+            Err(expected)
+        );
+    }
+    let set = GrantSet::new(DOOR_ID);
+    assert_eq!(
+        format!("{set:?}"),
+        "GrantSet { version: 0, epoch: 0, issued_at: 0, grants: 0, .. }"
+    );
+}

@@ -47,6 +47,18 @@ pub struct GrantSet {
     entries: Vec<Entry>,
 }
 
+impl core::fmt::Debug for GrantSet {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        // The grants are public, the secrets are not: print the state only.
+        f.debug_struct("GrantSet")
+            .field("version", &self.version)
+            .field("epoch", &self.epoch)
+            .field("issued_at", &self.issued_at)
+            .field("grants", &self.entries.len())
+            .finish_non_exhaustive()
+    }
+}
+
 /// What applying a snapshot did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Applied {

@@ -15,6 +15,7 @@ use aes_gcm::aead::{AeadInOut, KeyInit};
 use aes_gcm::Aes256Gcm;
 
 use super::endpoint::{EndpointId, ENDPOINT_FIELD_LEN};
+use super::wire::{check_header, check_len, copy, put};
 use super::{
     DoorId, Error, Hint, SessionKeys, Status, ToolId, HINT_LEN, KIND_CHALLENGE, KIND_PLAIN_RESULT,
     KIND_REQUEST, KIND_SEALED_RESULT, VERSION,
@@ -26,37 +27,10 @@ pub const GCM_TAG_LEN: usize = 16;
 /// The AES-GCM IV of every version-2 message (each key encrypts one message only).
 pub const GCM_IV: [u8; 12] = [0; 12];
 
-/// Checks the version and kind bytes and the exact length.
-fn check_header(frame: &[u8], kind: u8, len: usize) -> Result<(), Error> {
-    let (&version, rest) = frame.split_first().ok_or(Error::Empty)?;
-    if version != VERSION {
-        return Err(Error::UnsupportedVersion(version));
-    }
-    let found = *rest.first().ok_or(Error::BadLength {
-        expected: len,
-        actual: frame.len(),
-    })?;
-    if found != kind {
-        return Err(Error::WrongKind {
-            expected: kind,
-            found,
-        });
-    }
-    if frame.len() != len {
-        return Err(Error::BadLength {
-            expected: len,
-            actual: frame.len(),
-        });
-    }
-    Ok(())
-}
-
-fn copy<const N: usize>(src: &[u8]) -> [u8; N] {
-    let mut out = [0u8; N];
-    for (dst, s) in out.iter_mut().zip(src) {
-        *dst = *s;
-    }
-    out
+/// Checks the version and kind bytes, then the exact length.
+fn check_frame(frame: &[u8], kind: u8, len: usize) -> Result<(), Error> {
+    check_header(frame, kind)?;
+    check_len(frame, len)
 }
 
 fn u64_at(src: &[u8]) -> u64 {
@@ -104,19 +78,11 @@ impl Challenge {
     #[must_use]
     pub fn to_bytes(&self) -> [u8; Challenge::LEN] {
         let mut out = [0u8; Challenge::LEN];
-        let parts: [&[u8]; 4] = [
-            &[VERSION, KIND_CHALLENGE],
-            &self.door_id,
-            &self.nonce,
-            &self.door_time.to_be_bytes(),
-        ];
         let mut at = 0;
-        for part in parts {
-            for (dst, src) in out.iter_mut().skip(at).zip(part) {
-                *dst = *src;
-            }
-            at += part.len();
-        }
+        put(&mut out, &mut at, &[VERSION, KIND_CHALLENGE]);
+        put(&mut out, &mut at, &self.door_id);
+        put(&mut out, &mut at, &self.nonce);
+        put(&mut out, &mut at, &self.door_time.to_be_bytes());
         out
     }
 
@@ -125,7 +91,7 @@ impl Challenge {
     /// # Errors
     /// A foreign version, another kind, or another length.
     pub fn decode(frame: &[u8]) -> Result<Challenge, Error> {
-        check_header(frame, KIND_CHALLENGE, Challenge::LEN)?;
+        check_frame(frame, KIND_CHALLENGE, Challenge::LEN)?;
         Ok(Challenge {
             door_id: copy(frame.get(2..18).unwrap_or_default()),
             nonce: copy(frame.get(18..34).unwrap_or_default()),
@@ -149,20 +115,14 @@ pub struct RequestBody {
 pub const REQUEST_BODY_LEN: usize = 16 + 8 + ENDPOINT_FIELD_LEN;
 
 impl RequestBody {
-    fn to_bytes(self) -> [u8; REQUEST_BODY_LEN] {
+    /// The plaintext (57 bytes).
+    #[must_use]
+    pub fn to_bytes(&self) -> [u8; REQUEST_BODY_LEN] {
         let mut out = [0u8; REQUEST_BODY_LEN];
-        let parts: [&[u8]; 3] = [
-            &self.tool_id,
-            &self.phone_time.to_be_bytes(),
-            &self.endpoint.to_field(),
-        ];
         let mut at = 0;
-        for part in parts {
-            for (dst, src) in out.iter_mut().skip(at).zip(part) {
-                *dst = *src;
-            }
-            at += part.len();
-        }
+        put(&mut out, &mut at, &self.tool_id);
+        put(&mut out, &mut at, &self.phone_time.to_be_bytes());
+        put(&mut out, &mut at, &self.endpoint.to_field());
         out
     }
 
@@ -227,7 +187,7 @@ impl Request {
     /// # Errors
     /// A foreign version ([`Error::UnsupportedVersion`]), another kind, or another length.
     pub fn hint(frame: &[u8]) -> Result<Hint, Error> {
-        check_header(frame, KIND_REQUEST, Request::LEN)?;
+        check_frame(frame, KIND_REQUEST, Request::LEN)?;
         Ok(copy(frame.get(2..Request::HEADER_LEN).unwrap_or_default()))
     }
 
@@ -238,7 +198,7 @@ impl Request {
     /// authenticate under these keys and this nonce; a body error ([`Error::EndpointChar`],
     /// [`Error::NonZeroPadding`], …) when it authenticates but its content is malformed.
     pub fn open(frame: &[u8], keys: &SessionKeys, nonce: &Nonce) -> Result<RequestBody, Error> {
-        check_header(frame, KIND_REQUEST, Request::LEN)?;
+        check_frame(frame, KIND_REQUEST, Request::LEN)?;
         let aad = Request::aad(frame, nonce);
         let ct = frame
             .get(Request::HEADER_LEN..Request::HEADER_LEN + REQUEST_BODY_LEN)
@@ -354,9 +314,9 @@ impl ResultFrame {
         let kind = frame.get(1).copied();
         let sealed = kind == Some(KIND_SEALED_RESULT);
         if sealed {
-            check_header(frame, KIND_SEALED_RESULT, ResultFrame::SEALED_LEN)?;
+            check_frame(frame, KIND_SEALED_RESULT, ResultFrame::SEALED_LEN)?;
         } else {
-            check_header(frame, KIND_PLAIN_RESULT, ResultFrame::PLAIN_LEN)?;
+            check_frame(frame, KIND_PLAIN_RESULT, ResultFrame::PLAIN_LEN)?;
         }
         let their_nonce = frame.get(2..2 + NONCE_LEN).unwrap_or_default();
         if !crate::mac::ct_eq(their_nonce, nonce) {
@@ -364,7 +324,7 @@ impl ResultFrame {
         }
         if !sealed {
             let code = frame.get(2 + NONCE_LEN).copied().unwrap_or(0);
-            let status = Status::try_from(code)?;
+            let status = Status::try_from(code).map_err(|_| Error::UnknownStatus(code))?;
             if status.is_granted() {
                 return Err(Error::UnsignedGrant);
             }
@@ -384,7 +344,7 @@ impl ResultFrame {
             .get(2 + NONCE_LEN + RESULT_BODY_LEN..)
             .unwrap_or_default();
         open(keys.to_phone(), aad, &mut body, tag)?;
-        let status = Status::try_from(body[0])?;
+        let status = Status::try_from(body[0]).map_err(|_| Error::UnknownStatus(body[0]))?;
         let door_time = u64_at(body.get(1..).unwrap_or_default());
         Ok(VerifiedResult {
             status,

@@ -23,6 +23,7 @@ use ed25519_dalek::ed25519::signature::{MultipartSigner, MultipartVerifier};
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 
 use super::endpoint::{EndpointId, ENDPOINT_FIELD_LEN};
+use super::wire::{check_header, check_len, copy, field, put};
 use super::{
     parse_public_key, DoorId, Error, PublicKeyBytes, ToolId, GRANT_CAPACITY, KIND_SIGNED_GRANT,
     KIND_SNAPSHOT, PUBLIC_KEY_LEN, VERSION,
@@ -34,37 +35,6 @@ pub const GRANT_LABEL: &[u8] = b"latchkey/v2/grant";
 pub const SNAPSHOT_LABEL: &[u8] = b"latchkey/v2/snapshot";
 /// Length of an Ed25519 signature.
 pub const SIGNATURE_LEN: usize = 64;
-
-fn copy<const N: usize>(src: &[u8]) -> [u8; N] {
-    let mut out = [0u8; N];
-    for (dst, s) in out.iter_mut().zip(src) {
-        *dst = *s;
-    }
-    out
-}
-
-fn put(out: &mut [u8], at: &mut usize, part: &[u8]) {
-    for (dst, src) in out.iter_mut().skip(*at).zip(part) {
-        *dst = *src;
-    }
-    *at += part.len();
-}
-
-fn check_header(bytes: &[u8], kind: u8) -> Result<(), Error> {
-    match bytes {
-        [] => Err(Error::Empty),
-        [v, ..] if *v != VERSION => Err(Error::UnsupportedVersion(*v)),
-        [_, k, ..] if *k != kind => Err(Error::WrongKind {
-            expected: kind,
-            found: *k,
-        }),
-        [_] => Err(Error::BadLength {
-            expected: 2,
-            actual: 1,
-        }),
-        _ => Ok(()),
-    }
-}
 
 /// The gateway's Ed25519 public key (`gateway_pubkey`, 32 bytes).
 ///
@@ -118,13 +88,8 @@ impl Grant {
     /// # Errors
     /// As described, or [`Error::BadLength`].
     pub fn decode(bytes: &[u8]) -> Result<Grant, Error> {
-        if bytes.len() != Grant::LEN {
-            return Err(Error::BadLength {
-                expected: Grant::LEN,
-                actual: bytes.len(),
-            });
-        }
-        let field = |from: usize, to: usize| bytes.get(from..to).unwrap_or_default();
+        check_len(bytes, Grant::LEN)?;
+        let field = |from, to| field(bytes, from, to);
         let grant = Grant {
             tool_id: copy(field(0, 16)),
             node_id: copy(field(16, 32)),
@@ -173,12 +138,7 @@ impl SignedGrant {
     /// Header errors, [`Error::BadLength`], [`Error::BadSignature`], or a grant error.
     pub fn verify(bytes: &[u8], gateway: &VerifyingKey) -> Result<Grant, Error> {
         check_header(bytes, KIND_SIGNED_GRANT)?;
-        if bytes.len() != SignedGrant::LEN {
-            return Err(Error::BadLength {
-                expected: SignedGrant::LEN,
-                actual: bytes.len(),
-            });
-        }
+        check_len(bytes, SignedGrant::LEN)?;
         let (signed, sig) = bytes.split_at(2 + Grant::LEN);
         verify(gateway, GRANT_LABEL, signed, sig)?;
         Grant::decode(signed.get(2..).unwrap_or_default())
@@ -221,7 +181,8 @@ pub const MAX_SNAPSHOT_LEN: usize = snapshot_len(GRANT_CAPACITY);
 ///
 /// # Errors
 /// [`Error::TooManyGrants`], [`Error::WrongNode`] / [`Error::EpochMismatch`] for a grant that
-/// does not belong, [`Error::BufferTooSmall`].
+/// does not belong, a grant a node would refuse ([`Error::EmptyValidity`],
+/// [`Error::BadPublicKey`], [`Error::DuplicateGrant`]), [`Error::BufferTooSmall`].
 pub fn encode_snapshot(
     header: &SnapshotHeader,
     grants: &[Grant],
@@ -236,6 +197,16 @@ pub fn encode_snapshot(
     }
     if grants.iter().any(|g| g.epoch != header.epoch) {
         return Err(Error::EpochMismatch);
+    }
+    // Refuse here what every node would refuse: a bad validity or phone key, a duplicate.
+    for (i, g) in grants.iter().enumerate() {
+        Grant::decode(&g.to_bytes())?;
+        let earlier = grants.iter().take(i);
+        for other in earlier {
+            if other.tool_id == g.tool_id && other.endpoint == g.endpoint {
+                return Err(Error::DuplicateGrant);
+            }
+        }
     }
     let len = snapshot_len(grants.len());
     if out.len() < len {
@@ -303,7 +274,7 @@ pub fn verify_snapshot<'a>(
     node_id: &DoorId,
 ) -> Result<VerifiedSnapshot<'a>, Error> {
     check_header(bytes, KIND_SNAPSHOT)?;
-    let field = |from: usize, to: usize| bytes.get(from..to).unwrap_or_default();
+    let field = |from, to| field(bytes, from, to);
     if bytes.len() < snapshot_len(0) {
         return Err(Error::BadLength {
             expected: snapshot_len(0),
@@ -314,12 +285,7 @@ pub fn verify_snapshot<'a>(
     if count > GRANT_CAPACITY {
         return Err(Error::TooManyGrants(count));
     }
-    if bytes.len() != snapshot_len(count) {
-        return Err(Error::BadLength {
-            expected: snapshot_len(count),
-            actual: bytes.len(),
-        });
-    }
+    check_len(bytes, snapshot_len(count))?;
     let (signed, sig) = bytes.split_at(bytes.len() - SIGNATURE_LEN);
     verify(gateway, SNAPSHOT_LABEL, signed, sig)?;
     let header = SnapshotHeader {

@@ -17,9 +17,9 @@ mod error;
 mod frame;
 mod grant;
 mod keys;
-mod status;
 #[doc(hidden)]
 pub mod vectors;
+mod wire;
 
 #[cfg(feature = "alloc")]
 mod door;
@@ -27,6 +27,8 @@ mod door;
 pub use ed25519_dalek;
 pub use p256;
 
+/// The status codes: one code space for both versions (codes 13–17 are version 2's).
+pub use crate::Status;
 pub use endpoint::{EndpointId, ENDPOINT_FIELD_LEN};
 pub use error::Error;
 pub use frame::{
@@ -42,7 +44,6 @@ pub use keys::{
     parse_public_key, parse_secret_key, public_key_bytes, HintMac, PeerSecret, SessionKeys,
     HINT_LABEL, INFO_HINT_KEY, INFO_TO_DOOR, INFO_TO_PHONE,
 };
-pub use status::Status;
 
 #[cfg(feature = "alloc")]
 pub use door::{decide, Applied, Decision, Effects, GrantSet, IssuedChallenge, Record, ReplyFrame};

@@ -142,15 +142,7 @@ pub fn compute() -> Result<Vectors, Error> {
         phone_time: PHONE_TIME,
         endpoint: EndpointId::new(ENDPOINT)?,
     };
-    let mut request_plain = [0u8; REQUEST_BODY_LEN];
-    let parts: [&[u8]; 3] = [
-        &body.tool_id,
-        &body.phone_time.to_be_bytes(),
-        &body.endpoint.to_field(),
-    ];
-    for (dst, src) in request_plain.iter_mut().zip(parts.into_iter().flatten()) {
-        *dst = *src;
-    }
+    let request_plain = body.to_bytes();
     let [first, second] = grants()?;
     let mut snapshot = [0u8; snapshot_len(2)];
     encode_snapshot(
