@@ -4,6 +4,7 @@
 use core::fmt;
 
 use super::Error;
+use crate::endpoint::is_endpoint_byte;
 use crate::MAX_ENDPOINT_LEN;
 
 /// Bytes an endpoint id takes on the wire in version 2: its length, then 32 bytes, zero-padded.
@@ -89,10 +90,6 @@ impl EndpointId {
         }
         Ok(EndpointId { len, bytes })
     }
-}
-
-const fn is_endpoint_byte(b: u8) -> bool {
-    matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-')
 }
 
 impl fmt::Debug for EndpointId {
