@@ -31,7 +31,7 @@ fn validate_endpoint_bytes(bytes: &[u8]) -> Result<(), Error> {
     }
 }
 
-const fn is_endpoint_byte(b: u8) -> bool {
+pub(crate) const fn is_endpoint_byte(b: u8) -> bool {
     matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'_' | b'-')
 }
 

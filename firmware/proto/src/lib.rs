@@ -18,6 +18,8 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
+#[cfg(feature = "alloc")]
+extern crate alloc;
 #[cfg(feature = "std")]
 extern crate std;
 
@@ -37,6 +39,8 @@ pub use adv::{
     adv_data, adv_matches, gateway_tag, ADV_BYTES_USED, ADV_COMPANY_ID, ADV_DATA_LEN, ADV_FORMAT,
     ADV_GATEWAY_LABEL, GATEWAY_TAG_LEN, LEGACY_ADV_MAX,
 };
+pub mod v2;
+
 pub use endpoint::validate_endpoint;
 pub use error::Error;
 pub use frame::auth::{verify_tag, AuthFrame, AuthRequest, AUTH_MAC_LABEL};

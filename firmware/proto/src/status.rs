@@ -4,7 +4,11 @@ use core::fmt;
 
 use crate::Error;
 
-/// The gateway's answer to an auth frame. Codes are stable: never renumber, only append.
+/// The answer to an access attempt. Codes are stable: never renumber, only append.
+///
+/// One code space for both door protocol versions, so that `access.*` events read the same
+/// whichever version opened the door: codes 13–17 are sent by version-2 doors only, codes 2–6
+/// and 9 by version 1 only (`PROTOCOL.md` §6 and §18).
 ///
 /// [`Status::as_str`] gives the SCREAMING_SNAKE name used in `access.denied` events, logs and
 /// the CLI.
@@ -38,11 +42,22 @@ pub enum Status {
     ActionFailed = 11,
     /// The frame's protocol version is not supported.
     Unsupported = 12,
+    /// Version 2: the door holds no grant for this phone, or none with this access tool id.
+    UnknownTool = 13,
+    /// Version 2: the access tool has expired at the door's clock.
+    ToolExpired = 14,
+    /// Version 2: the access tool is not valid yet at the door's clock.
+    ToolNotYetValid = 15,
+    /// Version 2: the grant belongs to a revocation epoch older than the door's.
+    ToolRevoked = 16,
+    /// Version 2: the door does not know the wall time (it restarted and has not heard the
+    /// gateway since), so it cannot check an expiry.
+    ClockUnknown = 17,
 }
 
 impl Status {
     /// Every status, in code order.
-    pub const ALL: [Status; 13] = [
+    pub const ALL: [Status; 18] = [
         Status::Granted,
         Status::Malformed,
         Status::UnknownDevice,
@@ -56,6 +71,11 @@ impl Status {
         Status::EndpointDenied,
         Status::ActionFailed,
         Status::Unsupported,
+        Status::UnknownTool,
+        Status::ToolExpired,
+        Status::ToolNotYetValid,
+        Status::ToolRevoked,
+        Status::ClockUnknown,
     ];
 
     /// The wire code.
@@ -81,6 +101,11 @@ impl Status {
             Status::EndpointDenied => "ENDPOINT_DENIED",
             Status::ActionFailed => "ACTION_FAILED",
             Status::Unsupported => "UNSUPPORTED",
+            Status::UnknownTool => "UNKNOWN_TOOL",
+            Status::ToolExpired => "TOOL_EXPIRED",
+            Status::ToolNotYetValid => "TOOL_NOT_YET_VALID",
+            Status::ToolRevoked => "TOOL_REVOKED",
+            Status::ClockUnknown => "CLOCK_UNKNOWN",
         }
     }
 
@@ -139,7 +164,7 @@ mod tests {
 
     #[test]
     fn codes_are_stable() {
-        let expected: [(u8, &str); 13] = [
+        let expected: [(u8, &str); 18] = [
             (0, "GRANTED"),
             (1, "MALFORMED"),
             (2, "UNKNOWN_DEVICE"),
@@ -153,6 +178,11 @@ mod tests {
             (10, "ENDPOINT_DENIED"),
             (11, "ACTION_FAILED"),
             (12, "UNSUPPORTED"),
+            (13, "UNKNOWN_TOOL"),
+            (14, "TOOL_EXPIRED"),
+            (15, "TOOL_NOT_YET_VALID"),
+            (16, "TOOL_REVOKED"),
+            (17, "CLOCK_UNKNOWN"),
         ];
         for (code, name) in expected {
             let s = Status::try_from(code).unwrap();
@@ -160,7 +190,7 @@ mod tests {
             assert_eq!(s.as_str(), name);
             assert_eq!(Status::from_name(name), Some(s));
         }
-        for code in 13..=u8::MAX {
+        for code in 18..=u8::MAX {
             assert_eq!(Status::try_from(code), Err(Error::UnknownStatus(code)));
         }
         assert_eq!(Status::from_name("granted"), None);

@@ -306,9 +306,14 @@ mod tests {
                 actual: 54
             })
         );
+        // The first code no status has (codes are appended, so this moves with them).
+        let unknown = Status::ALL.len() as u8;
         let mut f = good;
-        f[2] = 13;
-        assert_eq!(ResultFrame::decode(&f[..53]), Err(Error::UnknownStatus(13)));
+        f[2] = unknown;
+        assert_eq!(
+            ResultFrame::decode(&f[..53]),
+            Err(Error::UnknownStatus(unknown))
+        );
         let mut f = good;
         f[0] = 0;
         assert_eq!(
