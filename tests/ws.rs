@@ -14,8 +14,8 @@ use common::{Gateway, T0};
 use futures_util::{SinkExt, StreamExt};
 use latchkey::events;
 use latchkey::registry::{self, DeviceId};
+use latchkey::secret::SecretString;
 use latchkey::store::Store;
-use latchkey_phone::secret::SecretString;
 use latchkey_phone::sync_client::{Backoff, Incoming, SyncClient, SyncError};
 use serde_json::{json, Value};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -997,7 +997,11 @@ async fn last_seen_is_written_on_connect_then_at_most_once_a_minute() {
 // The reusable client.
 
 fn client(gw_url: String, key: &str) -> SyncClient {
-    SyncClient::new(gw_url, SecretString::new(key.to_owned())).backoff(Backoff {
+    SyncClient::new(
+        gw_url,
+        latchkey_phone::secret::SecretString::new(key.to_owned()),
+    )
+    .backoff(Backoff {
         initial: Duration::from_millis(20),
         max: Duration::from_millis(200),
     })
