@@ -149,7 +149,7 @@ async fn wait_online(
     let deadline = Instant::now() + limit;
     let mut last = String::new();
     loop {
-        match poll(gateway, node, node_id).await {
+        match poll(gateway, node, node_id).await? {
             Progress::Waiting(now) => {
                 if now != last {
                     say(&now);

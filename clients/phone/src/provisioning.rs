@@ -295,7 +295,10 @@ impl GatewayApi {
             401 | 403 => Err(AddNodeError::LoginRequired),
             _ => {
                 let (code, message) = error_of(&a);
-                Err(AddNodeError::TokenRefused { code, message })
+                Err(AddNodeError::Protocol(
+                    "the gateway".into(),
+                    format!("{code}: {message}"),
+                ))
             }
         }
     }
@@ -637,14 +640,20 @@ pub enum Progress {
 }
 
 /// One poll: the gateway first (it is the goal), then the node's access point if it answers.
-pub async fn poll(gateway: &GatewayApi, node: &NodeAp, node_id: &str) -> Progress {
+/// Only a refused admin token ends the wait early.
+pub async fn poll(
+    gateway: &GatewayApi,
+    node: &NodeAp,
+    node_id: &str,
+) -> Result<Progress, AddNodeError> {
     let at_gateway = match gateway.node(node_id).await {
-        Ok(s) if s.online => return Progress::Online,
+        Ok(s) if s.online => return Ok(Progress::Online),
         Ok(s) => format!("gateway: {}", s.state),
+        Err(AddNodeError::LoginRequired) => return Err(AddNodeError::LoginRequired),
         Err(AddNodeError::GatewayUnreachable { .. }) => "gateway: not reachable yet".to_owned(),
         Err(e) => format!("gateway: {e}"),
     };
-    match node.info().await {
+    Ok(match node.info().await {
         Ok(i) => {
             let failure = i.error.clone().unwrap_or(NodeFailure {
                 code: "UNKNOWN".into(),
@@ -664,5 +673,5 @@ pub async fn poll(gateway: &GatewayApi, node: &NodeAp, node_id: &str) -> Progres
         }
         // The node left its access point to join the network: expected.
         Err(_) => Progress::Waiting(format!("node: access point closed; {at_gateway}")),
-    }
+    })
 }

@@ -42,8 +42,10 @@ struct Inner {
     /// What the node's info says after a provision: "online" (the gateway then shows it
     /// online), "wifi_failed", or "register_failed:CODE".
     after_provision: Mutex<String>,
-    /// Provisions answered so far.
+    /// The node's state as its info (and, once "online", the gateway) shows it.
     state: Mutex<String>,
+    /// The gateway's node status answers 401 (the admin token was revoked meanwhile).
+    status_refused: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Clone)]
@@ -160,12 +162,18 @@ async fn token(
     )
 }
 
-async fn node_status(State(s): State<Arc<Inner>>, Path(id): Path<String>) -> Json<Value> {
+async fn node_status(
+    State(s): State<Arc<Inner>>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, StatusCode> {
+    if s.status_refused.load(Ordering::SeqCst) {
+        return Err(StatusCode::UNAUTHORIZED);
+    }
     let online = *s.state.lock().unwrap() == "online";
-    Json(json!({
+    Ok(Json(json!({
         "node_id": id, "name": "Back door", "room": "kitchen", "state":
         if online { "registered" } else { "pending" }, "online": online,
-    }))
+    })))
 }
 
 async fn info(State(s): State<Arc<Inner>>) -> Json<Value> {
@@ -495,4 +503,17 @@ async fn a_rejected_token_and_bad_input_stop_the_flow() {
         .unwrap_err();
     assert_eq!(e.code(), "BAD_PASSWORD");
     assert!(s.provisions().is_empty());
+}
+
+#[tokio::test]
+async fn a_refused_admin_token_ends_the_wait_at_once() {
+    let s = StandIn::start().await;
+    s.after_provision("joining");
+    s.inner.status_refused.store(true, Ordering::SeqCst);
+    let dir = tempfile::tempdir().unwrap();
+    let e = latchkey_phone::add_node::run(s.args(&password_file(&dir, "correct horse")))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), "LOGIN_REQUIRED", "{e}");
+    assert_eq!(s.provisions().len(), 1);
 }
