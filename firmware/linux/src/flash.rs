@@ -71,7 +71,9 @@ impl ReadNorFlash for FileFlash {
     const READ_SIZE: usize = 1;
 
     async fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), FlashIoError> {
-        self.file.read_exact_at(bytes, u64::from(offset)).map_err(err)
+        self.file
+            .read_exact_at(bytes, u64::from(offset))
+            .map_err(err)
     }
 
     fn capacity(&self) -> usize {

@@ -19,7 +19,11 @@ use latchkey_node_core::storage::FlashStore;
 use latchkey_node_core::{Config, Kind};
 
 #[derive(Parser)]
-#[command(name = "latchkey-node", version, about = "latchkey endpoint node (Linux board)")]
+#[command(
+    name = "latchkey-node",
+    version,
+    about = "latchkey endpoint node (Linux board)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Option<Command>,
@@ -71,8 +75,7 @@ fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .init();
     let cli = Cli::parse();

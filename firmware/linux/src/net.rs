@@ -90,7 +90,9 @@ impl WsConnector for Ws {
             .max_frame_size(Some(MAX_FRAME));
         match tokio_tungstenite::connect_async_with_config(request, Some(config), true).await {
             Ok((stream, _)) => Ok(WsSession(stream)),
-            Err(tungstenite::Error::Http(resp)) => Err(ConnectError::Status(resp.status().as_u16())),
+            Err(tungstenite::Error::Http(resp)) => {
+                Err(ConnectError::Status(resp.status().as_u16()))
+            }
             Err(e) => {
                 tracing::debug!("ws connect: {e}");
                 Err(ConnectError::Net)
@@ -101,10 +103,7 @@ impl WsConnector for Ws {
 
 impl WsConn for WsSession {
     async fn send_text(&mut self, text: &str) -> Result<(), NetError> {
-        self.0
-            .send(Message::text(text))
-            .await
-            .map_err(|_| NetError)
+        self.0.send(Message::text(text)).await.map_err(|_| NetError)
     }
 
     async fn recv(&mut self) -> WsMessage {

@@ -210,9 +210,21 @@ mod tests {
         ApShared {
             lifecycle: Lifecycle::boot(None),
             networks: alloc::vec![
-                Network { ssid: "Weak".into(), rssi: -80, secure: true },
-                Network { ssid: "HomeWifi".into(), rssi: -40, secure: true },
-                Network { ssid: "Cafe".into(), rssi: -60, secure: false },
+                Network {
+                    ssid: "Weak".into(),
+                    rssi: -80,
+                    secure: true
+                },
+                Network {
+                    ssid: "HomeWifi".into(),
+                    rssi: -40,
+                    secure: true
+                },
+                Network {
+                    ssid: "Cafe".into(),
+                    rssi: -60,
+                    secure: false
+                },
             ],
             kind: Kind::Door,
             pubkey: "BPUB".into(),
@@ -254,7 +266,10 @@ mod tests {
             .map(|n| n["ssid"].as_str().unwrap())
             .collect();
         assert_eq!(names, ["HomeWifi", "Cafe", "Weak"]);
-        assert_eq!(v["networks"][1], json!({"ssid":"Cafe","rssi":-60,"secure":false}));
+        assert_eq!(
+            v["networks"][1],
+            json!({"ssid":"Cafe","rssi":-60,"secure":false})
+        );
     }
 
     #[test]
@@ -287,7 +302,10 @@ mod tests {
         assert_eq!(out["success"], false);
         assert!(out["message"].as_str().unwrap().contains("wifi_password"));
         let (status, out) = parse(provision(&mut s, &[b'{'; 3000]));
-        assert_eq!((status, &out["error"]["code"]), (413, &json!("PAYLOAD_TOO_LARGE")));
+        assert_eq!(
+            (status, &out["error"]["code"]),
+            (413, &json!("PAYLOAD_TOO_LARGE"))
+        );
         assert_eq!(s.lifecycle.state(), crate::lifecycle::State::Unprovisioned);
     }
 

@@ -98,7 +98,10 @@ mod tests {
             }
         }
         let id = Identity::generate(&mut ZeroThenSeven(false));
-        assert_eq!(id.public_base64(), Identity::generate(&mut Fixed(7)).public_base64());
+        assert_eq!(
+            id.public_base64(),
+            Identity::generate(&mut Fixed(7)).public_base64()
+        );
     }
 
     #[test]

@@ -275,7 +275,10 @@ mod tests {
         );
         assert!(l.ap_open());
         assert_eq!(l.failure().unwrap().code, "WIFI_WRONG_PASSWORD");
-        assert_eq!(l.on(Event::Provision(req("right-pass"))), Ok(State::Joining));
+        assert_eq!(
+            l.on(Event::Provision(req("right-pass"))),
+            Ok(State::Joining)
+        );
         assert_eq!(l.pending().unwrap().wifi_password.as_str(), "right-pass");
         assert_eq!(l.on(Event::WifiJoined), Ok(State::Registering));
         l.on(Event::Registered(creds())).unwrap();

@@ -296,7 +296,10 @@ mod tests {
         for (field, value) in cases {
             let shown = value.to_string();
             let e = ProvisionRequest::parse(&body_with(field, value)).unwrap_err();
-            assert!(matches!(e, ProvisionError::Field(f, _) if f == field), "{field}: {e:?}");
+            assert!(
+                matches!(e, ProvisionError::Field(f, _) if f == field),
+                "{field}: {e:?}"
+            );
             assert!(!e.to_string().contains(shown.trim_matches('"')) || shown.len() < 4);
         }
     }

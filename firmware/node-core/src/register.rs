@@ -249,7 +249,9 @@ mod tests {
             retry_after: None,
             body: b"<html>".to_vec(),
         };
-        assert!(matches!(interpret(&req(), &garbage), Outcome::Refused { code, .. } if code == BAD_ANSWER));
+        assert!(
+            matches!(interpret(&req(), &garbage), Outcome::Refused { code, .. } if code == BAD_ANSWER)
+        );
     }
 
     #[test]

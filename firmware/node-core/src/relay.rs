@@ -95,7 +95,10 @@ mod tests {
         assert_eq!(r.next_deadline(), Some(at(4_000)));
         assert_eq!(r.on(RelayEvent::Tick, at(3_999)), None);
         assert!(r.is_active());
-        assert_eq!(r.on(RelayEvent::Tick, at(4_000)), Some(RelayEffect::Release));
+        assert_eq!(
+            r.on(RelayEvent::Tick, at(4_000)),
+            Some(RelayEffect::Release)
+        );
         assert!(!r.is_active());
         assert_eq!(r.next_deadline(), None);
         assert_eq!(r.on(RelayEvent::Tick, at(9_000)), None);
@@ -107,7 +110,10 @@ mod tests {
         r.on(RelayEvent::Pulse { ms: 3_000 }, at(0));
         assert_eq!(r.on(RelayEvent::Pulse { ms: 3_000 }, at(2_000)), None);
         assert_eq!(r.on(RelayEvent::Tick, at(3_000)), None);
-        assert_eq!(r.on(RelayEvent::Tick, at(5_000)), Some(RelayEffect::Release));
+        assert_eq!(
+            r.on(RelayEvent::Tick, at(5_000)),
+            Some(RelayEffect::Release)
+        );
     }
 
     #[test]

@@ -17,7 +17,7 @@
 use alloc::string::String;
 use alloc::vec;
 use alloc::vec::Vec;
-use core::cell::RefCell;
+use core::cell::{Cell, RefCell};
 use core::convert::Infallible;
 use core::future::Future;
 
@@ -144,6 +144,8 @@ where
         relay_wake: Signal::new(),
         relay_changed: Signal::new(),
         accepted: Signal::new(),
+        ap_up: Cell::new(false),
+        ap_ready: Signal::new(),
     };
     let mut parts = Parts {
         store,
@@ -207,6 +209,10 @@ struct Ctx<'a, C, R> {
     relay_changed: Signal<NoopRawMutex, bool>,
     /// The AP API accepted a provisioning request.
     accepted: Signal<NoopRawMutex, ()>,
+    /// The setup access point is up (the AP API serves only then).
+    ap_up: Cell<bool>,
+    /// Raised when `ap_up` becomes true.
+    ap_ready: Signal<NoopRawMutex, ()>,
 }
 
 impl<C: Clock, R: Relay> Ctx<'_, C, R> {
@@ -222,7 +228,9 @@ impl<C: Clock, R: Relay> Ctx<'_, C, R> {
         let mut s = self.shared.borrow_mut();
         let before = s.lifecycle.state();
         match s.lifecycle.on(event) {
-            Ok(after) if after != before => log::info!("node {} → {}", before.as_str(), after.as_str()),
+            Ok(after) if after != before => {
+                log::info!("node {} → {}", before.as_str(), after.as_str())
+            }
             Ok(_) => {}
             Err(refused) => log::warn!("event ignored in state {}", refused.0.as_str()),
         }
@@ -277,7 +285,10 @@ async fn drive_relay<C: Clock, R: Relay>(ctx: &Ctx<'_, C, R>) -> Infallible {
     }
 }
 
-async fn serve_ap<C: Clock, R: Relay, A: ApListener>(ctx: &Ctx<'_, C, R>, ap: &mut A) -> Infallible {
+async fn serve_ap<C: Clock, R: Relay, A: ApListener>(
+    ctx: &Ctx<'_, C, R>,
+    ap: &mut A,
+) -> Infallible {
     let app = ap::router(ctx.shared, &ctx.accepted);
     let config = picoserve::Config::new(picoserve::Timeouts {
         start_read_request: picoserve::time::Duration::from_secs(5),
@@ -287,6 +298,11 @@ async fn serve_ap<C: Clock, R: Relay, A: ApListener>(ctx: &Ctx<'_, C, R>, ap: &m
     });
     let mut buf = vec![0u8; ap::HTTP_BUFFER];
     loop {
+        if ctx.shared.borrow().lifecycle.ap_open() && !ctx.ap_up.get() {
+            // About to open: let early clients wait in the backlog rather than be dropped.
+            ctx.ap_ready.wait().await;
+            continue;
+        }
         let socket = match ap.accept().await {
             Ok(s) => s,
             Err(_) => {
@@ -295,8 +311,8 @@ async fn serve_ap<C: Clock, R: Relay, A: ApListener>(ctx: &Ctx<'_, C, R>, ap: &m
                 continue;
             }
         };
-        if !ctx.shared.borrow().lifecycle.ap_open() {
-            // Registered (or mid-attempt): the AP API is closed.
+        if !(ctx.ap_up.get() && ctx.shared.borrow().lifecycle.ap_open()) {
+            // Registered, or mid-attempt: the AP API is closed.
             drop(socket);
             continue;
         }
@@ -358,10 +374,13 @@ async fn setup_ap<C: Clock, R: Relay>(ctx: &Ctx<'_, C, R>, config: &Config, wifi
         return;
     }
     log::info!("setup access point {} open", config.setup_ssid);
+    ctx.ap_up.set(true);
+    ctx.ap_ready.signal(());
     while ctx.shared.borrow().lifecycle.ap_open() {
         ctx.accepted.wait().await;
     }
     ctx.sleep_ms(AP_CLOSE_GRACE_MS).await;
+    ctx.ap_up.set(false);
     wifi.close_setup_ap().await;
 }
 
@@ -405,7 +424,10 @@ where
     G: Rng,
 {
     let Some(req) = ctx.shared.borrow().lifecycle.pending().cloned() else {
-        ctx.event(Event::RegisterFailed(failure(register::BAD_ANSWER, "no request")));
+        ctx.event(Event::RegisterFailed(failure(
+            register::BAD_ANSWER,
+            "no request",
+        )));
         return Ok(());
     };
     let pubkey = ctx.shared.borrow().pubkey.clone();

@@ -211,7 +211,11 @@ impl Session {
     }
 
     fn command(&mut self, f: &Incoming<'_>) -> Vec<SessionEffect> {
-        let Some(id) = f.id.as_ref().and_then(serde_json::Value::as_u64).filter(|&i| i > 0) else {
+        let Some(id) =
+            f.id.as_ref()
+                .and_then(serde_json::Value::as_u64)
+                .filter(|&i| i > 0)
+        else {
             // Without a usable id there is nothing to answer.
             log::warn!("gateway command without a positive id ignored");
             return Vec::new();
@@ -290,13 +294,17 @@ mod tests {
         let mut s = Session::new(Kind::Door, false, at(0));
         let mut wall = WallClock::default();
         let fx = s.on(
-            SessionEvent::Text(r#"{"type":"hello","nodeId":"n","gatewayId":"g","now":1764237600,"new":1}"#),
+            SessionEvent::Text(
+                r#"{"type":"hello","nodeId":"n","gatewayId":"g","now":1764237600,"new":1}"#,
+            ),
             at(12_345),
             &mut wall,
         );
         assert_eq!(
             sent(&fx),
-            [json!({"type":"status","kind":"door","firmware":crate::FIRMWARE_VERSION,"relay":"idle","uptime":12})]
+            [
+                json!({"type":"status","kind":"door","firmware":crate::FIRMWARE_VERSION,"relay":"idle","uptime":12})
+            ]
         );
         assert!(s.is_up());
         assert_eq!(wall.now(at(12_345)), Some(1_764_237_600));
@@ -311,9 +319,17 @@ mod tests {
             &mut wall,
         );
         assert_eq!(fx, [SessionEffect::Pulse { id: 42, ms: 3000 }]);
-        let fx = s.on(SessionEvent::PulseDone { id: 42, ok: true }, at(3_001), &mut wall);
+        let fx = s.on(
+            SessionEvent::PulseDone { id: 42, ok: true },
+            at(3_001),
+            &mut wall,
+        );
         assert_eq!(sent(&fx), [json!({"type":"result","id":42,"ok":true})]);
-        let fx = s.on(SessionEvent::PulseDone { id: 43, ok: false }, at(3_002), &mut wall);
+        let fx = s.on(
+            SessionEvent::PulseDone { id: 43, ok: false },
+            at(3_002),
+            &mut wall,
+        );
         assert_eq!(
             sent(&fx),
             [json!({"type":"result","id":43,"ok":false,"error":"HARDWARE"})]
@@ -324,11 +340,26 @@ mod tests {
     fn out_of_range_and_unknown_commands_are_refused_with_their_codes() {
         let (mut s, mut wall) = up();
         for (frame, code) in [
-            (r#"{"type":"command","id":1,"command":"unlock","pulse_ms":99}"#, "BAD_COMMAND"),
-            (r#"{"type":"command","id":1,"command":"unlock","pulse_ms":30001}"#, "BAD_COMMAND"),
-            (r#"{"type":"command","id":1,"command":"unlock"}"#, "BAD_COMMAND"),
-            (r#"{"type":"command","id":1,"command":"unlock","pulse_ms":"3000"}"#, "BAD_COMMAND"),
-            (r#"{"type":"command","id":1,"command":"selfdestruct"}"#, "UNSUPPORTED"),
+            (
+                r#"{"type":"command","id":1,"command":"unlock","pulse_ms":99}"#,
+                "BAD_COMMAND",
+            ),
+            (
+                r#"{"type":"command","id":1,"command":"unlock","pulse_ms":30001}"#,
+                "BAD_COMMAND",
+            ),
+            (
+                r#"{"type":"command","id":1,"command":"unlock"}"#,
+                "BAD_COMMAND",
+            ),
+            (
+                r#"{"type":"command","id":1,"command":"unlock","pulse_ms":"3000"}"#,
+                "BAD_COMMAND",
+            ),
+            (
+                r#"{"type":"command","id":1,"command":"selfdestruct"}"#,
+                "UNSUPPORTED",
+            ),
         ] {
             let fx = s.on(SessionEvent::Text(frame), at(5_000), &mut wall);
             assert_eq!(
@@ -357,10 +388,16 @@ mod tests {
             r#"{"type":"command","id":-5,"command":"unlock","pulse_ms":3000}"#,
             r#"{"type":"error","code":"BAD_FRAME","message":"m"}"#,
         ] {
-            assert!(s.on(SessionEvent::Text(frame), at(5_000), &mut wall).is_empty(), "{frame}");
+            assert!(
+                s.on(SessionEvent::Text(frame), at(5_000), &mut wall)
+                    .is_empty(),
+                "{frame}"
+            );
         }
         let big = "x".repeat(MAX_FRAME + 1);
-        assert!(s.on(SessionEvent::Text(&big), at(5_000), &mut wall).is_empty());
+        assert!(s
+            .on(SessionEvent::Text(&big), at(5_000), &mut wall)
+            .is_empty());
     }
 
     #[test]
@@ -368,11 +405,15 @@ mod tests {
         let mut s = Session::new(Kind::Vehicle, false, at(0));
         let mut wall = WallClock::default();
         // Before hello nothing is reported; the hello's status carries the state.
-        assert!(s.on(SessionEvent::RelayChanged(true), at(1), &mut wall).is_empty());
+        assert!(s
+            .on(SessionEvent::RelayChanged(true), at(1), &mut wall)
+            .is_empty());
         let fx = s.on(SessionEvent::Text(r#"{"type":"hello"}"#), at(2), &mut wall);
         assert_eq!(sent(&fx)[0]["relay"], "active");
         assert_eq!(wall, WallClock::Unknown);
-        assert!(s.on(SessionEvent::RelayChanged(true), at(3), &mut wall).is_empty());
+        assert!(s
+            .on(SessionEvent::RelayChanged(true), at(3), &mut wall)
+            .is_empty());
         let fx = s.on(SessionEvent::RelayChanged(false), at(4), &mut wall);
         assert_eq!(sent(&fx)[0]["relay"], "idle");
         assert_eq!(sent(&fx)[0]["kind"], "vehicle");

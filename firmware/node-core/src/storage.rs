@@ -247,7 +247,11 @@ pub(crate) mod ram_flash {
             let whole = self.spend()?;
             let o = offset as usize;
             // NOR semantics: a write can only clear bits.
-            let n = if whole { bytes.len() } else { bytes.len() / 8 * 4 };
+            let n = if whole {
+                bytes.len()
+            } else {
+                bytes.len() / 8 * 4
+            };
             for (dst, src) in self.bytes[o..o + n].iter_mut().zip(&bytes[..n]) {
                 *dst &= *src;
             }

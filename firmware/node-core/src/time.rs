@@ -89,7 +89,13 @@ mod tests {
 
     #[test]
     fn instant_arithmetic_saturates() {
-        assert_eq!(Instant::from_millis(u64::MAX) + 5, Instant::from_millis(u64::MAX));
-        assert_eq!(Instant::from_millis(3).millis_since(Instant::from_millis(9)), 0);
+        assert_eq!(
+            Instant::from_millis(u64::MAX) + 5,
+            Instant::from_millis(u64::MAX)
+        );
+        assert_eq!(
+            Instant::from_millis(3).millis_since(Instant::from_millis(9)),
+            0
+        );
     }
 }
