@@ -2,6 +2,9 @@
 //! provisioning with a wrong Wi-Fi password retried, registration, unlock through the stand-in
 //! relay, reconnects, 4403, restarts and factory reset.
 
+// Test helpers fail loudly; clippy's allow-*-in-tests only covers #[test] functions.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod common;
 
 use std::sync::atomic::Ordering;
@@ -168,6 +171,7 @@ async fn survives_gateway_restart_and_its_own_restart_then_factory_reset() {
     let (session, _) = gw.next_of("status").await;
     assert_eq!(session, 3);
     assert!(node.log().contains("node starts offline"));
+    assert!(node.log().contains("wifi: joining HomeWifi"), "rejoins its stored network");
     assert!(reqwest::get(node.url("/api/v1/info")).await.is_err());
     assert_eq!(gw.state.registrations.lock().unwrap().len(), 1);
 

@@ -95,7 +95,7 @@ struct Networks<'a> {
 /// `GET /api/v1/networks`.
 pub fn networks(s: &ApShared) -> (u16, String) {
     let mut list: Vec<&Network> = s.networks.iter().collect();
-    list.sort_by(|a, b| b.rssi.cmp(&a.rssi));
+    list.sort_by_key(|n| core::cmp::Reverse(n.rssi));
     let networks = list
         .into_iter()
         .take(MAX_NETWORKS)

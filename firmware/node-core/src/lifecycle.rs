@@ -242,6 +242,8 @@ mod tests {
             gateway_pubkey: "pk".into(),
             ws_url: "ws://10.0.0.2:8080/ws".into(),
             room: "kitchen".into(),
+            wifi_ssid: "HomeWifi".into(),
+            wifi_password: Zeroizing::new("password1".into()),
             revoked: false,
         }
     }

@@ -109,6 +109,8 @@ pub fn interpret(req: &ProvisionRequest, answer: &HttpResponse) -> Outcome {
                 gateway_pubkey: a.gateway_pubkey,
                 ws_url: a.ws_url,
                 room: req.room.clone(),
+                wifi_ssid: req.wifi_ssid.clone(),
+                wifi_password: req.wifi_password.clone(),
                 revoked: false,
             }),
             _ => Outcome::Refused {
@@ -208,6 +210,8 @@ mod tests {
         assert_eq!(c.node_key.as_str(), KEY);
         assert_eq!(c.ws_url, "ws://10.0.0.2:8080/ws");
         assert_eq!(c.room, "kitchen");
+        assert_eq!(c.wifi_ssid, "HomeWifi");
+        assert_eq!(c.wifi_password.as_str(), "secret-pass");
     }
 
     #[test]

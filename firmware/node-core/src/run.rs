@@ -340,13 +340,24 @@ where
     G: Rng,
 {
     let mut wall = WallClock::default();
+    // Whether the station is on the home network (after `join`, or rejoined after a reboot).
+    let mut station_up = false;
+    let mut rejoin = Backoff::default();
     loop {
         match ctx.state() {
             State::Unprovisioned | State::WifiFailed | State::RegisterFailed => {
                 setup_ap(ctx, config, &mut parts.wifi).await;
             }
-            State::Joining => join(ctx, &mut parts.wifi).await,
+            State::Joining => station_up = join(ctx, &mut parts.wifi).await,
             State::Registering => register(ctx, config, parts).await?,
+            State::Online | State::Offline if !station_up => {
+                station_up = rejoin_stored(ctx, &mut parts.wifi).await;
+                if !station_up {
+                    let ms = rejoin.next_delay_ms(parts.rng.next_u32());
+                    log::info!("wifi: rejoining in {ms} ms");
+                    ctx.sleep_ms(u64::from(ms)).await;
+                }
+            }
             State::Online | State::Offline => hold_session(ctx, config, parts, &mut wall).await?,
             State::Revoked => {
                 log::warn!("node revoked by the gateway; a factory reset is the way out");
@@ -384,7 +395,8 @@ async fn setup_ap<C: Clock, R: Relay>(ctx: &Ctx<'_, C, R>, config: &Config, wifi
     wifi.close_setup_ap().await;
 }
 
-async fn join<C: Clock, R: Relay>(ctx: &Ctx<'_, C, R>, wifi: &mut impl Wifi) {
+/// Joins the provisioned network; `true` if the station is up.
+async fn join<C: Clock, R: Relay>(ctx: &Ctx<'_, C, R>, wifi: &mut impl Wifi) -> bool {
     let Some((ssid, password)) = ctx
         .shared
         .borrow()
@@ -394,21 +406,50 @@ async fn join<C: Clock, R: Relay>(ctx: &Ctx<'_, C, R>, wifi: &mut impl Wifi) {
     else {
         // Unreachable by construction (joining always has a request); start over.
         ctx.event(Event::WifiFailed(WifiError::Failed));
-        return;
+        return false;
     };
+    match join_network(ctx, wifi, &ssid, &password).await {
+        Ok(()) => {
+            ctx.event(Event::WifiJoined);
+            true
+        }
+        Err(e) => {
+            ctx.event(Event::WifiFailed(e));
+            false
+        }
+    }
+}
+
+/// Rejoins the stored network after a reboot; `true` if the station is up.
+async fn rejoin_stored<C: Clock, R: Relay>(ctx: &Ctx<'_, C, R>, wifi: &mut impl Wifi) -> bool {
+    let stored = ctx
+        .shared
+        .borrow()
+        .lifecycle
+        .credentials()
+        .map(|c| (c.wifi_ssid.clone(), c.wifi_password.clone()));
+    match stored {
+        Some((ssid, password)) => join_network(ctx, wifi, &ssid, &password).await.is_ok(),
+        None => false,
+    }
+}
+
+async fn join_network<C: Clock, R: Relay>(
+    ctx: &Ctx<'_, C, R>,
+    wifi: &mut impl Wifi,
+    ssid: &str,
+    password: &str,
+) -> Result<(), WifiError> {
     log::info!("wifi: joining {ssid}");
     let deadline = ctx.clock.now() + JOIN_TIMEOUT_MS;
-    let result = match select(wifi.join(&ssid, &password), ctx.clock.sleep_until(deadline)).await {
+    let result = match select(wifi.join(ssid, password), ctx.clock.sleep_until(deadline)).await {
         Either::First(r) => r,
         Either::Second(()) => Err(WifiError::Failed),
     };
-    match result {
-        Ok(()) => ctx.event(Event::WifiJoined),
-        Err(e) => {
-            log::warn!("wifi: joining {ssid} failed: {e:?}");
-            ctx.event(Event::WifiFailed(e));
-        }
+    if let Err(e) = result {
+        log::warn!("wifi: joining {ssid} failed: {e:?}");
     }
+    result
 }
 
 async fn register<C, R, S, W, H, N, G>(

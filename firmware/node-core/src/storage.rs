@@ -42,6 +42,12 @@ pub struct Credentials {
     pub ws_url: String,
     /// The room from provisioning.
     pub room: String,
+    /// The station network to rejoin after a reboot.
+    #[serde(default)]
+    pub wifi_ssid: String,
+    /// Its passphrase (a Linux node whose network the host manages ignores both).
+    #[serde(default)]
+    pub wifi_password: Zeroizing<String>,
     /// The gateway closed a session with 4403: stay offline until a factory reset.
     #[serde(default)]
     pub revoked: bool,
@@ -53,6 +59,7 @@ impl fmt::Debug for Credentials {
             .field("node_id", &self.node_id)
             .field("gateway_id", &self.gateway_id)
             .field("ws_url", &self.ws_url)
+            .field("wifi_ssid", &self.wifi_ssid)
             .field("revoked", &self.revoked)
             .finish_non_exhaustive()
     }
@@ -280,6 +287,8 @@ mod tests {
             gateway_pubkey: String::from("AAAA"),
             ws_url: String::from("ws://127.0.0.1:8080/ws"),
             room: String::from("hall"),
+            wifi_ssid: String::from("HomeWifi"),
+            wifi_password: Zeroizing::new(String::from("right-pass")),
             revoked: false,
         }
     }
