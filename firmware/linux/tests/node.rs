@@ -171,7 +171,10 @@ async fn survives_gateway_restart_and_its_own_restart_then_factory_reset() {
     let (session, _) = gw.next_of("status").await;
     assert_eq!(session, 3);
     assert!(node.log().contains("node starts offline"));
-    assert!(node.log().contains("wifi: joining HomeWifi"), "rejoins its stored network");
+    assert!(
+        node.log().contains("wifi: joining HomeWifi"),
+        "rejoins its stored network"
+    );
     assert!(reqwest::get(node.url("/api/v1/info")).await.is_err());
     assert_eq!(gw.state.registrations.lock().unwrap().len(), 1);
 

@@ -232,14 +232,7 @@ mod tests {
     }
 
     fn body(password: &str) -> Vec<u8> {
-        json!({
-            "wifi_ssid": "HomeWifi", "wifi_password": password, "room": "kitchen",
-            "command_center_url": "http://10.0.0.2:8080", "household_id": "h",
-            "node_id": "550e8400-e29b-41d4-a716-446655440000",
-            "provisioning_token": "prov_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-        })
-        .to_string()
-        .into_bytes()
+        crate::provision::fixture::body(password)
     }
 
     fn parse((status, text): (u16, String)) -> (u16, Value) {

@@ -221,17 +221,7 @@ mod tests {
     use zeroize::Zeroizing;
 
     fn req(password: &str) -> ProvisionRequest {
-        ProvisionRequest::parse(
-            serde_json::json!({
-                "wifi_ssid": "HomeWifi", "wifi_password": password, "room": "kitchen",
-                "command_center_url": "http://10.0.0.2:8080", "household_id": "h",
-                "node_id": "550e8400-e29b-41d4-a716-446655440000",
-                "provisioning_token": "prov_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-            })
-            .to_string()
-            .as_bytes(),
-        )
-        .unwrap()
+        crate::provision::fixture::request(password)
     }
 
     fn creds() -> Credentials {

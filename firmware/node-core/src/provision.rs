@@ -211,6 +211,29 @@ fn is_token(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
 }
 
+/// One valid request for every module's tests.
+#[cfg(test)]
+pub(crate) mod fixture {
+    use super::ProvisionRequest;
+
+    /// A valid body with this Wi-Fi password.
+    pub fn body(password: &str) -> std::vec::Vec<u8> {
+        serde_json::json!({
+            "wifi_ssid": "HomeWifi", "wifi_password": password, "room": "kitchen",
+            "command_center_url": "http://10.0.0.2:8080", "household_id": "h",
+            "node_id": "550e8400-e29b-41d4-a716-446655440000",
+            "provisioning_token": "prov_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+        })
+        .to_string()
+        .into_bytes()
+    }
+
+    /// The parsed request.
+    pub fn request(password: &str) -> ProvisionRequest {
+        ProvisionRequest::parse(&body(password)).unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

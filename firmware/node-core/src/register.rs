@@ -161,17 +161,7 @@ mod tests {
     const KEY: &str = "node_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
 
     fn req() -> ProvisionRequest {
-        ProvisionRequest::parse(
-            serde_json::json!({
-                "wifi_ssid": "HomeWifi", "wifi_password": "secret-pass", "room": "kitchen",
-                "command_center_url": "http://10.0.0.2:8080", "household_id": "h",
-                "node_id": "550e8400-e29b-41d4-a716-446655440000",
-                "provisioning_token": "prov_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
-            })
-            .to_string()
-            .as_bytes(),
-        )
-        .unwrap()
+        crate::provision::fixture::request("secret-pass")
     }
 
     fn answer(status: u16, body: serde_json::Value) -> HttpResponse {
