@@ -12,7 +12,8 @@ use alloc::vec::Vec;
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::board::HttpResponse;
+use crate::backoff::Backoff;
+use crate::board::{HttpResponse, NetError};
 use crate::provision::ProvisionRequest;
 use crate::storage::Credentials;
 use crate::Kind;
@@ -137,6 +138,55 @@ pub fn interpret(req: &ProvisionRequest, answer: &HttpResponse) -> Outcome {
     }
 }
 
+/// What the node does next in a registration attempt series.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Registered: store these credentials.
+    Registered(Credentials),
+    /// Give up: `register_failed` with this code and message.
+    Failed {
+        /// The gateway's code, [`BAD_ANSWER`] or [`UNREACHABLE`].
+        code: String,
+        /// Its message.
+        message: String,
+    },
+    /// Wait this many milliseconds, then post again.
+    Wait(u32),
+}
+
+/// The retry rule: at most [`MAX_ATTEMPTS`] posts; network failures, 5xx and 429 wait the
+/// gateway's `Retry-After` or the session backoff (1 s, 2 s, 4 s, … ±20 %) between them.
+#[derive(Debug, Default)]
+pub struct Attempts {
+    made: u32,
+    backoff: Backoff,
+}
+
+impl Attempts {
+    /// Takes the result of one post (`random` jitters the wait).
+    pub fn next(
+        &mut self,
+        req: &ProvisionRequest,
+        answer: Result<&HttpResponse, NetError>,
+        random: u32,
+    ) -> Step {
+        self.made += 1;
+        let after_ms = match answer.map(|a| interpret(req, a)) {
+            Ok(Outcome::Registered(c)) => return Step::Registered(c),
+            Ok(Outcome::Refused { code, message }) => return Step::Failed { code, message },
+            Ok(Outcome::Retry { after_ms }) => after_ms,
+            Err(NetError) => None,
+        };
+        if self.made >= MAX_ATTEMPTS {
+            return Step::Failed {
+                code: String::from(UNREACHABLE),
+                message: String::from("the gateway did not answer"),
+            };
+        }
+        Step::Wait(after_ms.unwrap_or_else(|| self.backoff.next_delay_ms(random)))
+    }
+}
+
 fn valid_answer(a: &Answer) -> bool {
     let key_ok = a.node_key.len() == 48
         && a.node_key.starts_with("node_")
@@ -246,6 +296,39 @@ mod tests {
         assert!(
             matches!(interpret(&req(), &garbage), Outcome::Refused { code, .. } if code == BAD_ANSWER)
         );
+    }
+
+    #[test]
+    fn five_unanswered_posts_then_gateway_unreachable() {
+        let mut a = Attempts::default();
+        let mid = crate::backoff::JITTER_PERCENT;
+        let steps: Vec<Step> = (0..5).map(|_| a.next(&req(), Err(NetError), mid)).collect();
+        assert_eq!(
+            steps[..4],
+            [
+                Step::Wait(1_000),
+                Step::Wait(2_000),
+                Step::Wait(4_000),
+                Step::Wait(8_000)
+            ]
+        );
+        assert!(matches!(&steps[4], Step::Failed { code, .. } if code == UNREACHABLE));
+    }
+
+    #[test]
+    fn retry_after_is_honoured_and_a_refusal_stops_at_once() {
+        let mut a = Attempts::default();
+        let mut limited = answer(429, serde_json::json!({"error": {"code": "RATE_LIMITED"}}));
+        limited.retry_after = Some(3);
+        assert_eq!(a.next(&req(), Ok(&limited), 0), Step::Wait(3_000));
+        let used = answer(
+            410,
+            serde_json::json!({"error": {"code": "PROVISIONING_TOKEN_USED", "message": "m"}}),
+        );
+        assert!(matches!(
+            a.next(&req(), Ok(&used), 0),
+            Step::Failed { code, .. } if code == "PROVISIONING_TOKEN_USED"
+        ));
     }
 
     #[test]

@@ -34,7 +34,7 @@ use crate::board::{
 };
 use crate::identity::Identity;
 use crate::lifecycle::{Event, Failure, Lifecycle, State};
-use crate::register::{self, Outcome};
+use crate::register::{self, Step};
 use crate::relay::{RelayEffect, RelayEvent, RelayTimer};
 use crate::session::{Session, SessionEffect, SessionEvent};
 use crate::storage::{CredentialStore, StoreError};
@@ -474,45 +474,34 @@ where
     let pubkey = ctx.shared.borrow().pubkey.clone();
     let url = register::url(&req);
     let body = register::request_body(&req, &pubkey, config.kind);
-    let mut backoff = Backoff::default();
-    for attempt in 1..=register::MAX_ATTEMPTS {
-        log::info!("register: attempt {attempt} at {url}");
-        let wait = match parts.http.post_json(&url, &body).await {
-            Err(_) => None,
-            Ok(answer) => match register::interpret(&req, &answer) {
-                Outcome::Registered(credentials) => {
-                    // Stored before anything reports success (NODES.md §3.2).
-                    if let Err(e) = parts.store.save_credentials(&credentials).await {
-                        log::error!("register: cannot store credentials: {e}");
-                        ctx.event(Event::RegisterFailed(failure(
-                            "STORAGE",
-                            "the node could not store its credentials",
-                        )));
-                        return Ok(());
-                    }
-                    log::info!("register: registered as {}", credentials.node_id);
-                    ctx.event(Event::Registered(credentials));
+    let mut attempts = register::Attempts::default();
+    loop {
+        log::info!("register: posting to {url}");
+        let answer = parts.http.post_json(&url, &body).await;
+        let random = parts.rng.next_u32();
+        match attempts.next(&req, answer.as_ref().map_err(|e| *e), random) {
+            Step::Registered(credentials) => {
+                // Stored before anything reports success (NODES.md §3.2).
+                if let Err(e) = parts.store.save_credentials(&credentials).await {
+                    log::error!("register: cannot store credentials: {e}");
+                    ctx.event(Event::RegisterFailed(failure(
+                        "STORAGE",
+                        "the node could not store its credentials",
+                    )));
                     return Ok(());
                 }
-                Outcome::Refused { code, message } => {
-                    log::warn!("register: refused with {code}");
-                    ctx.event(Event::RegisterFailed(Failure { code, message }));
-                    return Ok(());
-                }
-                Outcome::Retry { after_ms } => after_ms,
-            },
-        };
-        if attempt < register::MAX_ATTEMPTS {
-            let jitter = parts.rng.next_u32();
-            let ms = wait.unwrap_or_else(|| backoff.next_delay_ms(jitter));
-            ctx.sleep_ms(u64::from(ms)).await;
+                log::info!("register: registered as {}", credentials.node_id);
+                ctx.event(Event::Registered(credentials));
+                return Ok(());
+            }
+            Step::Failed { code, message } => {
+                log::warn!("register: failed with {code}");
+                ctx.event(Event::RegisterFailed(Failure { code, message }));
+                return Ok(());
+            }
+            Step::Wait(ms) => ctx.sleep_ms(u64::from(ms)).await,
         }
     }
-    ctx.event(Event::RegisterFailed(failure(
-        register::UNREACHABLE,
-        "the gateway did not answer",
-    )));
-    Ok(())
 }
 
 fn failure(code: &str, message: &str) -> Failure {
