@@ -136,7 +136,7 @@ impl ApListener for Ap {
     type Timer = picoserve::time::TokioTimer;
     type Socket = TcpStream;
 
-    async fn accept(&mut self) -> Result<TcpStream, NetError> {
+    async fn accept(&self) -> Result<TcpStream, NetError> {
         self.0.accept().await.map(|(s, _)| s).map_err(|_| NetError)
     }
 

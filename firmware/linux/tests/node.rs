@@ -139,6 +139,33 @@ async fn bad_requests_and_a_refused_token_are_recoverable() {
     assert_eq!(v["success"], false);
     assert_eq!(v["error"]["code"], "BAD_REQUEST");
 
+    for (size, json) in [(3_000, true), (20_000, false)] {
+        let r = reqwest::Client::new()
+            .post(node.url("/api/v1/provision"))
+            .body(vec![b' '; size])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 413, "{size} bytes");
+        if json {
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["error"]["code"], "PAYLOAD_TOO_LARGE");
+        }
+    }
+
+    // A client that connects and says nothing does not hold the AP API.
+    let idle = tokio::net::TcpStream::connect(node.ap.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    assert_eq!(node.info().await["state"], "unprovisioned");
+    // Served while the idle connection was still open (picoserve had not closed it yet).
+    let mut buf = [0u8; 16];
+    assert_eq!(
+        idle.try_read(&mut buf).unwrap_err().kind(),
+        std::io::ErrorKind::WouldBlock
+    );
+    drop(idle);
+
     let r = node.provision(&gw, "right-pass", BAD_TOKEN).await;
     assert_eq!(r.status(), 202);
     let failed = node.wait_state("register_failed").await;

@@ -28,6 +28,9 @@ use crate::Kind;
 
 /// Most networks listed (strongest first).
 pub const MAX_NETWORKS: usize = 32;
+/// Connections served at once: an idle client (a phone's speculative preconnect) must not
+/// hold the AP API for the whole read timeout. Each costs one [`HTTP_BUFFER`].
+pub const WORKERS: usize = 2;
 /// picoserve's per-connection buffer: the request head and body must fit (bodies above
 /// [`crate::provision::MAX_BODY`] get 413).
 pub const HTTP_BUFFER: usize = 4096;

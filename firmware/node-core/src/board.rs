@@ -143,8 +143,8 @@ pub trait ApListener {
     type Timer: picoserve::Timer<Self::Runtime>;
     /// An accepted connection.
     type Socket: picoserve::io::Socket<Self::Runtime>;
-    /// The next connection. Cancel-safe.
-    async fn accept(&mut self) -> Result<Self::Socket, NetError>;
+    /// The next connection. Cancel-safe. Called from [`crate::ap::WORKERS`] loops at once.
+    async fn accept(&self) -> Result<Self::Socket, NetError>;
     /// A timer for picoserve's timeouts.
     fn timer(&self) -> Self::Timer;
 }

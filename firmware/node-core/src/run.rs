@@ -4,8 +4,8 @@
 //!
 //! - the **controller** acts on the lifecycle state: open the setup access point and wait for a
 //!   provisioning request, join Wi-Fi, register, hold the gateway session with reconnects;
-//! - the **AP server** serves [`crate::ap::router`] one connection at a time while the lifecycle
-//!   says the AP is open, and drops connections otherwise;
+//! - the **AP server** serves [`crate::ap::router`] on [`crate::ap::WORKERS`] connections at a
+//!   time while the access point is up, and drops connections otherwise;
 //! - the **relay driver** releases the relay at its deadline.
 //!
 //! Shared state lives in `RefCell`s that are never borrowed across an `.await`. Flash writes are
@@ -21,6 +21,7 @@ use core::cell::{Cell, RefCell};
 use core::convert::Infallible;
 use core::future::Future;
 
+use embassy_futures::join::join;
 use embassy_futures::select::{select, select3, Either, Either3};
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
 use embassy_sync::signal::Signal;
@@ -106,7 +107,7 @@ where
         wifi,
         http,
         ws,
-        mut ap,
+        ap,
         mut rng,
     } = board;
     // Make sure the relay starts released whatever the pin's reset state.
@@ -145,7 +146,7 @@ where
         relay_changed: Signal::new(),
         accepted: Signal::new(),
         ap_up: Cell::new(false),
-        ap_ready: Signal::new(),
+        ap_ready: [Signal::new(), Signal::new()],
     };
     let mut parts = Parts {
         store,
@@ -158,7 +159,7 @@ where
         shutdown,
         select3(
             controller(&ctx, config, &mut parts),
-            serve_ap(&ctx, &mut ap),
+            join(serve_ap(&ctx, &ap, 0), serve_ap(&ctx, &ap, 1)),
             drive_relay(&ctx),
         ),
     )
@@ -170,7 +171,7 @@ where
         Either::First(()) => Ok(()),
         Either::Second(Either3::First(Err(e))) => Err(e),
         Either::Second(Either3::First(Ok(never))) => match never {},
-        Either::Second(Either3::Second(never) | Either3::Third(never)) => match never {},
+        Either::Second(Either3::Second((never, _)) | Either3::Third(never)) => match never {},
     }
 }
 
@@ -211,8 +212,8 @@ struct Ctx<'a, C, R> {
     accepted: Signal<NoopRawMutex, ()>,
     /// The setup access point is up (the AP API serves only then).
     ap_up: Cell<bool>,
-    /// Raised when `ap_up` becomes true.
-    ap_ready: Signal<NoopRawMutex, ()>,
+    /// Raised when `ap_up` becomes true, one per AP worker (a `Signal` wakes one waiter).
+    ap_ready: [Signal<NoopRawMutex, ()>; ap::WORKERS],
 }
 
 impl<C: Clock, R: Relay> Ctx<'_, C, R> {
@@ -285,10 +286,18 @@ async fn drive_relay<C: Clock, R: Relay>(ctx: &Ctx<'_, C, R>) -> Infallible {
     }
 }
 
+// `run` joins exactly this many `serve_ap` workers.
+const _: () = assert!(ap::WORKERS == 2);
+
+/// AP API worker number `worker`; [`ap::WORKERS`] of them run joined.
 async fn serve_ap<C: Clock, R: Relay, A: ApListener>(
     ctx: &Ctx<'_, C, R>,
-    ap: &mut A,
+    ap: &A,
+    worker: usize,
 ) -> Infallible {
+    let Some(ready) = ctx.ap_ready.get(worker) else {
+        return core::future::pending().await;
+    };
     let app = ap::router(ctx.shared, &ctx.accepted);
     let config = picoserve::Config::new(picoserve::Timeouts {
         start_read_request: picoserve::time::Duration::from_secs(5),
@@ -300,7 +309,7 @@ async fn serve_ap<C: Clock, R: Relay, A: ApListener>(
     loop {
         if ctx.shared.borrow().lifecycle.ap_open() && !ctx.ap_up.get() {
             // About to open: let early clients wait in the backlog rather than be dropped.
-            ctx.ap_ready.wait().await;
+            ready.wait().await;
             continue;
         }
         let socket = match ap.accept().await {
@@ -348,7 +357,7 @@ where
             State::Unprovisioned | State::WifiFailed | State::RegisterFailed => {
                 setup_ap(ctx, config, &mut parts.wifi).await;
             }
-            State::Joining => station_up = join(ctx, &mut parts.wifi).await,
+            State::Joining => station_up = join_provisioned(ctx, &mut parts.wifi).await,
             State::Registering => register(ctx, config, parts).await?,
             State::Online | State::Offline if !station_up => {
                 station_up = rejoin_stored(ctx, &mut parts.wifi).await;
@@ -386,7 +395,9 @@ async fn setup_ap<C: Clock, R: Relay>(ctx: &Ctx<'_, C, R>, config: &Config, wifi
     }
     log::info!("setup access point {} open", config.setup_ssid);
     ctx.ap_up.set(true);
-    ctx.ap_ready.signal(());
+    for ready in &ctx.ap_ready {
+        ready.signal(());
+    }
     while ctx.shared.borrow().lifecycle.ap_open() {
         ctx.accepted.wait().await;
     }
@@ -396,7 +407,7 @@ async fn setup_ap<C: Clock, R: Relay>(ctx: &Ctx<'_, C, R>, config: &Config, wifi
 }
 
 /// Joins the provisioned network; `true` if the station is up.
-async fn join<C: Clock, R: Relay>(ctx: &Ctx<'_, C, R>, wifi: &mut impl Wifi) -> bool {
+async fn join_provisioned<C: Clock, R: Relay>(ctx: &Ctx<'_, C, R>, wifi: &mut impl Wifi) -> bool {
     let Some((ssid, password)) = ctx
         .shared
         .borrow()
