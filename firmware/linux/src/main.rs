@@ -5,6 +5,7 @@ mod clock;
 mod flash;
 mod label;
 mod net;
+mod nm;
 mod relay;
 mod wifi;
 
@@ -49,8 +50,12 @@ struct RunArgs {
     #[arg(long, default_value = "0.0.0.0:80")]
     ap_listen: SocketAddr,
     /// Stand-in Wi-Fi: a JSON list of networks with their passwords (default: host-managed).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "wifi_nm")]
     wifi_sim: Option<PathBuf>,
+    /// Wi-Fi through NetworkManager on this interface (e.g. wlan0): the setup access point is an
+    /// NM hotspot, joining an NM station connection (default: host-managed).
+    #[arg(long, value_name = "IFACE")]
+    wifi_nm: Option<String>,
     /// GPIO chip of the relay line, e.g. /dev/gpiochip0.
     #[arg(long, requires = "relay_line", conflicts_with = "relay_sim")]
     relay_chip: Option<String>,
@@ -106,9 +111,14 @@ async fn run(state_dir: PathBuf, args: RunArgs, label: label::Label) -> anyhow::
         (_, _, Some(path)) => relay::AnyRelay::Sim(relay::SimRelay::new(path, clock)),
         _ => anyhow::bail!("give a relay: --relay-chip and --relay-line, or --relay-sim FILE"),
     };
-    let wifi = match args.wifi_sim {
-        Some(path) => wifi::AnyWifi::Sim(wifi::SimWifi::new(path)),
-        None => wifi::AnyWifi::Host(wifi::HostWifi),
+    let wifi = match (args.wifi_sim, args.wifi_nm) {
+        (Some(path), _) => wifi::AnyWifi::Sim(wifi::SimWifi::new(path)),
+        (None, Some(iface)) => wifi::AnyWifi::Nm(
+            nm::NmWifi::connect(&iface)
+                .await
+                .with_context(|| format!("NetworkManager device {iface}"))?,
+        ),
+        (None, None) => wifi::AnyWifi::Host(wifi::HostWifi),
     };
     let flash = flash::FileFlash::open(&state_dir.join("flash.bin"))?;
     let store = FlashStore::new(flash, flash::FileFlash::range())

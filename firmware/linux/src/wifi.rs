@@ -6,8 +6,7 @@
 //! - [`SimWifi`] (`--wifi-sim FILE`): a JSON list `[{"ssid","password","rssi"}]`; joining checks
 //!   the password, so the wrong-password path runs for real. Read on every call.
 //!
-//! A NetworkManager adapter (hotspot with the setup code as its WPA2 passphrase, station join
-//! over D-Bus with zbus) implements the same trait; it is not written yet.
+//! - [`crate::nm::NmWifi`] (`--wifi nm:IFACE`): NetworkManager over D-Bus, the real adapter.
 
 use std::path::PathBuf;
 
@@ -108,6 +107,8 @@ pub enum AnyWifi {
     Host(HostWifi),
     /// Stand-in.
     Sim(SimWifi),
+    /// NetworkManager.
+    Nm(crate::nm::NmWifi),
 }
 
 impl Wifi for AnyWifi {
@@ -115,24 +116,28 @@ impl Wifi for AnyWifi {
         match self {
             AnyWifi::Host(w) => w.scan().await,
             AnyWifi::Sim(w) => w.scan().await,
+            AnyWifi::Nm(w) => w.scan().await,
         }
     }
     async fn open_setup_ap(&mut self, ssid: &str, passphrase: &str) -> Result<(), WifiError> {
         match self {
             AnyWifi::Host(w) => w.open_setup_ap(ssid, passphrase).await,
             AnyWifi::Sim(w) => w.open_setup_ap(ssid, passphrase).await,
+            AnyWifi::Nm(w) => w.open_setup_ap(ssid, passphrase).await,
         }
     }
     async fn close_setup_ap(&mut self) {
         match self {
             AnyWifi::Host(w) => w.close_setup_ap().await,
             AnyWifi::Sim(w) => w.close_setup_ap().await,
+            AnyWifi::Nm(w) => w.close_setup_ap().await,
         }
     }
     async fn join(&mut self, ssid: &str, password: &str) -> Result<(), WifiError> {
         match self {
             AnyWifi::Host(w) => w.join(ssid, password).await,
             AnyWifi::Sim(w) => w.join(ssid, password).await,
+            AnyWifi::Nm(w) => w.join(ssid, password).await,
         }
     }
 }

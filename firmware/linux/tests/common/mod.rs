@@ -236,7 +236,7 @@ pub struct Node {
 }
 
 impl Node {
-    /// Starts the node on `dir` (state, Wi-Fi list, relay log live there).
+    /// Starts the node on `dir` (state, Wi-Fi list, relay log live there) with the stand-in Wi-Fi.
     pub async fn start(dir: &Path, extra: &[&str]) -> Self {
         let wifi = dir.join("wifi.json");
         if !wifi.exists() {
@@ -246,11 +246,19 @@ impl Node {
             )
             .unwrap();
         }
+        let wifi = wifi.display().to_string();
+        let mut args = vec!["--wifi-sim", wifi.as_str()];
+        args.extend_from_slice(extra);
+        Self::spawn(dir, &args, &[]).await
+    }
+
+    /// Starts the node with these arguments and environment (besides state dir, AP and relay).
+    pub async fn spawn(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> Self {
         let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_latchkey-node"))
             .arg("--state-dir")
             .arg(dir.join("state"))
-            .args(["--ap-listen", "127.0.0.1:0", "--wifi-sim"])
-            .arg(&wifi)
+            .args(["--ap-listen", "127.0.0.1:0"])
+            .envs(env.iter().copied())
             .arg("--relay-sim")
             .arg(dir.join("relay.log"))
             .args(extra)
