@@ -284,9 +284,18 @@ async fn start(name: &str, args: &BenchArgs, devices: usize) -> anyhow::Result<T
                 bail!("latchkey admin token failed");
             }
             let token = String::from_utf8(token.stdout)?.trim().to_owned();
+            // The benchmark measures fan-out, so each publisher's budget (20/s by default)
+            // is lifted above the highest rate step.
+            let config = dir.path().join("bench.toml");
+            std::fs::write(
+                &config,
+                "[events]\npublish_rate = 100000\npublish_burst = 100000\n",
+            )?;
             let child = Command::new(&args.latchkey)
                 .arg("--data-dir")
                 .arg(dir.path().join("data"))
+                .arg("--config")
+                .arg(&config)
                 .args(["serve", "--ble", "off", "--listen"])
                 .arg(format!("127.0.0.1:{port}"))
                 .env("RUST_LOG", "warn")

@@ -11,6 +11,16 @@ use crate::clock::{SharedClock, SystemClock};
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_DATA_DIR: &str = "latchkey-data";
+/// A publisher's quota is a fifth of the publishes: when the log is full, those holding more
+/// lose their oldest first, so it takes five devices at their quota to crowd out the rest.
+const DEFAULT_PER_PUBLISHER: u64 = 2_000;
+/// Event data the log keeps at most: room for the default retention at an average of 6 KiB.
+const DEFAULT_MAX_BYTES: u64 = 64 * 1024 * 1024;
+const MIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
+/// A phone syncing UI state publishes a few events a second; 20/s with a burst of 40 is far
+/// above that and far below what would fill the log.
+const DEFAULT_PUBLISH_RATE: u32 = 20;
+const DEFAULT_PUBLISH_BURST: u32 = 40;
 /// A config file is a few kilobytes; refuse anything absurd rather than read it.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
@@ -67,6 +77,12 @@ pub struct PairingFile {
 #[serde(deny_unknown_fields)]
 pub struct EventsFile {
     pub retention: Option<u64>,
+    pub retention_per_publisher: Option<u64>,
+    pub max_bytes: Option<u64>,
+    pub audit_retention: Option<u64>,
+    pub audit_max_age_days: Option<u64>,
+    pub publish_rate: Option<u32>,
+    pub publish_burst: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,7 +153,18 @@ pub struct Config {
     /// Shown in the UI and the BLE advertisement.
     pub name: String,
     pub pair_token_ttl_secs: u64,
+    /// Client publishes kept, all publishers together (`[events] retention`).
     pub event_retention: u64,
+    /// Each publisher's quota when the log is full (`[events] retention_per_publisher`).
+    pub event_retention_per_publisher: u64,
+    /// Bytes of event data the log keeps (`[events] max_bytes`).
+    pub event_max_bytes: u64,
+    /// Gateway (audit) events kept (`[events] audit_retention`, `audit_max_age_days`).
+    pub audit_retention: u64,
+    pub audit_max_age_days: Option<u64>,
+    /// Each device's (and admin credential's) publish budget: per second, and the burst.
+    pub publish_rate: u32,
+    pub publish_burst: u32,
     pub endpoints: Vec<EndpointConfig>,
     /// systemd's `$CREDENTIALS_DIRECTORY`, where `latchkey.key` may live.
     pub credentials_dir: Option<PathBuf>,
@@ -157,6 +184,15 @@ impl std::fmt::Debug for Config {
             .field("name", &self.name)
             .field("pair_token_ttl_secs", &self.pair_token_ttl_secs)
             .field("event_retention", &self.event_retention)
+            .field(
+                "event_retention_per_publisher",
+                &self.event_retention_per_publisher,
+            )
+            .field("event_max_bytes", &self.event_max_bytes)
+            .field("audit_retention", &self.audit_retention)
+            .field("audit_max_age_days", &self.audit_max_age_days)
+            .field("publish_rate", &self.publish_rate)
+            .field("publish_burst", &self.publish_burst)
             .field("endpoints", &self.endpoints.len())
             .finish_non_exhaustive()
     }
@@ -172,6 +208,19 @@ pub struct Overrides {
 }
 
 impl Config {
+    /// What the event log's pruner keeps.
+    pub fn retention(&self) -> crate::events::Retention {
+        crate::events::Retention {
+            publishes: self.event_retention,
+            per_publisher: self.event_retention_per_publisher,
+            max_bytes: self.event_max_bytes,
+            audit: self.audit_retention,
+            audit_max_age_ms: self
+                .audit_max_age_days
+                .map(|d| i64::try_from(d.saturating_mul(86_400_000)).unwrap_or(i64::MAX)),
+        }
+    }
+
     pub fn resolve(over: &Overrides) -> Result<Self, ConfigError> {
         let file = match &over.config {
             Some(path) => read_file(path)?,
@@ -204,6 +253,15 @@ impl Config {
             name: file.name.unwrap_or_else(|| "latchkey".to_owned()),
             pair_token_ttl_secs: file.pairing.token_ttl_secs.unwrap_or(300),
             event_retention: file.events.retention.unwrap_or(10_000),
+            event_retention_per_publisher: file
+                .events
+                .retention_per_publisher
+                .unwrap_or(DEFAULT_PER_PUBLISHER),
+            event_max_bytes: file.events.max_bytes.unwrap_or(DEFAULT_MAX_BYTES),
+            audit_retention: file.events.audit_retention.unwrap_or(10_000),
+            audit_max_age_days: file.events.audit_max_age_days,
+            publish_rate: file.events.publish_rate.unwrap_or(DEFAULT_PUBLISH_RATE),
+            publish_burst: file.events.publish_burst.unwrap_or(DEFAULT_PUBLISH_BURST),
             endpoints: file.endpoints,
             credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
             clock: Arc::new(SystemClock),
@@ -225,6 +283,12 @@ impl Config {
             name: "latchkey-test".to_owned(),
             pair_token_ttl_secs: 300,
             event_retention: 10_000,
+            event_retention_per_publisher: DEFAULT_PER_PUBLISHER,
+            event_max_bytes: DEFAULT_MAX_BYTES,
+            audit_retention: 10_000,
+            audit_max_age_days: None,
+            publish_rate: DEFAULT_PUBLISH_RATE,
+            publish_burst: DEFAULT_PUBLISH_BURST,
             endpoints: Vec::new(),
             credentials_dir: None,
             clock,
@@ -241,6 +305,37 @@ impl Config {
         if self.event_retention < 10_000 {
             return Err(ConfigError::Invalid(
                 "events.retention must be at least 10000".into(),
+            ));
+        }
+        if !(1..=self.event_retention).contains(&self.event_retention_per_publisher) {
+            return Err(ConfigError::Invalid(
+                "events.retention_per_publisher must be between 1 and events.retention".into(),
+            ));
+        }
+        if self.event_max_bytes < MIN_MAX_BYTES {
+            return Err(ConfigError::Invalid(
+                "events.max_bytes must be at least 16777216 (16 MiB)".into(),
+            ));
+        }
+        if self.audit_retention < 10_000 {
+            return Err(ConfigError::Invalid(
+                "events.audit_retention must be at least 10000".into(),
+            ));
+        }
+        if self
+            .audit_max_age_days
+            .is_some_and(|d| !(1..=36_500).contains(&d))
+        {
+            return Err(ConfigError::Invalid(
+                "events.audit_max_age_days must be between 1 and 36500".into(),
+            ));
+        }
+        if !(1..=100_000).contains(&self.publish_rate)
+            || !(1..=1_000_000).contains(&self.publish_burst)
+        {
+            return Err(ConfigError::Invalid(
+                "events.publish_rate must be 1 to 100000 and events.publish_burst 1 to 1000000"
+                    .into(),
             ));
         }
         if let Some(a) = &self.ble_adapter {
@@ -382,6 +477,45 @@ action = { type = "command", argv = ["/bin/true"] }
         assert_eq!(cfg.listen.to_string(), "127.0.0.1:7000");
         assert_eq!(cfg.data_dir, PathBuf::from("/tmp/flag"));
         assert_eq!(cfg.ble, BleMode::Off);
+    }
+
+    #[test]
+    fn event_bounds_and_budget_from_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.toml");
+        let resolve = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            Config::resolve(&Overrides {
+                config: Some(path.clone()),
+                ..Default::default()
+            })
+        };
+        let cfg = resolve(
+            "[events]\nretention = 20000\nretention_per_publisher = 500\n\
+             audit_retention = 30000\naudit_max_age_days = 2\npublish_rate = 5\n",
+        )
+        .unwrap();
+        let r = cfg.retention();
+        assert_eq!(
+            (r.publishes, r.per_publisher, r.audit),
+            (20_000, 500, 30_000)
+        );
+        assert_eq!(r.audit_max_age_ms, Some(2 * 86_400_000));
+        assert_eq!(r.max_bytes, DEFAULT_MAX_BYTES);
+        assert_eq!((cfg.publish_rate, cfg.publish_burst), (5, 40));
+        for bad in [
+            "[events]\nretention_per_publisher = 10001\n",
+            "[events]\nretention_per_publisher = 0\n",
+            "[events]\naudit_retention = 9999\n",
+            "[events]\nmax_bytes = 1000\n",
+            "[events]\npublish_rate = 0\n",
+            "[events]\naudit_max_age_days = 0\n",
+        ] {
+            assert!(
+                matches!(resolve(bad), Err(ConfigError::Invalid(_))),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -1,6 +1,25 @@
 //! The event log: every gateway event and every client publish is a row with a gateway-wide,
 //! strictly increasing `seq`, committed before anyone sees it.
 //!
+//! Two kinds share the one sequence. The gateway's own events (topics under `device.`,
+//! `access.`, `node.`, `gateway.`) are the audit log; client publishes are everything else.
+//! The pruner keeps them apart (`Retention`, `prune`):
+//! - the audit log keeps its newest `audit` events (and, if set, none older than
+//!   `audit_max_age_ms`); no publish ever counts against it;
+//! - publishes are pruned only when there are more than `publishes` of them, or the log's
+//!   `data` exceeds `max_bytes` (the audit log's bytes count, but are never pruned for it).
+//!   Then, first, publishers holding more than their quota (their newest `per_publisher`
+//!   events and a proportional share of `max_bytes`) lose their oldest events beyond it,
+//!   oldest first, just enough to fit: one device flooding only ever trims its own past, and
+//!   a device within its quota loses nothing however much others publish. Only when every
+//!   publisher is within its quota and the log is still over do the oldest publishes go,
+//!   whoever's.
+//!
+//! `horizon` is what `resume` compares with: the highest seq the audit rule or the last rule
+//! above ever pruned. Below it the log no longer holds everything, so a resume from there gets
+//! `reset`. Trimming a publisher beyond its quota does not move it: a client resuming from
+//! before the trim gets that publisher's retained (newest) events, in order, without a reset.
+//!
 //! One tailer task reads newly committed rows in `seq` order and fans them out on a broadcast
 //! channel. Because delivery always comes from the committed log (never straight from a
 //! writer), live delivery has the same order as replay, and events written by other processes
@@ -9,12 +28,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rusqlite::{params, Connection, Transaction};
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
-use crate::clock::rfc3339_ms;
+use crate::clock::{rfc3339_ms, SharedClock};
 use crate::store::{Store, StoreError};
 
 /// Largest `data` we accept for one event, serialized.
@@ -31,12 +50,56 @@ pub fn is_reserved(topic: &str) -> bool {
     RESERVED_PREFIXES.iter().any(|p| topic.starts_with(p))
 }
 
+/// How often the pruner runs: the log may exceed its bounds by what arrives in this time.
+const PRUNE_EVERY: Duration = Duration::from_secs(10);
+
+/// What the pruner keeps (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retention {
+    /// Client publishes kept, all publishers together.
+    pub publishes: u64,
+    /// Client publishes kept per publisher.
+    pub per_publisher: u64,
+    /// Bytes of `data` in the whole log.
+    pub max_bytes: u64,
+    /// Gateway (audit) events kept.
+    pub audit: u64,
+    /// Audit events older than this go even within `audit`.
+    pub audit_max_age_ms: Option<i64>,
+}
+
+impl Retention {
+    /// A publisher's share of `max_bytes`: the same fraction as `per_publisher` of `publishes`.
+    pub fn per_publisher_bytes(&self) -> u64 {
+        let share = u128::from(self.max_bytes) * u128::from(self.per_publisher)
+            / u128::from(self.publishes.max(1));
+        u64::try_from(share).unwrap_or(u64::MAX)
+    }
+}
+
+/// How many rows one `prune` removed, by rule.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pruned {
+    pub audit: usize,
+    pub quota: usize,
+    pub publishes: usize,
+}
+
+impl Pruned {
+    pub fn total(&self) -> usize {
+        self.audit + self.quota + self.publishes
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Event {
     pub seq: i64,
     pub topic: String,
     pub ts_ms: i64,
     pub origin: String,
+    /// For a gateway event about one device (`device.*`, `access.*`): that device's id, read
+    /// once here so that per-connection visibility checks never parse JSON.
+    pub subject: Option<String>,
     /// The `data` object as JSON text.
     pub data: Arc<str>,
     /// The complete `{"type":"event",…}` frame, rendered once and shared by every recipient.
@@ -53,8 +116,26 @@ struct Frame<'a> {
     data: &'a serde_json::value::RawValue,
 }
 
+/// The field that names the device a gateway event is about.
+#[derive(serde::Deserialize)]
+struct About {
+    #[serde(rename = "deviceId")]
+    device_id: Option<String>,
+}
+
+/// Which device a gateway event concerns (`device.paired`, `device.revoked` and `access.*`
+/// all carry it as `deviceId`; an `access.denied` for a frame that named no known device has
+/// none).
+fn subject_of(topic: &str, data: &str) -> Option<String> {
+    if !(topic.starts_with("device.") || topic.starts_with("access.")) {
+        return None;
+    }
+    serde_json::from_str::<About>(data).ok()?.device_id
+}
+
 impl Event {
     fn from_row(seq: i64, topic: String, data: String, ts_ms: i64, origin: String) -> Self {
+        let subject = subject_of(&topic, &data);
         let raw = serde_json::value::RawValue::from_string(data.clone()).ok();
         let frame = match raw.as_deref() {
             Some(raw) => serde_json::to_string(&Frame {
@@ -72,6 +153,7 @@ impl Event {
             topic,
             ts_ms,
             origin,
+            subject,
             data: data.into(),
             frame: frame.into(),
         }
@@ -83,7 +165,8 @@ impl Event {
 }
 
 /// Appends an event inside the caller's transaction, so it commits (or not) with the change
-/// it describes. Returns its seq.
+/// it describes. Returns its seq. A gateway module's events are under the reserved prefixes
+/// (the audit log); `origin` also counts as the publisher of anything else.
 pub fn append(
     tx: &Transaction<'_>,
     topic: &str,
@@ -91,11 +174,35 @@ pub fn append(
     origin: &str,
     ts_ms: i64,
 ) -> Result<i64, StoreError> {
+    publish(tx, topic, data, origin, origin, ts_ms)
+}
+
+/// Appends a client publish: `publisher` is whose quota it counts against (`device:<id>`, an
+/// admin credential), `origin` the connection it came from. (Under a reserved prefix it is
+/// an audit event whatever the caller; only the gateway's modules write those.)
+pub fn publish(
+    tx: &Transaction<'_>,
+    topic: &str,
+    data: &serde_json::Value,
+    publisher: &str,
+    origin: &str,
+    ts_ms: i64,
+) -> Result<i64, StoreError> {
     let data = serde_json::to_string(data).map_err(|_| StoreError::Corrupt("event data"))?;
-    tx.execute(
-        "INSERT INTO events (topic, data, ts_ms, origin) VALUES (?1, ?2, ?3, ?4)",
-        params![topic, data, ts_ms, origin],
-    )?;
+    let size = i64::try_from(data.len()).unwrap_or(i64::MAX);
+    tx.prepare_cached(
+        "INSERT INTO events (topic, data, ts_ms, origin, audit, source, size)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+    )?
+    .execute(params![
+        topic,
+        data,
+        ts_ms,
+        origin,
+        is_reserved(topic),
+        publisher,
+        size
+    ])?;
     Ok(tx.last_insert_rowid())
 }
 
@@ -118,7 +225,6 @@ pub fn since(conn: &Connection, since: i64, limit: i64) -> Result<Vec<Event>, St
 
 /// The newest seq ever assigned (0 when none), also after pruning.
 pub fn latest_seq(conn: &Connection) -> Result<i64, StoreError> {
-    use rusqlite::OptionalExtension;
     let from_seq: Option<i64> = conn
         .query_row(
             "SELECT seq FROM sqlite_sequence WHERE name = 'events'",
@@ -129,18 +235,116 @@ pub fn latest_seq(conn: &Connection) -> Result<i64, StoreError> {
     Ok(from_seq.unwrap_or(0))
 }
 
-/// The oldest seq still retained, or `None` if the log is empty.
-pub fn oldest_seq(conn: &Connection) -> Result<Option<i64>, StoreError> {
-    Ok(conn.query_row("SELECT MIN(seq) FROM events", [], |r| r.get(0))?)
+/// The highest seq below which the log may lack events a client could see: a `resume` from
+/// before it gets `reset` (see the module docs). 0 when nothing was ever pruned that way.
+pub fn horizon(conn: &Connection) -> Result<i64, StoreError> {
+    Ok(
+        conn.query_row("SELECT COALESCE(MAX(seq), 0) FROM event_floors", [], |r| {
+            r.get(0)
+        })?,
+    )
 }
 
-/// Deletes all but the newest `keep` events. Returns how many went.
-pub fn prune(tx: &Transaction<'_>, keep: u64) -> Result<usize, StoreError> {
-    let keep = i64::try_from(keep).unwrap_or(i64::MAX);
-    Ok(tx.execute(
-        "DELETE FROM events WHERE seq <= (SELECT COALESCE(MAX(seq), 0) FROM events) - ?1",
-        [keep],
-    )?)
+/// Applies `r` (see the module docs); `now_ms` dates the audit log's age limit.
+pub fn prune(tx: &Transaction<'_>, r: &Retention, now_ms: i64) -> Result<Pruned, StoreError> {
+    let mut pruned = Pruned::default();
+
+    // The audit log, by its own count and age only.
+    let mut cut: Option<i64> = tx
+        .query_row(
+            "SELECT seq FROM events WHERE audit = 1 ORDER BY seq DESC LIMIT 1 OFFSET ?1",
+            [to_i64(r.audit)],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(age) = r.audit_max_age_ms {
+        let aged: Option<i64> = tx.query_row(
+            "SELECT MAX(seq) FROM events WHERE audit = 1 AND ts_ms < ?1",
+            [now_ms.saturating_sub(age)],
+            |row| row.get(0),
+        )?;
+        cut = cut.max(aged);
+    }
+    if let Some(cut) = cut {
+        pruned.audit = tx.execute("DELETE FROM events WHERE audit = 1 AND seq <= ?1", [cut])?;
+        raise_floor(tx, "audit", cut)?;
+    }
+
+    // Publishes, only when over the total count or what the audit log leaves of `max_bytes`.
+    let audit_bytes: i64 = tx.query_row(
+        "SELECT COALESCE(SUM(size), 0) FROM events WHERE audit = 1",
+        [],
+        |row| row.get(0),
+    )?;
+    let room = to_i64(r.max_bytes).saturating_sub(audit_bytes).max(0);
+    let (count, bytes): (i64, i64) = tx.query_row(
+        "SELECT COUNT(*), COALESCE(SUM(size), 0) FROM events WHERE audit = 0",
+        [],
+        |row| Ok((row.get(0)?, row.get(1)?)),
+    )?;
+    let (over_count, over_bytes) = (count - to_i64(r.publishes), bytes - room);
+    if over_count <= 0 && over_bytes <= 0 {
+        return Ok(pruned);
+    }
+
+    // First what publishers hold beyond their quota, oldest first, just enough to fit (all of
+    // it if that is not enough). Nobody within their quota loses anything here.
+    let (per, share) = (to_i64(r.per_publisher), to_i64(r.per_publisher_bytes()));
+    let cut: Option<i64> = tx.query_row(
+        &format!(
+            "WITH {EXCESS}, running AS (
+                 SELECT seq, ROW_NUMBER() OVER w AS k, SUM(size) OVER w AS freed
+                 FROM excess WINDOW w AS (ORDER BY seq))
+             SELECT MIN(seq) FROM running WHERE k >= ?3 AND freed >= ?4"
+        ),
+        params![per, share, over_count, over_bytes],
+        |row| row.get(0),
+    )?;
+    pruned.quota = tx.execute(
+        &format!(
+            "WITH {EXCESS} DELETE FROM events WHERE seq IN (SELECT seq FROM excess WHERE seq <= ?3)"
+        ),
+        params![per, share, cut.unwrap_or(i64::MAX)],
+    )?;
+
+    // Still over (every publisher within its quota): the oldest publishes, whoever's.
+    let cut: Option<i64> = tx
+        .query_row(
+            "SELECT seq FROM (
+                 SELECT seq, ROW_NUMBER() OVER w AS n, SUM(size) OVER w AS bytes
+                 FROM events WHERE audit = 0
+                 WINDOW w AS (ORDER BY seq DESC))
+             WHERE n > ?1 OR bytes > ?2 ORDER BY seq DESC LIMIT 1",
+            params![to_i64(r.publishes), room],
+            |row| row.get(0),
+        )
+        .optional()?;
+    if let Some(cut) = cut {
+        pruned.publishes = tx.execute("DELETE FROM events WHERE audit = 0 AND seq <= ?1", [cut])?;
+        raise_floor(tx, "publish", cut)?;
+    }
+    Ok(pruned)
+}
+
+/// A publisher's publishes beyond its newest `?1` or beyond `?2` bytes (newest first).
+const EXCESS: &str = "excess AS (
+    SELECT seq, size FROM (
+        SELECT seq, size, ROW_NUMBER() OVER w AS n, SUM(size) OVER w AS held
+        FROM events WHERE audit = 0
+        WINDOW w AS (PARTITION BY source ORDER BY seq DESC))
+    WHERE n > ?1 OR held > ?2)";
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn raise_floor(tx: &Transaction<'_>, kind: &str, seq: i64) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO event_floors (kind, seq) VALUES (?1, ?2)
+         ON CONFLICT(kind) DO UPDATE SET seq = MAX(seq, excluded.seq)",
+        params![kind, seq],
+    )?;
+    Ok(())
 }
 
 /// Live fan-out of committed events, in seq order.
@@ -215,18 +419,29 @@ impl Default for EventBus {
     }
 }
 
-/// Keeps the log to `keep` events, checking once a minute.
-pub fn spawn_pruner(store: Store, keep: u64, shutdown: CancellationToken) {
+/// Keeps the log within `retention`, checking every `PRUNE_EVERY`.
+pub fn spawn_pruner(
+    store: Store,
+    retention: Retention,
+    clock: SharedClock,
+    shutdown: CancellationToken,
+) {
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        let mut tick = tokio::time::interval(PRUNE_EVERY);
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 _ = shutdown.cancelled() => return,
             }
-            match store.write(move |tx| prune(tx, keep)).await {
-                Ok(0) => {}
-                Ok(n) => tracing::debug!(pruned = n, "event log pruned"),
+            let now_ms = clock.now_ms();
+            match store.write(move |tx| prune(tx, &retention, now_ms)).await {
+                Ok(p) if p.total() == 0 => {}
+                Ok(p) => tracing::debug!(
+                    audit = p.audit,
+                    quota = p.quota,
+                    publishes = p.publishes,
+                    "event log pruned"
+                ),
                 Err(e) => tracing::warn!(error = %e, "event log prune failed"),
             }
         }
@@ -238,6 +453,21 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    /// Small bounds, so a test can cross each of them.
+    const SMALL: Retention = Retention {
+        publishes: 6,
+        per_publisher: 3,
+        max_bytes: 1_000_000,
+        audit: 4,
+        audit_max_age_ms: None,
+    };
+
+    /// The seqs still in the log.
+    async fn kept(store: &Store) -> Vec<i64> {
+        let evs = store.read(|c| since(c, 0, 1000)).await.unwrap();
+        evs.into_iter().map(|e| e.seq).collect()
+    }
+
     #[tokio::test]
     async fn seq_survives_pruning_and_frames_render() {
         let dir = tempfile::tempdir().unwrap();
@@ -248,9 +478,14 @@ mod tests {
                 .await
                 .unwrap();
         }
-        assert_eq!(store.write(|tx| prune(tx, 2)).await.unwrap(), 3);
+        let r = Retention {
+            per_publisher: 2,
+            publishes: 2,
+            ..SMALL
+        };
+        let p = store.write(move |tx| prune(tx, &r, 0)).await.unwrap();
+        assert_eq!(p.total(), 3);
         assert_eq!(store.read(latest_seq).await.unwrap(), 5);
-        assert_eq!(store.read(oldest_seq).await.unwrap(), Some(4));
         let next = store
             .write(|tx| append(tx, "ui.sync", &json!({}), "test", 2_000))
             .await
@@ -263,6 +498,139 @@ mod tests {
             frame,
             json!({"type":"event","seq":5,"topic":"ui.sync","ts":"1970-01-01T00:00:01Z","data":{"i":4}})
         );
+    }
+
+    #[tokio::test]
+    async fn publishes_never_evict_the_audit_log_nor_one_publisher_another() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        store
+            .write(|tx| {
+                append(tx, "access.granted", &json!({"deviceId": "d1"}), "ble", 0)?; // 1
+                publish(tx, "ui.a", &json!({}), "device:a", "device:a/ws:1", 0)?; // 2
+                publish(tx, "ui.a", &json!({}), "device:a", "device:a/ws:1", 0)?; // 3
+                for _ in 0..20 {
+                    publish(tx, "ui.spam", &json!({}), "device:x", "device:x/ws:9", 0)?;
+                    // 4..=23
+                }
+                append(
+                    tx,
+                    "device.paired",
+                    &json!({"deviceId": "d2"}),
+                    "gateway",
+                    0,
+                )?; // 24
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let p = store.write(|tx| prune(tx, &SMALL, 0)).await.unwrap();
+        // 22 publishes, 6 fit: the spammer's oldest beyond its quota go; nobody else's.
+        assert_eq!((p.audit, p.quota, p.publishes), (0, 16, 0));
+        assert_eq!(kept(&store).await, vec![1, 2, 3, 20, 21, 22, 23, 24]);
+        // A quota trim is no reason for a reset.
+        assert_eq!(store.read(horizon).await.unwrap(), 0);
+
+        // More publishers than the total holds: the spammer's last excess goes, then the
+        // oldest publishes, whoever's; the horizon moves, and the audit events stay.
+        store
+            .write(|tx| {
+                for who in ["b", "c"] {
+                    for _ in 0..2 {
+                        publish(tx, "ui.b", &json!({}), who, who, 0)?; // 25..=28
+                    }
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let p = store.write(|tx| prune(tx, &SMALL, 0)).await.unwrap();
+        assert_eq!((p.audit, p.quota, p.publishes), (0, 1, 3));
+        assert_eq!(kept(&store).await, vec![1, 22, 23, 24, 25, 26, 27, 28]);
+        assert_eq!(store.read(horizon).await.unwrap(), 21);
+
+        // The audit log by its own count, then by age.
+        store
+            .write(|tx| {
+                for i in 0..4 {
+                    append(tx, "access.denied", &json!({}), "ble", 10_000 + i)?;
+                    // 29..=32
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let p = store.write(|tx| prune(tx, &SMALL, 0)).await.unwrap();
+        assert_eq!((p.audit, p.quota, p.publishes), (2, 0, 0));
+        assert_eq!(store.read(horizon).await.unwrap(), 24);
+        let aged = Retention {
+            audit_max_age_ms: Some(1_000),
+            ..SMALL
+        };
+        let p = store
+            .write(move |tx| prune(tx, &aged, 11_002))
+            .await
+            .unwrap();
+        assert_eq!(p.audit, 2, "{p:?}");
+        assert_eq!(kept(&store).await, vec![22, 23, 25, 26, 27, 28, 31, 32]);
+    }
+
+    #[tokio::test]
+    async fn bytes_are_bounded_per_publisher_and_in_total() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let pad = "p".repeat(990);
+        // ~1000 bytes each: x has 5 KB, y 2 KB, and an audit event of a few bytes.
+        store
+            .write(move |tx| {
+                for _ in 0..5 {
+                    publish(tx, "ui.big", &json!({ "p": pad }), "x", "x", 0)?; // 1..=5
+                }
+                append(tx, "device.revoked", &json!({"deviceId": "d"}), "cli", 0)?; // 6
+                for _ in 0..2 {
+                    publish(tx, "ui.big", &json!({ "p": pad }), "y", "y", 0)?; // 7, 8
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        // max_bytes 4,500, a third of it per publisher: 2,502 bytes too many, taken from the
+        // oldest of what x and y hold beyond 1,500 bytes each (x: 1..=4, y: 7).
+        let r = Retention {
+            publishes: 30,
+            per_publisher: 10,
+            max_bytes: 4_500,
+            audit: 10,
+            audit_max_age_ms: None,
+        };
+        let p = store.write(move |tx| prune(tx, &r, 0)).await.unwrap();
+        assert_eq!((p.audit, p.quota, p.publishes), (0, 3, 0));
+        assert_eq!(kept(&store).await, vec![4, 5, 6, 7, 8]);
+        // A total of 1,500 bytes leaves room for one publish beside the audit event: all the
+        // excess goes (4, 7), then the oldest (5).
+        let r = Retention {
+            max_bytes: 1_500,
+            per_publisher: 30,
+            ..r
+        };
+        let p = store.write(move |tx| prune(tx, &r, 0)).await.unwrap();
+        assert_eq!((p.audit, p.quota, p.publishes), (0, 2, 1));
+        assert_eq!(kept(&store).await, vec![6, 8]);
+        assert_eq!(store.read(horizon).await.unwrap(), 5);
+    }
+
+    #[test]
+    fn gateway_events_name_their_device() {
+        assert_eq!(
+            subject_of("device.paired", r#"{"deviceId":"d1","name":"x"}"#).as_deref(),
+            Some("d1")
+        );
+        assert_eq!(
+            subject_of("access.denied", r#"{"deviceId":null,"peer":"p"}"#),
+            None
+        );
+        assert_eq!(subject_of("ui.sync", r#"{"deviceId":"d1"}"#), None);
+        assert_eq!(subject_of("gateway.x", r#"{"deviceId":"d1"}"#), None);
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@
 pub mod access;
 pub mod admin;
 pub mod ble;
+pub mod budget;
 pub mod cli;
 pub mod clock;
 pub mod clocktrust;
@@ -131,6 +132,7 @@ pub fn build_state(config: Config, port: u16) -> anyhow::Result<AppState> {
         port,
         login_limit: ratelimit::RateLimiter::new(5, 60),
         pair_limit: ratelimit::RateLimiter::new(10, 60),
+        publish_budget: budget::Budgets::new(config.publish_rate, config.publish_burst),
         metrics: Metrics::default(),
         shutdown: CancellationToken::new(),
         tasks: TaskTracker::new(),
@@ -165,7 +167,8 @@ pub async fn serve(
         .await?;
     events::spawn_pruner(
         state.store.clone(),
-        state.config.event_retention,
+        state.config.retention(),
+        state.clock.clone(),
         state.shutdown.clone(),
     );
     ble::start(&state).await?;

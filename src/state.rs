@@ -8,6 +8,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::ble::BleStatus;
+use crate::budget::Budgets;
 use crate::clock::SharedClock;
 use crate::clocktrust::ClockTrust;
 use crate::config::Config;
@@ -32,6 +33,8 @@ pub struct App {
     pub login_limit: RateLimiter<IpAddr>,
     /// 10 unknown pair tokens per minute per client address.
     pub pair_limit: RateLimiter<IpAddr>,
+    /// Publishes per device (or admin credential), across all its sockets.
+    pub publish_budget: Budgets<String>,
     pub metrics: Metrics,
     /// Cancelled when the daemon begins to stop; long-lived tasks watch it.
     pub shutdown: CancellationToken,

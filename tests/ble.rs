@@ -39,6 +39,20 @@ async fn registers_the_service_and_advertises() {
     assert_eq!(adv.kind, "peripheral");
     assert_eq!(adv.service_uuids, [uuid(SERVICE_UUID)]);
     assert_eq!(adv.local_name.as_deref(), Some("latchkey-test"));
+    // The gateway's short id, within the 31 bytes of legacy advertising (the stand-in refuses
+    // more), and a fast advertising interval.
+    let ours = latchkey_proto::adv_data(&d.gw.state.gateway_id).to_vec();
+    assert_eq!(
+        adv.manufacturer_data,
+        [(latchkey_proto::ADV_COMPANY_ID, ours)]
+            .into_iter()
+            .collect()
+    );
+    assert_eq!(adv.legacy_len(), 31);
+    assert_eq!(
+        (adv.min_interval_ms, adv.max_interval_ms),
+        (Some(100), Some(150))
+    );
     assert_eq!(adv.owner, app.owner);
 
     let m = d.metrics().await;
@@ -458,8 +472,11 @@ async fn hostile_writes_of_every_length() {
     let mut n = 0u32;
     for len in 0..=200usize {
         for variant in 0..2 {
-            // A peer of its own per write, so the peer lockout does not hide the decoder.
+            // A peer of its own per write, and time for the gateway-wide budget to refill, so
+            // that no lockout hides the decoder.
             n += 1;
+            d.gw.clock
+                .advance(latchkey::access::lockout::BUDGET_INTERVAL_SECS);
             let link = d
                 .adapter
                 .connect(&format!("77:00:00:00:{:02X}:{:02X}", n >> 8, n & 0xff), 517)
@@ -735,9 +752,193 @@ async fn decisions_reach_websocket_clients_live() {
         assert_eq!(granted["topic"], "access.granted");
         assert_eq!(granted["data"]["deviceId"], answer["deviceId"]);
         assert_eq!(granted["data"]["endpoint"], "front");
-        let denied = ws_event(ws).await;
-        assert_eq!(denied["topic"], "access.denied");
-        assert_eq!(denied["data"]["reason"], "MALFORMED");
-        assert!(denied["seq"].as_i64() > granted["seq"].as_i64());
+    }
+    // The malformed frame named no device: only the admin hears of it (CONTRACT §4, a phone
+    // sees the decisions about itself).
+    let denied = ws_event(&mut sockets[0]).await;
+    assert_eq!(denied["topic"], "access.denied");
+    assert_eq!(denied["data"]["reason"], "MALFORMED");
+}
+
+/// Reads a challenge and answers it with `phone`'s key and a made-up TOTP code (any number
+/// of times, unlike [`unlock`], which never reuses a step).
+async fn forge(
+    link: &latchkey_bluez_standin::Link,
+    phone: &latchkey_bluez_standin::phone::Phone,
+    now: u64,
+) -> (latchkey_bluez_standin::phone::Attempt, Vec<u8>) {
+    let c = Challenge::decode(&read_challenge(link).await).unwrap();
+    let a = latchkey_bluez_standin::phone::Attempt {
+        frame: phone.frame(&c.nonce, 0, now, "front").unwrap(),
+        nonce: c.nonce,
+        step: 0,
+    };
+    let r = write_and_wait(link, &a.frame).await;
+    (a, r)
+}
+
+#[tokio::test]
+async fn a_stranger_cannot_lock_a_phone_out_in_its_name() {
+    let d = Door::start(vec![endpoint("front", None)]).await;
+    let (mut phone, answer) = d.pair("A").await;
+    // The device id travels in clear; the stranger has it, but not the key.
+    let stranger = latchkey_bluez_standin::phone::Phone::new(
+        phone.device_id,
+        b"not the secret, just as long".to_vec(),
+    )
+    .unwrap();
+    let evil = d.connect("dd:00:00:00:00:66").await;
+    for i in 0..20 {
+        let (a, r) = forge(&evil, &stranger, d.now()).await;
+        assert_eq!(r[5..21], a.nonce, "frame {i}: the frame's own nonce");
+        if i < 5 {
+            // Signed under A's key (the gateway has it), but counted against the peer.
+            assert_eq!(status_of(&r), Status::BadTag, "frame {i}");
+            assert!(!unsigned(&r));
+        } else {
+            assert_eq!(status_of(&r), Status::LockedOut, "frame {i}");
+            assert!(unsigned(&r), "a peer lockout is never signed");
+            assert_eq!(u16::from_be_bytes([r[3], r[4]]), 60);
+        }
+    }
+    let (_, data) = d.access_events().await.pop().unwrap();
+    assert_eq!(data["lockout"], "peer");
+    assert_eq!(data["authenticated"], false);
+
+    // A locked peer's frame answering no challenge of its own: the answer still carries the
+    // frame's nonce, so the sender can tell it is the answer to its attempt.
+    let frame = stranger.frame(&[0x5a; 16], 0, d.now(), "front").unwrap();
+    let r = write_and_wait(&evil, &frame).await;
+    assert_eq!(status_of(&r), Status::LockedOut);
+    assert_eq!(r[5..21], [0x5a; 16]);
+
+    // A is not locked out: from its own connection ...
+    let own = d.connect("dd:00:00:00:00:01").await;
+    let (a, r) = unlock(&own, &mut phone, d.now(), "front").await;
+    let v = phone.verify(&r, &a).unwrap();
+    assert_eq!(v.result.status, Status::Granted);
+    // ... nor from the locked address itself (addresses can be spoofed; a key cannot).
+    let (a, r) = unlock(&evil, &mut phone, d.now(), "front").await;
+    assert_eq!(phone.verify(&r, &a).unwrap().result.status, Status::Granted);
+    let granted = d
+        .access_events()
+        .await
+        .into_iter()
+        .filter(|(t, e)| t == "access.granted" && e["deviceId"] == answer["deviceId"])
+        .count();
+    assert_eq!(granted, 2);
+}
+
+#[tokio::test]
+async fn a_grant_resets_the_peers_count() {
+    let d = Door::start(vec![endpoint("front", None)]).await;
+    let (mut phone, _) = d.pair("phone").await;
+    // The same phone also holds credentials for a gateway this one does not know.
+    let stale =
+        latchkey_bluez_standin::phone::Phone::new([0x33; 16], b"01234567890123456789".to_vec())
+            .unwrap();
+    let link = d.connect("ee:00:00:00:00:01").await;
+    for _ in 0..4 {
+        let (_, r) = forge(&link, &stale, d.now()).await;
+        assert_eq!(status_of(&r), Status::UnknownDevice);
+    }
+    let (_, r) = unlock(&link, &mut phone, d.now(), "front").await;
+    assert_eq!(status_of(&r), Status::Granted);
+    // Counted from zero again: four more, and a fifth that locks.
+    for i in 0..5 {
+        let (_, r) = forge(&link, &stale, d.now()).await;
+        assert_eq!(status_of(&r), Status::UnknownDevice, "after the grant, {i}");
+    }
+    let (_, r) = forge(&link, &stale, d.now()).await;
+    assert_eq!(status_of(&r), Status::LockedOut);
+}
+
+#[tokio::test]
+async fn frames_proving_nothing_have_a_gateway_wide_budget() {
+    use latchkey::access::lockout::{BUDGET_BURST, BUDGET_INTERVAL_SECS};
+    let d = Door::start(vec![endpoint("front", None)]).await;
+    let (mut phone, _) = d.pair("phone").await;
+    let junk = [1u8, 2, 0xde, 0xad];
+    // An attacker rotating addresses: four frames per address, never a peer lockout.
+    let mut sent = 0;
+    let mut n = 0u32;
+    while sent < BUDGET_BURST {
+        n += 1;
+        let link = d
+            .connect(&format!("f0:00:00:00:{:02X}:{:02X}", n >> 8, n & 0xff))
+            .await;
+        for _ in 0..4.min(BUDGET_BURST - sent) {
+            let r = write_and_wait(&link, &junk).await;
+            assert_eq!(status_of(&r), Status::Malformed, "frame {sent}");
+            sent += 1;
+        }
+    }
+    let before = d.access_events().await.len();
+    // Spent: whatever proves no key is shed, for everybody, unsigned, with one event.
+    let fresh = d.connect("f1:00:00:00:00:01").await;
+    for _ in 0..3 {
+        let r = write_and_wait(&fresh, &junk).await;
+        assert_eq!(status_of(&r), Status::LockedOut);
+        assert!(unsigned(&r));
+        assert_eq!(
+            u16::from_be_bytes([r[3], r[4]]),
+            u16::try_from(BUDGET_INTERVAL_SECS).unwrap()
+        );
+    }
+    let events = d.access_events().await;
+    assert_eq!(
+        events.len(),
+        before + 1,
+        "one event for the run of shed frames"
+    );
+    assert_eq!(events[before].1["lockout"], "gateway");
+    // A phone proving its key is not affected.
+    let (_, r) = unlock(&fresh, &mut phone, d.now(), "front").await;
+    assert_eq!(status_of(&r), Status::Granted);
+    // One frame's worth refills in one interval.
+    d.gw.clock.advance(BUDGET_INTERVAL_SECS);
+    let r = write_and_wait(&fresh, &junk).await;
+    assert_eq!(status_of(&r), Status::Malformed);
+    let r = write_and_wait(&fresh, &junk).await;
+    assert_eq!(status_of(&r), Status::LockedOut);
+}
+
+#[tokio::test]
+async fn results_reach_every_subscriber_whatever_bluetoothd_calls() {
+    // bluetoothd today calls StartNotify for every peer that subscribes; older versions for
+    // the first only. StopNotify comes when the last one leaves, either way.
+    for per_peer in [true, false] {
+        let d = Door::start(vec![endpoint("front", None)]).await;
+        d.adapter.set_start_notify_per_peer(per_peer);
+        let (mut a, _) = d.pair("a").await;
+        let (mut b, _) = d.pair("b").await;
+        let la = d.connect("ab:00:00:00:00:01").await;
+        let lb = d.connect("ab:00:00:00:00:02").await;
+        let starts = if per_peer { 2 } else { 1 };
+        assert_eq!(
+            d.adapter.notify_calls(),
+            (starts, 0),
+            "per peer: {per_peer}"
+        );
+        for (link, phone) in [(&la, &mut a), (&lb, &mut b)] {
+            let (at, r) = unlock(link, phone, d.now(), "front").await;
+            assert_eq!(
+                phone.verify(&r, &at).unwrap().result.status,
+                Status::Granted
+            );
+        }
+        // The first subscriber leaves; the other still hears its answer.
+        la.disconnect().await.unwrap();
+        assert_eq!(d.adapter.notify_calls(), (starts, 0));
+        d.gw.clock.advance(30);
+        let (at, r) = unlock(&lb, &mut b, d.now(), "front").await;
+        assert_eq!(b.verify(&r, &at).unwrap().result.status, Status::Granted);
+        // The last one leaves (StopNotify); a newcomer subscribes again and is answered.
+        lb.unsubscribe(&result()).await.unwrap();
+        assert_eq!(d.adapter.notify_calls(), (starts, 1));
+        let lc = d.connect("ab:00:00:00:00:03").await;
+        assert_eq!(d.adapter.notify_calls(), (starts + 1, 1));
+        let (at, r) = unlock(&lc, &mut a, d.now(), "front").await;
+        assert_eq!(a.verify(&r, &at).unwrap().result.status, Status::Granted);
     }
 }

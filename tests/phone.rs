@@ -430,3 +430,66 @@ async fn a_denial_and_a_powered_off_adapter_also_leave_nothing_open() {
     );
     assert_clean(&f);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unlock_picks_its_own_gateway_among_several() {
+    use latchkey::config::{BleMode, Config};
+    use std::sync::Arc;
+
+    let out_dir = tempfile::tempdir().unwrap();
+    let opened = out_dir.path().join("opened");
+    let f = Field::start("two-gateways", vec![door("front", &opened)]).await;
+    let (creds, _) = f.pair("two-gateway phone").await;
+
+    // Another latchkey gateway in range: same service, same endpoint id, another gatewayId.
+    let shared = latchkey_bluez_standin::shared().unwrap();
+    let other = shared.new_adapter().await.unwrap();
+    other.set_area("two-gateways");
+    let name = other.name().to_owned();
+    let other_opened = out_dir.path().join("other-opened");
+    let other_gw = Gateway::start_with(|c: &mut Config| {
+        c.ble = BleMode::On;
+        c.ble_adapter = Some(name);
+        c.endpoints = vec![door("front", &other_opened)];
+        c.clock = Arc::new(SystemClock);
+    })
+    .await;
+    other.wait_advertisement(0, HANG).await.unwrap();
+    assert_ne!(other_gw.state.gateway_id, f.gw.state.gateway_id);
+
+    // Ours stays silent until the phone has heard the other one first.
+    f.gateway.withhold(Withhold::Device, true);
+    let ours_later = async {
+        tokio::time::timeout(HANG, async {
+            while f.phone.radio().devices.is_empty() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+        .await
+        .expect("the phone hears the other gateway");
+        f.gateway.withhold(Withhold::Device, false);
+    };
+    let ((out, json), ()) =
+        tokio::join!(unlock(&f.bus, &creds, "front", &f.phone, None), ours_later);
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(json["status"], "GRANTED", "{json}");
+    assert_eq!(
+        std::fs::read_to_string(&opened).unwrap(),
+        "front two-gateway phone"
+    );
+    assert!(!other_opened.exists());
+    // It heard both, connected once, and never wrote to the other one.
+    assert_eq!(f.phone.radio().devices.len(), 2);
+    assert_eq!(f.phone.radio().stats.connections_made, 1);
+    let other_events = other_gw
+        .state
+        .store
+        .read(|c| latchkey::events::since(c, 0, 1000))
+        .await
+        .unwrap();
+    assert!(
+        !other_events.iter().any(|e| e.topic.starts_with("access.")),
+        "the other gateway decided nothing"
+    );
+    assert_clean(&f);
+}

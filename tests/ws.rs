@@ -198,6 +198,21 @@ async fn revoke_api(gw: &Gateway, http: &reqwest::Client, id: &DeviceId) {
     assert_eq!(r.status(), 200);
 }
 
+/// A web UI session, as logging in makes one.
+async fn admin_session(gw: &Gateway) -> SecretString {
+    gw.state
+        .store
+        .write(|tx| Ok(latchkey::admin::create_session(tx, T0).unwrap()))
+        .await
+        .unwrap()
+}
+
+/// For tests about delivery, not about the publish budget.
+fn unlimited_publishing(c: &mut latchkey::config::Config) {
+    c.publish_rate = 1_000_000;
+    c.publish_burst = 1_000_000;
+}
+
 fn metric(
     gw: &Gateway,
     pick: fn(&latchkey::state::Metrics) -> &std::sync::atomic::AtomicU64,
@@ -268,16 +283,18 @@ async fn hello_publish_ack_and_fan_out_to_every_other_client() {
     assert_eq!(next_event(&mut wa).await["seq"], 4);
     assert_eq!(next_event(&mut wadm).await["seq"], 4);
 
-    // Gateway events travel the same way.
+    // Gateway events travel the same way, to those who may see them: c's pairing reaches the
+    // admin, not the other phones (their next event is the marker after it).
     let c = gw.pair(&http, "c").await;
-    for ws in [&mut wa, &mut wb, &mut wadm] {
-        let ev = next_event(ws).await;
-        assert_eq!(
-            (ev["seq"].as_i64(), ev["topic"].as_str()),
-            (Some(5), Some("device.paired"))
-        );
-        assert_eq!(ev["data"]["deviceId"], c["deviceId"]);
-    }
+    let ev = next_event(&mut wadm).await;
+    assert_eq!(
+        (ev["seq"].as_i64(), ev["topic"].as_str()),
+        (Some(5), Some("device.paired"))
+    );
+    assert_eq!(ev["data"]["deviceId"], c["deviceId"]);
+    let marker = publish(&mut wadm, json!("m"), "ui.marker", json!({})).await;
+    assert_eq!(next_event(&mut wa).await["seq"], marker);
+    assert_eq!(next_event(&mut wb).await["seq"], marker);
 }
 
 #[tokio::test]
@@ -370,13 +387,34 @@ async fn reserved_topics_and_bad_frames_get_error_frames_and_the_socket_stays() 
         ),
         (
             Message::text(r#"{"type":"subscribe","topics":["a..b"]}"#),
-            "TOPIC_INVALID",
+            "BAD_TOPIC",
+            Value::Null,
+        ),
+        (
+            Message::text(r#"{"type":"subscribe","topics":["DEVICE.*"]}"#),
+            "BAD_TOPIC",
             Value::Null,
         ),
         (
             Message::text(r#"{"type":"publish","id":9,"topic":"bad topic"}"#),
-            "TOPIC_INVALID",
+            "BAD_TOPIC",
             json!(9),
+        ),
+        // Reserved prefixes are lower-case and topics are too: no way around them by case.
+        (
+            Message::text(r#"{"type":"publish","id":10,"topic":"DEVICE.paired"}"#),
+            "BAD_TOPIC",
+            json!(10),
+        ),
+        (
+            Message::text(r#"{"type":"publish","id":11,"topic":"Access.granted"}"#),
+            "BAD_TOPIC",
+            json!(11),
+        ),
+        (
+            Message::text(json!({"type":"publish","id":12,"topic":"a".repeat(129)}).to_string()),
+            "BAD_TOPIC",
+            json!(12),
         ),
         (
             Message::text(r#"{"type":"publish","id":8,"topic":"ui.sync","data":"x"}"#),
@@ -441,7 +479,7 @@ async fn a_flood_of_bad_frames_is_rate_limited_then_closed_with_1008() {
 
 #[tokio::test]
 async fn resume_replays_then_goes_live_with_no_gap_or_duplicate_while_events_pour_in() {
-    let gw = Gateway::start().await;
+    let gw = Gateway::start_with(unlimited_publishing).await;
     let http = reqwest::Client::new();
     let a = gw.pair(&http, "a").await;
     let b = gw.pair(&http, "b").await;
@@ -516,7 +554,8 @@ async fn resume_replays_then_goes_live_with_no_gap_or_duplicate_while_events_pou
     let end = target.unwrap();
     assert_eq!(end, latest(&gw).await);
     assert!(end > 5000, "{end}");
-    let want: Vec<i64> = (1..=end).collect();
+    // Everything but seq 2, b's pairing: a phone sees only the gateway events about itself.
+    let want: Vec<i64> = (1..=end).filter(|&s| s != 2).collect();
     assert_eq!(seqs.len(), want.len(), "gap or duplicate");
     assert_eq!(seqs, want);
     assert_eq!(metric(&gw, |m| &m.ws_dropped_slow), 0);
@@ -529,12 +568,19 @@ async fn resume_older_than_the_log_or_beyond_it_gets_reset() {
     let a = gw.pair(&http, "a").await;
     let b = gw.pair(&http, "b").await;
     append(&gw.state.store, "ui.old", 18, json!({})).await;
+    // Five publishes in all, with a quota nobody exceeds: the oldest publishes go, leaving
+    // 16..=20 and the two pairings (audit events are kept apart).
+    let keep_five = events::Retention {
+        publishes: 5,
+        per_publisher: 100,
+        ..gw.state.config.retention()
+    };
     gw.state
         .store
-        .write(|tx| events::prune(tx, 5))
+        .write(move |tx| events::prune(tx, &keep_five, 0))
         .await
         .unwrap();
-    // Retained: 16..=20.
+    // Retained: 1, 2, 16..=20.
     let (mut ws, hello) = open(&gw, Auth::Device(&key(&a))).await;
     assert_eq!(hello["seq"], 20);
 
@@ -591,6 +637,7 @@ async fn revocation_closes_the_device_sockets_with_4403_from_the_api_and_the_cli
     let (mut wa2, _) = live(&gw, Auth::Device(&key(&a))).await;
     let (mut wb, _) = live(&gw, Auth::Device(&key(&b))).await;
     let (mut wc, _) = live(&gw, Auth::Device(&key(&c))).await;
+    let (mut wadm, _) = live(&gw, Auth::Bearer(&gw.admin_token)).await;
 
     revoke_api(&gw, &http, &device_id(&a)).await;
     assert_eq!(closed(&mut wa).await.0, 4403);
@@ -599,7 +646,7 @@ async fn revocation_closes_the_device_sockets_with_4403_from_the_api_and_the_cli
         refused(&gw, Auth::Device(&key(&a))).await,
         (403, "DEVICE_REVOKED".into())
     );
-    let ev = next_event(&mut wc).await;
+    let ev = next_event(&mut wadm).await;
     assert_eq!(
         (ev["topic"].as_str(), &ev["data"]["deviceId"]),
         (Some("device.revoked"), &a["deviceId"])
@@ -612,12 +659,15 @@ async fn revocation_closes_the_device_sockets_with_4403_from_the_api_and_the_cli
         .await
         .unwrap();
     assert_eq!(closed(&mut wb).await.0, 4403);
-    let ev = next_event(&mut wc).await;
+    let ev = next_event(&mut wadm).await;
     assert_eq!(
         (ev["topic"].as_str(), &ev["data"]["deviceId"]),
         (Some("device.revoked"), &b["deviceId"])
     );
-    // Others are unaffected.
+    // Others are unaffected, and were not told who else was revoked: c's next event is the
+    // admin's marker.
+    let marker = publish(&mut wadm, json!(1), "ui.sync", json!({})).await;
+    assert_eq!(next_event(&mut wc).await["seq"], marker);
     publish(&mut wc, json!(1), "ui.sync", json!({})).await;
 }
 
@@ -653,12 +703,7 @@ async fn admin_token_revocation_closes_the_sockets_it_opened() {
 async fn the_admin_pages_socket_uses_the_session_cookie_from_our_own_origin() {
     let gw = Gateway::start().await;
     let http = reqwest::Client::new();
-    let sid = gw
-        .state
-        .store
-        .write(|tx| Ok(latchkey::admin::create_session(tx, T0).unwrap()))
-        .await
-        .unwrap();
+    let sid = admin_session(&gw).await;
     let own = format!("http://{}", gw.addr);
     assert_eq!(
         refused(&gw, Auth::Cookie(sid.expose(), "http://evil.example")).await,
@@ -727,7 +772,7 @@ async fn a_slow_reader_is_dropped_with_1008_while_a_fast_one_gets_everything() {
 
 #[tokio::test]
 async fn shutdown_closes_with_1001_loses_nothing_acknowledged_and_a_restart_continues_the_log() {
-    let gw = Gateway::start().await;
+    let gw = Gateway::start_with(unlimited_publishing).await;
     let http = reqwest::Client::new();
     let a = gw.pair(&http, "a").await;
     let (mut wa, _) = live(&gw, Auth::Device(&key(&a))).await;
@@ -1017,4 +1062,350 @@ async fn the_client_reconnects_resumes_and_reports_revocation() {
         nobody.connect().await,
         Err(SyncError::GaveUp { attempts: 2, .. })
     ));
+}
+
+// -------------------------------------------------------------------------------------------
+// Hostile clients (issue 8): publish floods, privacy, catch-up, protocol violations.
+
+/// A gateway event about `device` (or about nobody), as the access module records decisions.
+async fn gateway_event(store: &Store, topic: &'static str, device: Option<&Value>) -> i64 {
+    let data = json!({ "deviceId": device, "endpoint": "front", "reason": "TEST", "peer": "p" });
+    store
+        .write(move |tx| events::append(tx, topic, &data, "ble", T0 * 1000))
+        .await
+        .unwrap()
+}
+
+/// Resumes from `since` and collects every event frame up to and including seq `until`.
+async fn replay(ws: &mut Ws, since: i64, until: i64) -> Vec<Value> {
+    send(ws, json!({"type":"resume","since":since})).await;
+    let mut got: Vec<Value> = Vec::new();
+    while got.last().and_then(|e| e["seq"].as_i64()) != Some(until) {
+        let f = recv(ws).await;
+        assert_ne!(f["type"], "reset", "{f}");
+        if f["type"] == "event" {
+            got.push(f);
+        }
+    }
+    got
+}
+
+fn seqs_of(evs: &[Value]) -> Vec<i64> {
+    evs.iter().map(|e| e["seq"].as_i64().unwrap()).collect()
+}
+
+#[tokio::test]
+async fn a_publish_flood_is_budgeted_and_evicts_neither_the_audit_log_nor_other_devices() {
+    // Small retention, so the flood fills the log (the pruner runs `prune` with these bounds;
+    // the test calls it directly rather than wait for its timer).
+    let gw = Gateway::start_with(|c| {
+        c.event_retention = 100;
+        c.event_retention_per_publisher = 30;
+    })
+    .await;
+    let http = reqwest::Client::new();
+    let flooder = gw.pair(&http, "flooder").await;
+    let b = gw.pair(&http, "b").await;
+    let c = gw.pair(&http, "c").await;
+
+    // b publishes a little, remembers where it was, and goes away.
+    let (mut wb, _) = live(&gw, Auth::Device(&key(&b))).await;
+    let mut b_own = Vec::new();
+    for i in 0..3 {
+        b_own.push(publish(&mut wb, json!(i), "ui.b", json!({})).await);
+    }
+    let b_last = *b_own.last().unwrap();
+    drop(wb);
+
+    // Door decisions before the flood, about c and about b.
+    let door_c = gateway_event(&gw.state.store, "access.granted", Some(&c["deviceId"])).await;
+    let door_b = gateway_event(&gw.state.store, "access.denied", Some(&b["deviceId"])).await;
+
+    // The flood: as fast as the socket takes it, for 8 s, while the gateway's clock moves on
+    // with real time (the budget refills on the injected clock).
+    let (ws, _) = live(&gw, Auth::Device(&key(&flooder))).await;
+    let (mut sink, mut stream) = ws.split();
+    let clock = gw.clock.clone();
+    let ticker = tokio::spawn(async move {
+        let mut t = tokio::time::interval(Duration::from_secs(1));
+        t.tick().await;
+        for _ in 0..8 {
+            t.tick().await;
+            clock.advance(1);
+        }
+    });
+    let counter = tokio::spawn(async move {
+        let (mut acked, mut limited) = (Vec::new(), 0u64);
+        while let Some(Ok(m)) = stream.next().await {
+            let Message::Text(t) = m else { continue };
+            let f: Value = serde_json::from_str(t.as_str()).unwrap();
+            if f["id"] == "last" {
+                break;
+            }
+            match f["type"].as_str() {
+                Some("ack") => acked.push(f["seq"].as_i64().unwrap()),
+                Some("error") => {
+                    assert_eq!(f["code"], "RATE_LIMITED", "{f}");
+                    assert!(f["id"].is_i64() && f["retryAfterMs"].is_u64(), "{f}");
+                    limited += 1;
+                }
+                _ => {}
+            }
+        }
+        (acked, limited, stream)
+    });
+    let pad = "f".repeat(1024);
+    let started = tokio::time::Instant::now();
+    let mut sent = 0u64;
+    while started.elapsed() < Duration::from_secs(8) {
+        let frame = json!({"type":"publish","id":sent,"topic":"ui.flood","data":{"pad":pad}});
+        sink.send(Message::text(frame.to_string())).await.unwrap();
+        sent += 1;
+    }
+    ticker.await.unwrap();
+    // A marker to know every answer is in (its answer is a BAD_TOPIC error).
+    sink.send(Message::text(
+        json!({"type":"publish","id":"last","topic":"BAD"}).to_string(),
+    ))
+    .await
+    .unwrap();
+    let (acked, limited, _stream) = counter.await.unwrap();
+    eprintln!(
+        "flood: {sent} publishes in 8 s, {} acked, {limited} RATE_LIMITED",
+        acked.len()
+    );
+    // 40 at once, then 20 for each of the 8 seconds the clock moved.
+    assert!((40..=200).contains(&acked.len()), "{} acked", acked.len());
+    assert_eq!(acked.len() as u64 + limited, sent);
+
+    // The pruner's pass over the log (the daemon's own may have run already; either way):
+    // the flooder's oldest go, nobody else's, and nothing that would move the horizon.
+    let retention = gw.state.config.retention();
+    let now = gw.state.clock.now_ms();
+    let pruned = gw
+        .state
+        .store
+        .write(move |tx| events::prune(tx, &retention, now))
+        .await
+        .unwrap();
+    assert_eq!((pruned.audit, pruned.publishes), (0, 0), "{pruned:?}");
+    let flood_kept = 100 - b_own.len();
+
+    // b resumes from where it was: no reset; its own door decision and the flooder's retained
+    // (newest) events, in order; c's decision is none of its business.
+    let end = latest(&gw).await;
+    let (mut wb, _) = open(&gw, Auth::Device(&key(&b))).await;
+    let got = replay(&mut wb, b_last, end).await;
+    let mut want = vec![door_b];
+    want.extend(&acked[acked.len() - flood_kept..]);
+    assert_eq!(seqs_of(&got), want);
+    // b's own publishes are all still there.
+    let got = replay(&mut wb, b_own[0] - 1, end).await;
+    assert_eq!(seqs_of(&got)[..3], b_own[..]);
+
+    // And the admin's activity page still lists both door decisions.
+    let sid = admin_session(&gw).await;
+    let page = http
+        .get(gw.url("/activity"))
+        .header("cookie", format!("latchkey_session={}", sid.expose()))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for seq in [door_c, door_b] {
+        assert!(page.contains(&format!("data-seq=\"{seq}\"")), "{seq}");
+    }
+}
+
+#[tokio::test]
+async fn a_phone_sees_the_gateway_events_about_itself_only() {
+    let gw = Gateway::start().await;
+    let http = reqwest::Client::new();
+    let a = gw.pair(&http, "a").await; // 1
+    let b = gw.pair(&http, "b").await; // 2
+    let c = gw.pair(&http, "c").await; // 3
+    let store = &gw.state.store;
+    let mut mine = vec![1];
+    gateway_event(store, "access.granted", Some(&b["deviceId"])).await; // 4
+    mine.push(gateway_event(store, "access.denied", Some(&a["deviceId"])).await); // 5
+    gateway_event(store, "access.denied", None).await; // 6: an unknown sender
+    revoke_api(&gw, &http, &device_id(&c)).await; // 7
+    append(store, "node.online", 1, json!({"nodeId":"n1"})).await; // 8
+    let (mut wb, _) = live(&gw, Auth::Device(&key(&b))).await;
+    mine.push(publish(&mut wb, json!(1), "ui.sync", json!({})).await); // 9
+
+    // On replay.
+    let (mut wa, hello) = open(&gw, Auth::Device(&key(&a))).await;
+    let end = hello["seq"].as_i64().unwrap();
+    let got = replay(&mut wa, 0, end).await;
+    assert_eq!(seqs_of(&got), mine);
+    assert_eq!(got[0]["data"]["deviceId"], a["deviceId"]);
+
+    // Live, the same rule.
+    gateway_event(store, "access.granted", Some(&b["deviceId"])).await;
+    let own = gateway_event(store, "access.granted", Some(&a["deviceId"])).await;
+    gateway_event(store, "device.revoked", Some(&b["deviceId"])).await;
+    assert_eq!(next_event(&mut wa).await["seq"], own);
+    let (mut wc2, _) = live(&gw, Auth::Bearer(&gw.admin_token)).await;
+    let marker = publish(&mut wc2, json!(1), "ui.marker", json!({})).await;
+    assert_eq!(next_event(&mut wa).await["seq"], marker);
+
+    // The admin sees everything.
+    let (mut wadm, _) = open(&gw, Auth::Bearer(&gw.admin_token)).await;
+    let got = replay(&mut wadm, 0, marker).await;
+    assert_eq!(seqs_of(&got), (1..=marker).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn a_slow_but_steady_reader_catches_up_from_the_oldest_of_13000_events() {
+    // 10,000 publishes (the default total) plus 3,000 decisions about the reader: 13,000
+    // events it may see, all retained.
+    let gw = Gateway::start().await;
+    let http = reqwest::Client::new();
+    let a = gw.pair(&http, "a").await;
+    let pad = "r".repeat(512);
+    append(&gw.state.store, "ui.backlog", 10_000, json!({ "pad": pad })).await;
+    let about_a = json!({"deviceId": a["deviceId"], "reason": "TEST"});
+    append(&gw.state.store, "access.denied", 2_999, about_a).await;
+    let end = latest(&gw).await;
+    assert_eq!(end, 13_000);
+
+    let (mut ws, _) = open(&gw, Auth::Device(&key(&a))).await;
+    send(&mut ws, json!({"type":"resume","since":0})).await;
+    let mut got = Vec::with_capacity(13_000);
+    while got.last() != Some(&end) {
+        let f = recv(&mut ws).await;
+        assert_eq!(f["type"], "event", "{f}");
+        got.push(f["seq"].as_i64().unwrap());
+        // Slow but steady: a pause every 50 events (6.5 MB at about 5 MB/s).
+        if got.len() % 50 == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    assert_eq!(got, (1..=end).collect::<Vec<_>>());
+    assert_eq!(metric(&gw, |m| &m.ws_dropped_slow), 0);
+}
+
+/// A raw client for protocol violations: our own handshake, then hand-made frames.
+mod raw {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    pub async fn connect(gw: &Gateway, key: &str) -> TcpStream {
+        let mut tcp = TcpStream::connect(gw.addr).await.unwrap();
+        let req = format!(
+            "GET /ws HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+             Authorization: Device {key}\r\n\r\n",
+            gw.addr
+        );
+        tcp.write_all(req.as_bytes()).await.unwrap();
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            head.push(tcp.read_u8().await.unwrap());
+        }
+        assert!(
+            head.starts_with(b"HTTP/1.1 101"),
+            "{}",
+            String::from_utf8_lossy(&head)
+        );
+        tcp
+    }
+
+    /// One client frame: FIN, `opcode`, masked unless told otherwise.
+    pub fn frame(opcode: u8, payload: &[u8], masked: bool) -> Vec<u8> {
+        let mut f = vec![0x80 | opcode];
+        let mask_bit = if masked { 0x80 } else { 0 };
+        match payload.len() {
+            n if n < 126 => f.push(mask_bit | n as u8),
+            n if n <= 0xffff => {
+                f.push(mask_bit | 126);
+                f.extend((n as u16).to_be_bytes());
+            }
+            n => {
+                f.push(mask_bit | 127);
+                f.extend((n as u64).to_be_bytes());
+            }
+        }
+        if masked {
+            let mask = [0x12, 0x34, 0x56, 0x78];
+            f.extend(mask);
+            f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        } else {
+            f.extend(payload);
+        }
+        f
+    }
+
+    /// Reads server frames until a close frame; returns its code.
+    pub async fn close_code(tcp: &mut TcpStream) -> u16 {
+        loop {
+            let b0 = tcp
+                .read_u8()
+                .await
+                .expect("a close frame before the socket ends");
+            let b1 = tcp.read_u8().await.unwrap();
+            assert_eq!(b1 & 0x80, 0, "server frames are not masked");
+            let len = match b1 & 0x7f {
+                126 => u64::from(tcp.read_u16().await.unwrap()),
+                127 => tcp.read_u64().await.unwrap(),
+                n => u64::from(n),
+            };
+            let mut payload = vec![0; len as usize];
+            tcp.read_exact(&mut payload).await.unwrap();
+            if b0 & 0x0f == 0x8 {
+                return u16::from_be_bytes([payload[0], payload[1]]);
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn websocket_protocol_violations_close_with_the_rfc_6455_codes() {
+    use tokio::io::AsyncWriteExt;
+    let gw = Gateway::start().await;
+    let http = reqwest::Client::new();
+    let a = gw.pair(&http, "a").await;
+    let big = vec![b'x'; 300 * 1024];
+    let cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "text that is not UTF-8",
+            raw::frame(0x1, &[0xff, 0xfe, 0x80], true),
+            1007,
+        ),
+        ("unmasked client frame", raw::frame(0x1, b"{}", false), 1002),
+        ("reserved data opcode", raw::frame(0x3, b"x", true), 1002),
+        ("reserved control opcode", raw::frame(0xb, b"", true), 1002),
+        (
+            "ping over 125 bytes",
+            raw::frame(0x9, &[0u8; 126], true),
+            1002,
+        ),
+        (
+            "frame over the size limit",
+            raw::frame(0x1, &big, true),
+            1009,
+        ),
+    ];
+    for (what, bytes, want) in cases {
+        let mut tcp = raw::connect(&gw, &key(&a)).await;
+        // Errors are fine here: the gateway may close before it read everything.
+        let _ = tcp.write_all(&bytes).await;
+        let code = tokio::time::timeout(HANG, raw::close_code(&mut tcp))
+            .await
+            .expect("a close frame in time");
+        assert_eq!(code, want, "{what}");
+    }
+    // A well-formed frame on the same kind of socket still works.
+    let mut tcp = raw::connect(&gw, &key(&a)).await;
+    let publish = json!({"type":"publish","id":1,"topic":"ui.sync"}).to_string();
+    tcp.write_all(&raw::frame(0x1, publish.as_bytes(), true))
+        .await
+        .unwrap();
+    tcp.write_all(&raw::frame(0x8, &1000u16.to_be_bytes(), true))
+        .await
+        .unwrap();
+    assert_eq!(raw::close_code(&mut tcp).await, 1000);
 }

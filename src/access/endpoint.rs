@@ -53,6 +53,11 @@ impl Endpoints {
         }
     }
 
+    /// The endpoints `device` may open, in configuration order (`GET /api/me`).
+    pub fn open_to<'a>(&'a self, device: &'a DeviceId) -> impl Iterator<Item = &'a Endpoint> {
+        self.list.iter().filter(move |e| e.allows(device))
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &Endpoint> {
         self.list.iter()
     }
@@ -90,5 +95,8 @@ mod tests {
         assert!(!garage.allows(&b));
         assert!(eps.resolve("front").unwrap().allows(&b));
         assert!(Endpoints::default().resolve("").is_none());
+        let ids = |d| eps.open_to(d).map(|e| e.id.clone()).collect::<Vec<_>>();
+        assert_eq!(ids(&a), ["front", "garage"]);
+        assert_eq!(ids(&b), ["front"]);
     }
 }

@@ -71,6 +71,12 @@ impl Gate {
         let state = self.state.clone();
         let endpoints = self.endpoints.clone();
         let peer_owned = peer.clone();
+        // A result carries the frame's nonce whenever the frame decodes (PROTOCOL.md §5.3).
+        let answered_nonce = latchkey_proto::AuthFrame::decode(&frame)
+            .map(|f| f.nonce)
+            .ok()
+            .or(nonce.last)
+            .unwrap_or([0; 16]);
         let decided = self
             .state
             .store
@@ -96,10 +102,9 @@ impl Gate {
                     .metrics
                     .access_denied
                     .fetch_add(1, Ordering::Relaxed);
-                let fallback = nonce.last.unwrap_or([0; 16]);
                 return Outcome {
                     status: Status::ActionFailed,
-                    frame: verify::unsigned(Status::ActionFailed, fallback),
+                    frame: verify::unsigned(Status::ActionFailed, answered_nonce),
                 };
             }
         };

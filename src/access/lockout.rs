@@ -1,9 +1,23 @@
-//! Lockout after repeated failures (PROTOCOL.md §7.3): a pure state machine over `now`, and
-//! the two functions that load and store it in the `lockouts` table.
+//! Lockout after repeated failures (PROTOCOL.md §7.3): pure state machines over `now`, and
+//! the functions that load and store them in the `lockouts` table.
 //!
-//! A subject is a device (failures that name a paired device) or a peer address (failures
-//! with no usable device id). Five consecutive counted failures lock the subject for 60 s;
-//! each further one doubles the lock up to an hour; a grant resets a device's count.
+//! A subject is a device (failures of frames that prove possession of its key) or a peer
+//! address (failures of frames that prove nothing). Five consecutive counted failures lock
+//! the subject for 60 s; each further one doubles the lock up to an hour; a grant resets the
+//! device's and the peer's count.
+//!
+//! Frames that prove nothing also spend the gateway-wide [`Budget`], so that an attacker who
+//! rotates peer addresses (random addresses cost nothing) cannot get five tries per address
+//! without bound. When it is spent, such frames are shed (answered `LOCKED_OUT`, unsigned,
+//! not recorded one by one) until it refills; frames that prove a key never touch it.
+//!
+//! ```text
+//!   device/peer:  failures 0..4 ──5th failure──▶ locked 60 s ──each further failure──▶ ×2, ≤ 1 h
+//!                      ▲                                                            │
+//!                      └──────────────────────── grant ◀────────────────────────────┘
+//!   budget:       admits while tat ≤ now + (BURST−1)·INTERVAL; each admitted frame moves
+//!                 tat = max(tat, now) + INTERVAL; otherwise sheds until tat − now shrinks
+//! ```
 
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
 
@@ -20,7 +34,7 @@ pub const PEER_IDLE_SECS: i64 = 24 * 3600;
 /// Who a failure counts against.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Subject {
-    /// A paired device, named by a frame (whether or not the frame was genuine).
+    /// A paired device, by a frame that proved possession of its key.
     Device(DeviceId),
     /// A radio peer with no usable device id: the BlueZ device object path.
     Peer(String),
@@ -72,6 +86,71 @@ impl LockState {
     pub fn reset(&mut self) {
         *self = LockState::default();
     }
+}
+
+/// Frames that prove nothing which the gateway examines at once, before shedding.
+pub const BUDGET_BURST: i64 = 60;
+/// Then one more such frame every this many seconds.
+pub const BUDGET_INTERVAL_SECS: i64 = 10;
+/// The `lockouts.subject` key of the gateway-wide budget.
+const BUDGET_KEY: &str = "gateway:unproven";
+
+/// The gateway-wide budget of frames that prove no key, as a generic cell rate algorithm
+/// (one timestamp instead of a token count and a refill time).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Budget {
+    /// Theoretical arrival time: when the budget would be whole again.
+    pub tat: UnixTime,
+    /// Frames shed since the budget last admitted one.
+    pub shed: u32,
+}
+
+impl Budget {
+    /// Seconds until the budget admits a frame, or `None` when it admits one at `now`.
+    pub fn wait(&self, now: UnixTime) -> Option<u16> {
+        let limit = now.saturating_add((BUDGET_BURST - 1) * BUDGET_INTERVAL_SECS);
+        (self.tat > limit)
+            .then(|| u16::try_from(self.tat.abs_diff(limit).max(1)).unwrap_or(u16::MAX))
+    }
+
+    /// Admits one frame at `now`. Returns how many were shed before it.
+    pub fn spend(&mut self, now: UnixTime) -> u32 {
+        self.tat = self.tat.max(now).saturating_add(BUDGET_INTERVAL_SECS);
+        std::mem::take(&mut self.shed)
+    }
+
+    /// Sheds one frame. Returns whether it is the first of a run (worth one event).
+    pub fn shed(&mut self) -> bool {
+        self.shed = self.shed.saturating_add(1);
+        self.shed == 1
+    }
+}
+
+/// Reads the gateway-wide budget.
+pub fn load_budget(conn: &Connection) -> Result<Budget, StoreError> {
+    let row: Option<(i64, i64)> = conn
+        .query_row(
+            "SELECT failures, locked_until FROM lockouts WHERE subject = ?1",
+            [BUDGET_KEY],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .optional()?;
+    Ok(row.map_or_else(Budget::default, |(shed, tat)| Budget {
+        tat,
+        shed: u32::try_from(shed).unwrap_or(u32::MAX),
+    }))
+}
+
+/// Writes the gateway-wide budget (in the `lockouts` row of its own).
+pub fn save_budget(tx: &Transaction<'_>, b: &Budget, now: UnixTime) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO lockouts (subject, failures, level, locked_until, updated_at)
+         VALUES (?1, ?2, 0, ?3, ?4)
+         ON CONFLICT (subject) DO UPDATE SET failures = excluded.failures,
+             locked_until = excluded.locked_until, updated_at = excluded.updated_at",
+        params![BUDGET_KEY, i64::from(b.shed), b.tat, now],
+    )?;
+    Ok(())
 }
 
 /// Reads a subject's state (default when it has none).
@@ -154,6 +233,30 @@ mod tests {
         s.reset();
         assert_eq!(s, LockState::default());
         assert_eq!(s.record_failure(now), None);
+    }
+
+    #[test]
+    fn the_budget_admits_a_burst_then_one_per_interval() {
+        let now = 10_000;
+        let mut b = Budget::default();
+        for _ in 0..BUDGET_BURST {
+            assert_eq!(b.wait(now), None);
+            assert_eq!(b.spend(now), 0);
+        }
+        assert_eq!(b.wait(now), Some(10));
+        assert!(b.shed());
+        assert!(!b.shed());
+        assert_eq!(b.wait(now + 9), Some(1));
+        assert_eq!(b.wait(now + 10), None);
+        assert_eq!(b.spend(now + 10), 2, "two were shed before it");
+        assert_eq!(b.wait(now + 10), Some(10));
+        // Idle for a while: the whole burst again.
+        let later = now + BUDGET_BURST * BUDGET_INTERVAL_SECS + 10;
+        for _ in 0..BUDGET_BURST {
+            assert_eq!(b.wait(later), None);
+            b.spend(later);
+        }
+        assert!(b.wait(later).is_some());
     }
 
     #[test]

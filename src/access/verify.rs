@@ -16,7 +16,7 @@ use latchkey_proto::{
 
 use super::challenge::Taken;
 use super::endpoint::{Endpoint, Endpoints};
-use super::lockout::{self, LockState, Subject};
+use super::lockout::{self, Budget, LockState, Subject};
 use crate::clock::UnixTime;
 use crate::crypto::MasterKey;
 use crate::events;
@@ -51,7 +51,29 @@ pub struct DeviceRecord {
 /// Where [`evaluate`] looks things up.
 pub trait Ledger {
     fn lockout(&mut self, subject: &Subject) -> Result<LockState, StoreError>;
+    fn budget(&mut self) -> Result<Budget, StoreError>;
     fn device(&mut self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError>;
+}
+
+/// Which lockout answered an attempt `LOCKED_OUT` (PROTOCOL.md §7.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockScope {
+    /// The device, by a frame proving its key: the answer is signed.
+    Device,
+    /// The peer address, by a frame proving nothing: unsigned.
+    Peer,
+    /// The gateway-wide budget of frames proving nothing was spent: unsigned.
+    Gateway,
+}
+
+impl LockScope {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LockScope::Device => "device",
+            LockScope::Peer => "peer",
+            LockScope::Gateway => "gateway",
+        }
+    }
 }
 
 /// The outcome of [`evaluate`]: the status and everything needed to answer, record and act.
@@ -64,7 +86,7 @@ pub struct Verdict {
     pub nonce: Nonce,
     /// The auth frame's tag (the result's MAC covers it), when the frame decoded.
     pub auth_tag: Option<Tag>,
-    /// The device's keys, when the device is known: the result is then signed.
+    /// The device's keys, when the result is to be signed.
     pub keys: Option<DeviceKeys>,
     /// The device the frame names (not proven unless `authenticated`).
     pub device_id: Option<DeviceId>,
@@ -73,14 +95,19 @@ pub struct Verdict {
     pub endpoint_requested: Option<String>,
     /// The endpoint to act on (grants only).
     pub endpoint: Option<Endpoint>,
-    /// The tag verified under the device's key.
+    /// The frame proved possession of the device's key: its nonce was live and its tag
+    /// verified.
     pub authenticated: bool,
     /// The phone's timestamp, only from an authenticated frame.
     pub phone_time: Option<u64>,
     /// TOTP step accepted by this attempt (already recorded by [`decide`]).
     pub accepted_step: Option<u64>,
-    /// Who this attempt's failure counts against, if it counts.
+    /// Whose lockout count this failure increments, if any.
     pub charge: Option<Subject>,
+    /// The frame proved nothing and was examined: it spends the gateway-wide budget.
+    pub spends_budget: bool,
+    /// Which lockout answered, for `LOCKED_OUT`.
+    pub lock_scope: Option<LockScope>,
     /// Why the frame did not decode, for the log.
     pub decode_error: Option<latchkey_proto::Error>,
 }
@@ -101,6 +128,8 @@ impl Verdict {
             phone_time: None,
             accepted_step: None,
             charge: None,
+            spends_budget: false,
+            lock_scope: None,
             decode_error: None,
         }
     }
@@ -108,6 +137,21 @@ impl Verdict {
     fn deny(mut self, status: Status) -> Self {
         self.status = status;
         self
+    }
+
+    fn locked(mut self, scope: LockScope, retry_after: u16) -> Self {
+        if scope != LockScope::Device {
+            // Only a frame that proved the device's key earns a signed answer about a lock.
+            self.keys = None;
+        }
+        self.lock_scope = Some(scope);
+        self.retry_after = retry_after;
+        self.deny(Status::LockedOut)
+    }
+
+    /// Shed by the spent gateway-wide budget: answered, but not recorded one by one.
+    pub fn is_shed(&self) -> bool {
+        self.lock_scope == Some(LockScope::Gateway)
     }
 
     /// Encodes the result frame for `status` (signed when the device's key is known).
@@ -154,6 +198,11 @@ pub fn unsigned(status: Status, nonce: Nonce) -> [u8; latchkey_proto::ResultFram
 
 /// Decides an attempt, PROTOCOL.md §7.2 steps 1–10. Pure: it reads only `ledger` and writes
 /// nothing.
+///
+/// Steps 1–4 establish whether the frame proves possession of a paired device's key (a live
+/// nonce and a tag that verifies). Only then can a failure be the device's doing, so only
+/// then does it count against the device; a frame that proves nothing counts against its
+/// peer address and the gateway-wide budget, and a lock of either answers it unsigned.
 pub fn evaluate(
     att: &Attempt<'_>,
     ledger: &mut impl Ledger,
@@ -161,22 +210,13 @@ pub fn evaluate(
 ) -> Result<Verdict, StoreError> {
     let now = att.now;
     let mut v = Verdict::new(att.nonce.last.unwrap_or([0; 16]));
-    let peer = Subject::Peer(att.peer.to_owned());
 
-    // 1. The peer is locked out.
-    let peer_lock = ledger.lockout(&peer)?;
-    if peer_lock.remaining(now).is_some() {
-        v.retry_after = peer_lock.retry_after(now);
-        return Ok(v.deny(Status::LockedOut));
-    }
-
-    // 2. Decode.
+    // 1. Decode.
     let frame = match AuthFrame::decode(att.frame) {
         Ok(f) => f,
         Err(e) => {
             v.decode_error = Some(e);
-            v.charge = Some(peer);
-            return Ok(v.deny(e.status()));
+            return unproven(v, e.status(), att, ledger);
         }
     };
     v.nonce = frame.nonce;
@@ -185,53 +225,51 @@ pub fn evaluate(
     let id = DeviceId::from_bytes(frame.request.device_id);
     v.device_id = Some(id.clone());
 
-    // 3. The device is paired.
+    // 2. The device is paired (its key is needed for anything further).
     let Some(device) = ledger.device(&id)? else {
-        v.charge = Some(peer);
-        return Ok(v.deny(Status::UnknownDevice));
+        return unproven(v, Status::UnknownDevice, att, ledger);
     };
     v.device_name = Some(device.name.clone());
     let keys = DeviceKeys::derive(device.secret.expose(), &frame.request.device_id)
         .map_err(|_| StoreError::Corrupt("a TOTP secret is shorter than 16 bytes"))?;
-
-    // 4. The device is locked out (signed from here on).
-    let subject = Subject::Device(id.clone());
-    let lock = ledger.lockout(&subject)?;
     let keys = v.keys.insert(keys);
-    if lock.remaining(now).is_some() {
-        v.retry_after = lock.retry_after(now);
-        return Ok(v.deny(Status::LockedOut));
-    }
-    v.charge = Some(subject);
 
-    // 5. The nonce is this connection's live one.
+    // 3. The nonce is this connection's live one: a captured frame replayed proves nothing.
     let nonce_ok = att
         .nonce
         .live
         .is_some_and(|live| bool::from(live.ct_eq(&frame.nonce)));
     if !nonce_ok {
-        return Ok(v.deny(Status::NonceInvalid));
+        return unproven(v, Status::NonceInvalid, att, ledger);
     }
 
-    // 6. The tag (constant time, inside the hmac crate's verify).
+    // 4. The tag (constant time, inside the hmac crate's verify).
     if !frame.tag_valid(keys) {
-        return Ok(v.deny(Status::BadTag));
+        return unproven(v, Status::BadTag, att, ledger);
     }
     v.authenticated = true;
     v.phone_time = Some(frame.request.timestamp);
 
-    // 7. Not revoked.
+    // 5. The device is locked out. From here on a failure is the device's own.
+    let subject = Subject::Device(id.clone());
+    let lock = ledger.lockout(&subject)?;
+    if lock.remaining(now).is_some() {
+        return Ok(v.locked(LockScope::Device, lock.retry_after(now)));
+    }
+    v.charge = Some(subject);
+
+    // 6. Not revoked.
     if device.revoked {
         return Ok(v.deny(Status::Revoked));
     }
 
-    // 8. The phone's clock agrees with ours within 5 minutes.
+    // 7. The phone's clock agrees with ours within 5 minutes.
     let now_u = u64::try_from(now).unwrap_or(0);
     if !timestamp_acceptable(frame.request.timestamp, now_u) {
         return Ok(v.deny(Status::ClockSkew));
     }
 
-    // 9. TOTP: within ±1 step, and newer than the last step this device used.
+    // 8. TOTP: within ±1 step, and newer than the last step this device used.
     match verify_totp(
         device.secret.expose(),
         frame.request.totp,
@@ -243,7 +281,7 @@ pub fn evaluate(
         Some(step) => v.accepted_step = Some(step),
     }
 
-    // 10. The endpoint exists and this device may use it.
+    // 9. The endpoint exists and this device may use it.
     match endpoints.resolve(frame.request.endpoint) {
         Some(ep) if ep.allows(&id) => v.endpoint = Some(ep.clone()),
         _ => return Ok(v.deny(Status::EndpointDenied)),
@@ -252,6 +290,27 @@ pub fn evaluate(
     v.charge = None;
     v.status = Status::Granted;
     Ok(v)
+}
+
+/// A frame that proves no key: shed if the gateway-wide budget is spent, `LOCKED_OUT` if its
+/// peer is locked, else `status` counted against the peer. Never against the device it names.
+fn unproven(
+    mut v: Verdict,
+    status: Status,
+    att: &Attempt<'_>,
+    ledger: &mut impl Ledger,
+) -> Result<Verdict, StoreError> {
+    if let Some(wait) = ledger.budget()?.wait(att.now) {
+        return Ok(v.locked(LockScope::Gateway, wait));
+    }
+    v.spends_budget = true;
+    let peer = Subject::Peer(att.peer.to_owned());
+    let lock = ledger.lockout(&peer)?;
+    if lock.remaining(att.now).is_some() {
+        return Ok(v.locked(LockScope::Peer, lock.retry_after(att.now)));
+    }
+    v.charge = Some(peer);
+    Ok(v.deny(status))
 }
 
 /// The registry as a [`Ledger`] (inside [`decide`]'s write transaction, or on any
@@ -264,6 +323,10 @@ pub struct SqlLedger<'t> {
 impl Ledger for SqlLedger<'_> {
     fn lockout(&mut self, subject: &Subject) -> Result<LockState, StoreError> {
         lockout::load(self.conn, subject)
+    }
+
+    fn budget(&mut self) -> Result<Budget, StoreError> {
+        lockout::load_budget(self.conn)
     }
 
     fn device(&mut self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
@@ -295,9 +358,9 @@ impl Ledger for SqlLedger<'_> {
 }
 
 /// Decides an attempt and commits what the decision changes, in the caller's (write)
-/// transaction: the accepted TOTP step, and for a denial its lockout count and its
-/// `access.denied` event. A provisional grant is finished by [`record_outcome`] once the
-/// endpoint's action has run.
+/// transaction: the accepted TOTP step, and for a denial its lockout count, the budget and
+/// its `access.denied` event (for shed frames, only the first of a run gets one). A
+/// provisional grant is finished by [`record_outcome`] once the endpoint's action has run.
 pub fn decide(
     tx: &Transaction<'_>,
     master: &MasterKey,
@@ -312,26 +375,51 @@ pub fn decide(
             params![id.as_str(), i64::try_from(step).unwrap_or(i64::MAX)],
         )?;
     }
-    if v.status != Status::Granted {
-        if let Some(subject) = &v.charge {
-            let mut state = lockout::load(tx, subject)?;
-            if let Some(secs) = state.record_failure(att.now) {
+    if v.status == Status::Granted {
+        return Ok(v);
+    }
+    if let Some(subject) = &v.charge {
+        let mut state = lockout::load(tx, subject)?;
+        if let Some(secs) = state.record_failure(att.now) {
+            tracing::warn!(
+                subject = %subject.key(),
+                failures = state.failures,
+                lock_secs = secs,
+                "BLE access locked out after repeated failures"
+            );
+        }
+        lockout::save(tx, subject, &state, att.now)?;
+    }
+    if v.spends_budget || v.is_shed() {
+        let mut budget = lockout::load_budget(tx)?;
+        let record = if v.is_shed() {
+            let first = budget.shed();
+            if first {
                 tracing::warn!(
-                    subject = %subject.key(),
-                    failures = state.failures,
-                    lock_secs = secs,
-                    "BLE access locked out after repeated failures"
+                    retry_after = v.retry_after,
+                    "too many BLE frames proving no key: shedding them until the budget refills"
                 );
             }
-            lockout::save(tx, subject, &state, att.now)?;
+            first
+        } else {
+            let shed = budget.spend(att.now);
+            if shed > 0 {
+                tracing::warn!(shed, "BLE frames proving no key were shed");
+            }
+            true
+        };
+        lockout::save_budget(tx, &budget, att.now)?;
+        if !record {
+            return Ok(v);
         }
-        record_event(tx, &v.summary(), v.status, att.peer, att.now)?;
     }
+    record_event(tx, &v.summary(), v.status, att.peer, att.now)?;
     Ok(v)
 }
 
 /// Finishes a provisional grant: `Granted` (the action ran) or `ActionFailed`. Commits the
-/// event, resets the device's lockout count on a grant, and notes the device as seen.
+/// event and notes the device as seen; a grant resets the lockout counts of the device and
+/// of the peer it came from (PROTOCOL.md §7.3).
 pub fn record_outcome(
     tx: &Transaction<'_>,
     s: &Summary,
@@ -341,8 +429,9 @@ pub fn record_outcome(
 ) -> Result<i64, StoreError> {
     if let Some(id) = &s.device_id {
         if status == Status::Granted {
-            let subject = Subject::Device(id.clone());
-            lockout::save(tx, &subject, &LockState::default(), now)?;
+            for subject in [Subject::Device(id.clone()), Subject::Peer(peer.to_owned())] {
+                lockout::save(tx, &subject, &LockState::default(), now)?;
+            }
         }
         registry::touch_last_seen(tx, id, now)?;
     }
@@ -380,6 +469,8 @@ pub struct Summary {
     pub endpoint: Option<String>,
     pub authenticated: bool,
     pub retry_after: u16,
+    /// Which lockout answered, for `LOCKED_OUT`.
+    pub lock_scope: Option<LockScope>,
 }
 
 impl Summary {
@@ -396,6 +487,9 @@ impl Summary {
         });
         if status == Status::LockedOut {
             data["retryAfter"] = json!(self.retry_after);
+            if let Some(scope) = self.lock_scope {
+                data["lockout"] = json!(scope.as_str());
+            }
         }
         data
     }
@@ -413,6 +507,7 @@ impl Verdict {
                 .or_else(|| self.endpoint_requested.clone()),
             authenticated: self.authenticated,
             retry_after: self.retry_after,
+            lock_scope: self.lock_scope,
         }
     }
 }
@@ -439,12 +534,16 @@ mod tests {
     #[derive(Default)]
     struct Mem {
         locks: HashMap<String, LockState>,
+        budget: Budget,
         devices: HashMap<DeviceId, (bool, u64)>,
     }
 
     impl Ledger for Mem {
         fn lockout(&mut self, s: &Subject) -> Result<LockState, StoreError> {
             Ok(self.locks.get(&s.key()).copied().unwrap_or_default())
+        }
+        fn budget(&mut self) -> Result<Budget, StoreError> {
+            Ok(self.budget)
         }
         fn device(&mut self, id: &DeviceId) -> Result<Option<DeviceRecord>, StoreError> {
             Ok(self
@@ -636,7 +735,11 @@ mod tests {
             let signed = v.keys.is_some();
             match want {
                 Status::Malformed | Status::Unsupported | Status::UnknownDevice => {
-                    assert!(peer_charged && !signed, "{want}")
+                    assert!(peer_charged && !signed && v.spends_budget, "{want}")
+                }
+                // The key is known, so the answer is signed; but the frame proved nothing.
+                Status::NonceInvalid | Status::BadTag => {
+                    assert!(peer_charged && signed && v.spends_budget, "{want}")
                 }
                 _ => assert!(
                     matches!(v.charge, Some(Subject::Device(_))) && signed,
@@ -659,23 +762,46 @@ mod tests {
         assert_eq!(v.accepted_step, Some(totp_step(NOW as u64) + 1));
     }
 
+    fn bad_tag() -> Vec<u8> {
+        let mut f = frame(&Phone::default());
+        let last = f.len() - 1;
+        f[last] ^= 1;
+        f
+    }
+
     #[test]
-    fn lockouts_answer_before_anything_else() {
-        let mut m = ledger();
+    fn lockouts_answer_only_frames_they_apply_to() {
         let locked = LockState {
             failures: 5,
             locked_until: NOW + 42,
         };
+        let live = Some([9; 16]);
+
+        // A locked peer: what proves nothing is answered LOCKED_OUT, unsigned, with the
+        // frame's nonce when it decoded; a frame proving the device's key gets in.
+        let mut m = ledger();
         m.locks.insert(Subject::Peer(PEER.into()).key(), locked);
         let v = run(&mut m, &[0xff], None);
         assert_eq!((v.status, v.retry_after), (Status::LockedOut, 42));
         assert!(v.keys.is_none() && v.charge.is_none());
+        assert_eq!(v.lock_scope, Some(LockScope::Peer));
+        let v = run(&mut m, &bad_tag(), Some([8; 16]));
+        assert_eq!(v.status, Status::LockedOut);
+        assert_eq!(v.nonce, [9; 16], "the frame's nonce, not the connection's");
+        assert!(v.result_frame(v.status)[21..].iter().all(|b| *b == 0));
+        assert_eq!(
+            run(&mut m, &frame(&Phone::default()), live).status,
+            Status::Granted
+        );
 
+        // A locked device: only a frame proving its key hears about it (signed); a bad tag
+        // in its name is the peer's failure.
         let mut m = ledger();
         m.locks.insert(Subject::Device(id()).key(), locked);
-        let v = run(&mut m, &frame(&Phone::default()), Some([9; 16]));
+        let v = run(&mut m, &frame(&Phone::default()), live);
         assert_eq!((v.status, v.retry_after), (Status::LockedOut, 42));
         assert!(v.keys.is_some() && v.charge.is_none());
+        assert_eq!(v.lock_scope, Some(LockScope::Device));
         let bytes = v.result_frame(Status::LockedOut);
         let keys = DeviceKeys::derive(SECRET, &id().to_bytes()).unwrap();
         let f = frame(&Phone::default());
@@ -683,6 +809,25 @@ mod tests {
         let r = latchkey_proto::ResultFrame::verify(&bytes, &keys, &[9; 16], &tag).unwrap();
         assert!(r.authenticated);
         assert_eq!(r.result.retry_after, 42);
+        let v = run(&mut m, &bad_tag(), live);
+        assert_eq!(v.status, Status::BadTag);
+        assert_eq!(v.charge, Some(Subject::Peer(PEER.into())));
+
+        // The gateway-wide budget spent: frames proving nothing are shed, unsigned, and
+        // count against nobody; the phone still gets in.
+        let mut m = ledger();
+        let mut b = Budget::default();
+        while b.wait(NOW).is_none() {
+            b.spend(NOW);
+        }
+        m.budget = b;
+        for bytes in [vec![1, 2, 3], bad_tag()] {
+            let v = run(&mut m, &bytes, live);
+            assert_eq!(v.status, Status::LockedOut);
+            assert!(v.is_shed() && !v.spends_budget && v.charge.is_none() && v.keys.is_none());
+        }
+        let v = run(&mut m, &frame(&Phone::default()), live);
+        assert_eq!(v.status, Status::Granted);
     }
 
     #[test]

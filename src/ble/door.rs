@@ -117,7 +117,11 @@ impl Door {
         Ok(())
     }
 
-    /// Result `StartNotify`: BlueZ calls it once, when the first client subscribes.
+    /// Result `StartNotify`. bluetoothd calls it for every peer that enables notifications
+    /// (older versions: for the first only) and `StopNotify` only when the last one leaves
+    /// (src/gatt-database.c, `ccc_write_cb`); a notification reaches every subscribed peer.
+    /// bluer ends the previous notifier at each call, so the newest one is kept, and any
+    /// live one serves everybody.
     pub async fn result_subscribed(&self, notifier: CharacteristicNotifier) {
         *self.result.lock().await = Some(notifier);
     }

@@ -14,7 +14,9 @@ use bluer::gatt::local::{
 use bluer::Uuid;
 use futures_util::FutureExt;
 
-use latchkey_proto::{AUTH_UUID, CHALLENGE_UUID, RESULT_UUID, SERVICE_UUID};
+use latchkey_proto::{
+    adv_data, ADV_COMPANY_ID, AUTH_UUID, CHALLENGE_UUID, RESULT_UUID, SERVICE_UUID,
+};
 
 use super::door::{peer_path, Door, Request};
 
@@ -115,13 +117,26 @@ pub fn application(door: &Arc<Door>) -> Application {
     }
 }
 
-/// Connectable advertising with the service UUID and the gateway's name.
-pub fn advertisement(name: &str) -> Advertisement {
+/// Advertising interval: short, so a phone that starts scanning finds the gateway at once
+/// (Apple's accessory guidelines start at 20 ms; 100–150 ms keeps the Pi's radio mostly idle
+/// and still answers a phone's scan window within a fraction of a second).
+const ADV_INTERVAL_MIN: Duration = Duration::from_millis(100);
+const ADV_INTERVAL_MAX: Duration = Duration::from_millis(150);
+
+/// Connectable advertising (PROTOCOL.md §3): the service UUID and the gateway's short id
+/// (manufacturer data) in the 31-byte advertising data, the name in the scan response
+/// (BlueZ puts `LocalName` there for legacy connectable advertising).
+pub fn advertisement(name: &str, gateway_id: &str) -> Advertisement {
     Advertisement {
         advertisement_type: AdvType::Peripheral,
         service_uuids: [Uuid::from_u128(SERVICE_UUID)].into_iter().collect(),
+        manufacturer_data: [(ADV_COMPANY_ID, adv_data(gateway_id).to_vec())]
+            .into_iter()
+            .collect(),
         local_name: Some(name.to_owned()),
         discoverable: Some(true),
+        min_interval: Some(ADV_INTERVAL_MIN),
+        max_interval: Some(ADV_INTERVAL_MAX),
         ..Default::default()
     }
 }
@@ -157,7 +172,10 @@ pub async fn register(
     .await?;
     let adv = within(
         "registering the LE advertisement",
-        adapter.advertise(advertisement(&door.state().config.name)),
+        adapter.advertise(advertisement(
+            &door.state().config.name,
+            &door.state().gateway_id,
+        )),
     )
     .await?;
     Ok(Registration {

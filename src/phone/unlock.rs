@@ -6,6 +6,9 @@
 //! Choices a real app must make too, and what BlueZ needs for them:
 //! - a device counts as found only when it was heard during this scan (it has an `RSSI`);
 //!   BlueZ also lists devices it merely remembers;
+//! - and only when its advertisement names the gateway the phone paired with (the short
+//!   gateway id in its manufacturer data, PROTOCOL.md §3): another latchkey gateway in range
+//!   would only answer `UNKNOWN_DEVICE`;
 //! - the auth frame is written with a write *request*: bluer's `write()` sends a write command
 //!   (no response), which the gateway's write-only characteristic does not answer;
 //! - the notify session is kept until after the disconnect, so ending it costs no fourth ATT
@@ -288,7 +291,12 @@ async fn run(
     }
     on_stage(Stage::Scanning);
     let t0 = Instant::now();
-    let found = within(timeouts.scan, UnlockError::TimeoutScan, scan(adapter)).await;
+    let found = within(
+        timeouts.scan,
+        UnlockError::TimeoutScan,
+        scan(adapter, &creds.gateway_id),
+    )
+    .await;
     // The scan ends here whatever happened (and before connecting, as controllers prefer).
     stop_scan(adapter).await;
     let (address, gateway) = found?;
@@ -405,8 +413,12 @@ async fn talk(
     })
 }
 
-/// Filtered scan for the door service; the first gateway heard during this scan wins.
-async fn scan(adapter: &bluer::Adapter) -> Result<(bluer::Address, FoundGateway), UnlockError> {
+/// Filtered scan for the door service; the first gateway heard during this scan whose
+/// advertisement carries `gateway_id`'s short form wins.
+async fn scan(
+    adapter: &bluer::Adapter,
+    gateway_id: &str,
+) -> Result<(bluer::Address, FoundGateway), UnlockError> {
     let filter = DiscoveryFilter {
         uuids: HashSet::from([uuid(proto::SERVICE_UUID)]),
         transport: DiscoveryTransport::Le,
@@ -424,7 +436,15 @@ async fn scan(adapter: &bluer::Adapter) -> Result<(bluer::Address, FoundGateway)
             continue;
         };
         let uuids = device.uuids().await?.unwrap_or_default();
-        if uuids.contains(&uuid(proto::SERVICE_UUID)) {
+        if !uuids.contains(&uuid(proto::SERVICE_UUID)) {
+            continue;
+        }
+        let ours = device
+            .manufacturer_data()
+            .await?
+            .and_then(|m| m.get(&proto::ADV_COMPANY_ID).cloned())
+            .is_some_and(|data| proto::adv_matches(&data, gateway_id));
+        if ours {
             let found = FoundGateway {
                 address: addr.to_string(),
                 name: device.name().await.ok().flatten(),

@@ -80,6 +80,34 @@ const MIGRATIONS: &[&str] = &[
     r#"
     ALTER TABLE lockouts ADD COLUMN updated_at INTEGER NOT NULL DEFAULT 0;
     "#,
+    // 3: the event log's two kinds, pruned apart (events.rs): `audit` marks the gateway's own
+    // events, `source` is the publisher a client event counts against, `size` the bytes of its
+    // `data`. The indexes cover every pruning query, so none reads a row's (large) data.
+    // `event_floors` remembers how far each rule pruned, since the log may now have holes; an
+    // old log was pruned from the front, so both start just below its oldest row. Topics are
+    // matched case-sensitively (GLOB): `DEVICE.x` was a client's, not the gateway's.
+    r#"
+    ALTER TABLE events ADD COLUMN audit INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE events ADD COLUMN source TEXT NOT NULL DEFAULT '';
+    ALTER TABLE events ADD COLUMN size INTEGER NOT NULL DEFAULT 0;
+    UPDATE events SET
+        audit = (topic GLOB 'device.*' OR topic GLOB 'access.*'
+                 OR topic GLOB 'node.*' OR topic GLOB 'gateway.*'),
+        source = CASE WHEN instr(origin, '/') > 0
+                      THEN substr(origin, 1, instr(origin, '/') - 1) ELSE origin END,
+        size = length(CAST(data AS BLOB));
+    CREATE INDEX events_kind ON events (audit);
+    CREATE INDEX events_source ON events (audit, source, size);
+
+    CREATE TABLE event_floors (
+        kind TEXT PRIMARY KEY,
+        seq  INTEGER NOT NULL
+    ) STRICT;
+    INSERT INTO event_floors (kind, seq)
+        SELECT kind, COALESCE((SELECT MIN(seq) - 1 FROM events),
+                              (SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)
+        FROM (SELECT 'audit' AS kind UNION ALL SELECT 'publish');
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;
@@ -106,4 +134,57 @@ pub fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
         tx.commit()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log written before migration 3 (pruned from the front, as it was then) is sorted
+    /// into its two kinds, by publisher, with the floors just below its oldest row.
+    #[test]
+    fn migration_3_sorts_an_old_log() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        for sql in &MIGRATIONS[..2] {
+            conn.execute_batch(sql).unwrap();
+        }
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        conn.execute_batch(
+            r#"
+            INSERT INTO events (topic, data, ts_ms, origin) VALUES
+                ('ui.gone', '{}', 0, 'device:a/ws:01'),
+                ('access.granted', '{"deviceId":"a"}', 0, 'ble'),
+                ('ui.sync', '{"x":"yz"}', 0, 'device:a/ws:02'),
+                ('DEVICE.paired', '{}', 0, 'device:b/ws:03'),
+                ('gateway.admin_token_revoked', '{}', 0, 'admin-token:1');
+            DELETE FROM events WHERE seq = 1;
+            "#,
+        )
+        .unwrap();
+        migrate(&mut conn).unwrap();
+        let rows: Vec<(i64, bool, String, i64)> = conn
+            .prepare("SELECT seq, audit, source, size FROM events ORDER BY seq")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(
+            rows,
+            vec![
+                (2, true, "ble".into(), 16),
+                (3, false, "device:a".into(), 10),
+                (4, false, "device:b".into(), 2),
+                (5, true, "admin-token:1".into(), 2),
+            ]
+        );
+        let floors: Vec<(String, i64)> = conn
+            .prepare("SELECT kind, seq FROM event_floors ORDER BY kind")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert_eq!(floors, vec![("audit".into(), 1), ("publish".into(), 1)]);
+    }
 }

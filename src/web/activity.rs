@@ -49,11 +49,13 @@ struct ActivityPage {
     clock_suspect: bool,
 }
 
-/// The newest access decisions, newest first.
+/// The newest access decisions, newest first, from the audit log (which client publishes
+/// can neither evict nor imitate: `events.rs`).
 pub fn recent(conn: &Connection, limit: i64) -> Result<Vec<Row>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT seq, topic, data, ts_ms FROM events
-         WHERE topic IN ('access.granted', 'access.denied') ORDER BY seq DESC LIMIT ?1",
+         WHERE audit = 1 AND topic IN ('access.granted', 'access.denied')
+         ORDER BY seq DESC LIMIT ?1",
     )?;
     let rows = stmt.query_map([limit], |r| {
         Ok((

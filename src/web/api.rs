@@ -12,6 +12,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use crate::access::endpoint::Endpoints;
 use crate::pairing::{self, DeviceInfo};
 use crate::registry::{self, DeviceId, RevokeOutcome};
 use crate::state::AppState;
@@ -203,7 +204,30 @@ async fn me(
         .read(move |c| registry::get(c, &device.device_id))
         .await?;
     let device = fresh.ok_or_else(|| ApiError::not_found("no such device"))?;
-    Ok(axum::Json(device).into_response())
+    // The doors this device may open, so a phone learns the endpoint ids its auth frames
+    // name (PROTOCOL.md §8).
+    let endpoints = Endpoints::from_config(&state.config.endpoints)
+        .open_to(&device.device_id)
+        .map(|e| MeEndpoint {
+            id: e.id.clone(),
+            name: e.name.clone(),
+        })
+        .collect();
+    Ok(axum::Json(Me { device, endpoints }).into_response())
+}
+
+/// `GET /api/me`: the device's registry entry and the endpoints it may open.
+#[derive(Serialize)]
+struct Me {
+    #[serde(flatten)]
+    device: registry::Device,
+    endpoints: Vec<MeEndpoint>,
+}
+
+#[derive(Serialize)]
+struct MeEndpoint {
+    id: String,
+    name: String,
 }
 
 async fn metrics(State(state): State<AppState>, _admin: Admin) -> Result<Response, ApiError> {

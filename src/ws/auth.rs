@@ -2,7 +2,7 @@
 
 use axum::http::{header, HeaderMap};
 
-use crate::events::Event;
+use crate::events::{is_reserved, Event};
 use crate::registry::DeviceId;
 use crate::state::AppState;
 use crate::web::auth::{admin_from_headers, authorization, device_by_key, Admin};
@@ -35,21 +35,28 @@ impl Principal {
         }
     }
 
-    /// Whether this peer may receive events of `topic`. Phones see every topic except the
-    /// gateway's administration (`gateway.*`, e.g. `gateway.admin_token_revoked`).
-    pub fn may_see(&self, topic: &str) -> bool {
+    /// Whether this peer may receive `ev` (CONTRACT §4), live and on replay alike. Admins see
+    /// everything. A phone sees every client publish, and of the gateway's own events only the
+    /// `device.*` and `access.*` events about itself: never who else is paired or who opened
+    /// which door, nor `node.*` and `gateway.*` (administration).
+    pub fn may_see(&self, ev: &Event) -> bool {
         match self {
             Principal::Admin(_) => true,
-            Principal::Device(_) => !topic.starts_with("gateway."),
+            Principal::Device(me) => {
+                if !is_reserved(&ev.topic) {
+                    return true;
+                }
+                let about_devices =
+                    ev.topic.starts_with("device.") || ev.topic.starts_with("access.");
+                about_devices && ev.subject.as_deref() == Some(me.as_str())
+            }
         }
     }
 
     /// Whether `ev` revokes the credential this socket was opened with.
     pub fn revoked_by(&self, ev: &Event) -> bool {
         match (self, ev.topic.as_str()) {
-            (Principal::Device(id), "device.revoked") => {
-                ev.data_json().get("deviceId").and_then(|v| v.as_str()) == Some(id.as_str())
-            }
+            (Principal::Device(id), "device.revoked") => ev.subject.as_deref() == Some(id.as_str()),
             (Principal::Admin(Admin::Token(tid)), "gateway.admin_token_revoked") => {
                 ev.data_json().get("tokenId").and_then(|v| v.as_i64()) == Some(*tid)
             }

@@ -22,8 +22,9 @@ pub mod code {
     pub const BAD_FRAME: &str = "BAD_FRAME";
     pub const FRAME_TOO_LARGE: &str = "FRAME_TOO_LARGE";
     pub const BINARY_UNSUPPORTED: &str = "BINARY_UNSUPPORTED";
-    pub const TOPIC_INVALID: &str = "TOPIC_INVALID";
+    pub const BAD_TOPIC: &str = "BAD_TOPIC";
     pub const TOPIC_RESERVED: &str = "TOPIC_RESERVED";
+    pub const RATE_LIMITED: &str = "RATE_LIMITED";
     pub const PAYLOAD_TOO_LARGE: &str = "PAYLOAD_TOO_LARGE";
     pub const INTERNAL: &str = "INTERNAL";
 }
@@ -48,6 +49,8 @@ pub struct FrameError {
     pub id: Option<Value>,
     pub code: &'static str,
     pub message: &'static str,
+    /// With `RATE_LIMITED`: when the next publish will be taken.
+    pub retry_after_ms: Option<u64>,
 }
 
 impl FrameError {
@@ -56,15 +59,29 @@ impl FrameError {
             id: None,
             code,
             message,
+            retry_after_ms: None,
         }
     }
 
-    fn with_id(mut self, id: &Value) -> Self {
+    pub fn with_id(mut self, id: &Value) -> Self {
         self.id = Some(id.clone());
         self
     }
 
-    /// `{"type":"error","id":K,"code":"…","message":"…"}` (`id` only when the frame had one).
+    /// A publish over its device's budget (CONTRACT §4).
+    pub fn rate_limited(id: &Value, retry_after_ms: u64) -> Self {
+        Self {
+            retry_after_ms: Some(retry_after_ms),
+            ..Self::new(
+                code::RATE_LIMITED,
+                "publish budget used up; publish again later",
+            )
+            .with_id(id)
+        }
+    }
+
+    /// `{"type":"error","id":K,"code":"…","message":"…"}` (`id` only when the frame had one;
+    /// `retryAfterMs` only with `RATE_LIMITED`).
     pub fn render(&self) -> String {
         let mut m = Map::new();
         m.insert("type".into(), "error".into());
@@ -73,6 +90,9 @@ impl FrameError {
         }
         m.insert("code".into(), self.code.into());
         m.insert("message".into(), self.message.into());
+        if let Some(ms) = self.retry_after_ms {
+            m.insert("retryAfterMs".into(), ms.into());
+        }
         Value::Object(m).to_string()
     }
 }
@@ -122,11 +142,7 @@ fn parse_publish(m: &mut Map<String, Value>) -> Result<ClientFrame, FrameError> 
         _ => return Err(bad("publish needs a string \"topic\"").with_id(&id)),
     };
     if !valid_topic(&topic) {
-        return Err(FrameError::new(
-            code::TOPIC_INVALID,
-            "a topic is 1 to 128 bytes of dot-separated [A-Za-z0-9_-] segments",
-        )
-        .with_id(&id));
+        return Err(FrameError::new(code::BAD_TOPIC, TOPIC_RULE).with_id(&id));
     }
     if is_reserved(&topic) {
         return Err(FrameError::new(
@@ -154,16 +170,13 @@ fn parse_subscribe(m: &Map<String, Value>) -> Result<ClientFrame, FrameError> {
         return Err(bad("subscribe needs \"topics\": an array of patterns"));
     };
     if list.len() > MAX_PATTERNS {
-        return Err(FrameError::new(
-            code::TOPIC_INVALID,
-            "subscribe takes at most 64 patterns",
-        ));
+        return Err(bad("subscribe takes at most 64 patterns"));
     }
     let mut patterns = Vec::with_capacity(list.len());
     for p in list {
         let pattern = p.as_str().and_then(Pattern::parse).ok_or(FrameError::new(
-            code::TOPIC_INVALID,
-            "a pattern is \"*\", a topic, or a topic followed by \".*\"",
+            code::BAD_TOPIC,
+            "a pattern is \"*\", a topic, or a topic followed by \".*\" (at most 128 bytes)",
         ))?;
         patterns.push(pattern);
     }
@@ -172,15 +185,18 @@ fn parse_subscribe(m: &Map<String, Value>) -> Result<ClientFrame, FrameError> {
     }))
 }
 
-/// 1 to 128 bytes of dot-separated, non-empty `[A-Za-z0-9_-]` segments.
+const TOPIC_RULE: &str = "a topic is lower-case [a-z0-9_-] words joined by dots, at most 128 bytes";
+
+/// CONTRACT §4: lower-case `[a-z0-9_-]` words joined by dots, 1 to 128 bytes. Case matters
+/// because the reserved prefixes are lower-case: `DEVICE.paired` is not a topic at all.
 pub fn valid_topic(t: &str) -> bool {
     !t.is_empty()
         && t.len() <= MAX_TOPIC_LEN
-        && t.split('.').all(|seg| {
-            !seg.is_empty()
-                && seg
+        && t.split('.').all(|word| {
+            !word.is_empty()
+                && word
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-')
         })
 }
 
@@ -192,8 +208,14 @@ enum Pattern {
     Exact(String),
 }
 
+/// A subscribe pattern is itself at most 128 bytes: `*` alone (every topic), a topic (exactly
+/// it), or a topic followed by `.*` (every topic below it, at any depth). `*` is a whole last
+/// word only: `door*`, `*.open` and `a.*.b` are `BAD_TOPIC`.
 impl Pattern {
     fn parse(p: &str) -> Option<Self> {
+        if p.len() > MAX_TOPIC_LEN {
+            return None;
+        }
         if p == "*" {
             return Some(Self::Any);
         }
@@ -312,13 +334,33 @@ mod tests {
             err_code(r#"{"type":"publish","id":1,"topic":"a","data":[1]}"#),
             code::BAD_FRAME
         );
+        for topic in [
+            "a..b",
+            "DEVICE.paired",
+            "Access.granted",
+            "ui.Sync",
+            "a b",
+            "é",
+        ] {
+            let e = parse(&json!({"type":"publish","id":1,"topic":topic}).to_string()).unwrap_err();
+            assert_eq!((e.code, e.id), (code::BAD_TOPIC, Some(json!(1))), "{topic}");
+        }
+        for pattern in ["a.*.b", "*.a", "door*", "DOOR.*", "**", ".*", ""] {
+            assert_eq!(
+                err_code(&json!({"type":"subscribe","topics":[pattern]}).to_string()),
+                code::BAD_TOPIC,
+                "{pattern}"
+            );
+        }
+        let long = format!("{}.*", "a".repeat(MAX_TOPIC_LEN - 1));
         assert_eq!(
-            err_code(r#"{"type":"publish","id":1,"topic":"a..b"}"#),
-            code::TOPIC_INVALID
+            err_code(&json!({"type":"subscribe","topics":[long]}).to_string()),
+            code::BAD_TOPIC
         );
+        let many = vec!["a"; MAX_PATTERNS + 1];
         assert_eq!(
-            err_code(r#"{"type":"subscribe","topics":["a.*.b"]}"#),
-            code::TOPIC_INVALID
+            err_code(&json!({"type":"subscribe","topics":many}).to_string()),
+            code::BAD_FRAME
         );
         for t in ["device.x", "access.granted", "node.up", "gateway.y"] {
             let e = parse(&format!(r#"{{"type":"publish","id":"q","topic":"{t}"}}"#)).unwrap_err();
@@ -352,7 +394,10 @@ mod tests {
     #[test]
     fn topics() {
         assert!(valid_topic("ui.sync"));
-        assert!(valid_topic("Door-1.open_now"));
+        assert!(valid_topic("door-1.open_now.2"));
+        assert!(valid_topic(&"a".repeat(MAX_TOPIC_LEN)));
+        assert!(!valid_topic("Door-1.open_now"));
+        assert!(!valid_topic("DEVICE.paired"));
         assert!(!valid_topic(""));
         assert!(!valid_topic(".a"));
         assert!(!valid_topic("a."));
@@ -368,5 +413,16 @@ mod tests {
         assert_eq!(v, json!({"type":"ack","id":"x","seq":9}));
         let v: Value = serde_json::from_str(&reset(2)).unwrap();
         assert_eq!(v, json!({"type":"reset","seq":2}));
+        let v: Value =
+            serde_json::from_str(&FrameError::rate_limited(&json!(5), 50).render()).unwrap();
+        assert_eq!(
+            (&v["type"], &v["id"], &v["code"], &v["retryAfterMs"]),
+            (
+                &json!("error"),
+                &json!(5),
+                &json!("RATE_LIMITED"),
+                &json!(50)
+            )
+        );
     }
 }

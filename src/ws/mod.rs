@@ -15,15 +15,43 @@
 //!   its first frame (it may before `hello` arrives) so its replay comes before any live event.
 //!   A second `resume` rewinds. `reset` is also sent when `since` is beyond the newest seq
 //!   (a client that talked to another gateway or a wiped log).
-//! - Phones do not receive `gateway.*` events (gateway administration, e.g.
-//!   `gateway.admin_token_revoked`); admin sockets receive everything.
+//! - Who sees what (CONTRACT §4, `Principal::may_see`), live and on replay alike: admin sockets
+//!   see every event; a phone sees every client publish (from any device or admin) and, of the
+//!   gateway's own events, only the `device.*` and `access.*` events whose `deviceId` is its own
+//!   (an `access.denied` for a frame that named it counts, whoever sent the frame). Phones never
+//!   see `node.*` or `gateway.*` (administration, e.g. `gateway.admin_token_revoked`).
+//! - Topics: lower-case `[a-z0-9_-]` words joined by dots, at most 128 bytes (`BAD_TOPIC`
+//!   otherwise). A subscribe pattern is `*` (everything), a topic (exactly it), or a topic
+//!   followed by `.*` (everything below it, at any depth); `*` is only ever a whole last word,
+//!   and a pattern is at most 128 bytes too.
+//! - Publish budget: each device (and each admin credential) may publish `[events]
+//!   publish_rate` a second (default 20) with a burst of `publish_burst` (default 40), shared by
+//!   all its sockets. Over it: `{"type":"error","id":K,"code":"RATE_LIMITED","message":…,
+//!   "retryAfterMs":N}`; the event is not recorded, the socket stays.
+//! - Retention (`events.rs`): the gateway's events are an audit log pruned only by their own
+//!   count (`audit_retention`, default 10,000) and optional age (`audit_max_age_days`). Client
+//!   publishes are kept up to `retention` (10,000) together and within `max_bytes` (64 MiB,
+//!   audit data included); past that, publishers holding more than their quota
+//!   (`retention_per_publisher`, 2,000, and the same share of the bytes) lose their oldest
+//!   first, and only then the oldest publishes of all. The pruner runs every 10 s.
+//! - `reset`: a resume from `since` gets `{"type":"reset","seq":LATEST}` exactly when `since`
+//!   is beyond the newest seq, or when the audit rule or the total publish bounds have pruned
+//!   an event with a seq above `since` (`events::horizon`; for a phone this is conservative: an
+//!   audit event of another device counts too). A publisher trimmed beyond its quota does not
+//!   cause a reset: a client resuming from before the trim gets that publisher's retained
+//!   (newest) events, in order, and everything else complete.
+//! - Catch-up is paced by the client's reads: the log is replayed a batch at a time, each
+//!   written to the socket before the next is read, so a client that keeps reading catches up
+//!   from anywhere in retention, however long that takes. It is dropped (1008) when a write
+//!   makes no progress for 10 s, or when the pruner overtakes what it has not read yet.
 //! - `error` frames carry `code` and a human `message`; codes: `BAD_FRAME`, `FRAME_TOO_LARGE`
-//!   (over 64 KiB), `BINARY_UNSUPPORTED`, `TOPIC_INVALID`, `TOPIC_RESERVED`,
+//!   (over 64 KiB), `BINARY_UNSUPPORTED`, `BAD_TOPIC`, `TOPIC_RESERVED`, `RATE_LIMITED`,
 //!   `PAYLOAD_TOO_LARGE` (data over 32 KiB), `INTERNAL`. A burst of 20 bad frames (then 2/s)
-//!   is answered; past that the socket closes with 1008.
-//! - Close codes: 1001 shutdown, 1008 too slow or too many bad frames, 1009 a frame over
-//!   256 KiB, 1011 ping timeout or internal error, 4401 admin session ended, 4403 device (or
-//!   admin token) revoked.
+//!   is answered; past that the socket closes with 1008. `RATE_LIMITED` is not a bad frame.
+//! - Close codes: 1001 shutdown, 1002 a WebSocket protocol violation (unmasked client frame,
+//!   reserved opcode or bits, control frame over 125 bytes, …), 1007 a text frame that is not
+//!   UTF-8, 1008 too slow or too many bad frames, 1009 a frame over 256 KiB, 1011 ping timeout
+//!   or internal error, 4401 admin session ended, 4403 device (or admin token) revoked.
 
 pub mod auth;
 pub mod frames;

@@ -27,6 +27,7 @@ use tokio_util::sync::{CancellationToken, WaitForCancellationFutureOwned};
 
 use super::auth::Principal;
 use super::frames::{self, code, ClientFrame, Filter, FrameError};
+use crate::budget::TokenBucket;
 use crate::events::{self, Event};
 use crate::registry;
 use crate::state::AppState;
@@ -63,6 +64,8 @@ const CONTROL_QUEUE: usize = 64;
 pub mod close {
     pub const NORMAL: u16 = 1000;
     pub const GOING_AWAY: u16 = 1001;
+    pub const PROTOCOL: u16 = 1002;
+    pub const BAD_DATA: u16 = 1007;
     pub const POLICY: u16 = 1008;
     pub const TOO_BIG: u16 = 1009;
     pub const ERROR: u16 = 1011;
@@ -74,6 +77,9 @@ pub mod close {
 pub struct Conn {
     pub state: AppState,
     pub principal: Principal,
+    /// Whose publish budget and retention quota this connection's publishes count against:
+    /// the device (or admin credential), shared by all its sockets.
+    pub publisher: String,
     /// Recorded as the origin of this connection's publishes; unique per connection, so the
     /// publisher's own events can be recognised (and not echoed back to it).
     pub origin: String,
@@ -86,11 +92,13 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(state: AppState, principal: Principal) -> Self {
-        let origin = format!("{}/ws:{:016x}", principal.origin(), rand::random::<u64>());
+        let publisher = principal.origin();
+        let origin = format!("{publisher}/ws:{:016x}", rand::random::<u64>());
         let shutdown = state.shutdown.child_token();
         Self {
             state,
             principal,
+            publisher,
             origin,
             outstanding: AtomicU32::new(0),
             shutdown,
@@ -162,31 +170,23 @@ impl Drop for Gauge {
 // ---------------------------------------------------------------------------------------------
 // Reader
 
-/// Token bucket for bad frames, on tokio's clock.
+/// Bad frames allowed, on tokio's clock (per socket, so the injected wall clock has no say).
 struct BadFrames {
-    tokens: f64,
-    at: Instant,
+    bucket: TokenBucket,
+    start: Instant,
 }
 
 impl BadFrames {
     fn new() -> Self {
         Self {
-            tokens: BAD_BURST,
-            at: Instant::now(),
+            bucket: TokenBucket::new(BAD_PER_SEC, BAD_BURST, 0),
+            start: Instant::now(),
         }
     }
 
     fn take(&mut self) -> bool {
-        let now = Instant::now();
-        let refill = now.duration_since(self.at).as_secs_f64() * BAD_PER_SEC;
-        self.tokens = (self.tokens + refill).min(BAD_BURST);
-        self.at = now;
-        if self.tokens >= 1.0 {
-            self.tokens -= 1.0;
-            true
-        } else {
-            false
-        }
+        let ms = i64::try_from(self.start.elapsed().as_millis()).unwrap_or(i64::MAX);
+        self.bucket.take(ms).is_ok()
     }
 }
 
@@ -205,10 +205,8 @@ where
         let msg = match msg {
             Some(Ok(m)) => m,
             Some(Err(e)) => {
-                if too_big(&e) {
-                    let _ = ctl
-                        .send(Control::Close(close::TOO_BIG, "frame too large"))
-                        .await;
+                if let Some((code, reason)) = violation(&e) {
+                    let _ = ctl.send(Control::Close(code, reason)).await;
                 }
                 break;
             }
@@ -227,7 +225,11 @@ where
         let reply = match outcome {
             Ok(None) => continue,
             Ok(Some(c)) => c,
-            Err(e) if e.code == code::INTERNAL => Control::Frame(e.render()),
+            // Neither is the client's fault as a malformed frame is: a refused publish over
+            // budget costs the client its event, not its socket.
+            Err(e) if e.code == code::INTERNAL || e.code == code::RATE_LIMITED => {
+                Control::Frame(e.render())
+            }
             Err(e) => {
                 if !bad.take() {
                     let _ = ctl
@@ -247,14 +249,26 @@ where
     while let Some(Ok(_)) = stream.next().await {}
 }
 
-/// A frame beyond the protocol limit (`MAX_MESSAGE`): tungstenite refuses to read it.
-fn too_big(e: &axum::Error) -> bool {
+/// The RFC 6455 close code for what tungstenite refused to read (it stops reading but leaves
+/// the closing handshake to us): 1007 for a text frame that is not UTF-8, 1009 for a frame or
+/// message beyond `MAX_MESSAGE`, 1002 for any other violation (unmasked client frame, reserved
+/// opcode or bits, a control frame over 125 bytes or fragmented, a stray continuation).
+/// `None`: the peer is simply gone (reset, I/O error), so there is nobody to tell.
+fn violation(e: &axum::Error) -> Option<(u16, &'static str)> {
     use std::error::Error as _;
+    use tokio_tungstenite::tungstenite::error::ProtocolError;
     use tokio_tungstenite::tungstenite::Error as WsError;
-    matches!(
-        e.source().and_then(|s| s.downcast_ref::<WsError>()),
-        Some(WsError::Capacity(_))
-    )
+    match e.source().and_then(|s| s.downcast_ref::<WsError>())? {
+        WsError::Utf8(_) => Some((close::BAD_DATA, "text frame is not UTF-8")),
+        WsError::Capacity(_) => Some((close::TOO_BIG, "frame too large")),
+        WsError::Protocol(
+            ProtocolError::ResetWithoutClosingHandshake
+            | ProtocolError::SendAfterClosing
+            | ProtocolError::ReceivedAfterClosing,
+        ) => None,
+        WsError::Protocol(_) => Some((close::PROTOCOL, "protocol violation")),
+        _ => None,
+    }
 }
 
 /// Handles one text frame: `Ok(Some)` is something for the outbound half to do.
@@ -263,22 +277,29 @@ async fn handle_text(text: &str, conn: &Conn) -> Result<Option<Control>, FrameEr
         ClientFrame::Subscribe(filter) => Ok(Some(Control::Subscribe(filter))),
         ClientFrame::Resume { since } => Ok(Some(Control::Resume(since))),
         ClientFrame::Publish { id, topic, data } => {
-            let origin = conn.origin.clone();
             let ts = conn.state.clock.now_ms();
+            if let Err(wait) = conn.state.publish_budget.take(&conn.publisher, ts) {
+                conn.state
+                    .metrics
+                    .rate_limited
+                    .fetch_add(1, Ordering::Relaxed);
+                return Err(FrameError::rate_limited(&id, wait));
+            }
+            let (publisher, origin) = (conn.publisher.clone(), conn.origin.clone());
             let result = conn
                 .state
                 .store
-                .write(move |tx| events::append(tx, &topic, &data, &origin, ts))
+                .write(move |tx| events::publish(tx, &topic, &data, &publisher, &origin, ts))
                 .await;
             match result {
                 Ok(seq) => Ok(Some(Control::Frame(frames::ack(&id, seq)))),
                 Err(e) => {
                     tracing::warn!(error = %e, "could not record a published event");
-                    Err(FrameError {
-                        id: Some(id),
-                        code: code::INTERNAL,
-                        message: "the event was not recorded; publish it again",
-                    })
+                    Err(FrameError::new(
+                        code::INTERNAL,
+                        "the event was not recorded; publish it again",
+                    )
+                    .with_id(&id))
                 }
             }
         }
@@ -360,9 +381,6 @@ struct Outbound<S> {
     filter: Filter,
     /// Fires when holding ends (see `HOLD`).
     hold: Pin<Box<tokio::time::Sleep>>,
-    /// Events replayed since the log catch-up began; a catch-up that never ends is a client
-    /// that cannot keep up.
-    replayed: u64,
     last_touch: i64,
     ticker: tokio::time::Interval,
     /// Registered once on the connection's shutdown token, not once per loop turn.
@@ -453,7 +471,6 @@ where
             cursor: 0,
             filter: Filter::default(),
             hold: Box::pin(sleep(HOLD)),
-            replayed: 0,
             last_touch: 0,
             ticker,
             shutdown: Box::pin(conn.shutdown.clone().cancelled_owned()),
@@ -558,7 +575,7 @@ where
     /// Marks `ev` as passed and returns its frame if this client is to get it.
     fn admit(&mut self, ev: &Event) -> Option<Message> {
         self.cursor = ev.seq;
-        let wanted = self.conn.principal.may_see(&ev.topic)
+        let wanted = self.conn.principal.may_see(ev)
             && self.filter.matches(&ev.topic)
             && ev.origin != self.conn.origin;
         if wanted {
@@ -593,21 +610,30 @@ where
         self.write(out).await
     }
 
+    /// One batch of the log from the cursor, written with backpressure: the next batch is read
+    /// only once this one is in the socket, so the replay goes at the pace the client reads.
+    /// Live events meanwhile wait in the log, not in the queue, so a long catch-up is never a
+    /// reason to drop the client; only a write that stalls (`SEND_TIMEOUT`) or pruning that
+    /// overtakes the cursor (the client fell out of retention) is.
     async fn catch_up_step(&mut self) -> Result<(), Stop> {
         self.intake.overflowed = false;
         let cursor = self.cursor;
-        let batch = self
+        // The horizon is read after the batch: a prune that commits in between is seen.
+        let (batch, horizon) = self
             .conn
             .state
             .store
-            .read(move |c| events::since(c, cursor, REPLAY_BATCH))
+            .read(move |c| Ok((events::since(c, cursor, REPLAY_BATCH)?, events::horizon(c)?)))
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "websocket: cannot replay the event log");
                 Stop::Internal
             })?;
+        if cursor < horizon {
+            // What it has not read yet is gone; on reconnect its resume gets `reset`.
+            return Err(Stop::Slow);
+        }
         let full = batch.len() as i64 == REPLAY_BATCH;
-        self.replayed += batch.len() as u64;
         let mut out = Vec::with_capacity(batch.len());
         for ev in &batch {
             if self.conn.principal.revoked_by(ev) {
@@ -622,10 +648,6 @@ where
         }
         if !full && !self.intake.overflowed {
             self.intake.need_log = false;
-            self.replayed = 0;
-        } else if self.replayed > self.conn.state.config.event_retention + 2 * QUEUE as u64 {
-            // Replaying more than the whole log: the client reads slower than events arrive.
-            return Err(Stop::Slow);
         }
         Ok(())
     }
@@ -642,24 +664,23 @@ where
         }
     }
 
-    /// Every retained event after `since`, then live; `reset` if some of them are gone (or
-    /// `since` is not a seq this gateway ever issued). A second resume rewinds.
+    /// Every retained event after `since`, then live; `reset` if the log was pruned past
+    /// `since` (below `events::horizon`), or `since` is not a seq this gateway ever issued. A
+    /// second resume rewinds.
     async fn resume(&mut self, since: i64) -> Result<(), Stop> {
-        let (latest, oldest) = self
+        let (latest, horizon) = self
             .conn
             .state
             .store
-            .read(|c| Ok((events::latest_seq(c)?, events::oldest_seq(c)?)))
+            .read(|c| Ok((events::latest_seq(c)?, events::horizon(c)?)))
             .await
             .map_err(|e| {
                 tracing::warn!(error = %e, "websocket: cannot read the event log");
                 Stop::Internal
             })?;
-        let missed =
-            since > latest || (since < latest && oldest.is_none_or(|oldest| since + 1 < oldest));
+        let missed = since > latest || since < horizon;
         self.intake.live = true;
         self.intake.need_log = true;
-        self.replayed = 0;
         if missed {
             self.cursor = latest;
             self.write(vec![text(frames::reset(latest))]).await

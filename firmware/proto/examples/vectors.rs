@@ -25,6 +25,11 @@ fn main() -> Result<(), latchkey_proto::Error> {
     println!("result_granted   {}", hex::encode(v.result_granted));
     println!("result_locked    {}", hex::encode(v.result_locked_out));
     println!("result_unknown   {}", hex::encode(v.result_unknown_device));
+    println!("result_peer_lock {}", hex::encode(v.result_peer_locked_out));
+    println!("# advertisement");
+    println!("gateway_id       {}", vectors::GATEWAY_ID);
+    println!("adv_data         {}", hex::encode(v.adv_data));
+    println!("advertising      {}", hex::encode(v.advertising));
     println!("# uuids");
     println!("service          {}", UuidText(SERVICE_UUID));
     println!("challenge        {}", UuidText(CHALLENGE_UUID));

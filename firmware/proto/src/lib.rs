@@ -21,6 +21,7 @@
 #[cfg(feature = "std")]
 extern crate std;
 
+mod adv;
 mod endpoint;
 mod error;
 mod frame;
@@ -32,6 +33,10 @@ mod totp;
 #[doc(hidden)]
 pub mod vectors;
 
+pub use adv::{
+    adv_data, adv_matches, gateway_tag, ADV_BYTES_USED, ADV_COMPANY_ID, ADV_DATA_LEN, ADV_FORMAT,
+    ADV_GATEWAY_LABEL, GATEWAY_TAG_LEN, LEGACY_ADV_MAX,
+};
 pub use endpoint::validate_endpoint;
 pub use error::Error;
 pub use frame::auth::{verify_tag, AuthFrame, AuthRequest, AUTH_MAC_LABEL};

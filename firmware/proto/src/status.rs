@@ -96,9 +96,10 @@ impl Status {
         matches!(self, Status::Granted)
     }
 
-    /// Whether this outcome counts towards the lockout threshold (see `PROTOCOL.md`, "Lockout"):
-    /// every denial except [`Status::LockedOut`] (the attempt was never examined) and
-    /// [`Status::ActionFailed`] (the phone proved itself; the door failed).
+    /// Whether this outcome counts towards a lockout threshold (see `PROTOCOL.md`, "Lockout"):
+    /// every denial except [`Status::LockedOut`] (a lock answered it) and
+    /// [`Status::ActionFailed`] (the phone proved itself; the door failed). Against the device
+    /// when the frame proved possession of its key, else against the peer address.
     #[must_use]
     pub const fn counts_as_failure(self) -> bool {
         !matches!(

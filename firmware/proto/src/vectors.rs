@@ -3,8 +3,9 @@
 //! and checks the document. Not part of the stable API.
 
 use crate::{
-    totp_at, totp_step, AuthFrame, AuthRequest, Challenge, DeviceId, DeviceKeys, Error, Nonce,
-    ResultFrame, Status, Tag, TAG_LEN,
+    adv_data, totp_at, totp_step, AuthFrame, AuthRequest, Challenge, DeviceId, DeviceKeys, Error,
+    Nonce, ResultFrame, Status, Tag, ADV_COMPANY_ID, ADV_DATA_LEN, LEGACY_ADV_MAX, SERVICE_UUID,
+    TAG_LEN,
 };
 
 /// The RFC 6238 test secret, ASCII `12345678901234567890` (base32
@@ -26,6 +27,10 @@ pub const PHONE_TIME: u64 = 1_767_225_612;
 pub const ENDPOINT: &str = "front-door";
 /// `retry_after` in the locked-out result.
 pub const RETRY_AFTER: u16 = 120;
+/// `retry_after` in the unsigned (peer) locked-out result.
+pub const PEER_RETRY_AFTER: u16 = 60;
+/// A gateway id, as `gatewayId` in the pair answer.
+pub const GATEWAY_ID: &str = "0123456789abcdef0123456789abcdef";
 
 /// Everything the vectors section of `PROTOCOL.md` lists.
 #[derive(Debug)]
@@ -48,6 +53,13 @@ pub struct Vectors {
     pub result_locked_out: [u8; ResultFrame::LEN],
     /// Unsigned `UNKNOWN_DEVICE` result.
     pub result_unknown_device: [u8; ResultFrame::LEN],
+    /// Unsigned `LOCKED_OUT` result (a peer lockout) with `retry_after` = [`PEER_RETRY_AFTER`].
+    pub result_peer_locked_out: [u8; ResultFrame::LEN],
+    /// Manufacturer data (after the company id) of [`GATEWAY_ID`]'s advertisement.
+    pub adv_data: [u8; ADV_DATA_LEN],
+    /// The whole legacy advertising data of that gateway: Flags, service UUID, manufacturer
+    /// data, in that order.
+    pub advertising: [u8; LEGACY_ADV_MAX],
 }
 
 impl Vectors {
@@ -100,7 +112,11 @@ pub fn compute() -> Result<Vectors, Error> {
         result_granted: [0; ResultFrame::LEN],
         result_locked_out: [0; ResultFrame::LEN],
         result_unknown_device: [0; ResultFrame::LEN],
+        result_peer_locked_out: [0; ResultFrame::LEN],
+        adv_data: adv_data(GATEWAY_ID),
+        advertising: [0; LEGACY_ADV_MAX],
     };
+    v.advertising = advertising(&v.adv_data);
     let auth_tag = v.auth_tag();
     let result = |status, retry_after| ResultFrame {
         status,
@@ -114,5 +130,27 @@ pub fn compute() -> Result<Vectors, Error> {
         &mut v.result_locked_out,
     )?;
     result(Status::UnknownDevice, 0).encode_unsigned(&mut v.result_unknown_device)?;
+    result(Status::LockedOut, PEER_RETRY_AFTER).encode_unsigned(&mut v.result_peer_locked_out)?;
     Ok(v)
+}
+
+/// Flags (LE General Discoverable, BR/EDR not supported), the complete list of 128-bit
+/// service UUIDs (little-endian), and the manufacturer data (company id little-endian).
+fn advertising(data: &[u8; ADV_DATA_LEN]) -> [u8; LEGACY_ADV_MAX] {
+    let mut out = [0u8; LEGACY_ADV_MAX];
+    let company = ADV_COMPANY_ID.to_le_bytes();
+    // AD structure length: the type byte, the company id, the data.
+    let mfr_len = u8::try_from(1 + 2 + ADV_DATA_LEN).unwrap_or(0);
+    let parts: [&[u8]; 6] = [
+        &[0x02, 0x01, 0x06],
+        &[0x11, 0x07],
+        &SERVICE_UUID.to_le_bytes(),
+        &[mfr_len, 0xff],
+        &company,
+        data,
+    ];
+    for (dst, src) in out.iter_mut().zip(parts.iter().flat_map(|p| p.iter())) {
+        *dst = *src;
+    }
+    out
 }

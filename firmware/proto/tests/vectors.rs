@@ -7,6 +7,7 @@ use latchkey_proto::{
     AuthFrame, Challenge, ResultFrame, Status, UuidText, AUTH_MAC_LABEL, AUTH_UUID, CHALLENGE_UUID,
     INFO_AUTH_KEY, INFO_RESULT_KEY, RESULT_MAC_LABEL, RESULT_UUID, SERVICE_UUID,
 };
+use sha2::Digest as _;
 
 const PROTOCOL_MD: &str = include_str!("../../../docs/PROTOCOL.md");
 
@@ -26,6 +27,11 @@ const RESULT_LOCKED_OUT: &str = "0103090078000102030405060708090a0b0c0d0e0f\
 d0b7eae8a6dcee332240640062fbaf96f19370fce355f4de245bb69bf0dcc750";
 const RESULT_UNKNOWN_DEVICE: &str = "0103020000000102030405060708090a0b0c0d0e0f\
 0000000000000000000000000000000000000000000000000000000000000000";
+const RESULT_PEER_LOCKED_OUT: &str = "010309003c000102030405060708090a0b0c0d0e0f\
+0000000000000000000000000000000000000000000000000000000000000000";
+const GATEWAY_HASH: &str = "3cf3a4f49b93864a48d71bc65bc2edcd3ee05a564ab39401ac0080caf2296988";
+const ADV_DATA: &str = "013cf3a4f49b";
+const ADVERTISING: &str = "0201061107e3ceed99c8165aab2b4601006ecf038609ffffff013cf3a4f49b";
 
 #[test]
 fn vectors_are_pinned() {
@@ -43,6 +49,24 @@ fn vectors_are_pinned() {
     assert_eq!(hex::encode(v.result_granted), RESULT_GRANTED);
     assert_eq!(hex::encode(v.result_locked_out), RESULT_LOCKED_OUT);
     assert_eq!(hex::encode(v.result_unknown_device), RESULT_UNKNOWN_DEVICE);
+    assert_eq!(
+        hex::encode(v.result_peer_locked_out),
+        RESULT_PEER_LOCKED_OUT
+    );
+    let mut hash = sha2::Sha256::new();
+    sha2::Digest::update(&mut hash, latchkey_proto::ADV_GATEWAY_LABEL);
+    sha2::Digest::update(&mut hash, vectors::GATEWAY_ID.as_bytes());
+    assert_eq!(hex::encode(sha2::Digest::finalize(hash)), GATEWAY_HASH);
+    assert_eq!(hex::encode(v.adv_data), ADV_DATA);
+    assert_eq!(
+        hex::encode(latchkey_proto::gateway_tag(vectors::GATEWAY_ID)),
+        &ADV_DATA[2..]
+    );
+    assert_eq!(hex::encode(v.advertising), ADVERTISING);
+    assert!(latchkey_proto::adv_matches(
+        &v.adv_data,
+        vectors::GATEWAY_ID
+    ));
 }
 
 #[test]
@@ -72,6 +96,7 @@ fn vectors_verify_as_a_phone_and_gateway_would() {
         (RESULT_GRANTED, Status::Granted, true),
         (RESULT_LOCKED_OUT, Status::LockedOut, true),
         (RESULT_UNKNOWN_DEVICE, Status::UnknownDevice, false),
+        (RESULT_PEER_LOCKED_OUT, Status::LockedOut, false),
     ] {
         let frame = hex::decode(hex_frame).unwrap();
         let checked = ResultFrame::verify(&frame, &v.keys, &challenge.nonce, &tag).unwrap();
@@ -93,6 +118,10 @@ fn protocol_md_lists_the_vectors() {
         RESULT_GRANTED,
         RESULT_LOCKED_OUT,
         RESULT_UNKNOWN_DEVICE,
+        RESULT_PEER_LOCKED_OUT,
+        GATEWAY_HASH,
+        ADV_DATA,
+        ADVERTISING,
     ];
     for hex in expected {
         assert!(PROTOCOL_MD.contains(hex), "PROTOCOL.md lacks {hex}");
@@ -115,6 +144,7 @@ fn protocol_md_matches_constants() {
         );
     }
     for label in [
+        latchkey_proto::ADV_GATEWAY_LABEL,
         INFO_AUTH_KEY,
         INFO_RESULT_KEY,
         AUTH_MAC_LABEL,

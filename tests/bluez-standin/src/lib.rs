@@ -4,11 +4,15 @@
 //! bluetoothd does: adapters at `/org/bluez/hciN` with `Adapter1`, `GattManager1` and
 //! `LEAdvertisingManager1` under an ObjectManager at `/`; `RegisterApplication` reads the
 //! application back with `GetManagedObjects`; `RegisterAdvertisement` reads the
-//! advertisement's properties. A simulated LE [`Link`] (a phone connected to the adapter)
-//! appears as a `Device1` object and performs ATT operations as method calls into the
-//! application — `ReadValue`, `WriteValue`, `StartNotify`/`StopNotify` with the options
-//! bluetoothd passes (`device`, `mtu`, `link`, `offset`, `type`) — and receives notifications,
-//! which the application sends as `PropertiesChanged(Value)`.
+//! advertisement's properties (and refuses more than the 31 bytes of legacy advertising data,
+//! where bluetoothd would quietly switch to extended advertising). A simulated LE [`Link`] (a
+//! phone connected to the adapter) appears as a `Device1` object and performs ATT operations
+//! as method calls into the application — `ReadValue`, `WriteValue`, `StartNotify`/
+//! `StopNotify` with the options bluetoothd passes (`device`, `mtu`, `link`, `offset`,
+//! `type`); `StartNotify` for every peer that subscribes and `StopNotify` when the last one
+//! leaves, as bluetoothd's `ccc_write_cb` does (older bluetoothd: `StartNotify` for the first
+//! only, [`Adapter::set_start_notify_per_peer`]) — and receives notifications, which the
+//! application sends as `PropertiesChanged(Value)`.
 //!
 //! Every call into the application has a timeout on this side ([`CALL_TIMEOUT`]), so a test
 //! never hangs on an application that does not answer.
@@ -240,6 +244,21 @@ impl Adapter {
         self.state.powered.load(Ordering::SeqCst)
     }
 
+    /// bluetoothd's `StartNotify` policy: for every peer that enables notifications (`true`,
+    /// the default, as bluetoothd does today) or for the first one only (`false`, older
+    /// bluetoothd). `StopNotify` comes when the last subscriber leaves, either way.
+    pub fn set_start_notify_per_peer(&self, per_peer: bool) {
+        self.state.set_start_notify_per_peer(per_peer);
+    }
+
+    /// `StartNotify` and `StopNotify` calls made into the registered application so far.
+    pub fn notify_calls(&self) -> (u64, u64) {
+        (
+            self.state.start_notify_calls.load(Ordering::Relaxed),
+            self.state.stop_notify_calls.load(Ordering::Relaxed),
+        )
+    }
+
     /// Successful `RegisterApplication` calls so far.
     pub fn registrations(&self) -> u64 {
         *self.state.app_registrations().borrow()
@@ -391,8 +410,8 @@ impl Link {
             .await
     }
 
-    /// Writes the CCCD of `uuid` (enable notifications). bluetoothd calls `StartNotify` when
-    /// the first client of the characteristic subscribes.
+    /// Writes the CCCD of `uuid` (enable notifications). bluetoothd calls `StartNotify` for
+    /// every peer that does so (see [`Adapter::set_start_notify_per_peer`]).
     pub async fn subscribe(&self, uuid: &str) -> Result<(), Error> {
         let c = self.characteristic(uuid)?;
         self.att_ops.fetch_add(1, Ordering::Relaxed);

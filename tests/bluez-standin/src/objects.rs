@@ -8,10 +8,11 @@ use std::sync::Arc;
 
 use zbus::message::Header;
 use zbus::object_server::SignalEmitter;
-use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue};
+use zbus::zvariant::{ObjectPath, OwnedObjectPath, OwnedValue, Value};
 
 use crate::state::{AdapterState, AdvInfo, AppInfo, CharInfo, ServiceInfo};
 use crate::CALL_TIMEOUT;
+use latchkey_proto::LEGACY_ADV_MAX;
 
 /// BlueZ's error names (`org.bluez.Error.*`).
 #[derive(Debug, zbus::DBusError)]
@@ -24,6 +25,7 @@ pub enum BluezError {
     AlreadyExists(String),
     DoesNotExist(String),
     NotPermitted(String),
+    InvalidLength(String),
 }
 
 pub struct Adapter1 {
@@ -232,11 +234,24 @@ impl LeAdvertisingManager1 {
             path,
             kind,
             service_uuids: strings(&props, "ServiceUUIDs"),
+            manufacturer_data: keyed_bytes(&props, "ManufacturerData"),
+            service_data: keyed_bytes(&props, "ServiceData"),
             local_name: string(&props, "LocalName"),
             discoverable: props
                 .get("Discoverable")
                 .and_then(|v| bool::try_from(v).ok()),
+            min_interval_ms: props.get("MinInterval").and_then(|v| u32::try_from(v).ok()),
+            max_interval_ms: props.get("MaxInterval").and_then(|v| u32::try_from(v).ok()),
         };
+        // Stricter than bluetoothd, which would move an oversized advertisement to extended
+        // advertising (that many phones do not scan, and that cannot be connectable and
+        // scannable at once): a test should hear about it.
+        if adv.legacy_len() > LEGACY_ADV_MAX {
+            return Err(BluezError::InvalidLength(format!(
+                "{} bytes of advertising data do not fit the {LEGACY_ADV_MAX} of legacy advertising",
+                adv.legacy_len()
+            )));
+        }
         self.state.add_adv(adv);
         Ok(())
     }
@@ -343,6 +358,33 @@ fn strings(props: &HashMap<String, OwnedValue>, key: &str) -> Vec<String> {
         .and_then(|v| v.try_clone().ok())
         .and_then(|v| Vec::<String>::try_from(v).ok())
         .unwrap_or_default()
+}
+
+/// A dictionary of byte arrays (`a{qv}` or `a{sv}` whose variants hold `ay`).
+fn keyed_bytes<K>(
+    props: &HashMap<String, OwnedValue>,
+    key: &str,
+) -> std::collections::BTreeMap<K, Vec<u8>>
+where
+    K: Ord + std::hash::Hash + zbus::zvariant::Basic + for<'k> TryFrom<Value<'k>>,
+    for<'k> <K as TryFrom<Value<'k>>>::Error: Into<zbus::zvariant::Error>,
+{
+    let Some(dict) = props
+        .get(key)
+        .and_then(|v| v.try_clone().ok())
+        .and_then(|v| HashMap::<K, OwnedValue>::try_from(v).ok())
+    else {
+        return Default::default();
+    };
+    dict.into_iter()
+        .filter_map(|(k, v)| {
+            let inner = match &*v {
+                Value::Value(b) => b.try_clone().ok()?,
+                other => other.try_clone().ok()?,
+            };
+            Some((k, Vec::<u8>::try_from(inner).ok()?))
+        })
+        .collect()
 }
 
 fn object_path(props: &HashMap<String, OwnedValue>, key: &str) -> Option<String> {

@@ -5,8 +5,8 @@
 //! - `Adapter1.SetDiscoveryFilter` / `StartDiscovery` / `StopDiscovery`: while an adapter
 //!   discovers, every [`ADVERTISING_INTERVAL`] the advertisements of the other adapters in the
 //!   same area that pass the merged filter appear as `/org/bluez/hciA/dev_XX_XX_…` objects with
-//!   `org.bluez.Device1` (`Address`, `Name`, `Alias`, `RSSI`, `UUIDs`, `Connected`,
-//!   `ServicesResolved`, …), announced with `InterfacesAdded`, seen again with a
+//!   `org.bluez.Device1` (`Address`, `Name`, `Alias`, `RSSI`, `UUIDs`, `ManufacturerData`,
+//!   `Connected`, `ServicesResolved`, …), announced with `InterfacesAdded`, seen again with a
 //!   `PropertiesChanged(RSSI)`. When discovery stops the `RSSI` is invalidated (bluetoothd
 //!   does the same), so a client can tell a device seen now from one remembered; devices are
 //!   kept (bluetoothd with `TemporaryTimeout = 0`).
@@ -276,6 +276,8 @@ struct Remote {
     peer: String,
     name: Option<String>,
     uuids: Vec<String>,
+    /// The advertisement's manufacturer data, as bluetoothd shows it (`ManufacturerData`).
+    manufacturer_data: std::collections::BTreeMap<u16, Vec<u8>>,
     rssi: i16,
     state: Mutex<RemoteState>,
 }
@@ -573,6 +575,7 @@ async fn hear(standin: &Standin, me: &Arc<AdapterState>, conn: &zbus::Connection
                         peer: peer.name.clone(),
                         name: adv.local_name.clone(),
                         uuids: adv.service_uuids.clone(),
+                        manufacturer_data: adv.manufacturer_data.clone(),
                         rssi: rssi(me, &peer),
                         state: Mutex::new(RemoteState::default()),
                     })
@@ -1048,6 +1051,24 @@ impl RemoteDevice {
     fn uuids(&self) -> Vec<String> {
         self.remote.uuids.clone()
     }
+    /// Present only when the advertisement carried some, as with bluetoothd.
+    #[zbus(property)]
+    fn manufacturer_data(&self) -> zbus::fdo::Result<HashMap<u16, OwnedValue>> {
+        if self.remote.manufacturer_data.is_empty() {
+            return Err(zbus::fdo::Error::InvalidArgs(
+                "No such property 'ManufacturerData'".into(),
+            ));
+        }
+        self.remote
+            .manufacturer_data
+            .iter()
+            .map(|(k, v)| {
+                OwnedValue::try_from(Value::from(v.clone()))
+                    .map(|v| (*k, v))
+                    .map_err(|e| zbus::fdo::Error::Failed(e.to_string()))
+            })
+            .collect()
+    }
     #[zbus(property)]
     fn connected(&self) -> bool {
         matches!(lock(&self.remote.state).link, LinkState::Up(_))
@@ -1409,6 +1430,13 @@ impl Sim1 {
         Ok(())
     }
 
+    /// bluetoothd's `StartNotify` policy for the adapter's applications: for every peer that
+    /// subscribes (`true`, the default, as bluetoothd does) or for the first only (`false`).
+    fn set_start_notify_per_peer(&self, adapter: String, per_peer: bool) -> zbus::fdo::Result<()> {
+        self.adapter(&adapter)?.set_start_notify_per_peer(per_peer);
+        Ok(())
+    }
+
     /// `what`: device, connection, challenge or result.
     fn withhold(&self, adapter: String, what: String, on: bool) -> zbus::fdo::Result<()> {
         let w: Withhold = what.parse().map_err(zbus::fdo::Error::InvalidArgs)?;
@@ -1482,8 +1510,7 @@ mod tests {
             path: "/adv".into(),
             kind: "peripheral".into(),
             service_uuids: uuids.iter().map(|u| (*u).to_owned()).collect(),
-            local_name: None,
-            discoverable: None,
+            ..Default::default()
         }
     }
 

@@ -2,7 +2,7 @@
 //! which simulated links subscribed to which characteristic. Notifications (the application's
 //! `PropertiesChanged(Value)`) are routed to every subscribed link, as bluetoothd does.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -46,15 +46,67 @@ impl AppInfo {
 }
 
 /// A registered advertisement, as read back with `Properties.GetAll`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct AdvInfo {
     pub owner: String,
     pub path: String,
     /// `Type`: `peripheral` or `broadcast`.
     pub kind: String,
     pub service_uuids: Vec<String>,
+    /// `ManufacturerData`: company id → data.
+    pub manufacturer_data: BTreeMap<u16, Vec<u8>>,
+    /// `ServiceData`: UUID → data.
+    pub service_data: BTreeMap<String, Vec<u8>>,
+    /// `LocalName`: bluetoothd puts it in the scan response of a legacy connectable
+    /// advertisement, so it does not take advertising-data bytes.
     pub local_name: Option<String>,
     pub discoverable: Option<bool>,
+    /// `MinInterval` / `MaxInterval`, in milliseconds.
+    pub min_interval_ms: Option<u32>,
+    pub max_interval_ms: Option<u32>,
+}
+
+/// The Bluetooth base UUID's tail: UUIDs ending so fit in 2 bytes on air.
+const BASE_UUID_TAIL: &str = "-0000-1000-8000-00805f9b34fb";
+
+fn uuid_len(uuid: &str) -> usize {
+    let u = uuid.to_ascii_lowercase();
+    if u.starts_with("0000") && u.ends_with(BASE_UUID_TAIL) {
+        2
+    } else {
+        16
+    }
+}
+
+impl AdvInfo {
+    /// Bytes of legacy advertising data this advertisement needs: Flags (3, which bluetoothd
+    /// adds for a discoverable peripheral), the service UUID lists, manufacturer and service
+    /// data. At most 31 fit.
+    pub fn legacy_len(&self) -> usize {
+        let flags = if self.kind == "peripheral" { 3 } else { 0 };
+        let mut uuids = 0;
+        for size in [2, 16] {
+            let n = self
+                .service_uuids
+                .iter()
+                .filter(|u| uuid_len(u) == size)
+                .count();
+            if n > 0 {
+                uuids += 2 + n * size;
+            }
+        }
+        let mfr: usize = self
+            .manufacturer_data
+            .values()
+            .map(|d| 2 + 2 + d.len())
+            .sum();
+        let svc: usize = self
+            .service_data
+            .iter()
+            .map(|(u, d)| 2 + uuid_len(u) + d.len())
+            .sum();
+        flags + uuids + mfr + svc
+    }
 }
 
 /// A notification as a link receives it: (characteristic path, value).
@@ -77,6 +129,12 @@ pub struct AdapterState {
     adv_registrations: watch::Sender<u64>,
     /// Notifications routed to links, in total.
     pub notifications: AtomicU64,
+    /// Whether `StartNotify` goes out for every peer that enables notifications (bluetoothd
+    /// today) or for the first one only (older bluetoothd).
+    start_notify_per_peer: AtomicBool,
+    /// `StartNotify` / `StopNotify` calls made into applications.
+    pub start_notify_calls: AtomicU64,
+    pub stop_notify_calls: AtomicU64,
     /// The simulated radio's view from this adapter (radio.rs).
     pub(crate) radio: crate::radio::RadioState,
 }
@@ -102,6 +160,9 @@ impl AdapterState {
             app_registrations: watch::channel(0).0,
             adv_registrations: watch::channel(0).0,
             notifications: AtomicU64::new(0),
+            start_notify_per_peer: AtomicBool::new(true),
+            start_notify_calls: AtomicU64::new(0),
+            stop_notify_calls: AtomicU64::new(0),
             radio: Default::default(),
         }
     }
@@ -255,8 +316,15 @@ impl AdapterState {
         self.adv_registrations.subscribe()
     }
 
-    /// Adds a subscriber; returns whether it is the characteristic's first (bluetoothd then
-    /// calls `StartNotify`).
+    /// How `StartNotify` is called: `true` for every peer that enables notifications, as
+    /// bluetoothd's `ccc_write_cb` (src/gatt-database.c) does; `false` for the first one only.
+    /// Either way `StopNotify` comes when the last one leaves.
+    pub fn set_start_notify_per_peer(&self, per_peer: bool) {
+        self.start_notify_per_peer.store(per_peer, Ordering::SeqCst);
+    }
+
+    /// Adds a subscriber; returns whether bluetoothd calls `StartNotify` now: for a new
+    /// subscriber, always (per peer) or when it is the characteristic's first.
     pub(crate) fn subscribe(
         &self,
         char_path: &str,
@@ -266,10 +334,16 @@ impl AdapterState {
         let mut subs = lock(&self.subs);
         let list = subs.entry(char_path.to_owned()).or_default();
         let first = list.is_empty();
-        if !list.iter().any(|s| s.link == link) {
-            list.push(Subscriber { link, tx });
+        if list.iter().any(|s| s.link == link) {
+            // The CCC already holds this value: bluetoothd just succeeds.
+            return false;
         }
-        first
+        list.push(Subscriber { link, tx });
+        let call = first || self.start_notify_per_peer.load(Ordering::SeqCst);
+        if call {
+            self.start_notify_calls.fetch_add(1, Ordering::Relaxed);
+        }
+        call
     }
 
     /// Removes a subscriber; returns whether it was the last (bluetoothd then calls
@@ -281,9 +355,12 @@ impl AdapterState {
         };
         let before = list.len();
         list.retain(|s| s.link != link);
-        let last = before > 0 && list.is_empty();
+        let last = before > list.len() && list.is_empty();
         if list.is_empty() {
             subs.remove(char_path);
+        }
+        if last {
+            self.stop_notify_calls.fetch_add(1, Ordering::Relaxed);
         }
         last
     }
