@@ -48,6 +48,8 @@ pub const AP_CLOSE_GRACE_MS: u64 = 1_000;
 pub const JOIN_TIMEOUT_MS: u64 = 30_000;
 /// Longest wait for a WebSocket connect (TCP + upgrade).
 pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// Longest wait for one frame to go out; a gateway that stops reading gets a reconnect.
+pub const SEND_TIMEOUT_MS: u64 = 5_000;
 /// Wait before retrying a failed access point start or accept.
 const RADIO_RETRY_MS: u64 = 5_000;
 
@@ -625,8 +627,14 @@ async fn session<C: Clock, R: Relay>(
             for effect in effects {
                 match effect {
                     SessionEffect::Send(text) => {
-                        if conn.send_text(&text).await.is_err() {
-                            return SessionEnd::Closed;
+                        let deadline = ctx.clock.now() + SEND_TIMEOUT_MS;
+                        match select(conn.send_text(&text), ctx.clock.sleep_until(deadline)).await {
+                            Either::First(Ok(())) => {}
+                            Either::First(Err(_)) => return SessionEnd::Closed,
+                            Either::Second(()) => {
+                                log::warn!("session: gateway not reading; reconnecting");
+                                return SessionEnd::Closed;
+                            }
                         }
                     }
                     SessionEffect::Pulse { id, ms } => {
