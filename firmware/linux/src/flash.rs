@@ -1,0 +1,109 @@
+//! A file treated as NOR flash, so credentials go through the core's one sequential-storage
+//! implementation on Linux too. Created 0600; erased bytes are 0xFF; a write can only clear bits
+//! (as on the chip); every write and erase is synced to disk before it returns.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use embedded_storage_async::nor_flash::{
+    ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
+};
+
+/// Erase page size, as the ESP32-C3's flash.
+pub const PAGE: u32 = 4096;
+/// Pages in the credentials file (sequential-storage needs at least two).
+pub const PAGES: u32 = 4;
+
+/// The file-backed flash.
+pub struct FileFlash {
+    file: File,
+}
+
+/// An I/O error on the flash file (logged by the core as a flash error).
+#[derive(Debug)]
+pub struct FlashIoError(#[allow(dead_code)] io::ErrorKind);
+
+impl NorFlashError for FlashIoError {
+    fn kind(&self) -> NorFlashErrorKind {
+        NorFlashErrorKind::Other
+    }
+}
+
+impl FileFlash {
+    /// Opens (or creates, erased) the flash file at `path`.
+    pub fn open(path: &Path) -> io::Result<Self> {
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(path)?;
+        // An existing file keeps its bits; make sure nobody widened its mode.
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+        let size = u64::from(PAGE * PAGES);
+        let len = file.metadata()?.len();
+        if len < size {
+            let fill = vec![0xff; usize::try_from(size - len).unwrap_or(0)];
+            file.write_all_at(&fill, len)?;
+            file.sync_data()?;
+        }
+        Ok(Self { file })
+    }
+
+    /// The range the core's store uses: the whole file.
+    pub fn range() -> core::ops::Range<u32> {
+        0..PAGE * PAGES
+    }
+}
+
+fn err(e: io::Error) -> FlashIoError {
+    FlashIoError(e.kind())
+}
+
+impl ErrorType for FileFlash {
+    type Error = FlashIoError;
+}
+
+impl ReadNorFlash for FileFlash {
+    const READ_SIZE: usize = 1;
+
+    async fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), FlashIoError> {
+        self.file
+            .read_exact_at(bytes, u64::from(offset))
+            .map_err(err)
+    }
+
+    fn capacity(&self) -> usize {
+        (PAGE * PAGES) as usize
+    }
+}
+
+impl NorFlash for FileFlash {
+    const WRITE_SIZE: usize = 4;
+    const ERASE_SIZE: usize = PAGE as usize;
+
+    async fn erase(&mut self, from: u32, to: u32) -> Result<(), FlashIoError> {
+        let len = usize::try_from(to.saturating_sub(from)).unwrap_or(0);
+        self.file
+            .write_all_at(&vec![0xff; len], u64::from(from))
+            .map_err(err)?;
+        self.file.sync_data().map_err(err)
+    }
+
+    async fn write(&mut self, offset: u32, bytes: &[u8]) -> Result<(), FlashIoError> {
+        let mut current = vec![0u8; bytes.len()];
+        self.file
+            .read_exact_at(&mut current, u64::from(offset))
+            .map_err(err)?;
+        for (c, b) in current.iter_mut().zip(bytes) {
+            *c &= *b;
+        }
+        self.file
+            .write_all_at(&current, u64::from(offset))
+            .map_err(err)?;
+        self.file.sync_data().map_err(err)
+    }
+}

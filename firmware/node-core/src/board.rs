@@ -1,0 +1,170 @@
+//! What a board provides: small traits the core's [`crate::run`] is generic over. A board crate
+//! implements them and nothing else; no rule lives behind them.
+//!
+//! Every `async fn` here is awaited from a single-threaded executor (tokio current-thread on
+//! Linux, embassy on the ESP32): no `Send` bounds. `recv`/`accept`/`sleep_until` futures may be
+//! dropped before they finish (the core `select`s over them), so they must be cancel-safe.
+#![allow(async_fn_in_trait)]
+
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use crate::time::Instant;
+
+/// The board's CSPRNG (the OS on Linux, the radio's TRNG on the ESP32).
+pub trait Rng {
+    /// Fills `buf` with random bytes.
+    fn fill_bytes(&mut self, buf: &mut [u8]);
+
+    /// A random `u32` (backoff jitter).
+    fn next_u32(&mut self) -> u32 {
+        let mut b = [0u8; 4];
+        self.fill_bytes(&mut b);
+        u32::from_le_bytes(b)
+    }
+}
+
+/// The monotonic clock and timer.
+pub trait Clock {
+    /// Milliseconds since boot.
+    fn now(&self) -> Instant;
+    /// Completes at or after `at`.
+    async fn sleep_until(&self, at: Instant);
+}
+
+/// The relay could not be driven.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HardwareError;
+
+/// The relay output.
+pub trait Relay {
+    /// Energises (`true`) or releases the relay.
+    fn set(&mut self, energised: bool) -> Result<(), HardwareError>;
+}
+
+/// One network from a scan.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    /// Its SSID.
+    pub ssid: String,
+    /// Signal strength, dBm.
+    pub rssi: i16,
+    /// Whether it needs a password.
+    pub secure: bool,
+}
+
+/// Why joining a Wi-Fi network failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WifiError {
+    /// The network refused the password (the 4-way handshake failed).
+    WrongPassword,
+    /// No network with that SSID is in range.
+    NotFound,
+    /// Anything else (radio error, DHCP timeout).
+    Failed,
+}
+
+/// The Wi-Fi radio: the setup access point and the station.
+pub trait Wifi {
+    /// Networks in range, strongest first.
+    async fn scan(&mut self) -> Result<Vec<Network>, WifiError>;
+    /// Opens the setup access point, WPA2-PSK (WPA3-SAE where the radio can) with `passphrase`.
+    async fn open_setup_ap(&mut self, ssid: &str, passphrase: &str) -> Result<(), WifiError>;
+    /// Closes it.
+    async fn close_setup_ap(&mut self);
+    /// Joins a network as a station and waits for an address.
+    async fn join(&mut self, ssid: &str, password: &str) -> Result<(), WifiError>;
+}
+
+/// A network failure talking to the gateway (connect, timeout, reset): worth retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NetError;
+
+/// An HTTP answer, its body cut at the board's limit.
+#[derive(Debug, Clone)]
+pub struct HttpResponse {
+    /// Status code.
+    pub status: u16,
+    /// `Retry-After`, seconds, if present.
+    pub retry_after: Option<u32>,
+    /// Body bytes (at most [`crate::register::MAX_ANSWER`]).
+    pub body: Vec<u8>,
+}
+
+/// Plain HTTP/1.1 to the gateway (the LAN gateway speaks no TLS).
+pub trait HttpClient {
+    /// `POST url` with a JSON body; a bounded time (the board's timeout) to answer.
+    async fn post_json(&mut self, url: &str, body: &[u8]) -> Result<HttpResponse, NetError>;
+}
+
+/// Why a WebSocket connect failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectError {
+    /// The gateway answered the upgrade with this HTTP status (401 unknown key, 403 revoked).
+    Status(u16),
+    /// Network failure.
+    Net,
+}
+
+/// What a WebSocket connection received.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WsMessage {
+    /// A text frame.
+    Text(String),
+    /// A ping, pong or binary frame: proof of life, nothing else.
+    Activity,
+    /// The peer closed, with its close code if it gave one.
+    Close(Option<u16>),
+}
+
+/// Opens WebSocket connections to the gateway.
+pub trait WsConnector {
+    /// One connection.
+    type Conn: WsConn;
+    /// `GET url` upgraded, with `Authorization: Node <node_key>`.
+    async fn connect(&mut self, url: &str, node_key: &str) -> Result<Self::Conn, ConnectError>;
+}
+
+/// One WebSocket connection; the board answers pings itself and caps frames at 16 KiB.
+pub trait WsConn {
+    /// Sends a text frame.
+    async fn send_text(&mut self, text: &str) -> Result<(), NetError>;
+    /// The next message; `Close(None)` when the connection is gone. Cancel-safe.
+    async fn recv(&mut self) -> WsMessage;
+    /// Sends a close frame with `code` and drops the connection.
+    async fn close(&mut self, code: u16);
+}
+
+/// The TCP listener of the setup access point's HTTP API (picoserve serves each connection).
+pub trait ApListener {
+    /// picoserve's runtime marker for this board.
+    type Runtime;
+    /// picoserve's timer for this board.
+    type Timer: picoserve::Timer<Self::Runtime>;
+    /// An accepted connection.
+    type Socket: picoserve::io::Socket<Self::Runtime>;
+    /// The next connection. Cancel-safe. Called from [`crate::ap::WORKERS`] loops at once.
+    async fn accept(&self) -> Result<Self::Socket, NetError>;
+    /// A timer for picoserve's timeouts.
+    fn timer(&self) -> Self::Timer;
+}
+
+/// Everything a board hands to [`crate::run`].
+pub struct Board<S, R, C, W, H, N, A, G> {
+    /// Persistent state ([`crate::storage::FlashStore`] over the board's flash and range).
+    pub store: S,
+    /// The relay output.
+    pub relay: R,
+    /// The monotonic clock.
+    pub clock: C,
+    /// The Wi-Fi radio.
+    pub wifi: W,
+    /// HTTP to the gateway.
+    pub http: H,
+    /// WebSocket to the gateway.
+    pub ws: N,
+    /// The AP API's listener.
+    pub ap: A,
+    /// The CSPRNG.
+    pub rng: G,
+}
