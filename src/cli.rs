@@ -210,6 +210,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         libc::umask(0o077);
     }
     let config = Config::resolve(&cli.overrides())?;
+    crate::check_data_dir(&config.data_dir)?;
     match cli.command {
         Command::Serve(_) => serve(config),
         Command::Admin(AdminCmd::Password) => set_password(&config),
@@ -317,7 +318,7 @@ fn serve(config: Config) -> anyhow::Result<()> {
 /// every large block mmapped, so its memory returns to the system when freed.
 fn return_big_allocations() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: mallopt only tunes the allocator; called before any other thread exists.
+    // SAFETY: mallopt only tunes the allocator; called at start, before the runtime exists.
     unsafe {
         libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
     }

@@ -54,16 +54,11 @@ const PASSWORD_CHECKS: usize = 2;
 /// Shutdown must finish well inside systemd's and the contract's 5 s.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
-/// Creates the data directory (0700) if needed and opens the registry in it. Refuses a
-/// directory others can read, and one that holds the remains of a gateway (a master key or a
-/// WAL) without a usable database: starting afresh there would silently make a new gateway.
-/// Every file the registry makes is 0600 whatever the umask.
-pub fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
+/// Creates the data directory (0700) if needed and refuses one that group or others can
+/// open: it holds the password hash and sealed secrets. The binary calls this before any
+/// command that uses the directory (tests drive the library on temp dirs of their own).
+pub fn check_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    create_data_dir(data_dir)?;
     let meta = std::fs::metadata(data_dir)
         .with_context(|| format!("cannot read data directory {}", data_dir.display()))?;
     let mode = meta.permissions().mode() & 0o777;
@@ -73,6 +68,23 @@ pub fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
             dir = data_dir.display()
         );
     }
+    Ok(())
+}
+
+fn create_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))
+}
+
+/// Creates the data directory (0700) if needed and opens the registry in it. Refuses a
+/// directory that holds the remains of a gateway (a master key or a WAL) without a usable
+/// database: starting afresh there would silently make a new gateway. Every file the registry
+/// makes is 0600 whatever the umask.
+pub fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
+    create_data_dir(data_dir)?;
     let db = data_dir.join(DB_FILE);
     refuse_remains(data_dir, &db)?;
     // SQLite creates the WAL and SHM files with the database file's mode.
