@@ -19,8 +19,10 @@ const MAX_KEYS: usize = 10_000;
 pub struct RateLimiter<K> {
     max: usize,
     window: i64,
-    failures: Mutex<HashMap<K, VecDeque<UnixTime>>>,
+    failures: Mutex<Failures<K>>,
 }
+
+type Failures<K> = HashMap<K, VecDeque<UnixTime>>;
 
 impl<K: Eq + Hash + Clone> RateLimiter<K> {
     pub fn new(max: usize, window_secs: i64) -> Self {
@@ -35,17 +37,41 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
     /// window: then `Err(retry_after_secs)` and nothing is counted.
     pub fn reserve(&self, key: &K, now: UnixTime) -> Result<(), u64> {
         let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(q) = map.get_mut(key) {
-            while q.front().is_some_and(|t| *t <= now - self.window) {
-                q.pop_front();
-            }
-            if q.len() >= self.max {
-                let oldest = q.front().copied().unwrap_or(now);
-                return Err(u64::try_from(oldest + self.window - now)
-                    .unwrap_or(1)
-                    .max(1));
-            }
+        self.over(&mut map, key, now)?;
+        self.record(&mut map, key, now);
+        Ok(())
+    }
+
+    /// `Err(retry_after_secs)` if `key` has used up its failures in the current window. For
+    /// cheap checks only: concurrent callers may all pass before any `fail` (use `reserve`).
+    pub fn check(&self, key: &K, now: UnixTime) -> Result<(), u64> {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        self.over(&mut map, key, now)
+    }
+
+    /// Records a failure of `key` at `now`.
+    pub fn fail(&self, key: &K, now: UnixTime) {
+        let mut map = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        self.record(&mut map, key, now);
+    }
+
+    fn over(&self, map: &mut Failures<K>, key: &K, now: UnixTime) -> Result<(), u64> {
+        let Some(q) = map.get_mut(key) else {
+            return Ok(());
+        };
+        while q.front().is_some_and(|t| *t <= now - self.window) {
+            q.pop_front();
         }
+        if q.len() >= self.max {
+            let oldest = q.front().copied().unwrap_or(now);
+            return Err(u64::try_from(oldest + self.window - now)
+                .unwrap_or(1)
+                .max(1));
+        }
+        Ok(())
+    }
+
+    fn record(&self, map: &mut Failures<K>, key: &K, now: UnixTime) {
         if map.len() >= MAX_KEYS && !map.contains_key(key) {
             let window = self.window;
             map.retain(|_, q| q.back().is_some_and(|t| *t > now - window));
@@ -60,8 +86,11 @@ impl<K: Eq + Hash + Clone> RateLimiter<K> {
                 }
             }
         }
-        map.entry(key.clone()).or_default().push_back(now);
-        Ok(())
+        let q = map.entry(key.clone()).or_default();
+        q.push_back(now);
+        while q.len() > self.max {
+            q.pop_front();
+        }
     }
 
     /// Gives back one reservation of `key` (the attempt was no failure).

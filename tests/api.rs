@@ -1183,3 +1183,106 @@ async fn secret_types_never_show_through_debug() {
     assert!(!format!("{who:?}").contains(sid.expose()), "{who:?}");
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn device_names_are_visible_text_of_at_most_64_characters() {
+    let gw = Gateway::start().await;
+    let http = http();
+    for bad in [
+        "evil\u{202E}gnp.exe",
+        "\u{200B}",
+        "a\u{2028}b",
+        "a\u{2029}b",
+        "zero\u{200D}width",
+        "bom\u{FEFF}",
+        "tab\there",
+        &"é".repeat(65),
+    ] {
+        let t = gw.pair_token(&http).await;
+        let r = http
+            .post(gw.url("/api/pair"))
+            .json(&pair_body(&t["pairToken"], bad))
+            .send()
+            .await
+            .unwrap();
+        let body = expect_error(r, 400, "BAD_REQUEST").await;
+        assert!(
+            !body.to_string().contains(bad),
+            "the name is not echoed: {body}"
+        );
+    }
+    // 64 characters of two bytes each are fine, and names are trimmed.
+    let t = gw.pair_token(&http).await;
+    let name = "é".repeat(64);
+    let r = http
+        .post(gw.url("/api/pair"))
+        .json(&pair_body(&t["pairToken"], &format!("  {name}\u{2028}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let key = r.json::<Value>().await.unwrap()["deviceKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me: Value = http
+        .get(gw.url("/api/me"))
+        .header("authorization", format!("Device {key}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["name"], name.as_str());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn error_bodies_never_echo_input_or_name_internals() {
+    let gw = Gateway::start().await;
+    let http = http();
+    let secret = "dev_SECRETVALUE0123456789";
+    let cases = [
+        json!({"pairToken": secret, "deviceInfo": secret}),
+        json!({"pairToken": secret, "deviceInfo": {"name": secret, "type": 7}}),
+        json!({"pairToken": [secret], "deviceInfo": {"name": "a", "type": "b"}}),
+        json!({"pairToken": {"x": secret}, "deviceInfo": {"name": "a", "type": "b"}}),
+        json!({"deviceInfo": {"name": secret, "type": "b"}, secret: 1}),
+        json!(secret),
+    ];
+    for body in cases {
+        let r = http
+            .post(gw.url("/api/pair"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let err = expect_error(r, 400, "BAD_REQUEST").await;
+        let text = err.to_string();
+        for leak in ["SECRETVALUE", "struct", "DeviceInfoBody", "PairRequest", "serde", "expected"] {
+            assert!(!text.contains(leak), "{leak} in {text}");
+        }
+    }
+    // The message still names the field.
+    let r = http
+        .post(gw.url("/api/pair"))
+        .json(&json!({"pairToken": "pt_x", "deviceInfo": secret}))
+        .send()
+        .await
+        .unwrap();
+    let err = expect_error(r, 400, "BAD_REQUEST").await;
+    assert_eq!(
+        err["error"]["message"], "deviceInfo has the wrong type or value",
+        "{err}"
+    );
+    let r = http
+        .post(gw.url("/api/pair"))
+        .json(&json!({"pairToken": "pt_x", "deviceInfo": {"type": "mobile"}}))
+        .send()
+        .await
+        .unwrap();
+    let err = expect_error(r, 400, "BAD_REQUEST").await;
+    assert_eq!(err["error"]["message"], "deviceInfo.name is missing", "{err}");
+    gw.stop().await;
+}

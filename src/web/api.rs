@@ -110,13 +110,14 @@ async fn pair(
     Json(req): Json<PairRequest>,
 ) -> Result<Response, ApiError> {
     let now = state.now();
-    let info = DeviceInfo::validate(&req.device_info.name, &req.device_info.kind)?;
-    // Counted before the lookup (no check-then-act under concurrency); given back below
-    // unless the token was a guess.
-    if let Err(retry) = state.pair_limit.reserve(&ip, now) {
+    // A lookup is one SHA-256 and one indexed row, and a 128-bit token makes a burst of
+    // guesses worthless, so this throttle may check first and count after: concurrent
+    // redemptions of a real token must each get their exact answer (201 or 410).
+    if let Err(retry) = state.pair_limit.check(&ip, now) {
         state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::rate_limited(retry));
     }
+    let info = DeviceInfo::validate(&req.device_info.name, &req.device_info.kind)?;
     // The authenticator label; kept here so no second database round trip is needed.
     let account = info.name.clone();
     let token = req.pair_token;
@@ -125,15 +126,15 @@ async fn pair(
         .store
         .write(move |tx| Ok(pairing::redeem(tx, &st.master, &token, &info, now)))
         .await?;
-    // Only guesses count against the address: a real token that is used or expired is no
-    // attack.
-    if !matches!(result, Err(pairing::PairError::Invalid)) {
-        state.pair_limit.release(&ip);
-    }
     let paired = match result {
         Ok(p) => p,
         Err(e) => {
             state.metrics.pair_failures.fetch_add(1, Ordering::Relaxed);
+            // Only guesses count against the address: a real token that is used or expired
+            // is no attack.
+            if matches!(e, pairing::PairError::Invalid) {
+                state.pair_limit.fail(&ip, now);
+            }
             return Err(e.into());
         }
     };

@@ -177,7 +177,7 @@ fn data_error_message(e: &(dyn std::error::Error + 'static)) -> String {
     })
     .find_map(|c| c.downcast_ref::<PathError>());
     let Some(err) = found else {
-        return "the request body does not have the expected fields".to_owned();
+        return "the request body is not the object this endpoint takes".to_owned();
     };
     let serde_msg = err.inner().to_string();
     if serde_msg.starts_with("unknown field") {
@@ -198,7 +198,7 @@ fn data_error_message(e: &(dyn std::error::Error + 'static)) -> String {
         return format!("{full} is missing");
     }
     if path.is_empty() {
-        "the request body does not have the expected fields".to_owned()
+        "the request body is not the object this endpoint takes".to_owned()
     } else {
         format!("{path} has the wrong type or value")
     }
