@@ -139,7 +139,8 @@ impl HttpLimits {
 
     fn validate(&self) -> Result<(), ConfigError> {
         let secs = |d: Duration| d.as_secs();
-        if !(1..=30).contains(&secs(self.header_timeout)) || !(1..=30).contains(&secs(self.body_timeout))
+        if !(1..=30).contains(&secs(self.header_timeout))
+            || !(1..=30).contains(&secs(self.body_timeout))
         {
             return Err(ConfigError::Invalid(
                 "http.header_timeout_secs and http.body_timeout_secs must be 1 to 30".into(),

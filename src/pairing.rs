@@ -10,9 +10,9 @@ use serde_json::json;
 use crate::clock::UnixTime;
 use crate::crypto::MasterKey;
 use crate::events;
+use crate::names;
 use crate::registry::{totp_aad, DeviceId};
 use crate::secret::{SecretBytes, SecretString};
-use crate::names;
 use crate::store::StoreError;
 
 pub const PAIR_TOKEN_PREFIX: &str = "pt_";

@@ -1260,7 +1260,14 @@ async fn error_bodies_never_echo_input_or_name_internals() {
             .unwrap();
         let err = expect_error(r, 400, "BAD_REQUEST").await;
         let text = err.to_string();
-        for leak in ["SECRETVALUE", "struct", "DeviceInfoBody", "PairRequest", "serde", "expected"] {
+        for leak in [
+            "SECRETVALUE",
+            "struct",
+            "DeviceInfoBody",
+            "PairRequest",
+            "serde",
+            "expected",
+        ] {
             assert!(!text.contains(leak), "{leak} in {text}");
         }
     }
@@ -1283,6 +1290,9 @@ async fn error_bodies_never_echo_input_or_name_internals() {
         .await
         .unwrap();
     let err = expect_error(r, 400, "BAD_REQUEST").await;
-    assert_eq!(err["error"]["message"], "deviceInfo.name is missing", "{err}");
+    assert_eq!(
+        err["error"]["message"], "deviceInfo.name is missing",
+        "{err}"
+    );
     gw.stop().await;
 }

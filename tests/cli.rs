@@ -665,14 +665,21 @@ async fn data_files_are_private_whatever_the_umask_and_open_dirs_are_refused() {
     // A data dir someone made with the usual 0755.
     std::fs::create_dir(&data).unwrap();
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
-    let o = cli(cwd.path(), &data, &["serve", "--listen", "127.0.0.1:0", "--ble", "off"]);
+    let o = cli(
+        cwd.path(),
+        &data,
+        &["serve", "--listen", "127.0.0.1:0", "--ble", "off"],
+    );
     assert_fails_with(&o, &format!("chmod 700 {}", data.display()));
     assert!(daemon::files_under(&data).is_empty(), "nothing was written");
     let o = cli(cwd.path(), &data, &["devices", "list"]);
     assert_fails_with(&o, "open to group or others");
 
     std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
-    let mut c = command(cwd.path(), &["serve", "--listen", "127.0.0.1:0", "--ble", "off"]);
+    let mut c = command(
+        cwd.path(),
+        &["serve", "--listen", "127.0.0.1:0", "--ble", "off"],
+    );
     c.arg("--data-dir").arg(&data);
     // SAFETY: umask only changes the child's file-creation mask.
     unsafe {
@@ -704,7 +711,10 @@ async fn data_files_are_private_whatever_the_umask_and_open_dirs_are_refused() {
     assert_eq!(r.status(), 201);
     // The WAL and SHM exist while the daemon runs.
     let files = modes(&data);
-    assert!(files.iter().any(|(p, _)| p.ends_with("latchkey.db-wal")), "{files:?}");
+    assert!(
+        files.iter().any(|(p, _)| p.ends_with("latchkey.db-wal")),
+        "{files:?}"
+    );
     for (path, mode) in &files {
         assert_eq!(*mode, 0o600, "{path} is {mode:o}");
     }
@@ -716,7 +726,10 @@ async fn data_files_are_private_whatever_the_umask_and_open_dirs_are_refused() {
     std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
     let o = cli(cwd.path(), &data, &["devices", "list"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert_eq!(std::fs::metadata(&db).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
 }
 
 #[test]
@@ -730,14 +743,24 @@ fn remains_of_a_gateway_are_never_taken_for_a_fresh_start() {
     let db = data.join("latchkey.db");
     let original_key = std::fs::read(&key).unwrap();
     let original_db = std::fs::read(&db).unwrap();
-    let start = || cli(cwd.path(), &data, &["serve", "--listen", "127.0.0.1:0", "--ble", "off"]);
+    let start = || {
+        cli(
+            cwd.path(),
+            &data,
+            &["serve", "--listen", "127.0.0.1:0", "--ble", "off"],
+        )
+    };
 
     // The database truncated to nothing beside its master key.
     std::fs::write(&db, b"").unwrap();
     let o = start();
     assert_fails_with(&o, "latchkey.db is truncated (0 bytes)");
     assert!(stderr(&o).contains("restore latchkey.db"), "{}", stderr(&o));
-    assert_eq!(std::fs::read(&db).unwrap(), b"", "the database was left alone");
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        b"",
+        "the database was left alone"
+    );
     assert_eq!(std::fs::read(&key).unwrap(), original_key);
     // Deleted outright: the same.
     std::fs::remove_file(&db).unwrap();

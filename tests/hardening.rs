@@ -314,7 +314,9 @@ async fn oversized_heads_and_bad_request_lines_are_refused_and_closed() {
     // hyper answers these itself, with a status line and no body (see docs/PERFORMANCE.md).
     assert_eq!(status_of(&read_to_close(&mut big).await), 431);
     let mut bad = connect_from(lo, gw.addr).await;
-    bad.write_all(b"GARBAGE\x01 / NOT-HTTP\r\n\r\n").await.unwrap();
+    bad.write_all(b"GARBAGE\x01 / NOT-HTTP\r\n\r\n")
+        .await
+        .unwrap();
     assert_eq!(status_of(&read_to_close(&mut bad).await), 400);
     gw.stop().await;
 }
@@ -368,7 +370,8 @@ async fn stalled_requests_at_fd_limit_1024_leave_others_served() {
     for _ in 0..1100 {
         let sock = TcpSocket::new_v4().unwrap();
         sock.bind(SocketAddr::new(lo, 0)).unwrap();
-        let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(1), sock.connect(d.addr)).await
+        let Ok(Ok(mut s)) =
+            tokio::time::timeout(Duration::from_secs(1), sock.connect(d.addr)).await
         else {
             continue;
         };
@@ -410,5 +413,8 @@ async fn stalled_requests_at_fd_limit_1024_leave_others_served() {
     let (status, logs) = d.terminate(Duration::from_secs(10));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{logs}");
     let warnings = logs.matches("cannot accept connections").count();
-    assert!(warnings <= 1, "accept errors must not flood the log:\n{logs}");
+    assert!(
+        warnings <= 1,
+        "accept errors must not flood the log:\n{logs}"
+    );
 }

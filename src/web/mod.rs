@@ -127,13 +127,16 @@ async fn read_body(
     use http_body_util::BodyExt;
     let (parts, body) = req.into_parts();
     if body.is_end_stream() {
-        return next.run(axum::extract::Request::from_parts(parts, body)).await;
+        return next
+            .run(axum::extract::Request::from_parts(parts, body))
+            .await;
     }
     let limited = http_body_util::Limited::new(body, MAX_BODY);
     match tokio::time::timeout(state.config.http.body_timeout, limited.collect()).await {
         Ok(Ok(collected)) => {
             let body = axum::body::Body::from(collected.to_bytes());
-            next.run(axum::extract::Request::from_parts(parts, body)).await
+            next.run(axum::extract::Request::from_parts(parts, body))
+                .await
         }
         Ok(Err(e)) if is_too_large(e.as_ref()) => ApiError::too_large().into_response(),
         Ok(Err(_)) => ApiError::bad_request("the request body could not be read").into_response(),
