@@ -263,10 +263,12 @@ pub async fn serve(
 
     let app = web::router(state.clone(), ws::routes());
     let token = state.shutdown.clone();
+    let caps = listener::Caps::for_this_process(&state.config.http);
     let server = tokio::spawn(listener::serve(
         listener,
         app,
         state.config.http.clone(),
+        caps,
         token.clone(),
     ));
     tracing::info!(

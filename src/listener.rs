@@ -68,6 +68,24 @@ impl Caps {
     }
 }
 
+impl Caps {
+    /// The caps for this process's fd limit, logged once.
+    pub fn for_this_process(limits: &HttpLimits) -> Self {
+        let fds = fd_limit();
+        let caps = Self::derive(fds, limits);
+        tracing::info!(
+            fd_limit = fds,
+            max_connections = caps.total,
+            max_connections_per_address = caps.per_address,
+            ws_per_device = limits.ws_per_device,
+            header_timeout_secs = limits.header_timeout.as_secs(),
+            body_timeout_secs = limits.body_timeout.as_secs(),
+            "connection limits"
+        );
+        caps
+    }
+}
+
 /// The soft `RLIMIT_NOFILE` this process runs under.
 pub fn fd_limit() -> u64 {
     let mut rl = libc::rlimit {
@@ -89,19 +107,9 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: HttpLimits,
+    caps: Caps,
     shutdown: CancellationToken,
 ) {
-    let fds = fd_limit();
-    let caps = Caps::derive(fds, &limits);
-    tracing::info!(
-        fd_limit = fds,
-        max_connections = caps.total,
-        max_connections_per_address = caps.per_address,
-        ws_per_device = limits.ws_per_device,
-        header_timeout_secs = limits.header_timeout.as_secs(),
-        body_timeout_secs = limits.body_timeout.as_secs(),
-        "connection limits"
-    );
     let slots = Slots::<IpAddr>::new(caps.per_address, caps.total);
     let refusals = Slots::<()>::new(REFUSALS, REFUSALS);
     let conns = TaskTracker::new();

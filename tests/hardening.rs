@@ -311,7 +311,8 @@ async fn oversized_heads_and_bad_request_lines_are_refused_and_closed() {
         "a".repeat(20 * 1024)
     );
     let _ = big.write_all(head.as_bytes()).await;
-    // hyper answers these itself, with a status line and no body (see docs/PERFORMANCE.md).
+    // hyper answers these itself (`Server::on_error` in hyper's h1 role), with a status line
+    // and no body; http1::Builder has no hook to give them the contract's JSON body.
     assert_eq!(status_of(&read_to_close(&mut big).await), 431);
     let mut bad = connect_from(lo, gw.addr).await;
     bad.write_all(b"GARBAGE\x01 / NOT-HTTP\r\n\r\n")
