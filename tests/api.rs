@@ -1185,60 +1185,6 @@ async fn secret_types_never_show_through_debug() {
 }
 
 #[tokio::test]
-async fn me_lists_the_endpoints_this_device_may_open() {
-    use latchkey::clock::Clock;
-    use latchkey::config::{ActionConfig, EndpointConfig};
-    let ep = |id: &str, name: Option<&str>, devices: Option<Vec<String>>| EndpointConfig {
-        id: id.into(),
-        name: name.map(str::to_owned),
-        devices,
-        action: ActionConfig::None,
-    };
-    let endpoints = |allowed: Vec<String>| {
-        vec![
-            ep("front", Some("Front door"), None),
-            ep("vault", None, Some(vec![])),
-            ep("garage", Some("Garage"), Some(allowed)),
-        ]
-    };
-    let gw = Gateway::start_with(|c| c.endpoints = endpoints(vec![])).await;
-    let http = http();
-    let paired = gw.pair(&http, "Pixel 7").await;
-    let id = paired["deviceId"].as_str().unwrap().to_owned();
-    let key = paired["deviceKey"].as_str().unwrap().to_owned();
-    let me = |gw: &Gateway| {
-        http.get(gw.url("/api/me"))
-            .header("Authorization", format!("Device {key}"))
-            .send()
-    };
-    let r = me(&gw).await.unwrap();
-    assert_eq!(r.status(), 200);
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(body["deviceId"], id.as_str());
-    assert_eq!(
-        body["endpoints"],
-        json!([{"id": "front", "name": "Front door"}]),
-        "the vault and the garage allow nobody"
-    );
-
-    // The garage's allowlist names this device (after a restart with that configuration);
-    // an endpoint without a name is listed under its id.
-    let t = gw.clock.now();
-    let dir = gw.stop().await;
-    let allowed = vec![id.clone()];
-    let gw = Gateway::start_in(dir, t, |c| {
-        c.endpoints = endpoints(allowed);
-        c.endpoints[1].devices = None;
-    })
-    .await;
-    let body: Value = me(&gw).await.unwrap().json().await.unwrap();
-    assert_eq!(
-        body["endpoints"],
-        json!([
-            {"id": "front", "name": "Front door"},
-            {"id": "vault", "name": "vault"},
-            {"id": "garage", "name": "Garage"}
-        ])
 async fn device_names_are_visible_text_of_at_most_64_characters() {
     let gw = Gateway::start().await;
     let http = http();
@@ -1334,6 +1280,65 @@ async fn error_bodies_never_echo_input_or_name_internals() {
     assert_eq!(
         message(json!({"pairToken": "pt_x", "deviceInfo": {"type": "mobile"}})).await,
         "deviceInfo.name is missing"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn me_lists_the_endpoints_this_device_may_open() {
+    use latchkey::clock::Clock;
+    use latchkey::config::{ActionConfig, EndpointConfig};
+    let ep = |id: &str, name: Option<&str>, devices: Option<Vec<String>>| EndpointConfig {
+        id: id.into(),
+        name: name.map(str::to_owned),
+        devices,
+        action: ActionConfig::None,
+    };
+    let endpoints = |allowed: Vec<String>| {
+        vec![
+            ep("front", Some("Front door"), None),
+            ep("vault", None, Some(vec![])),
+            ep("garage", Some("Garage"), Some(allowed)),
+        ]
+    };
+    let gw = Gateway::start_with(|c| c.endpoints = endpoints(vec![])).await;
+    let http = http();
+    let paired = gw.pair(&http, "Pixel 7").await;
+    let id = paired["deviceId"].as_str().unwrap().to_owned();
+    let key = paired["deviceKey"].as_str().unwrap().to_owned();
+    let me = |gw: &Gateway| {
+        http.get(gw.url("/api/me"))
+            .header("Authorization", format!("Device {key}"))
+            .send()
+    };
+    let r = me(&gw).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["deviceId"], id.as_str());
+    assert_eq!(
+        body["endpoints"],
+        json!([{"id": "front", "name": "Front door"}]),
+        "the vault and the garage allow nobody"
+    );
+
+    // The garage's allowlist names this device (after a restart with that configuration);
+    // an endpoint without a name is listed under its id.
+    let t = gw.clock.now();
+    let dir = gw.stop().await;
+    let allowed = vec![id.clone()];
+    let gw = Gateway::start_in(dir, t, |c| {
+        c.endpoints = endpoints(allowed);
+        c.endpoints[1].devices = None;
+    })
+    .await;
+    let body: Value = me(&gw).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        body["endpoints"],
+        json!([
+            {"id": "front", "name": "Front door"},
+            {"id": "vault", "name": "vault"},
+            {"id": "garage", "name": "Garage"}
+        ])
     );
     gw.stop().await;
 }
