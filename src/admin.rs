@@ -17,13 +17,12 @@ pub const ADMIN_TOKEN_PREFIX: &str = "lka_";
 pub const MIN_PASSWORD_LEN: usize = 10;
 pub const MAX_PASSWORD_LEN: usize = 1024;
 pub const SESSION_TTL_SECS: i64 = 12 * 3600;
-pub const MAX_TOKEN_NAME_LEN: usize = 64;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
     #[error("password must be {MIN_PASSWORD_LEN} to {MAX_PASSWORD_LEN} characters")]
     PasswordLength,
-    #[error("token name must be 1 to 64 printable characters")]
+    #[error("token name must be 1 to 64 characters, none of them control, format or separator characters")]
     TokenName,
     #[error("password hashing failed")]
     Hash,
@@ -105,13 +104,7 @@ pub fn create_token(
     name: &str,
     now: UnixTime,
 ) -> Result<(i64, SecretString), AdminError> {
-    let name = name.trim();
-    if name.is_empty()
-        || name.chars().count() > MAX_TOKEN_NAME_LEN
-        || name.chars().any(char::is_control)
-    {
-        return Err(AdminError::TokenName);
-    }
+    let name = crate::names::display_name(name).map_err(|_| AdminError::TokenName)?;
     let token = SecretString::random_token::<32>(ADMIN_TOKEN_PREFIX)?;
     tx.execute(
         "INSERT INTO admin_tokens (name, token_hash, created_at) VALUES (?1, ?2, ?3)",

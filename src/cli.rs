@@ -129,7 +129,14 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
     if let Command::Phone(cmd) = cli.command {
         return latchkey_phone::cli::run(cmd);
     }
+    // Nothing the gateway writes is for other users: the data dir holds password hashes and
+    // sealed secrets. (The store also makes its files 0600 itself; this covers the rest.)
+    // SAFETY: umask only sets this process's file-creation mask.
+    unsafe {
+        libc::umask(0o077);
+    }
     let config = Config::resolve(&cli.overrides())?;
+    crate::check_data_dir(&config.data_dir)?;
     match cli.command {
         Command::Serve(_) => serve(config),
         Command::Admin(AdminCmd::Password) => set_password(&config),
@@ -149,6 +156,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn serve(config: Config) -> anyhow::Result<()> {
+    return_big_allocations();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -164,6 +172,18 @@ fn serve(config: Config) -> anyhow::Result<()> {
     // Everything is committed by now; do not let a stuck blocking task hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     result
+}
+
+/// glibc serves large allocations with mmap only until the first is freed; then it raises
+/// the threshold and keeps later ones (argon2's 19 MiB per password check, on whichever
+/// blocking thread ran it) in per-thread arenas it rarely gives back. A fixed threshold keeps
+/// every large block mmapped, so its memory returns to the system when freed.
+fn return_big_allocations() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only tunes the allocator; called at start, before the runtime exists.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
 }
 
 fn set_password(config: &Config) -> anyhow::Result<()> {

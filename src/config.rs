@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -63,6 +64,8 @@ pub struct FileConfig {
     pub events: EventsFile,
     #[serde(default)]
     pub ble: BleFile,
+    #[serde(default)]
+    pub http: HttpFile,
     #[serde(default, rename = "endpoint")]
     pub endpoints: Vec<EndpointConfig>,
 }
@@ -92,6 +95,85 @@ pub struct BleFile {
     pub require_encryption: Option<bool>,
     /// Which BlueZ adapter to serve on (`hci0`, …); default: `hci0` if present, else the first.
     pub adapter: Option<String>,
+}
+
+/// `[http]`: the listener's timeouts and connection caps.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpFile {
+    pub header_timeout_secs: Option<u64>,
+    pub body_timeout_secs: Option<u64>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_address: Option<usize>,
+    pub ws_per_device: Option<usize>,
+}
+
+/// How long a client may take, and how many connections it may hold open (`[http]`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// From accepting a connection (or finishing a response on it) to having the next
+    /// request's headers: hyper starts this clock while the connection waits for a request,
+    /// so it is also the keep-alive idle timeout.
+    pub header_timeout: Duration,
+    /// To receive a whole request body.
+    pub body_timeout: Duration,
+    /// Connections not yet upgraded to an authenticated WebSocket, in total and per source
+    /// address; `None`: derived from the fd limit at start (`listener::Caps`).
+    pub max_connections: Option<usize>,
+    pub max_connections_per_address: Option<usize>,
+    /// Authenticated WebSockets one device may hold open at once.
+    pub ws_per_device: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(20),
+            max_connections: None,
+            max_connections_per_address: None,
+            ws_per_device: 8,
+        }
+    }
+}
+
+impl HttpLimits {
+    fn from_file(f: &HttpFile) -> Self {
+        let d = Self::default();
+        Self {
+            header_timeout: f
+                .header_timeout_secs
+                .map_or(d.header_timeout, Duration::from_secs),
+            body_timeout: f
+                .body_timeout_secs
+                .map_or(d.body_timeout, Duration::from_secs),
+            max_connections: f.max_connections,
+            max_connections_per_address: f.max_connections_per_address,
+            ws_per_device: f.ws_per_device.unwrap_or(d.ws_per_device),
+        }
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let secs = |d: Duration| d.as_secs();
+        if !(1..=30).contains(&secs(self.header_timeout))
+            || !(1..=30).contains(&secs(self.body_timeout))
+        {
+            return Err(ConfigError::Invalid(
+                "http.header_timeout_secs and http.body_timeout_secs must be 1 to 30".into(),
+            ));
+        }
+        if self.max_connections == Some(0)
+            || self.max_connections_per_address == Some(0)
+            || !(1..=1024).contains(&self.ws_per_device)
+        {
+            return Err(ConfigError::Invalid(
+                "http.max_connections, http.max_connections_per_address and http.ws_per_device \
+                 must be at least 1 (ws_per_device at most 1024)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A door, gate or vehicle the gateway can open (`[[endpoint]]` in the config file).
@@ -165,6 +247,7 @@ pub struct Config {
     /// Each device's (and admin credential's) publish budget: per second, and the burst.
     pub publish_rate: u32,
     pub publish_burst: u32,
+    pub http: HttpLimits,
     pub endpoints: Vec<EndpointConfig>,
     /// systemd's `$CREDENTIALS_DIRECTORY`, where `latchkey.key` may live.
     pub credentials_dir: Option<PathBuf>,
@@ -193,6 +276,7 @@ impl std::fmt::Debug for Config {
             .field("audit_max_age_days", &self.audit_max_age_days)
             .field("publish_rate", &self.publish_rate)
             .field("publish_burst", &self.publish_burst)
+            .field("http", &self.http)
             .field("endpoints", &self.endpoints.len())
             .finish_non_exhaustive()
     }
@@ -262,6 +346,7 @@ impl Config {
             audit_max_age_days: file.events.audit_max_age_days,
             publish_rate: file.events.publish_rate.unwrap_or(DEFAULT_PUBLISH_RATE),
             publish_burst: file.events.publish_burst.unwrap_or(DEFAULT_PUBLISH_BURST),
+            http: HttpLimits::from_file(&file.http),
             endpoints: file.endpoints,
             credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
             clock: Arc::new(SystemClock),
@@ -289,6 +374,7 @@ impl Config {
             audit_max_age_days: None,
             publish_rate: DEFAULT_PUBLISH_RATE,
             publish_burst: DEFAULT_PUBLISH_BURST,
+            http: HttpLimits::default(),
             endpoints: Vec::new(),
             credentials_dir: None,
             clock,
@@ -338,6 +424,7 @@ impl Config {
                     .into(),
             ));
         }
+        self.http.validate()?;
         if let Some(a) = &self.ble_adapter {
             let valid = a.len() <= 16
                 && a.strip_prefix("hci")

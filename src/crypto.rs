@@ -38,6 +38,12 @@ pub enum KeyError {
         "master key {path} must hold exactly 32 bytes (raw, or 64 hex digits); found {len} bytes"
     )]
     Length { path: PathBuf, len: usize },
+    #[error(
+        "master key {path} is missing, but the database beside it holds data sealed under it; \
+         restore master.key from your backup (or provide it as the systemd credential \
+         latchkey.key); no new key was created"
+    )]
+    Missing { path: PathBuf },
     #[error(transparent)]
     Random(#[from] RandomError),
 }
@@ -80,10 +86,13 @@ impl MasterKey {
     }
 
     /// systemd's `$CREDENTIALS_DIRECTORY/latchkey.key` when present, else
-    /// `<data_dir>/master.key`, created 0600 on first run.
+    /// `<data_dir>/master.key`, created 0600 on first run. `may_create` is false when the
+    /// database already holds sealed data: a new key could never open it, so a missing key is
+    /// an error, and nothing is written.
     pub fn load(
         credentials_dir: Option<&Path>,
         data_dir: &Path,
+        may_create: bool,
     ) -> Result<(Self, KeySource), KeyError> {
         if let Some(dir) = credentials_dir {
             let path = dir.join("latchkey.key");
@@ -92,6 +101,16 @@ impl MasterKey {
             }
         }
         let path = data_dir.join("master.key");
+        if !may_create {
+            return match read_key_file(&path) {
+                Err(KeyError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    Err(KeyError::Missing { path })
+                }
+                other => other.map(|k| (k, KeySource::DataDir(path))),
+            };
+        }
         match OpenOptions::new()
             .write(true)
             .create_new(true)
@@ -215,14 +234,14 @@ mod tests {
     #[test]
     fn creates_key_0600_and_reloads_it() {
         let dir = tempfile::tempdir().unwrap();
-        let (k1, src) = MasterKey::load(None, dir.path()).unwrap();
+        let (k1, src) = MasterKey::load(None, dir.path(), true).unwrap();
         assert!(matches!(src, KeySource::Created(_)));
         let mode = fs::metadata(dir.path().join("master.key"))
             .unwrap()
             .permissions()
             .mode();
         assert_eq!(mode & 0o777, 0o600);
-        let (k2, src) = MasterKey::load(None, dir.path()).unwrap();
+        let (k2, src) = MasterKey::load(None, dir.path(), true).unwrap();
         assert!(matches!(src, KeySource::DataDir(_)));
         let sealed = k1.seal(b"secret", "devices/1").unwrap();
         assert_eq!(k2.open(&sealed, "devices/1").unwrap().expose(), b"secret");
@@ -234,13 +253,24 @@ mod tests {
         let path = dir.path().join("master.key");
         fs::write(&path, [7u8; 32]).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
-        let err = MasterKey::load(None, dir.path()).unwrap_err();
+        let err = MasterKey::load(None, dir.path(), true).unwrap_err();
         assert!(matches!(err, KeyError::Permissions { .. }), "{err}");
         assert!(err.to_string().contains("chmod 600"));
         fs::write(&path, [7u8; 31]).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
-        let err = MasterKey::load(None, dir.path()).unwrap_err();
+        let err = MasterKey::load(None, dir.path(), true).unwrap_err();
         assert!(matches!(err, KeyError::Length { len: 31, .. }), "{err}");
+    }
+
+    #[test]
+    fn never_creates_a_key_when_told_not_to() {
+        let dir = tempfile::tempdir().unwrap();
+        let err = MasterKey::load(None, dir.path(), false).unwrap_err();
+        assert!(matches!(err, KeyError::Missing { .. }), "{err}");
+        assert!(!dir.path().join("master.key").exists());
+        MasterKey::load(None, dir.path(), true).unwrap();
+        let (_, src) = MasterKey::load(None, dir.path(), false).unwrap();
+        assert!(matches!(src, KeySource::DataDir(_)));
     }
 
     #[test]
@@ -250,7 +280,7 @@ mod tests {
         let path = creds.path().join("latchkey.key");
         fs::write(&path, format!("{}\n", "ab".repeat(32))).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o400)).unwrap();
-        let (k, src) = MasterKey::load(Some(creds.path()), data.path()).unwrap();
+        let (k, src) = MasterKey::load(Some(creds.path()), data.path(), true).unwrap();
         assert_eq!(src, KeySource::Credential(path));
         assert!(!data.path().join("master.key").exists());
         let same = MasterKey::from_bytes([0xab; 32]);

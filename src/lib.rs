@@ -13,7 +13,10 @@ pub mod clock;
 pub mod clocktrust;
 pub mod config;
 pub mod crypto;
+pub mod datadir;
 pub mod events;
+pub mod listener;
+pub mod names;
 pub mod net;
 pub mod notify;
 pub mod pairing;
@@ -21,15 +24,13 @@ pub mod qr;
 pub mod ratelimit;
 pub mod registry;
 pub mod secret;
+pub mod slots;
 pub mod state;
 pub mod store;
 pub mod web;
 pub mod ws;
 
 use std::future::Future;
-use std::net::SocketAddr;
-use std::os::unix::fs::DirBuilderExt;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -43,23 +44,20 @@ use crate::crypto::MasterKey;
 use crate::state::{App, AppState, Metrics};
 use crate::store::Store;
 
-pub const DB_FILE: &str = "latchkey.db";
+pub use datadir::{check_data_dir, open_store, DB_FILE};
+
+/// Failed admin logins per minute from all addresses together; past it every login waits.
+const LOGIN_GLOBAL_PER_MINUTE: usize = 30;
+/// argon2 runs at once: each takes 19 MiB, and the Pi has a few hundred to spare at most.
+const PASSWORD_CHECKS: usize = 2;
 /// Shutdown must finish well inside systemd's and the contract's 5 s.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
-/// Creates the data directory (0700) if needed and opens the registry in it.
-pub fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(data_dir)
-        .with_context(|| format!("cannot create data directory {}", data_dir.display()))?;
-    Ok(Store::open(&data_dir.join(DB_FILE))?)
-}
-
 /// Loads the master key and proves it is the one this database's secrets were sealed under.
 pub fn open_master_key(config: &Config, store: &Store) -> anyhow::Result<MasterKey> {
-    let (key, source) = MasterKey::load(config.credentials_dir.as_deref(), &config.data_dir)?;
+    let sealed = store.read_blocking(store::holds_sealed_data)?;
+    let (key, source) =
+        MasterKey::load(config.credentials_dir.as_deref(), &config.data_dir, !sealed)?;
     match &source {
         crypto::KeySource::Created(p) => {
             tracing::info!(path = %p.display(), "created a new master key")
@@ -129,6 +127,9 @@ pub fn build_state(config: Config, port: u16) -> anyhow::Result<AppState> {
         advertise_host,
         port,
         login_limit: ratelimit::RateLimiter::new(5, 60),
+        login_global: ratelimit::RateLimiter::new(LOGIN_GLOBAL_PER_MINUTE, 60),
+        password_checks: tokio::sync::Semaphore::new(PASSWORD_CHECKS),
+        ws_devices: slots::Slots::new(config.http.ws_per_device, usize::MAX),
         pair_limit: ratelimit::RateLimiter::new(10, 60),
         publish_budget: budget::Budgets::new(config.publish_rate, config.publish_burst),
         metrics: Metrics::default(),
@@ -173,19 +174,14 @@ pub async fn serve(
 
     let app = web::router(state.clone(), ws::routes());
     let token = state.shutdown.clone();
-    // Small WebSocket frames must go out at once, not wait on Nagle for the previous ACK.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(
+    let caps = listener::Caps::for_this_process(&state.config.http);
+    let server = tokio::spawn(listener::serve(
         listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown({
-        let token = token.clone();
-        async move { token.cancelled().await }
-    });
-    let server = tokio::spawn(async move { server.await });
+        app,
+        state.config.http.clone(),
+        caps,
+        token.clone(),
+    ));
     tracing::info!(
         listen = %local,
         advertise = %state.host_port(),

@@ -10,6 +10,7 @@ use serde_json::json;
 use crate::clock::UnixTime;
 use crate::crypto::MasterKey;
 use crate::events;
+use crate::names;
 use crate::registry::{totp_aad, DeviceId};
 use crate::secret::{SecretBytes, SecretString};
 use crate::store::StoreError;
@@ -18,7 +19,6 @@ pub const PAIR_TOKEN_PREFIX: &str = "pt_";
 pub const DEVICE_KEY_PREFIX: &str = "dev_";
 pub const TOTP_PERIOD: u64 = 30;
 pub const TOTP_DIGITS: usize = 6;
-pub const MAX_NAME_LEN: usize = 64;
 pub const MAX_TYPE_LEN: usize = 32;
 /// Longest token string we bother hashing; anything longer is not ours.
 pub const MAX_TOKEN_LEN: usize = 128;
@@ -81,20 +81,17 @@ pub struct DeviceInfo {
 }
 
 impl DeviceInfo {
-    /// Names are shown in the admin UI: printable, trimmed, bounded.
+    /// Names are shown in the admin UI: visible text, trimmed, bounded (`names`).
     pub fn validate(name: &str, kind: &str) -> Result<Self, PairError> {
-        let name = name.trim();
+        let name = names::display_name(name).map_err(|e| {
+            PairError::BadDeviceInfo(match e {
+                names::NameError::Length => "deviceInfo.name must be 1 to 64 characters",
+                names::NameError::Invisible => {
+                    "deviceInfo.name must not contain control, format or separator characters"
+                }
+            })
+        })?;
         let kind = kind.trim();
-        if name.is_empty() || name.chars().count() > MAX_NAME_LEN {
-            return Err(PairError::BadDeviceInfo(
-                "deviceInfo.name must be 1 to 64 characters",
-            ));
-        }
-        if name.chars().any(char::is_control) {
-            return Err(PairError::BadDeviceInfo(
-                "deviceInfo.name has control characters",
-            ));
-        }
         if kind.is_empty()
             || kind.len() > MAX_TYPE_LEN
             || !kind

@@ -15,6 +15,8 @@ use crate::config::Config;
 use crate::crypto::MasterKey;
 use crate::events::EventBus;
 use crate::ratelimit::RateLimiter;
+use crate::registry::DeviceId;
+use crate::slots::Slots;
 use crate::store::Store;
 
 pub type AppState = Arc<App>;
@@ -31,6 +33,12 @@ pub struct App {
     pub port: u16,
     /// 5 failed logins per minute per client address.
     pub login_limit: RateLimiter<IpAddr>,
+    /// Failed logins per minute from everyone together (addresses are cheap on a LAN).
+    pub login_global: RateLimiter<()>,
+    /// Password hashes (argon2, 19 MiB each) running at once.
+    pub password_checks: tokio::sync::Semaphore,
+    /// Authenticated WebSockets open per device (`http.ws_per_device`).
+    pub ws_devices: Slots<DeviceId>,
     /// 10 unknown pair tokens per minute per client address.
     pub pair_limit: RateLimiter<IpAddr>,
     /// Publishes per device (or admin credential), across all its sockets.
@@ -70,6 +78,7 @@ pub struct Metrics {
     pub pairings: AtomicU64,
     pub pair_failures: AtomicU64,
     pub login_failures: AtomicU64,
+    pub password_checks: AtomicU64,
     pub rate_limited: AtomicU64,
     pub ws_connections: AtomicU64,
     pub ws_connections_total: AtomicU64,

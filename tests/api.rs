@@ -1185,6 +1185,106 @@ async fn secret_types_never_show_through_debug() {
 }
 
 #[tokio::test]
+async fn device_names_are_visible_text_of_at_most_64_characters() {
+    let gw = Gateway::start().await;
+    let http = http();
+    for bad in [
+        "evil\u{202E}gnp.exe",
+        "\u{200B}",
+        "a\u{2028}b",
+        "a\u{2029}b",
+        "zero\u{200D}width",
+        "bom\u{FEFF}",
+        "tab\there",
+        &"é".repeat(65),
+    ] {
+        let t = gw.pair_token(&http).await;
+        let r = http
+            .post(gw.url("/api/pair"))
+            .json(&pair_body(&t["pairToken"], bad))
+            .send()
+            .await
+            .unwrap();
+        let body = expect_error(r, 400, "BAD_REQUEST").await;
+        assert!(
+            !body.to_string().contains(bad),
+            "the name is not echoed: {body}"
+        );
+    }
+    // 64 characters of two bytes each are fine, and names are trimmed.
+    let t = gw.pair_token(&http).await;
+    let name = "é".repeat(64);
+    let r = http
+        .post(gw.url("/api/pair"))
+        .json(&pair_body(&t["pairToken"], &format!("  {name}\u{2028}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let key = r.json::<Value>().await.unwrap()["deviceKey"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let me: Value = http
+        .get(gw.url("/api/me"))
+        .header("authorization", format!("Device {key}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(me["name"], name.as_str());
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn error_bodies_never_echo_input_or_name_internals() {
+    let gw = Gateway::start().await;
+    let http = http();
+    // The message of the 400 that `POST /api/pair` answers to `body`.
+    let message = |body: Value| {
+        let r = http.post(gw.url("/api/pair")).json(&body).send();
+        async move {
+            let err = expect_error(r.await.unwrap(), 400, "BAD_REQUEST").await;
+            err["error"]["message"].as_str().unwrap().to_owned()
+        }
+    };
+    let secret = "dev_SECRETVALUE0123456789";
+    let cases = [
+        json!({"pairToken": secret, "deviceInfo": secret}),
+        json!({"pairToken": secret, "deviceInfo": {"name": secret, "type": 7}}),
+        json!({"pairToken": [secret], "deviceInfo": {"name": "a", "type": "b"}}),
+        json!({"pairToken": {"x": secret}, "deviceInfo": {"name": "a", "type": "b"}}),
+        json!({"deviceInfo": {"name": secret, "type": "b"}, secret: 1}),
+        json!(secret),
+    ];
+    for body in cases {
+        let text = message(body).await;
+        for leak in [
+            "SECRETVALUE",
+            "struct",
+            "DeviceInfoBody",
+            "PairRequest",
+            "serde",
+            "expected",
+        ] {
+            assert!(!text.contains(leak), "{leak} in {text}");
+        }
+    }
+    // The message still names the field.
+    assert_eq!(
+        message(json!({"pairToken": "pt_x", "deviceInfo": secret})).await,
+        "deviceInfo has the wrong type or value"
+    );
+    assert_eq!(
+        message(json!({"pairToken": "pt_x", "deviceInfo": {"type": "mobile"}})).await,
+        "deviceInfo.name is missing"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
 async fn me_lists_the_endpoints_this_device_may_open() {
     use latchkey::clock::Clock;
     use latchkey::config::{ActionConfig, EndpointConfig};

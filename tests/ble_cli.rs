@@ -27,7 +27,8 @@ fn serve(ble: &str, bus: &str, dir: &std::path::Path, port: u16) -> Child {
             &format!("127.0.0.1:{port}"),
         ])
         .arg("--data-dir")
-        .arg(dir)
+        // A subdirectory: latchkey makes it 0700 (it refuses a data dir others can open).
+        .arg(dir.join("data"))
         .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
         .env("LATCHKEY_LOG", "info")
         .env_remove("LATCHKEY_CONFIG")

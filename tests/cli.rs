@@ -645,3 +645,143 @@ async fn no_secret_reaches_the_data_dir_or_the_logs() {
         );
     }
 }
+
+/// Every regular file in `dir` with its mode.
+fn modes(dir: &Path) -> Vec<(String, u32)> {
+    daemon::files_under(dir)
+        .into_iter()
+        .map(|p| {
+            let m = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            (p.display().to_string(), m)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn data_files_are_private_whatever_the_umask_and_open_dirs_are_refused() {
+    use std::os::unix::process::CommandExt;
+    let cwd = tempfile::tempdir().unwrap();
+    let data = cwd.path().join("data");
+    // A data dir someone made with the usual 0755.
+    std::fs::create_dir(&data).unwrap();
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = cli(
+        cwd.path(),
+        &data,
+        &["serve", "--listen", "127.0.0.1:0", "--ble", "off"],
+    );
+    assert_fails_with(&o, &format!("chmod 700 {}", data.display()));
+    assert!(daemon::files_under(&data).is_empty(), "nothing was written");
+    let o = cli(cwd.path(), &data, &["devices", "list"]);
+    assert_fails_with(&o, "open to group or others");
+
+    std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let mut c = command(
+        cwd.path(),
+        &["serve", "--listen", "127.0.0.1:0", "--ble", "off"],
+    );
+    c.arg("--data-dir").arg(&data);
+    // SAFETY: umask only changes the child's file-creation mask.
+    unsafe {
+        c.pre_exec(|| {
+            libc::umask(0);
+            Ok(())
+        });
+    }
+    let d = Daemon::start(c);
+    let http = http();
+    let admin = stdout(&cli(cwd.path(), &data, &["admin", "token"]))
+        .trim()
+        .to_owned();
+    let t: Value = http
+        .post(d.url("/api/pair-tokens"))
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = http
+        .post(d.url("/api/pair"))
+        .json(&json!({"pairToken": t["pairToken"], "deviceInfo": {"name": "P", "type": "mobile"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // The WAL and SHM exist while the daemon runs.
+    let files = modes(&data);
+    assert!(
+        files.iter().any(|(p, _)| p.ends_with("latchkey.db-wal")),
+        "{files:?}"
+    );
+    for (path, mode) in &files {
+        assert_eq!(*mode, 0o600, "{path} is {mode:o}");
+    }
+    let (status, _) = d.terminate(Duration::from_secs(5));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+
+    // A database file left 0644 by an older version is made private on the next start.
+    let db = data.join("latchkey.db");
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = cli(cwd.path(), &data, &["devices", "list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::metadata(&db).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+#[test]
+fn remains_of_a_gateway_are_never_taken_for_a_fresh_start() {
+    let cwd = tempfile::tempdir().unwrap();
+    let data = cwd.path().join("data");
+    let d = serve(cwd.path(), &data);
+    let (status, _) = d.terminate(Duration::from_secs(5));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+    let key = data.join("master.key");
+    let db = data.join("latchkey.db");
+    let original_key = std::fs::read(&key).unwrap();
+    let original_db = std::fs::read(&db).unwrap();
+    let start = || {
+        cli(
+            cwd.path(),
+            &data,
+            &["serve", "--listen", "127.0.0.1:0", "--ble", "off"],
+        )
+    };
+
+    // The database truncated to nothing beside its master key.
+    std::fs::write(&db, b"").unwrap();
+    let o = start();
+    assert_fails_with(&o, "latchkey.db is truncated (0 bytes)");
+    assert!(stderr(&o).contains("restore latchkey.db"), "{}", stderr(&o));
+    assert_eq!(
+        std::fs::read(&db).unwrap(),
+        b"",
+        "the database was left alone"
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), original_key);
+    // Deleted outright: the same.
+    std::fs::remove_file(&db).unwrap();
+    assert_fails_with(&start(), "latchkey.db is missing");
+    assert!(!db.exists());
+    let o = cli(cwd.path(), &data, &["admin", "token"]);
+    assert_fails_with(&o, "latchkey.db is missing");
+
+    // The master key deleted from a populated data dir: refused, and no new key is written.
+    std::fs::write(&db, &original_db).unwrap();
+    std::fs::set_permissions(&db, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_file(&key).unwrap();
+    let o = start();
+    assert_fails_with(&o, "master.key is missing");
+    assert!(stderr(&o).contains("restore master.key"), "{}", stderr(&o));
+    assert!(!key.exists(), "no new master key was created");
+
+    // Both back: the same gateway starts again.
+    std::fs::write(&key, &original_key).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let d = serve(cwd.path(), &data);
+    let (status, _) = d.terminate(Duration::from_secs(5));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}

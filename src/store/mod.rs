@@ -307,6 +307,17 @@ pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, StoreErr
         .optional()?)
 }
 
+/// Whether anything in the database was sealed under a master key (the key check, or a
+/// device's TOTP secret): then only that key will do, and a new one must never be made.
+pub fn holds_sealed_data(conn: &Connection) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS (SELECT 1 FROM meta WHERE key = 'key_check')
+             OR EXISTS (SELECT 1 FROM devices)",
+        [],
+        |r| r.get(0),
+    )?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

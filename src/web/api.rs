@@ -111,6 +111,9 @@ async fn pair(
     Json(req): Json<PairRequest>,
 ) -> Result<Response, ApiError> {
     let now = state.now();
+    // A lookup is one SHA-256 and one indexed row, and a 128-bit token makes a burst of
+    // guesses worthless, so this throttle may check first and count after: concurrent
+    // redemptions of a real token must each get their exact answer (201 or 410).
     if let Err(retry) = state.pair_limit.check(&ip, now) {
         state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
         return Err(ApiError::rate_limited(retry));

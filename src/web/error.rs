@@ -157,12 +157,72 @@ impl From<axum::extract::rejection::JsonRejection> for ApiError {
                 Self::bad_request("expected Content-Type: application/json")
             }
             J::JsonSyntaxError(_) => Self::bad_request("request body is not valid JSON"),
-            // serde's message names the missing or mistyped field, never a value.
-            J::JsonDataError(e) => {
-                let text: String = e.body_text().chars().take(200).collect();
-                Self::bad_request(format!("invalid request: {text}"))
-            }
-            other => Self::bad_request(other.body_text()),
+            J::JsonDataError(e) => Self::bad_request(data_error_message(&e)),
+            _ => Self::bad_request("the request body could not be read"),
         }
     }
+}
+
+type PathError = serde_path_to_error::Error<serde_json::Error>;
+
+/// A fixed sentence naming the field and the rule it broke. serde's own messages quote the
+/// value the client sent (`invalid type: string "dev_…"`, `unknown variant …`) and our type
+/// names (`expected struct DeviceInfoBody`): neither may reach the client.
+fn data_error_message(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut source = Some(e);
+    let found = std::iter::from_fn(|| {
+        let cur = source?;
+        source = cur.source();
+        Some(cur)
+    })
+    .find_map(|c| c.downcast_ref::<PathError>());
+    let Some(err) = found else {
+        return "the request body is not the object this endpoint takes".to_owned();
+    };
+    let serde_msg = err.inner().to_string();
+    if serde_msg.starts_with("unknown field") {
+        // The path may end in the unknown key itself, which is the client's text.
+        return "the request body has a field this endpoint does not take".to_owned();
+    }
+    let path = field_path(err.path());
+    // `missing field `name``: the name between the backticks is our own field's.
+    if let Some(field) = serde_msg
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        let full = if path.is_empty() {
+            field.to_owned()
+        } else {
+            format!("{path}.{field}")
+        };
+        return format!("{full} is missing");
+    }
+    if path.is_empty() {
+        "the request body is not the object this endpoint takes".to_owned()
+    } else {
+        format!("{path} has the wrong type or value")
+    }
+}
+
+/// The JSON path of a deserialization error. For our struct bodies every key on the path is
+/// one of our field names; anything that does not look like one is shown as `?`.
+fn field_path(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut out = String::new();
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } => out.push_str(&format!("[{index}]")),
+            Segment::Map { key } | Segment::Enum { variant: key } => {
+                if !out.is_empty() {
+                    out.push('.');
+                }
+                let ours = !key.is_empty()
+                    && key.len() <= 32
+                    && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+                out.push_str(if ours { key } else { "?" });
+            }
+            Segment::Unknown => out.push_str(".?"),
+        }
+    }
+    out
 }

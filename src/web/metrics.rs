@@ -85,6 +85,12 @@ pub async fn render(state: &AppState) -> Result<String, StoreError> {
         c(&m.login_failures),
     );
     line(
+        "latchkey_password_checks_total",
+        "counter",
+        "Admin passwords checked (argon2 runs).",
+        c(&m.password_checks),
+    );
+    line(
         "latchkey_rate_limited_total",
         "counter",
         "Requests refused by throttling.",

@@ -72,6 +72,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .merge(extra)
         .route("/static/{file}", get(asset))
         .fallback(|| async { ApiError::not_found("no such resource") })
+        .layer(middleware::from_fn_with_state(state.clone(), read_body))
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
         // Outside the body limit: its early 413 (declared Content-Length too big) is plain
@@ -112,6 +113,52 @@ async fn asset(Path(file): Path<String>) -> Response {
             .into_response(),
         None => ApiError::not_found("no such asset").into_response(),
     }
+}
+
+/// Reads the whole request body (at most `MAX_BODY`, inside the body limit layers) before
+/// any handler runs, under the body deadline: a client that trickles its body is answered
+/// and dropped instead of holding a connection and a task.
+async fn read_body(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: Next,
+) -> Response {
+    use axum::body::HttpBody as _;
+    use http_body_util::BodyExt;
+    let (parts, body) = req.into_parts();
+    if body.is_end_stream() {
+        return next
+            .run(axum::extract::Request::from_parts(parts, body))
+            .await;
+    }
+    let limited = http_body_util::Limited::new(body, MAX_BODY);
+    match tokio::time::timeout(state.config.http.body_timeout, limited.collect()).await {
+        Ok(Ok(collected)) => {
+            let body = axum::body::Body::from(collected.to_bytes());
+            next.run(axum::extract::Request::from_parts(parts, body))
+                .await
+        }
+        Ok(Err(e)) if is_too_large(e.as_ref()) => ApiError::too_large().into_response(),
+        Ok(Err(_)) => ApiError::bad_request("the request body could not be read").into_response(),
+        Err(_) => {
+            let mut resp =
+                ApiError::bad_request("the request body did not arrive in time").into_response();
+            resp.headers_mut()
+                .insert(header::CONNECTION, HeaderValue::from_static("close"));
+            resp
+        }
+    }
+}
+
+fn is_too_large(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }
 
 /// Rewrites any error the framework produced on its own (unknown route, wrong method, body

@@ -150,13 +150,6 @@ async fn login(
     Form(form): Form<LoginForm>,
 ) -> Result<Response, ApiError> {
     let now = state.now();
-    if let Err(retry) = state.login_limit.check(&ip, now) {
-        state
-            .metrics
-            .rate_limited
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        return Err(ApiError::rate_limited(retry));
-    }
     let nonce = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
     if nonce.is_empty()
         || !crate::secret::ct_eq(login_csrf(&state, nonce).as_bytes(), form.csrf.as_bytes())
@@ -169,12 +162,8 @@ async fn login(
     let Some(phc) = phc else {
         return Ok(Redirect::to("/login").into_response());
     };
-    let password = SecretString::new(form.password);
-    let ok = tokio::task::spawn_blocking(move || admin::verify_password(&phc, password.expose()))
-        .await
-        .map_err(|e| ApiError::internal(&e))?;
+    let ok = check_password(&state, ip, now, phc, SecretString::new(form.password)).await?;
     if !ok {
-        state.login_limit.fail(&ip, now);
         state
             .metrics
             .login_failures
@@ -190,7 +179,6 @@ async fn login(
         *resp.status_mut() = StatusCode::UNAUTHORIZED;
         return Ok(resp);
     }
-    state.login_limit.reset(&ip);
     let sid = state
         .store
         .write(move |tx| Ok(admin::create_session(tx, now)))
@@ -206,6 +194,49 @@ async fn login(
     );
     set_cookie(&mut resp, LOGIN_COOKIE, "", 0);
     Ok(resp)
+}
+
+/// Checks the admin password, or refuses with `RATE_LIMITED` without hashing when `ip` (or
+/// everyone together) is out of failed attempts. The attempt is counted before the hash runs,
+/// so concurrent guesses cannot all slip past the throttle; hashes run a few at a time.
+async fn check_password(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    now: i64,
+    phc: String,
+    password: SecretString,
+) -> Result<bool, ApiError> {
+    let limited = |retry| {
+        state
+            .metrics
+            .rate_limited
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        ApiError::rate_limited(retry)
+    };
+    state.login_limit.reserve(&ip, now).map_err(limited)?;
+    if let Err(retry) = state.login_global.reserve(&(), now) {
+        state.login_limit.release(&ip);
+        return Err(limited(retry));
+    }
+    let ok = {
+        let _permit = state
+            .password_checks
+            .acquire()
+            .await
+            .map_err(|e| ApiError::internal(&e))?;
+        state
+            .metrics
+            .password_checks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        tokio::task::spawn_blocking(move || admin::verify_password(&phc, password.expose()))
+            .await
+            .map_err(|e| ApiError::internal(&e))?
+    };
+    if ok {
+        state.login_limit.reset(&ip);
+        state.login_global.release(&());
+    }
+    Ok(ok)
 }
 
 fn set_cookie(resp: &mut Response, name: &str, value: &str, max_age: i64) {

@@ -4,7 +4,8 @@
 //! Authentication happens on the upgrade request, before any upgrade: `Device` key, admin
 //! `Bearer` token or session cookie (same-origin only), `Node` reserved (401 until nodes
 //! exist). Missing or bad credentials answer 401, a revoked device 403, with the contract's
-//! error body.
+//! error body; a device that already holds `http.ws_per_device` sockets (default 8) 429
+//! `RATE_LIMITED`.
 //!
 //! Protocol notes beyond the contract's text (all additive):
 //! - A publisher does not receive its own event on the connection it published from (the
@@ -57,6 +58,7 @@ pub mod auth;
 pub mod frames;
 pub mod session;
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::ws::{rejection::WebSocketUpgradeRejection, WebSocketUpgrade};
@@ -98,6 +100,23 @@ async fn upgrade(
             return ApiError::bad_request("this endpoint speaks WebSocket only").into_response()
         }
     };
+    // Authenticated sockets are capped per device, not per address (the listener stops
+    // counting this connection against its address once it is upgraded); the place is held
+    // until the session ends.
+    let place = match principal.device_id() {
+        Some(id) => match state.ws_devices.try_take(id) {
+            Ok(slot) => Some(slot),
+            Err(_) => {
+                state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+                return ApiError {
+                    message: "this device has too many WebSockets open".to_owned(),
+                    ..ApiError::rate_limited(5)
+                }
+                .into_response();
+            }
+        },
+        None => None,
+    };
     // (An upgrade that races the daemon's shutdown gets its hello and then 1001 at once.)
     // Counted by the daemon's task tracker from now on, so shutdown waits for its 1001.
     let tracked = state.tasks.token();
@@ -109,6 +128,7 @@ async fn upgrade(
         .max_frame_size(MAX_MESSAGE)
         .on_upgrade(move |socket| async move {
             session::serve_socket(socket, conn).await;
+            drop(place);
             drop(tracked);
         })
 }

@@ -34,7 +34,11 @@ impl Gateway {
 
     /// Starts a gateway; `tweak` may change the test config before it runs.
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
+        // 0700, as the CLI requires of a data dir (tests run it on this one too).
+        let dir = tempfile::Builder::new()
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+            .tempdir()
+            .expect("tempdir");
         Self::start_in(dir, T0, tweak).await
     }
 

@@ -1,0 +1,100 @@
+//! The data directory: private to the service user (0700, every file 0600), and never taken
+//! for a fresh start while it holds the remains of a gateway.
+
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::Path;
+
+use anyhow::Context;
+
+use crate::store::Store;
+
+pub const DB_FILE: &str = "latchkey.db";
+const WAL_FILE: &str = "latchkey.db-wal";
+const SHM_FILE: &str = "latchkey.db-shm";
+/// A SQLite database is never shorter than its 100-byte header.
+const SQLITE_HEADER: u64 = 100;
+
+/// Creates the data directory (0700) if needed and refuses one that group or others can
+/// open: it holds the password hash and sealed secrets. The binary calls this before any
+/// command that uses the directory (tests drive the library on temp dirs of their own).
+pub fn check_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    create_data_dir(data_dir)?;
+    let meta = std::fs::metadata(data_dir)
+        .with_context(|| format!("cannot read data directory {}", data_dir.display()))?;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        anyhow::bail!(
+            "data directory {dir} is open to group or others (mode {mode:o}); run `chmod 700 {dir}`",
+            dir = data_dir.display()
+        );
+    }
+    Ok(())
+}
+
+fn create_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .with_context(|| format!("cannot create data directory {}", data_dir.display()))
+}
+
+/// Creates the data directory (0700) if needed and opens the registry in it. Refuses a
+/// directory that holds the remains of a gateway (a master key or a WAL) without a usable
+/// database: starting afresh there would silently make a new gateway. Every file the registry
+/// makes is 0600 whatever the umask.
+pub fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
+    create_data_dir(data_dir)?;
+    let db = data_dir.join(DB_FILE);
+    refuse_remains(data_dir, &db)?;
+    // SQLite creates the WAL and SHM files with the database file's mode.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&db)
+        .with_context(|| format!("cannot create {}", db.display()))?;
+    for name in [DB_FILE, WAL_FILE, SHM_FILE] {
+        private(&data_dir.join(name))?;
+    }
+    Ok(Store::open(&db)?)
+}
+
+/// Mode 0600 for `path` if it exists (files made by older versions under a lax umask).
+fn private(path: &Path) -> anyhow::Result<()> {
+    match std::fs::metadata(path) {
+        Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| format!("cannot make {} private (chmod 600)", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Fails when the database is missing or shorter than a SQLite header while files of an
+/// earlier gateway lie beside it.
+fn refuse_remains(data_dir: &Path, db: &Path) -> anyhow::Result<()> {
+    let db_len = std::fs::metadata(db).map(|m| m.len()).ok();
+    if db_len.is_some_and(|n| n >= SQLITE_HEADER) {
+        return Ok(());
+    }
+    let remains: Vec<&str> = ["master.key", WAL_FILE]
+        .into_iter()
+        .filter(|f| std::fs::metadata(data_dir.join(f)).is_ok_and(|m| m.len() > 0))
+        .collect();
+    if remains.is_empty() {
+        return Ok(());
+    }
+    let found = match db_len {
+        None => format!("{} is missing", db.display()),
+        Some(n) => format!("{} is truncated ({n} bytes)", db.display()),
+    };
+    anyhow::bail!(
+        "{found} but {dir} still holds {remains} of an earlier gateway; restore {DB_FILE} \
+         (and its -wal file) from your backup, or move the directory's files away to start a \
+         new gateway",
+        dir = data_dir.display(),
+        remains = remains.join(" and "),
+    )
+}
