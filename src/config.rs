@@ -110,8 +110,12 @@ pub enum ActionConfig {
         #[serde(default = "default_pulse_ms")]
         pulse_ms: u64,
     },
-    /// Forwards the grant to an endpoint node.
-    Node { node_id: String },
+    /// Forwards the grant to an endpoint node: `unlock` with `pulse_ms` (docs/NODES.md §5).
+    Node {
+        node_id: String,
+        #[serde(default = "default_node_pulse_ms")]
+        pulse_ms: u64,
+    },
     /// Decides and records, drives nothing (useful while installing).
     None,
 }
@@ -122,6 +126,10 @@ fn default_command_timeout() -> u64 {
 
 fn default_pulse_ms() -> u64 {
     500
+}
+
+fn default_node_pulse_ms() -> u64 {
+    crate::nodes::doors::DEFAULT_PULSE_MS
 }
 
 /// The resolved configuration the daemon runs with.
@@ -281,6 +289,14 @@ impl Config {
                 if chip.is_empty() || !(1..=60_000).contains(pulse_ms) {
                     return Err(ConfigError::Invalid(format!(
                         "endpoint {}: gpio needs a chip and pulse_ms from 1 to 60000",
+                        ep.id
+                    )));
+                }
+            }
+            if let ActionConfig::Node { pulse_ms, .. } = &ep.action {
+                if !(100..=30_000).contains(pulse_ms) {
+                    return Err(ConfigError::Invalid(format!(
+                        "endpoint {}: a node's pulse_ms must be 100 to 30000",
                         ep.id
                     )));
                 }

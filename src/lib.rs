@@ -14,6 +14,7 @@ pub mod config;
 pub mod crypto;
 pub mod events;
 pub mod net;
+pub mod nodes;
 pub mod notify;
 pub mod pairing;
 pub mod phone;
@@ -121,7 +122,11 @@ pub fn build_state(config: Config, port: u16) -> anyhow::Result<AppState> {
         )?;
         Ok(())
     })?;
+    // No node is connected before this process accepts its session.
+    store.write_blocking(|tx| nodes::reset_online(tx).map(drop))?;
+    let node_hub = Arc::new(nodes::NodeHub::new(store.clone(), config.clock.clone()));
     Ok(Arc::new(App {
+        nodes: node_hub,
         clock: config.clock.clone(),
         store,
         master,

@@ -380,6 +380,8 @@ pub struct Summary {
     pub endpoint: Option<String>,
     pub authenticated: bool,
     pub retry_after: u16,
+    /// Why a granted endpoint's action failed (`ACTION_FAILED`), e.g. "node is offline".
+    pub detail: Option<String>,
 }
 
 impl Summary {
@@ -397,6 +399,9 @@ impl Summary {
         if status == Status::LockedOut {
             data["retryAfter"] = json!(self.retry_after);
         }
+        if let Some(d) = &self.detail {
+            data["detail"] = json!(d);
+        }
         data
     }
 }
@@ -413,6 +418,7 @@ impl Verdict {
                 .or_else(|| self.endpoint_requested.clone()),
             authenticated: self.authenticated,
             retry_after: self.retry_after,
+            detail: None,
         }
     }
 }

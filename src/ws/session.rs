@@ -162,21 +162,21 @@ impl Drop for Gauge {
 // ---------------------------------------------------------------------------------------------
 // Reader
 
-/// Token bucket for bad frames, on tokio's clock.
-struct BadFrames {
+/// Token bucket for bad frames, on tokio's clock (node sessions use it too).
+pub(super) struct BadFrames {
     tokens: f64,
     at: Instant,
 }
 
 impl BadFrames {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             tokens: BAD_BURST,
             at: Instant::now(),
         }
     }
 
-    fn take(&mut self) -> bool {
+    pub(super) fn take(&mut self) -> bool {
         let now = Instant::now();
         let refill = now.duration_since(self.at).as_secs_f64() * BAD_PER_SEC;
         self.tokens = (self.tokens + refill).min(BAD_BURST);
@@ -248,7 +248,7 @@ where
 }
 
 /// A frame beyond the protocol limit (`MAX_MESSAGE`): tungstenite refuses to read it.
-fn too_big(e: &axum::Error) -> bool {
+pub(super) fn too_big(e: &axum::Error) -> bool {
     use std::error::Error as _;
     use tokio_tungstenite::tungstenite::Error as WsError;
     matches!(
