@@ -126,7 +126,10 @@ async fn main() -> anyhow::Result<()> {
     // Let allocations settle before reading the figure.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let connected = rss_kib(args.pid)?;
-    println!("gateway RSS with {} nodes registered, none connected: {registered} KiB", creds.len());
+    println!(
+        "gateway RSS with {} nodes registered, none connected: {registered} KiB",
+        creds.len()
+    );
     println!(
         "gateway RSS with {} nodes connected: {connected} KiB ({} KiB over idle, {:.1} KiB per node)",
         creds.len(),

@@ -173,6 +173,9 @@ pub async fn serve(
         state.config.event_retention,
         state.shutdown.clone(),
     );
+    state
+        .nodes
+        .watch_revocations(state.bus.subscribe(), state.shutdown.clone());
     ble::start(&state).await?;
 
     let app = web::router(state.clone(), ws::routes());

@@ -265,7 +265,8 @@ async fn pair_page_in_chromium_moves_on_when_the_phone_pairs() {
         .unwrap();
     assert_eq!(node::recv(&mut ws).await["type"], "hello");
     let (_node_task, _commands) = node::serve(ws, node::Answer::Ok);
-    let state_js = "const r = document.querySelector('tr[data-node-id=\"' + arguments[0] + '\"] .state'); \
+    let state_js =
+        "const r = document.querySelector('tr[data-node-id=\"' + arguments[0] + '\"] .state'); \
                     return r ? r.textContent : null;";
     let deadline = Instant::now() + WAIT;
     let mut shown = String::new();
@@ -284,8 +285,13 @@ async fn pair_page_in_chromium_moves_on_when_the_phone_pairs() {
         c.screenshot().await.unwrap(),
     )
     .unwrap();
-    assert_eq!(shown, "online", "the /nodes page did not show the node online live");
-    assert!(text_of(&c, "token-status").await.starts_with("registered: Browser door"));
+    assert_eq!(
+        shown, "online",
+        "the /nodes page did not show the node online live"
+    );
+    assert!(text_of(&c, "token-status")
+        .await
+        .starts_with("registered: Browser door"));
 
     // Every page came with a CSP, and the browser reported no error (a CSP violation, a
     // missing asset, a script error) on the way.

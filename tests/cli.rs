@@ -262,7 +262,14 @@ async fn nodes_commands_work_beside_a_running_daemon() {
         .lines()
         .find(|l| l.starts_with(&creds.node_id))
         .unwrap_or_else(|| panic!("{table}"));
-    for want in ["Front door", "Hall", "door", "0.1.0", "online", "front-door"] {
+    for want in [
+        "Front door",
+        "Hall",
+        "door",
+        "0.1.0",
+        "online",
+        "front-door",
+    ] {
         assert!(row.contains(want), "{row:?} lacks {want}");
     }
     let o = cli(cwd.path(), &data, &["nodes", "list", "--json"]);
@@ -274,7 +281,10 @@ async fn nodes_commands_work_beside_a_running_daemon() {
     // nodes revoke: the running daemon closes the node's session (4403) and refuses it after.
     let o = cli(cwd.path(), &data, &["nodes", "revoke", &creds.node_id]);
     assert!(o.status.success(), "{}", stderr(&o));
-    let closed = tokio::time::timeout(node::HANG, task).await.unwrap().unwrap();
+    let closed = tokio::time::timeout(node::HANG, task)
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(closed, Some(4403));
     let e = node::connect(&creds.ws_url, &creds.node_key)
         .await

@@ -26,7 +26,11 @@ async fn admin_socket(gw: &Gateway) -> node::Ws {
     );
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
     let hello = node::recv(&mut ws).await;
-    node::send(&mut ws, json!({"type":"subscribe","topics":["node.*","access.*"]})).await;
+    node::send(
+        &mut ws,
+        json!({"type":"subscribe","topics":["node.*","access.*"]}),
+    )
+    .await;
     node::send(&mut ws, json!({"type":"resume","since":hello["seq"]})).await;
     ws
 }
@@ -104,7 +108,10 @@ async fn tokens_expire_refresh_and_redeem_once() {
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
     assert_eq!(code(&body), "BAD_REQUEST");
-    assert!(body["error"]["message"].as_str().unwrap().contains("pubkey"));
+    assert!(body["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("pubkey"));
     let r = http
         .post(gw.url("/api/v0/nodes/register"))
         .json(&json!({"node_id": id, "provisioning_token": t2["token"]}))
@@ -133,7 +140,9 @@ async fn tokens_expire_refresh_and_redeem_once() {
     assert_eq!(n["endpoint"], "front-door");
     assert_eq!(n["online"], false);
     let listed = api_get(&gw, &http, "/api/nodes").await;
-    assert!(!listed.to_string().contains(reg["node_key"].as_str().unwrap()));
+    assert!(!listed
+        .to_string()
+        .contains(reg["node_key"].as_str().unwrap()));
 
     // A registered node gets no new token; an unknown one is 404.
     let r = node::token_request(&http, base, admin, json!({ "node_id": id })).await;
@@ -193,8 +202,15 @@ async fn fifty_racing_registrations_have_one_winner() {
     for t in tasks {
         statuses.push(t.await.unwrap());
     }
-    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 1, "{statuses:?}");
-    assert!(statuses.iter().all(|s| *s == 201 || *s == 410), "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        1,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 410),
+        "{statuses:?}"
+    );
 }
 
 #[tokio::test]
@@ -219,17 +235,25 @@ async fn node_session_opens_its_door_and_is_cut_off_when_revoked() {
     let mut admin = admin_socket(&gw).await;
     let creds = node::provisioned(&http, &gw.base, &gw.admin_token, "Front door").await;
     assert_eq!(creds.endpoint, "front-door");
-    assert_eq!(event(&mut admin, "node.registered").await["nodeId"], creds.node_id.as_str());
+    assert_eq!(
+        event(&mut admin, "node.registered").await["nodeId"],
+        creds.node_id.as_str()
+    );
 
     // Bad credentials are refused before any upgrade.
-    let e = node::connect(&gw.ws_url(), "node_unknown").await.unwrap_err();
+    let e = node::connect(&gw.ws_url(), "node_unknown")
+        .await
+        .unwrap_err();
     assert_eq!(node::refused_status(&e), Some(401));
 
     let (ws, hello) = node::session(&creds).await;
     assert_eq!(hello["nodeId"], creds.node_id.as_str());
     assert_eq!(hello["gatewayId"], gw.state.gateway_id.as_str());
     assert_eq!(hello["now"], T0);
-    assert_eq!(event(&mut admin, "node.online").await["nodeId"], creds.node_id.as_str());
+    assert_eq!(
+        event(&mut admin, "node.online").await["nodeId"],
+        creds.node_id.as_str()
+    );
     let n = api_get(&gw, &http, &format!("/api/v0/nodes/{}", creds.node_id)).await;
     assert_eq!(n["online"], true);
     assert!(n["last_seen"].is_string());
@@ -264,9 +288,14 @@ async fn node_session_opens_its_door_and_is_cut_off_when_revoked() {
     assert_eq!(r.status(), 200);
     let closed = tokio::time::timeout(HANG, task).await.unwrap().unwrap();
     assert_eq!(closed, Some(4403));
-    assert_eq!(event(&mut admin, "node.revoked").await["nodeId"], creds.node_id.as_str());
+    assert_eq!(
+        event(&mut admin, "node.revoked").await["nodeId"],
+        creds.node_id.as_str()
+    );
     assert_eq!(event(&mut admin, "node.offline").await["reason"], "revoked");
-    let e = node::connect(&creds.ws_url, &creds.node_key).await.unwrap_err();
+    let e = node::connect(&creds.ws_url, &creds.node_key)
+        .await
+        .unwrap_err();
     assert_eq!(node::refused_status(&e), Some(403));
     // A revoked door is no endpoint any more.
     let (status, body) = open(&gw, &http, "front-door").await;
@@ -283,7 +312,10 @@ async fn a_newer_session_replaces_the_older_with_4409() {
     event(&mut admin, "node.online").await;
     let (second, _) = node::session(&creds).await;
     assert_eq!(node::close_code(&mut first).await, Some(4409));
-    assert_eq!(event(&mut admin, "node.offline").await["reason"], "replaced");
+    assert_eq!(
+        event(&mut admin, "node.offline").await["reason"],
+        "replaced"
+    );
     event(&mut admin, "node.online").await;
     // The newer session is the one that gets commands.
     let (_task, mut commands) = node::serve(second, Answer::Ok);
@@ -478,7 +510,9 @@ async fn a_node_reconnects_after_a_gateway_restart() {
     assert_eq!(n["online"], false, "offline until it reconnects");
     // The node reconnects with the key it stored (the port is new after a restart).
     let ws_url = gw.ws_url();
-    let mut ws = node::connect(&ws_url, &creds.node_key).await.expect("upgrade");
+    let mut ws = node::connect(&ws_url, &creds.node_key)
+        .await
+        .expect("upgrade");
     let hello = node::recv(&mut ws).await;
     assert_eq!(hello["now"], T0 + 60);
     let n = api_get(&gw, &http, &format!("/api/v0/nodes/{}", creds.node_id)).await;

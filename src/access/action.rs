@@ -108,8 +108,7 @@ impl Actions {
             ActionConfig::None => Ok(()),
             ActionConfig::Node { node_id, pulse_ms } => match &self.nodes {
                 Some(hub) => {
-                    hub.unlock(node_id, *pulse_ms, &endpoint.id, origin)
-                        .await?;
+                    hub.unlock(node_id, *pulse_ms, &endpoint.id, origin).await?;
                     Ok(())
                 }
                 None => Err(ActionError::NodeUnsupported),

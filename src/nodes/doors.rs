@@ -44,12 +44,18 @@ pub fn slug(name: &str, room: &str) -> String {
 }
 
 /// Whether `id` is used by the configuration or another node.
-pub fn endpoint_taken(conn: &Connection, id: &str, reserved: &[String]) -> Result<bool, StoreError> {
+pub fn endpoint_taken(
+    conn: &Connection,
+    id: &str,
+    reserved: &[String],
+) -> Result<bool, StoreError> {
     if reserved.iter().any(|r| r == id) {
         return Ok(true);
     }
     Ok(conn
-        .query_row("SELECT 1 FROM nodes WHERE endpoint_id = ?1", [id], |_| Ok(()))
+        .query_row("SELECT 1 FROM nodes WHERE endpoint_id = ?1", [id], |_| {
+            Ok(())
+        })
         .optional()?
         .is_some())
 }

@@ -7,15 +7,16 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{CommandRecord, NodeId};
 use crate::clock::SharedClock;
+use crate::events::Event;
 use crate::ratelimit::RateLimiter;
 use crate::store::Store;
 
@@ -68,6 +69,7 @@ struct Entry {
     serial: u64,
     commands: mpsc::Sender<Command>,
     replaced: CancellationToken,
+    revoked: CancellationToken,
 }
 
 /// What a new session gets from [`NodeHub::attach`].
@@ -76,6 +78,8 @@ pub struct Attached {
     pub commands: mpsc::Receiver<Command>,
     /// Cancelled when a newer session of the same node attaches.
     pub replaced: CancellationToken,
+    /// Cancelled when the node is revoked (see [`NodeHub::watch_revocations`]).
+    pub revoked: CancellationToken,
     /// The session this one replaced: it is gone once this sender's `closed()` resolves.
     pub previous: Option<mpsc::Sender<Command>>,
 }
@@ -133,12 +137,14 @@ impl NodeHub {
         let (tx, rx) = mpsc::channel(QUEUE);
         let serial = self.next.fetch_add(1, Ordering::Relaxed);
         let replaced = CancellationToken::new();
+        let revoked = CancellationToken::new();
         let old = self.sessions().insert(
             id.clone(),
             Entry {
                 serial,
                 commands: tx,
                 replaced: replaced.clone(),
+                revoked: revoked.clone(),
             },
         );
         let previous = old.map(|e| {
@@ -149,8 +155,56 @@ impl NodeHub {
             serial,
             commands: rx,
             replaced,
+            revoked,
             previous,
         }
+    }
+
+    /// Tells `id`'s session (if any) that the node is revoked: it closes with 4403 at once.
+    pub fn revoke(&self, id: &NodeId) {
+        if let Some(e) = self.sessions().get(id) {
+            e.revoked.cancel();
+        }
+    }
+
+    /// Follows the event log for `node.revoked` (written by the API, the page or the CLI in
+    /// another process) and cuts the node's session off. One task for every session, rather than
+    /// every session waking for every event. A session checks the registry itself right after it
+    /// attaches, so a revocation committed before that is not missed either.
+    pub fn watch_revocations(
+        self: &Arc<Self>,
+        mut bus: broadcast::Receiver<Arc<Event>>,
+        shutdown: CancellationToken,
+    ) {
+        let hub = self.clone();
+        tokio::spawn(async move {
+            loop {
+                let r = tokio::select! {
+                    _ = shutdown.cancelled() => return,
+                    r = bus.recv() => r,
+                };
+                match r {
+                    Ok(ev) if ev.topic == "node.revoked" => {
+                        let id = ev.data_json()["nodeId"].as_str().and_then(NodeId::parse);
+                        if let Some(id) = id {
+                            hub.revoke(&id);
+                        }
+                    }
+                    Ok(_) => {}
+                    // Events went by unseen: ask the registry about every connected node.
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        match hub.store.read(super::list).await {
+                            Ok(all) => all
+                                .iter()
+                                .filter(|n| n.revoked)
+                                .for_each(|n| hub.revoke(&n.node_id)),
+                            Err(e) => tracing::warn!(error = %e, "cannot check revoked nodes"),
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
     }
 
     /// Removes a session, unless a newer one of the same node has taken its place.

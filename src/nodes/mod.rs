@@ -384,11 +384,7 @@ pub fn set_offline(
 }
 
 /// Records that a node was heard from, at most once a minute.
-pub fn touch_last_seen(
-    tx: &Transaction<'_>,
-    id: &NodeId,
-    now: UnixTime,
-) -> Result<(), StoreError> {
+pub fn touch_last_seen(tx: &Transaction<'_>, id: &NodeId, now: UnixTime) -> Result<(), StoreError> {
     tx.execute(
         "UPDATE nodes SET last_seen = ?2 WHERE id = ?1 AND (last_seen IS NULL OR last_seen <= ?2 - 60)",
         params![id.as_str(), now],
@@ -451,16 +447,28 @@ mod tests {
 
     #[test]
     fn names_follow_the_contract() {
-        assert_eq!(validate_name("  Front door ", "name").unwrap(), "Front door");
+        assert_eq!(
+            validate_name("  Front door ", "name").unwrap(),
+            "Front door"
+        );
         assert_eq!(validate_name("", "name").unwrap(), "");
         assert_eq!(validate_name("Küche", "room").unwrap(), "Küche");
         assert!(validate_name(&"x".repeat(65), "name").is_err());
         assert!(validate_name(&"é".repeat(64), "name").is_ok());
-        for bad in ["a\u{7}b", "a\u{202e}b", "a\u{200b}b", "a\u{2028}b", "a\u{a0}b", "a\u{feff}"] {
+        for bad in [
+            "a\u{7}b",
+            "a\u{202e}b",
+            "a\u{200b}b",
+            "a\u{2028}b",
+            "a\u{a0}b",
+            "a\u{feff}",
+        ] {
             assert!(validate_name(bad, "name").is_err(), "{bad:?}");
         }
         // The message names the field, never the value.
-        let e = validate_name("evil\u{202e}", "room").unwrap_err().to_string();
+        let e = validate_name("evil\u{202e}", "room")
+            .unwrap_err()
+            .to_string();
         assert!(e.starts_with("room "), "{e}");
         assert!(!e.contains("evil"), "{e}");
     }

@@ -352,13 +352,25 @@ mod tests {
         assert_eq!(second.node_id, first.node_id);
         let old = store
             .write_blocking(|tx| {
-                Ok(register(tx, &key, &reg(&first.node_id, first.token.expose()), &[], 1101))
+                Ok(register(
+                    tx,
+                    &key,
+                    &reg(&first.node_id, first.token.expose()),
+                    &[],
+                    1101,
+                ))
             })
             .unwrap();
         assert!(matches!(old, Err(NodeError::TokenInvalid)), "{old:?}");
         let ok = store
             .write_blocking(|tx| {
-                Ok(register(tx, &key, &reg(&second.node_id, second.token.expose()), &[], 1102))
+                Ok(register(
+                    tx,
+                    &key,
+                    &reg(&second.node_id, second.token.expose()),
+                    &[],
+                    1102,
+                ))
             })
             .unwrap()
             .unwrap();
@@ -366,7 +378,13 @@ mod tests {
         assert_eq!(ok.endpoint.as_deref(), Some("front-door"));
         let used = store
             .write_blocking(|tx| {
-                Ok(register(tx, &key, &reg(&second.node_id, second.token.expose()), &[], 1103))
+                Ok(register(
+                    tx,
+                    &key,
+                    &reg(&second.node_id, second.token.expose()),
+                    &[],
+                    1103,
+                ))
             })
             .unwrap();
         assert!(matches!(used, Err(NodeError::TokenUsed)), "{used:?}");
@@ -374,7 +392,10 @@ mod tests {
         let late = store
             .write_blocking(|tx| Ok(issue_token(tx, &again, 1104)))
             .unwrap();
-        assert!(matches!(late, Err(NodeError::AlreadyRegistered)), "{late:?}");
+        assert!(
+            matches!(late, Err(NodeError::AlreadyRegistered)),
+            "{late:?}"
+        );
         let node = store
             .read_blocking(|c| super::super::get(c, &ok.node_id))
             .unwrap()

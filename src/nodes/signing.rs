@@ -40,7 +40,9 @@ pub fn get_or_create(tx: &Transaction<'_>, master: &MasterKey) -> Result<Signing
         return Ok(k);
     }
     let seed = Zeroizing::new(random_array::<32>()?);
-    let sealed = master.seal(seed.as_slice(), AAD).map_err(|_| NodeError::Seal)?;
+    let sealed = master
+        .seal(seed.as_slice(), AAD)
+        .map_err(|_| NodeError::Seal)?;
     tx.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)",
         [META_KEY, &data_encoding::HEXLOWER.encode(&sealed)],

@@ -286,7 +286,11 @@ async fn open(
     let detail = outcome.as_ref().err().map(|e| e.to_string());
     let (topic, reason, counter) = match &outcome {
         Ok(()) => ("access.granted", "GRANTED", &state.metrics.access_granted),
-        Err(_) => ("access.denied", "ACTION_FAILED", &state.metrics.access_denied),
+        Err(_) => (
+            "access.denied",
+            "ACTION_FAILED",
+            &state.metrics.access_denied,
+        ),
     };
     counter.fetch_add(1, Ordering::Relaxed);
     let mut data = json!({
@@ -309,7 +313,10 @@ async fn open(
     match detail {
         None => {
             tracing::info!(endpoint = %ep.id, %origin, ms, "test open");
-            Ok(axum::Json(json!({ "endpoint": ep.id, "status": reason, "ms": ms })).into_response())
+            Ok(
+                axum::Json(json!({ "endpoint": ep.id, "status": reason, "ms": ms }))
+                    .into_response(),
+            )
         }
         Some(d) => {
             tracing::warn!(endpoint = %ep.id, %origin, reason = %d, "test open failed");
@@ -394,8 +401,10 @@ async fn render_page(
     })?;
     if fresh {
         // The page holds a live token: never cache it.
-        resp.headers_mut()
-            .insert(header::CACHE_CONTROL, header::HeaderValue::from_static("no-store"));
+        resp.headers_mut().insert(
+            header::CACHE_CONTROL,
+            header::HeaderValue::from_static("no-store"),
+        );
     }
     Ok(resp)
 }

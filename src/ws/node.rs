@@ -3,8 +3,9 @@
 //! WebSocket pings (every 20 s; two missed and the node is offline).
 //!
 //! One task owns the socket and waits on everything at once: the node's frames, commands from
-//! the hub, the ping ticker, revocation on the event bus, replacement by a newer session of the
-//! same node (close 4409), and shutdown (1001). A revoked node is closed with 4403 at once.
+//! the hub, the ping ticker, revocation (the hub's watcher of the event log), replacement by a
+//! newer session of the same node (close 4409), and shutdown (1001). A revoked node is closed
+//! with 4403 at once.
 //! The session marks the node online once it is the node's only session (a session it replaced
 //! has recorded its `node.offline` first), and offline with the reason when it ends.
 
@@ -15,12 +16,11 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgr
 use axum::response::Response;
 use serde::Deserialize;
 use serde_json::json;
-use tokio::sync::{broadcast, oneshot};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::session::{close, BadFrames};
-use crate::events::Event;
 use crate::nodes::{self, hub::Attached, NodeId, OfflineReason};
 use crate::state::AppState;
 
@@ -130,7 +130,6 @@ struct Session {
     state: AppState,
     id: NodeId,
     socket: WebSocket,
-    bus: broadcast::Receiver<std::sync::Arc<Event>>,
     attached: Attached,
     pending: HashMap<u64, oneshot::Sender<Option<String>>>,
     outstanding: u32,
@@ -141,14 +140,12 @@ struct Session {
 }
 
 async fn serve(socket: WebSocket, state: AppState, id: NodeId) {
-    // Subscribed before the revocation check, so a revoke in between is still seen.
-    let bus = state.bus.subscribe();
+    // Attached before the revocation check, so a revoke in between is still seen.
     let attached = state.nodes.attach(&id);
     let mut s = Session {
         state,
         id,
         socket,
-        bus,
         attached,
         pending: HashMap::new(),
         outstanding: 0,
@@ -202,13 +199,13 @@ impl Session {
         ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let shutdown = self.state.shutdown.clone();
         let replaced = self.attached.replaced.clone();
-        let mut bus_open = true;
+        let revoked = self.attached.revoked.clone();
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.cancelled() => return Err(Stop::Shutdown),
+                _ = revoked.cancelled() => return Err(Stop::Revoked),
                 _ = replaced.cancelled() => return Err(Stop::Replaced),
-                r = self.bus.recv(), if bus_open => self.on_bus(r, &mut bus_open).await?,
                 c = self.attached.commands.recv() => match c {
                     Some(c) => self.on_command(c).await?,
                     // The hub let go of this session: a newer one took its place.
@@ -226,39 +223,6 @@ impl Session {
             Ok(Err(_)) => Err(Stop::Gone),
             Err(_) => Err(Stop::Close(close::POLICY, "too slow")),
         }
-    }
-
-    async fn on_bus(
-        &mut self,
-        r: Result<std::sync::Arc<Event>, broadcast::error::RecvError>,
-        open: &mut bool,
-    ) -> Result<(), Stop> {
-        use broadcast::error::RecvError;
-        match r {
-            Ok(ev) => {
-                if ev.topic == "node.revoked"
-                    && ev.data_json().get("nodeId").and_then(|v| v.as_str())
-                        == Some(self.id.as_str())
-                {
-                    return Err(Stop::Revoked);
-                }
-            }
-            // Events went by unseen: ask the registry instead.
-            Err(RecvError::Lagged(_)) => {
-                let id = self.id.clone();
-                let revoked = self
-                    .state
-                    .store
-                    .read(move |c| Ok(nodes::get(c, &id)?.is_none_or(|n| n.revoked)))
-                    .await
-                    .unwrap_or(false);
-                if revoked {
-                    return Err(Stop::Revoked);
-                }
-            }
-            Err(RecvError::Closed) => *open = false,
-        }
-        Ok(())
     }
 
     async fn on_command(&mut self, c: nodes::hub::Command) -> Result<(), Stop> {
@@ -300,10 +264,7 @@ impl Session {
         Ok(())
     }
 
-    async fn on_message(
-        &mut self,
-        m: Option<Result<Message, axum::Error>>,
-    ) -> Result<(), Stop> {
+    async fn on_message(&mut self, m: Option<Result<Message, axum::Error>>) -> Result<(), Stop> {
         let msg = match m {
             Some(Ok(m)) => m,
             Some(Err(e)) => {
@@ -417,7 +378,14 @@ mod tests {
         let f: NodeFrame =
             serde_json::from_str(r#"{"type":"result","id":7,"ok":false,"error":"HARDWARE","x":1}"#)
                 .unwrap();
-        assert!(matches!(f, NodeFrame::Result { id: 7, ok: false, .. }));
+        assert!(matches!(
+            f,
+            NodeFrame::Result {
+                id: 7,
+                ok: false,
+                ..
+            }
+        ));
         let f: NodeFrame = serde_json::from_str(r#"{"type":"telemetry","v":1}"#).unwrap();
         assert!(matches!(f, NodeFrame::Other));
         let f: NodeFrame =

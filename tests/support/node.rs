@@ -106,7 +106,9 @@ pub async fn connect(ws_url: &str, node_key: &str) -> Result<Ws, WsError> {
         "authorization",
         HeaderValue::from_str(&format!("Node {node_key}")).unwrap(),
     );
-    tokio_tungstenite::connect_async(req).await.map(|(ws, _)| ws)
+    tokio_tungstenite::connect_async(req)
+        .await
+        .map(|(ws, _)| ws)
 }
 
 /// The HTTP status of a refused upgrade.
@@ -136,7 +138,9 @@ pub async fn recv(ws: &mut Ws) -> Value {
 /// Reads until the close frame; its code.
 pub async fn close_code(ws: &mut Ws) -> Option<u16> {
     loop {
-        let m = tokio::time::timeout(HANG, ws.next()).await.expect("close in time");
+        let m = tokio::time::timeout(HANG, ws.next())
+            .await
+            .expect("close in time");
         match m {
             Some(Ok(Message::Close(c))) => return c.map(|c| u16::from(c.code)),
             Some(Ok(_)) => {}
@@ -151,7 +155,9 @@ pub async fn send(ws: &mut Ws, v: Value) {
 
 /// Connects and does what a node does first: read `hello`, send `status`. Returns hello.
 pub async fn session(creds: &Creds) -> (Ws, Value) {
-    let mut ws = connect(&creds.ws_url, &creds.node_key).await.expect("upgrade");
+    let mut ws = connect(&creds.ws_url, &creds.node_key)
+        .await
+        .expect("upgrade");
     let hello = recv(&mut ws).await;
     assert_eq!(hello["type"], "hello", "{hello}");
     send(
@@ -197,7 +203,11 @@ pub fn serve(
                             }
                             Answer::Silent => continue,
                         };
-                        if ws.send(Message::Text(reply.to_string().into())).await.is_err() {
+                        if ws
+                            .send(Message::Text(reply.to_string().into()))
+                            .await
+                            .is_err()
+                        {
                             return None;
                         }
                     }
