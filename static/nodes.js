@@ -91,6 +91,7 @@
         const s = document.getElementById("token-status");
         s.textContent = "registered: " + (n.name || n.room || n.node_id) + (n.online ? " (online)" : "");
         s.className = "status paired";
+        document.getElementById("countdown").textContent = "used";
       }
     }
     const empty = document.getElementById("no-nodes");

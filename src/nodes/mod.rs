@@ -238,16 +238,7 @@ pub fn revoke(
         params![id.as_str(), now],
     )?;
     if changed == 0 {
-        let exists: bool = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM nodes WHERE id = ?1)",
-            [id.as_str()],
-            |r| r.get(0),
-        )?;
-        return Ok(if exists {
-            RevokeOutcome::AlreadyRevoked
-        } else {
-            RevokeOutcome::NotFound
-        });
+        return crate::registry::unchanged_revoke(tx, "nodes", id.as_str());
     }
     tx.execute(
         "UPDATE provisioning_tokens SET voided_at = ?2

@@ -464,16 +464,24 @@ struct RenameForm {
     endpoint: Option<String>,
 }
 
+/// A page form's session and CSRF token: `Ok(false)` when there is no session (log in first).
+async fn form_ok(state: &AppState, headers: &HeaderMap, csrf: &str) -> Result<bool, ApiError> {
+    let Some((sid, _)) = session(state, headers).await? else {
+        return Ok(false);
+    };
+    check_csrf(state, &sid, csrf)?;
+    Ok(true)
+}
+
 async fn rename_form(
     State(state): State<AppState>,
     headers: HeaderMap,
     Path(node_id): Path<String>,
     Form(form): Form<RenameForm>,
 ) -> Result<Response, ApiError> {
-    let Some((sid, _)) = session(&state, &headers).await? else {
+    if !form_ok(&state, &headers, &form.csrf).await? {
         return Ok(Redirect::to("/login").into_response());
-    };
-    check_csrf(&state, &sid, &form.csrf)?;
+    }
     let change = Rename {
         name: form.name,
         room: form.room,
@@ -490,10 +498,9 @@ async fn revoke_form(
     Path(node_id): Path<String>,
     Form(form): Form<CsrfForm>,
 ) -> Result<Response, ApiError> {
-    let Some((sid, _)) = session(&state, &headers).await? else {
+    if !form_ok(&state, &headers, &form.csrf).await? {
         return Ok(Redirect::to("/login").into_response());
-    };
-    check_csrf(&state, &sid, &form.csrf)?;
+    }
     revoke_node(&state, &node_id, "admin-web".into()).await?;
     Ok(Redirect::to("/nodes").into_response())
 }
