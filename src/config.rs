@@ -293,7 +293,13 @@ impl Config {
                     )));
                 }
             }
-            if let ActionConfig::Node { pulse_ms, .. } = &ep.action {
+            if let ActionConfig::Node { node_id, pulse_ms } = &ep.action {
+                if crate::nodes::NodeId::parse(node_id).is_none() {
+                    return Err(ConfigError::Invalid(format!(
+                        "endpoint {}: node_id must be a node id (see latchkey nodes list)",
+                        ep.id
+                    )));
+                }
                 if !(100..=30_000).contains(pulse_ms) {
                     return Err(ConfigError::Invalid(format!(
                         "endpoint {}: a node's pulse_ms must be 100 to 30000",
@@ -419,10 +425,29 @@ action = { type = "command", argv = ["/bin/true"] }
         )
         .unwrap();
         let err = Config::resolve(&Overrides {
-            config: Some(path),
+            config: Some(path.clone()),
             ..Default::default()
         })
         .unwrap_err();
         assert!(matches!(err, ConfigError::Invalid(_)), "{err}");
+        // A node action names a node id, and a pulse the node accepts.
+        for (node, pulse, ok) in [
+            ("0b8f4c1e-7d3a-4a55-9a4e-5e0f2f1e9c10", 1500, true),
+            ("front", 1500, false),
+            ("0b8f4c1e-7d3a-4a55-9a4e-5e0f2f1e9c10", 50, false),
+        ] {
+            std::fs::write(
+                &path,
+                format!(
+                    "[[endpoint]]\nid = \"gate\"\naction = {{ type = \"node\", node_id = \"{node}\", pulse_ms = {pulse} }}\n"
+                ),
+            )
+            .unwrap();
+            let r = Config::resolve(&Overrides {
+                config: Some(path.clone()),
+                ..Default::default()
+            });
+            assert_eq!(r.is_ok(), ok, "{node} {pulse}: {:?}", r.err());
+        }
     }
 }

@@ -297,3 +297,91 @@ impl NodeHub {
         outcome.map(|()| ms)
     }
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+
+    fn hub() -> (tempfile::TempDir, Arc<NodeHub>) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        (dir, Arc::new(NodeHub::new(store, ManualClock::new(1_000))))
+    }
+
+    fn commands(hub: &NodeHub) -> Vec<serde_json::Value> {
+        hub.store
+            .read_blocking(|c| crate::events::since(c, 0, 100))
+            .unwrap()
+            .into_iter()
+            .filter(|e| e.topic == "node.command")
+            .map(|e| e.data_json())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_newer_session_replaces_the_older() {
+        let (_d, hub) = hub();
+        let id = NodeId::new_random().unwrap();
+        let first = hub.attach(&id);
+        assert!(first.previous.is_none());
+        let second = hub.attach(&id);
+        assert!(first.replaced.is_cancelled());
+        assert!(!second.replaced.is_cancelled());
+        assert!(second.previous.is_some());
+        // The older one leaving does not take the newer one with it.
+        hub.detach(&id, first.serial);
+        assert!(hub.is_online(&id));
+        hub.revoke(&id);
+        assert!(second.revoked.is_cancelled());
+        hub.detach(&id, second.serial);
+        assert!(!hub.is_online(&id));
+        assert_eq!(hub.connected(), 0);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unlock_outcomes_are_bounded_and_recorded() {
+        let (_d, hub) = hub();
+        let id = NodeId::new_random().unwrap();
+        // Offline: at once, nothing sent.
+        let e = hub.unlock(id.as_str(), 3000, "front", "test").await;
+        assert_eq!(e, Err(UnlockError::Offline));
+
+        // A session that answers.
+        let mut s = hub.attach(&id);
+        let answering = tokio::spawn(async move {
+            let c = s.commands.recv().await.unwrap();
+            assert_eq!((c.command, c.pulse_ms), ("unlock", 3000));
+            let _ = c.reply.send(None);
+            let c = s.commands.recv().await.unwrap();
+            let _ = c.reply.send(Some("HARDWARE".into()));
+            // The third one is never answered: the bound applies.
+            let c = s.commands.recv().await.unwrap();
+            (s, c)
+        });
+        assert!(hub.unlock(id.as_str(), 3000, "front", "test").await.is_ok());
+        assert_eq!(
+            hub.unlock(id.as_str(), 3000, "front", "test").await,
+            Err(UnlockError::Refused("HARDWARE".into()))
+        );
+        let silent = hub.unlock(id.as_str(), 3000, "front", "test").await;
+        assert_eq!(silent, Err(UnlockError::Timeout(COMMAND_TIMEOUT)));
+        let (_s, _unanswered) = answering.await.unwrap();
+
+        let recorded = commands(&hub);
+        let errors: Vec<_> = recorded.iter().map(|c| c["error"].clone()).collect();
+        assert_eq!(
+            errors,
+            vec![
+                serde_json::json!("OFFLINE"),
+                serde_json::Value::Null,
+                serde_json::json!("HARDWARE"),
+                serde_json::json!("TIMEOUT")
+            ]
+        );
+        assert_eq!(recorded[0]["commandId"], 0);
+        assert_eq!(recorded[1]["ok"], true);
+        assert!(recorded[1]["commandId"].as_u64().unwrap() > 0);
+    }
+}
