@@ -21,6 +21,8 @@ cleanup() {
 trap cleanup EXIT
 
 bin=target/release/latchkey
+# Created here: the daemon's redirection happens in the background child, maybe after the poll.
+: >"$log"
 LATCHKEY_LOG=warn,latchkey=info "$bin" --data-dir "$scratch/data" serve --ble off --listen 127.0.0.1:0 \
     >/dev/null 2>"$log" &
 pid=$!
