@@ -47,6 +47,9 @@ pub enum Command {
     /// The device registry
     #[command(subcommand)]
     Devices(DevicesCmd),
+    /// Endpoint nodes
+    #[command(subcommand)]
+    Nodes(NodesCmd),
     /// A reference phone client: pair, listen, publish, unlock
     #[command(subcommand)]
     Phone(PhoneCmd),
@@ -85,6 +88,21 @@ pub enum DevicesCmd {
     /// Revoke a device; its connections are cut off at once
     Revoke {
         /// Device id (from `latchkey devices list`)
+        id: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NodesCmd {
+    /// List endpoint nodes (pending, registered, revoked)
+    List {
+        /// Print JSON instead of a table
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a node; its session is closed at once (4403) and it is refused after
+    Revoke {
+        /// Node id (from `latchkey nodes list`)
         id: String,
     },
 }
@@ -151,6 +169,8 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Pair => pair(&config),
         Command::Devices(DevicesCmd::List { json }) => list_devices(&config, json),
         Command::Devices(DevicesCmd::Revoke { id }) => revoke_device(&config, &id),
+        Command::Nodes(NodesCmd::List { json }) => list_nodes(&config, json),
+        Command::Nodes(NodesCmd::Revoke { id }) => revoke_node(&config, &id),
         Command::Phone(_) => Ok(()),
     }
 }
@@ -299,6 +319,56 @@ fn revoke_device(config: &Config, id: &str) -> anyhow::Result<()> {
         RevokeOutcome::Revoked => eprintln!("revoked {id}"),
         RevokeOutcome::AlreadyRevoked => eprintln!("{id} was already revoked"),
         RevokeOutcome::NotFound => bail!("no device with id {id}"),
+    }
+    Ok(())
+}
+
+fn list_nodes(config: &Config, json: bool) -> anyhow::Result<()> {
+    let store = open_store(&config.data_dir)?;
+    let nodes = store.read_blocking(crate::nodes::list)?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        writeln!(out, "{}", serde_json::json!({ "nodes": nodes }))?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<36}  {:<20}  {:<12}  {:<7}  {:<10}  {:<10}  {:<20}  ENDPOINT",
+        "ID", "NAME", "ROOM", "KIND", "FIRMWARE", "STATUS", "LAST SEEN"
+    )?;
+    for n in nodes {
+        let status = match (n.state, n.online) {
+            ("registered", true) => "online",
+            ("registered", false) => "offline",
+            (s, _) => s,
+        };
+        writeln!(
+            out,
+            "{:<36}  {:<20}  {:<12}  {:<7}  {:<10}  {:<10}  {:<20}  {}",
+            n.node_id,
+            n.name,
+            n.room,
+            n.kind.as_deref().unwrap_or("-"),
+            n.firmware.as_deref().unwrap_or("-"),
+            status,
+            n.last_seen.as_deref().unwrap_or("never"),
+            n.endpoint.as_deref().unwrap_or("-"),
+        )?;
+    }
+    Ok(())
+}
+
+fn revoke_node(config: &Config, id: &str) -> anyhow::Result<()> {
+    let Some(id) = crate::nodes::NodeId::parse(id) else {
+        bail!("no node with id {id:?}")
+    };
+    let store = open_store(&config.data_dir)?;
+    let now = config.clock.now();
+    // A running daemon sees the `node.revoked` event and closes the node's session (4403).
+    match store.write_blocking(|tx| crate::nodes::revoke(tx, &id, now, "cli"))? {
+        RevokeOutcome::Revoked => eprintln!("revoked {id}"),
+        RevokeOutcome::AlreadyRevoked => eprintln!("{id} was already revoked"),
+        RevokeOutcome::NotFound => bail!("no node with id {id}"),
     }
     Ok(())
 }

@@ -208,8 +208,12 @@ pub enum ActionConfig {
         #[serde(default = "default_pulse_ms")]
         pulse_ms: u64,
     },
-    /// Forwards the grant to an endpoint node.
-    Node { node_id: String },
+    /// Forwards the grant to an endpoint node: `unlock` with `pulse_ms` (docs/NODES.md §5).
+    Node {
+        node_id: String,
+        #[serde(default = "default_node_pulse_ms")]
+        pulse_ms: u64,
+    },
     /// Decides and records, drives nothing (useful while installing).
     None,
 }
@@ -220,6 +224,10 @@ fn default_command_timeout() -> u64 {
 
 fn default_pulse_ms() -> u64 {
     500
+}
+
+fn default_node_pulse_ms() -> u64 {
+    crate::nodes::doors::DEFAULT_PULSE_MS
 }
 
 /// The resolved configuration the daemon runs with.
@@ -467,6 +475,20 @@ impl Config {
                     )));
                 }
             }
+            if let ActionConfig::Node { node_id, pulse_ms } = &ep.action {
+                if crate::nodes::NodeId::parse(node_id).is_none() {
+                    return Err(ConfigError::Invalid(format!(
+                        "endpoint {}: node_id must be a node id (see latchkey nodes list)",
+                        ep.id
+                    )));
+                }
+                if !(100..=30_000).contains(pulse_ms) {
+                    return Err(ConfigError::Invalid(format!(
+                        "endpoint {}: a node's pulse_ms must be 100 to 30000",
+                        ep.id
+                    )));
+                }
+            }
             if let ActionConfig::Command { argv, timeout_secs } = &ep.action {
                 if argv.is_empty() {
                     return Err(ConfigError::Invalid(format!(
@@ -624,10 +646,29 @@ action = { type = "command", argv = ["/bin/true"] }
         )
         .unwrap();
         let err = Config::resolve(&Overrides {
-            config: Some(path),
+            config: Some(path.clone()),
             ..Default::default()
         })
         .unwrap_err();
         assert!(matches!(err, ConfigError::Invalid(_)), "{err}");
+        // A node action names a node id, and a pulse the node accepts.
+        for (node, pulse, ok) in [
+            ("0b8f4c1e-7d3a-4a55-9a4e-5e0f2f1e9c10", 1500, true),
+            ("front", 1500, false),
+            ("0b8f4c1e-7d3a-4a55-9a4e-5e0f2f1e9c10", 50, false),
+        ] {
+            std::fs::write(
+                &path,
+                format!(
+                    "[[endpoint]]\nid = \"gate\"\naction = {{ type = \"node\", node_id = \"{node}\", pulse_ms = {pulse} }}\n"
+                ),
+            )
+            .unwrap();
+            let r = Config::resolve(&Overrides {
+                config: Some(path.clone()),
+                ..Default::default()
+            });
+            assert_eq!(r.is_ok(), ok, "{node} {pulse}: {:?}", r.err());
+        }
     }
 }

@@ -18,6 +18,7 @@ pub mod events;
 pub mod listener;
 pub mod names;
 pub mod net;
+pub mod nodes;
 pub mod notify;
 pub mod pairing;
 pub mod qr;
@@ -118,7 +119,11 @@ pub fn build_state(config: Config, port: u16) -> anyhow::Result<AppState> {
         )?;
         Ok(())
     })?;
+    // No node is connected before this process accepts its session.
+    store.write_blocking(|tx| nodes::reset_online(tx).map(drop))?;
+    let node_hub = Arc::new(nodes::NodeHub::new(store.clone(), config.clock.clone()));
     Ok(Arc::new(App {
+        nodes: node_hub,
         clock: config.clock.clone(),
         store,
         master,
@@ -170,6 +175,9 @@ pub async fn serve(
         state.clock.clone(),
         state.shutdown.clone(),
     );
+    state
+        .nodes
+        .watch_revocations(state.bus.subscribe(), state.shutdown.clone());
     ble::start(&state).await?;
 
     let app = web::router(state.clone(), ws::routes());

@@ -133,16 +133,7 @@ pub fn revoke(
         params![id.as_str(), now],
     )?;
     if changed == 0 {
-        let exists: bool = tx.query_row(
-            "SELECT EXISTS(SELECT 1 FROM devices WHERE id = ?1)",
-            [id.as_str()],
-            |r| r.get(0),
-        )?;
-        return Ok(if exists {
-            RevokeOutcome::AlreadyRevoked
-        } else {
-            RevokeOutcome::NotFound
-        });
+        return unchanged_revoke(tx, "devices", id.as_str());
     }
     events::append(
         tx,
@@ -152,6 +143,25 @@ pub fn revoke(
         now * 1000,
     )?;
     Ok(RevokeOutcome::Revoked)
+}
+
+/// What a revoke whose conditional UPDATE changed no row of `table` means: the row is already
+/// revoked, or there is none. (`table` is one of ours, never input.)
+pub(crate) fn unchanged_revoke(
+    tx: &Transaction<'_>,
+    table: &'static str,
+    id: &str,
+) -> Result<RevokeOutcome, StoreError> {
+    let exists: bool = tx.query_row(
+        &format!("SELECT EXISTS(SELECT 1 FROM {table} WHERE id = ?1)"),
+        [id],
+        |r| r.get(0),
+    )?;
+    Ok(if exists {
+        RevokeOutcome::AlreadyRevoked
+    } else {
+        RevokeOutcome::NotFound
+    })
 }
 
 /// Records that a device was seen, at most once a minute per device so a busy phone does not

@@ -14,6 +14,7 @@ use crate::clocktrust::ClockTrust;
 use crate::config::Config;
 use crate::crypto::MasterKey;
 use crate::events::EventBus;
+use crate::nodes::NodeHub;
 use crate::ratelimit::RateLimiter;
 use crate::registry::DeviceId;
 use crate::slots::Slots;
@@ -52,6 +53,8 @@ pub struct App {
     pub ble: BleStatus,
     /// Whether the gateway's clock looks right (NTP, and what phones' frames say).
     pub clock_trust: ClockTrust,
+    /// Live endpoint-node sessions (and the registration throttle).
+    pub nodes: Arc<NodeHub>,
 }
 
 impl App {

@@ -7,6 +7,8 @@
 mod common;
 #[path = "support/door.rs"]
 mod door;
+#[path = "support/node.rs"]
+mod node;
 
 use latchkey::clock::Clock;
 use latchkey::config::ActionConfig;
@@ -589,6 +591,7 @@ async fn an_action_failure_answers_action_failed_without_counting() {
         devices: None,
         action: ActionConfig::Node {
             node_id: "n1".into(),
+            pulse_ms: 3000,
         },
     };
     let d = Door::start(vec![failing, node]).await;
@@ -606,6 +609,31 @@ async fn an_action_failure_answers_action_failed_without_counting() {
         (topic.as_str(), data["reason"].as_str()),
         ("access.denied", Some("ACTION_FAILED"))
     );
+    // The reason is in the event: no node of that id is connected.
+    assert_eq!(data["endpoint"], "gate");
+    assert_eq!(data["detail"], "node is offline");
+}
+
+#[tokio::test]
+async fn a_phone_opens_a_door_node_over_ble() {
+    // No [[endpoint]]: the registered door node is the only (and so the default) endpoint.
+    let d = Door::start(vec![]).await;
+    let http = reqwest::Client::new();
+    let creds = node::provisioned(&http, &d.gw.base, &d.gw.admin_token, "Front door").await;
+    let (ws, _) = node::session(&creds).await;
+    let (_task, mut commands) = node::serve(ws, node::Answer::Ok);
+    let (mut phone, _) = d.pair("phone").await;
+    let link = d.connect("99:00:00:00:00:02").await;
+    d.gw.clock.advance(30);
+    let (a, r) = unlock(&link, &mut phone, d.now(), "front-door").await;
+    let v = phone.verify(&r, &a).unwrap();
+    assert_eq!(v.result.status, Status::Granted);
+    let cmd = commands.recv().await.unwrap();
+    assert_eq!(cmd["command"], "unlock");
+    assert_eq!(cmd["pulse_ms"], 3000);
+    let (topic, data) = d.access_events().await.pop().unwrap();
+    assert_eq!(topic, "access.granted");
+    assert_eq!(data["endpoint"], "front-door");
 }
 
 #[tokio::test]

@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "support/node.rs"]
+mod node;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -219,6 +221,77 @@ async fn pair_page_in_chromium_moves_on_when_the_phone_pairs() {
         .await
         .unwrap();
     assert!(table.contains("Browser Phone"), "{table}");
+
+    // The nodes page: add a node, its QR carries the token; the node registers and comes
+    // online, and the list says so live.
+    c.goto(&gw.url("/nodes")).await.unwrap();
+    c.find(Locator::Css("#add-node input[name=name]"))
+        .await
+        .unwrap()
+        .send_keys("Browser door")
+        .await
+        .unwrap();
+    c.find(Locator::Css("#add-node button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Id("node-token"))
+        .await
+        .expect("the token is shown");
+    let shot = c.screenshot().await.unwrap();
+    std::fs::write(shots.join("browser-nodes-token.png"), &shot).unwrap();
+    let payload = text_of(&c, "payload").await;
+    assert_eq!(decode_qr(&shot).expect("a readable QR code"), payload);
+    let payload: Value = serde_json::from_str(&payload).unwrap();
+    assert_eq!(payload["v"], 1);
+    assert_eq!(payload["port"], gw.addr.port());
+    let node_id = payload["node_id"].as_str().unwrap().to_owned();
+    let r = node::register(
+        &http,
+        &gw.base,
+        &node_id,
+        payload["token"].as_str().unwrap(),
+        "door",
+    )
+    .await;
+    assert_eq!(r.status(), 201);
+    let reg: Value = r.json().await.unwrap();
+    let mut ws = node::connect(&gw.ws_url(), reg["node_key"].as_str().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(node::recv(&mut ws).await["type"], "hello");
+    let (_node_task, _commands) = node::serve(ws, node::Answer::Ok);
+    let state_js =
+        "const r = document.querySelector('tr[data-node-id=\"' + arguments[0] + '\"] .state'); \
+                    return r ? r.textContent : null;";
+    let deadline = Instant::now() + WAIT;
+    let mut shown = String::new();
+    while shown != "online" && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        shown = c
+            .execute(state_js, vec![json!(node_id)])
+            .await
+            .unwrap()
+            .as_str()
+            .unwrap_or_default()
+            .to_owned();
+    }
+    std::fs::write(
+        shots.join("browser-nodes-online.png"),
+        c.screenshot().await.unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        shown, "online",
+        "the /nodes page did not show the node online live"
+    );
+    assert!(text_of(&c, "token-status")
+        .await
+        .starts_with("registered: Browser door"));
 
     // Every page came with a CSP, and the browser reported no error (a CSP violation, a
     // missing asset, a script error) on the way.

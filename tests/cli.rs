@@ -6,6 +6,8 @@
 
 #[path = "common/daemon.rs"]
 mod daemon;
+#[path = "support/node.rs"]
+mod node;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -236,6 +238,69 @@ async fn admin_commands_work_beside_a_running_daemon() {
     );
     assert_fails_with(&o, "no device");
 
+    let (status, _) = d.terminate(Duration::from_secs(5));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
+
+#[tokio::test]
+async fn nodes_commands_work_beside_a_running_daemon() {
+    let cwd = tempfile::tempdir().unwrap();
+    let data = cwd.path().join("data");
+    let d = serve(cwd.path(), &data);
+    let http = http();
+    let o = cli(cwd.path(), &data, &["admin", "token"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let token = stdout(&o).trim_end().to_owned();
+
+    let creds = node::provisioned(&http, &d.base, &token, "Front door").await;
+    let (ws, _) = node::session(&creds).await;
+    let (task, _commands) = node::serve(ws, node::Answer::Ok);
+    let o = cli(cwd.path(), &data, &["nodes", "list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let table = stdout(&o);
+    let row = table
+        .lines()
+        .find(|l| l.starts_with(&creds.node_id))
+        .unwrap_or_else(|| panic!("{table}"));
+    for want in [
+        "Front door",
+        "Hall",
+        "door",
+        "0.1.0",
+        "online",
+        "front-door",
+    ] {
+        assert!(row.contains(want), "{row:?} lacks {want}");
+    }
+    let o = cli(cwd.path(), &data, &["nodes", "list", "--json"]);
+    let listed: Value = serde_json::from_str(&stdout(&o)).unwrap();
+    assert_eq!(listed["nodes"][0]["node_id"], creds.node_id.as_str());
+    assert_eq!(listed["nodes"][0]["online"], true);
+    assert!(!stdout(&o).contains(&creds.node_key));
+
+    // nodes revoke: the running daemon closes the node's session (4403) and refuses it after.
+    let o = cli(cwd.path(), &data, &["nodes", "revoke", &creds.node_id]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let closed = tokio::time::timeout(node::HANG, task)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(closed, Some(4403));
+    let e = node::connect(&creds.ws_url, &creds.node_key)
+        .await
+        .unwrap_err();
+    assert_eq!(node::refused_status(&e), Some(403));
+    let o = cli(cwd.path(), &data, &["nodes", "list"]);
+    assert!(stdout(&o).contains("revoked"));
+
+    let o = cli(cwd.path(), &data, &["nodes", "revoke", "not-an-id"]);
+    assert_fails_with(&o, "not-an-id");
+    let o = cli(
+        cwd.path(),
+        &data,
+        &["nodes", "revoke", "00000000-0000-4000-8000-000000000000"],
+    );
+    assert_fails_with(&o, "no node");
     let (status, _) = d.terminate(Duration::from_secs(5));
     assert_eq!(status.and_then(|s| s.code()), Some(0));
 }

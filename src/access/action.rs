@@ -8,8 +8,9 @@
 //! - `gpio`: drives one line of a Linux GPIO character device active for `pulse_ms`, then
 //!   inactive, then releases it. The result is sent as soon as the line is active (the door
 //!   is open); the rest of the pulse runs in the background. Pulses of one line never overlap.
-//! - `node`: reserved for endpoint nodes, which this version cannot drive yet; a grant to such
-//!   an endpoint answers `ACTION_FAILED`.
+//! - `node`: sends `unlock` with `pulse_ms` to the endpoint node's session and waits (bounded)
+//!   for its result (docs/NODES.md §5); an offline, silent or refusing node is an error, so the
+//!   grant answers `ACTION_FAILED` with the reason. Without a node hub (unit tests) it fails.
 //! - `none`: nothing to drive; the decision is only recorded.
 
 use std::collections::HashMap;
@@ -46,8 +47,10 @@ pub enum ActionError {
         line: u32,
         message: String,
     },
-    #[error("endpoint nodes are not supported by this version of latchkey yet")]
+    #[error("endpoint nodes are not available here")]
     NodeUnsupported,
+    #[error("{0}")]
+    Node(#[from] crate::nodes::UnlockError),
 }
 
 fn stderr_suffix(s: &str) -> String {
@@ -72,6 +75,7 @@ type LineLocks = HashMap<(PathBuf, u32), Arc<Mutex<()>>>;
 #[derive(Default)]
 pub struct Actions {
     gpio_lines: Mutex<LineLocks>,
+    nodes: Option<Arc<crate::nodes::NodeHub>>,
 }
 
 impl Actions {
@@ -79,11 +83,36 @@ impl Actions {
         Self::default()
     }
 
+    /// Actions that can drive endpoint nodes through `hub`.
+    pub fn with_nodes(hub: Arc<crate::nodes::NodeHub>) -> Self {
+        Self {
+            nodes: Some(hub),
+            ..Self::default()
+        }
+    }
+
     /// Runs `endpoint`'s action for `who`.
     pub async fn run(&self, endpoint: &Endpoint, who: &Grantee) -> Result<(), ActionError> {
+        self.run_as(endpoint, who, &format!("device:{}", who.device_id))
+            .await
+    }
+
+    /// Runs `endpoint`'s action; `origin` is who asked, as the event log records it.
+    pub async fn run_as(
+        &self,
+        endpoint: &Endpoint,
+        who: &Grantee,
+        origin: &str,
+    ) -> Result<(), ActionError> {
         match &endpoint.action {
             ActionConfig::None => Ok(()),
-            ActionConfig::Node { .. } => Err(ActionError::NodeUnsupported),
+            ActionConfig::Node { node_id, pulse_ms } => match &self.nodes {
+                Some(hub) => {
+                    hub.unlock(node_id, *pulse_ms, &endpoint.id, origin).await?;
+                    Ok(())
+                }
+                None => Err(ActionError::NodeUnsupported),
+            },
             ActionConfig::Command { argv, timeout_secs } => {
                 run_command(argv, *timeout_secs, &endpoint.id, who).await
             }
@@ -358,7 +387,8 @@ mod tests {
         assert!(matches!(
             a.run(
                 &endpoint(ActionConfig::Node {
-                    node_id: "n1".into()
+                    node_id: "n1".into(),
+                    pulse_ms: 3000,
                 }),
                 &who()
             )

@@ -44,6 +44,17 @@ impl Endpoints {
         Self { list }
     }
 
+    /// Adds an endpoint every paired device may use (a registered door node, see
+    /// `nodes::doors::endpoints`).
+    pub fn push_open(&mut self, id: String, name: String, action: ActionConfig) {
+        self.list.push(Endpoint {
+            id,
+            name,
+            allowed: None,
+            action,
+        });
+    }
+
     /// The endpoint an auth frame names (`""` = the default one).
     pub fn resolve(&self, id: &str) -> Option<&Endpoint> {
         if id.is_empty() {

@@ -5,16 +5,13 @@
 //! frame for the transport to deliver.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
 
 use latchkey_proto::{ResultFrame, Status};
 
 use super::action::{Actions, Grantee};
 use super::challenge::Taken;
-use super::endpoint::Endpoints;
 use super::verify::{self, Attempt};
 use crate::clock::UnixTime;
-use crate::config::ActionConfig;
 use crate::state::AppState;
 
 /// What a transport needs back from an attempt.
@@ -27,37 +24,20 @@ pub struct Outcome {
 
 pub struct Gate {
     state: AppState,
-    endpoints: Arc<Endpoints>,
     actions: Actions,
 }
 
 impl Gate {
     pub fn new(state: AppState) -> Self {
-        let endpoints = Arc::new(Endpoints::from_config(&state.config.endpoints));
-        for ep in endpoints.iter() {
-            if let ActionConfig::Node { node_id } = &ep.action {
-                tracing::warn!(
-                    endpoint = %ep.id,
-                    node_id = %node_id,
-                    "endpoint uses a node action, which this version cannot drive yet; \
-                     grants to it will answer ACTION_FAILED"
-                );
-            }
-        }
-        if endpoints.is_empty() {
-            tracing::warn!(
-                "no [[endpoint]] is configured: every BLE attempt will be denied ENDPOINT_DENIED"
+        if state.config.endpoints.is_empty() {
+            tracing::info!(
+                "no [[endpoint]] is configured: only registered door nodes can be opened"
             );
         }
         Self {
+            actions: Actions::with_nodes(state.nodes.clone()),
             state,
-            endpoints,
-            actions: Actions::new(),
         }
-    }
-
-    pub fn endpoints(&self) -> &Endpoints {
-        &self.endpoints
     }
 
     /// Decides one auth write and answers it.
@@ -69,7 +49,6 @@ impl Gate {
         now: UnixTime,
     ) -> Outcome {
         let state = self.state.clone();
-        let endpoints = self.endpoints.clone();
         let peer_owned = peer.clone();
         // A result carries the frame's nonce whenever the frame decodes (PROTOCOL.md §5.3).
         let answered_nonce = latchkey_proto::AuthFrame::decode(&frame)
@@ -81,6 +60,8 @@ impl Gate {
             .state
             .store
             .write(move |tx| {
+                // Config endpoints and registered door nodes, as of this transaction.
+                let endpoints = crate::nodes::doors::endpoints(tx, &state.config.endpoints)?;
                 verify::decide(
                     tx,
                     &state.master,
@@ -115,10 +96,12 @@ impl Gate {
 
         let mut status = verdict.status;
         if status == Status::Granted {
-            status = self.act(&verdict).await;
+            let detail;
+            (status, detail) = self.act(&verdict).await;
             let peer_owned = peer.clone();
             // The verdict holds keys; the store's thread gets only what it records.
-            let summary = verdict.summary();
+            let mut summary = verdict.summary();
+            summary.detail = detail;
             let recorded = self
                 .state
                 .store
@@ -142,19 +125,20 @@ impl Gate {
         }
     }
 
-    async fn act(&self, v: &verify::Verdict) -> Status {
+    /// Runs the granted endpoint's action; a failure comes with its reason for the event.
+    async fn act(&self, v: &verify::Verdict) -> (Status, Option<String>) {
         let (Some(ep), Some(id)) = (&v.endpoint, &v.device_id) else {
-            return Status::ActionFailed;
+            return (Status::ActionFailed, None);
         };
         let who = Grantee {
             device_id: id.clone(),
             device_name: v.device_name.clone().unwrap_or_default(),
         };
         match self.actions.run(ep, &who).await {
-            Ok(()) => Status::Granted,
+            Ok(()) => (Status::Granted, None),
             Err(e) => {
                 tracing::warn!(endpoint = %ep.id, device = %id, error = %e, "endpoint action failed");
-                Status::ActionFailed
+                (Status::ActionFailed, Some(e.to_string()))
             }
         }
     }

@@ -471,6 +471,8 @@ pub struct Summary {
     pub retry_after: u16,
     /// Which lockout answered, for `LOCKED_OUT`.
     pub lock_scope: Option<LockScope>,
+    /// Why a granted endpoint's action failed (`ACTION_FAILED`), e.g. "node is offline".
+    pub detail: Option<String>,
 }
 
 impl Summary {
@@ -491,6 +493,9 @@ impl Summary {
                 data["lockout"] = json!(scope.as_str());
             }
         }
+        if let Some(d) = &self.detail {
+            data["detail"] = json!(d);
+        }
         data
     }
 }
@@ -508,6 +513,7 @@ impl Verdict {
             authenticated: self.authenticated,
             retry_after: self.retry_after,
             lock_scope: self.lock_scope,
+            detail: None,
         }
     }
 }

@@ -108,6 +108,38 @@ const MIGRATIONS: &[&str] = &[
                               (SELECT seq FROM sqlite_sequence WHERE name = 'events'), 0)
         FROM (SELECT 'audit' AS kind UNION ALL SELECT 'publish');
     "#,
+    // 4: endpoint nodes (docs/NODES.md): pending, registered and revoked nodes, and
+    // their one-time provisioning tokens.
+    r#"
+    CREATE TABLE nodes (
+        id            TEXT PRIMARY KEY,
+        name          TEXT NOT NULL DEFAULT '',
+        room          TEXT NOT NULL DEFAULT '',
+        household_id  TEXT NOT NULL DEFAULT '',
+        kind          TEXT,
+        firmware      TEXT,
+        pubkey        BLOB,
+        key_hash      BLOB UNIQUE,
+        -- the endpoint id a door node is opened by (unique among nodes; config ids win)
+        endpoint_id   TEXT UNIQUE,
+        created_at    INTEGER NOT NULL,
+        registered_at INTEGER,
+        revoked_at    INTEGER,
+        last_seen     INTEGER,
+        online        INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+
+    CREATE TABLE provisioning_tokens (
+        id         INTEGER PRIMARY KEY,
+        token_hash BLOB NOT NULL UNIQUE,
+        node_id    TEXT NOT NULL REFERENCES nodes(id),
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        used_at    INTEGER,
+        voided_at  INTEGER
+    ) STRICT;
+    CREATE INDEX provisioning_tokens_node ON provisioning_tokens(node_id);
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -5,6 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use crate::nodes::NodeError;
 use crate::pairing::PairError;
 use crate::store::StoreError;
 
@@ -143,6 +144,39 @@ impl From<PairError> for ApiError {
             PairError::BadDeviceInfo(m) => Self::bad_request(m),
             other => Self::internal(&other),
         }
+    }
+}
+
+impl From<NodeError> for ApiError {
+    fn from(e: NodeError) -> Self {
+        match e {
+            NodeError::TokenInvalid => Self::new(
+                StatusCode::UNAUTHORIZED,
+                "PROVISIONING_TOKEN_INVALID",
+                "the provisioning token is not valid",
+            ),
+            NodeError::TokenExpired => Self::new(
+                StatusCode::GONE,
+                "PROVISIONING_TOKEN_EXPIRED",
+                "the provisioning token has expired",
+            ),
+            NodeError::TokenUsed => Self::new(
+                StatusCode::GONE,
+                "PROVISIONING_TOKEN_USED",
+                "the provisioning token was already used",
+            ),
+            NodeError::NotFound => Self::not_found("no such node"),
+            NodeError::AlreadyRegistered => Self::bad_request("node is already registered"),
+            NodeError::BadRequest(m) => Self::bad_request(m),
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl ApiError {
+    /// A door's action failed (node offline, silent or refusing; command failed; …).
+    pub fn action_failed(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_GATEWAY, "ACTION_FAILED", message)
     }
 }
 

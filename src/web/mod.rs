@@ -5,6 +5,7 @@ pub mod api;
 pub mod auth;
 pub mod error;
 pub mod metrics;
+pub mod nodes;
 pub mod ui;
 
 use axum::extract::{DefaultBodyLimit, Path};
@@ -48,6 +49,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../static/devices.js"),
     ),
     (
+        "nodes.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/nodes.js"),
+    ),
+    (
         "activity.js",
         "text/javascript; charset=utf-8",
         include_str!("../../static/activity.js"),
@@ -69,6 +75,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .merge(api::routes())
         .merge(ui::routes())
         .merge(activity::routes())
+        .merge(nodes::routes())
         .merge(extra)
         .route("/static/{file}", get(asset))
         .fallback(|| async { ApiError::not_found("no such resource") })

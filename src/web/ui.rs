@@ -31,11 +31,11 @@ pub fn routes() -> Router<AppState> {
 }
 
 /// The current browser session and its CSRF token, or a redirect to the login page.
-struct Session {
-    csrf: String,
+pub(super) struct Session {
+    pub(super) csrf: String,
 }
 
-async fn session(
+pub(super) async fn session(
     state: &AppState,
     headers: &HeaderMap,
 ) -> Result<Option<(String, Session)>, ApiError> {
@@ -63,13 +63,13 @@ macro_rules! require_session {
     };
 }
 
-fn render(t: &impl Template) -> Result<Response, ApiError> {
+pub(super) fn render(t: &impl Template) -> Result<Response, ApiError> {
     t.render()
         .map(|html| Html(html).into_response())
         .map_err(|e| ApiError::internal(&e))
 }
 
-fn check_csrf(state: &AppState, sid: &str, presented: &str) -> Result<(), ApiError> {
+pub(super) fn check_csrf(state: &AppState, sid: &str, presented: &str) -> Result<(), ApiError> {
     if admin::csrf_ok(&state.master, sid, presented) {
         Ok(())
     } else {
@@ -247,8 +247,8 @@ fn set_cookie(resp: &mut Response, name: &str, value: &str, max_age: i64) {
 }
 
 #[derive(Deserialize)]
-struct CsrfForm {
-    csrf: String,
+pub(super) struct CsrfForm {
+    pub(super) csrf: String,
 }
 
 async fn logout(

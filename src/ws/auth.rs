@@ -3,7 +3,9 @@
 use axum::http::{header, HeaderMap};
 
 use crate::events::{is_reserved, Event};
+use crate::nodes::NodeId;
 use crate::registry::DeviceId;
+use crate::secret::TokenHash;
 use crate::state::AppState;
 use crate::web::auth::{admin_from_headers, authorization, device_by_key, Admin};
 use crate::web::error::ApiError;
@@ -15,15 +17,16 @@ pub enum Principal {
     Device(DeviceId),
     /// The admin: an API token (`Bearer`) or the web UI's session cookie.
     Admin(Admin),
-    // Endpoint nodes (`Authorization: Node <key>`, CONTRACT §6) join here once they exist; see
-    // `authenticate_node`.
+    /// A registered endpoint node (`Authorization: Node <key>`, docs/NODES.md §5); its socket
+    /// runs the node session (`ws::node`), not the event stream.
+    Node(NodeId),
 }
 
 impl Principal {
     pub fn device_id(&self) -> Option<&DeviceId> {
         match self {
             Principal::Device(id) => Some(id),
-            Principal::Admin(_) => None,
+            Principal::Admin(_) | Principal::Node(_) => None,
         }
     }
 
@@ -32,6 +35,7 @@ impl Principal {
         match self {
             Principal::Device(id) => format!("device:{id}"),
             Principal::Admin(a) => a.origin(),
+            Principal::Node(id) => format!("node:{id}"),
         }
     }
 
@@ -50,6 +54,8 @@ impl Principal {
                     ev.topic.starts_with("device.") || ev.topic.starts_with("access.");
                 about_devices && ev.subject.as_deref() == Some(me.as_str())
             }
+            // A node sees only what is addressed to it (its session frames).
+            Principal::Node(_) => false,
         }
     }
 
@@ -59,6 +65,9 @@ impl Principal {
             (Principal::Device(id), "device.revoked") => ev.subject.as_deref() == Some(id.as_str()),
             (Principal::Admin(Admin::Token(tid)), "gateway.admin_token_revoked") => {
                 ev.data_json().get("tokenId").and_then(|v| v.as_i64()) == Some(*tid)
+            }
+            (Principal::Node(id), "node.revoked") => {
+                ev.data_json().get("nodeId").and_then(|v| v.as_str()) == Some(id.as_str())
             }
             _ => false,
         }
@@ -105,11 +114,21 @@ pub async fn authenticate(state: &AppState, headers: &HeaderMap) -> Result<Princ
     }
 }
 
-/// The hook for endpoint nodes (`Authorization: Node <nodeKey>`). Nodes do not exist yet
-/// (CONTRACT §6), so every node key is refused with 401; when the node registry lands, look the
-/// key up here and return a `Principal::Node`.
-async fn authenticate_node(_state: &AppState, _key: &str) -> Result<Principal, ApiError> {
-    Err(ApiError::unauthorized("node key is not valid"))
+/// An endpoint node (`Authorization: Node <nodeKey>`): unknown key 401, revoked node 403.
+async fn authenticate_node(state: &AppState, key: &str) -> Result<Principal, ApiError> {
+    if !key.starts_with(crate::nodes::provisioning::NODE_KEY_PREFIX) {
+        return Err(ApiError::unauthorized("node key is not valid"));
+    }
+    let hash = TokenHash::of(key);
+    let node = state
+        .store
+        .read(move |c| crate::nodes::by_key_hash(c, &hash))
+        .await?;
+    match node {
+        None => Err(ApiError::unauthorized("node key is not valid")),
+        Some(n) if n.revoked => Err(ApiError::forbidden("this node has been revoked")),
+        Some(n) => Ok(Principal::Node(n.node_id)),
+    }
 }
 
 /// Browsers always send `Origin` on a WebSocket handshake; a cookie-authenticated socket must

@@ -2,10 +2,10 @@
 //! admin pages and (later) endpoint nodes.
 //!
 //! Authentication happens on the upgrade request, before any upgrade: `Device` key, admin
-//! `Bearer` token or session cookie (same-origin only), `Node` reserved (401 until nodes
-//! exist). Missing or bad credentials answer 401, a revoked device 403, with the contract's
-//! error body; a device that already holds `http.ws_per_device` sockets (default 8) 429
-//! `RATE_LIMITED`.
+//! `Bearer` token or session cookie (same-origin only), or `Node` key (endpoint nodes, whose
+//! sessions run in `node`). Missing or bad credentials answer 401, a revoked device 403, with
+//! the contract's error body; a device that already holds `http.ws_per_device` sockets
+//! (default 8) 429 `RATE_LIMITED`.
 //!
 //! Protocol notes beyond the contract's text (all additive):
 //! - A publisher does not receive its own event on the connection it published from (the
@@ -56,6 +56,7 @@
 
 pub mod auth;
 pub mod frames;
+pub mod node;
 pub mod session;
 
 use std::sync::atomic::Ordering;
@@ -120,6 +121,9 @@ async fn upgrade(
     // (An upgrade that races the daemon's shutdown gets its hello and then 1001 at once.)
     // Counted by the daemon's task tracker from now on, so shutdown waits for its 1001.
     let tracked = state.tasks.token();
+    if let auth::Principal::Node(id) = principal {
+        return node::upgrade(ws, state, id, tracked);
+    }
     let conn = Arc::new(session::Conn::new(state, principal));
     ws.read_buffer_size(READ_BUFFER)
         .write_buffer_size(WRITE_BUFFER)

@@ -170,21 +170,21 @@ impl Drop for Gauge {
 // ---------------------------------------------------------------------------------------------
 // Reader
 
-/// Bad frames allowed, on tokio's clock (per socket, so the injected wall clock has no say).
-struct BadFrames {
+/// Bad frames allowed, on tokio's clock (node sessions use it too; per socket, so the injected wall clock has no say).
+pub(super) struct BadFrames {
     bucket: TokenBucket,
     start: Instant,
 }
 
 impl BadFrames {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             bucket: TokenBucket::new(BAD_PER_SEC, BAD_BURST, 0),
             start: Instant::now(),
         }
     }
 
-    fn take(&mut self) -> bool {
+    pub(super) fn take(&mut self) -> bool {
         let ms = i64::try_from(self.start.elapsed().as_millis()).unwrap_or(i64::MAX);
         self.bucket.take(ms).is_ok()
     }
@@ -254,7 +254,7 @@ where
 /// message beyond `MAX_MESSAGE`, 1002 for any other violation (unmasked client frame, reserved
 /// opcode or bits, a control frame over 125 bytes or fragmented, a stray continuation).
 /// `None`: the peer is simply gone (reset, I/O error), so there is nobody to tell.
-fn violation(e: &axum::Error) -> Option<(u16, &'static str)> {
+pub(super) fn violation(e: &axum::Error) -> Option<(u16, &'static str)> {
     use std::error::Error as _;
     use tokio_tungstenite::tungstenite::error::ProtocolError;
     use tokio_tungstenite::tungstenite::Error as WsError;
