@@ -6,34 +6,16 @@
 
 mod common;
 
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::Gateway;
+use common::{node_binary, Gateway};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
 
 /// A guard against hangs, never a pass/fail timer.
 const PATIENCE: Duration = Duration::from_secs(30);
-
-/// Builds `latchkey-node` (a sibling workspace member) and returns its path.
-fn node_binary() -> PathBuf {
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let status = std::process::Command::new(cargo)
-        .args(["build", "--quiet", "-p", "latchkey-node"])
-        .status()
-        .unwrap();
-    assert!(status.success(), "cargo build -p latchkey-node failed");
-    let exe = std::env::current_exe().unwrap();
-    // target/debug/deps/node_e2e-… → target/debug/latchkey-node
-    exe.parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("latchkey-node")
-}
 
 async fn poll<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     tokio::time::timeout(PATIENCE, async {

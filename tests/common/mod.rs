@@ -121,3 +121,21 @@ impl Gateway {
         r.json().await.expect("json")
     }
 }
+
+/// Builds `latchkey-node` (a sibling workspace member; a no-op when it is up to date) and
+/// returns its path. Blocking: call it from `spawn_blocking`.
+pub fn node_binary() -> std::path::PathBuf {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let status = std::process::Command::new(cargo)
+        .args(["build", "--quiet", "-p", "latchkey-node"])
+        .status()
+        .unwrap();
+    assert!(status.success(), "cargo build -p latchkey-node failed");
+    let exe = std::env::current_exe().unwrap();
+    // target/debug/deps/<test>-… → target/debug/latchkey-node
+    exe.parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("latchkey-node")
+}
