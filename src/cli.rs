@@ -50,7 +50,7 @@ pub enum Command {
     /// Endpoint nodes
     #[command(subcommand)]
     Nodes(NodesCmd),
-    /// A reference phone client: pair, listen, publish, unlock
+    /// A reference phone client: pair, listen, publish, unlock, add-node
     #[command(subcommand)]
     Phone(PhoneCmd),
 }
