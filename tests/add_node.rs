@@ -81,6 +81,17 @@ fn add_node(
     c
 }
 
+async fn admin_get(gw: &Gateway, path: &str) -> Value {
+    let r = reqwest::Client::new()
+        .get(gw.url(path))
+        .bearer_auth(&gw.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{path}");
+    r.json().await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn add_node_provisions_a_linux_node_that_comes_online() {
     // The phone checks expiry against its own clock: the gateway runs on the same one.
@@ -117,30 +128,13 @@ async fn add_node_provisions_a_linux_node_that_comes_online() {
     assert!(!out.all().contains("right-pass-1") && !out.all().contains("prov_"));
 
     // The gateway agrees: registered, online, with what the phone sent.
-    let http = reqwest::Client::new();
-    let v: Value = http
-        .get(gw.url(&format!("/api/v0/nodes/{node_id}")))
-        .bearer_auth(&gw.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let v = admin_get(&gw, &format!("/api/v0/nodes/{node_id}")).await;
     assert_eq!(v["state"], "registered", "{v}");
     assert_eq!(v["online"], true, "{v}");
     assert_eq!(v["room"], "Hall", "{v}");
     assert_eq!(v["name"], "Front door", "{v}");
     assert_eq!(v["kind"], "door", "{v}");
-    let all: Value = http
-        .get(gw.url("/api/nodes"))
-        .bearer_auth(&gw.admin_token)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let all = admin_get(&gw, "/api/nodes").await;
     assert_eq!(
         all["nodes"].as_array().unwrap().len(),
         1,
