@@ -262,6 +262,24 @@ async fn node_session_opens_its_door_and_is_cut_off_when_revoked() {
     let eps = api_get(&gw, &http, "/api/endpoints").await;
     assert_eq!(eps["endpoints"][0]["id"], "front-door");
     assert_eq!(eps["endpoints"][0]["nodeId"], creds.node_id.as_str());
+    // A phone learns the node's door from `GET /api/me` like any other endpoint.
+    let phone = gw.pair(&http, "Pixel 7").await;
+    let me: Value = http
+        .get(gw.url("/api/me"))
+        .header(
+            "Authorization",
+            format!("Device {}", phone["deviceKey"].as_str().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        me["endpoints"],
+        json!([{"id": "front-door", "name": "Front door"}])
+    );
     let (task, mut commands) = node::serve(ws, Answer::Ok);
     let (status, body) = open(&gw, &http, "front-door").await;
     assert_eq!(status, 200, "{body}");

@@ -12,7 +12,6 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::access::endpoint::Endpoints;
 use crate::pairing::{self, DeviceInfo};
 use crate::registry::{self, DeviceId, RevokeOutcome};
 use crate::state::AppState;
@@ -207,9 +206,14 @@ async fn me(
         .read(move |c| registry::get(c, &device.device_id))
         .await?;
     let device = fresh.ok_or_else(|| ApiError::not_found("no such device"))?;
-    // The doors this device may open, so a phone learns the endpoint ids its auth frames
-    // name (PROTOCOL.md §8).
-    let endpoints = Endpoints::from_config(&state.config.endpoints)
+    // The doors this device may open (configured ones and registered door nodes), so a phone
+    // learns the endpoint ids its auth frames name (PROTOCOL.md §8).
+    let config = state.config.endpoints.clone();
+    let all = state
+        .store
+        .read(move |c| crate::nodes::doors::endpoints(c, &config))
+        .await?;
+    let endpoints = all
         .open_to(&device.device_id)
         .map(|e| MeEndpoint {
             id: e.id.clone(),
