@@ -8,27 +8,10 @@ mod common;
 
 use std::process::Stdio;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use common::{node_binary, Gateway};
+use common::{node_binary, poll, relay_pulse, Gateway};
 use serde_json::{json, Value};
 use tokio::io::{AsyncBufReadExt, BufReader};
-
-/// A guard against hangs, never a pass/fail timer.
-const PATIENCE: Duration = Duration::from_secs(30);
-
-async fn poll<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            if let Some(v) = f().await {
-                return v;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("never: {what}"))
-}
 
 #[tokio::test]
 async fn admin_token_to_provisioned_node_to_open_door_to_revoked() {
@@ -140,20 +123,7 @@ async fn admin_token_to_provisioned_node_to_open_door_to_revoked() {
     let body: Value = r.json().await.unwrap();
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "GRANTED");
-    let pulse = poll("the relay released", async || {
-        let text = std::fs::read_to_string(&relay).ok()?;
-        (text.lines().count() == 2).then_some(text)
-    })
-    .await;
-    let times: Vec<u64> = pulse
-        .lines()
-        .map(|l| l.split_once(' ').unwrap().1.parse().unwrap())
-        .collect();
-    assert!(
-        pulse.starts_with("on ") && pulse.contains("\noff "),
-        "{pulse}"
-    );
-    assert!(times[1] - times[0] >= 3_000, "{pulse}");
+    assert!(relay_pulse(&relay).await >= 3_000);
 
     // Revoked: the session closes with 4403 and the node stops for good.
     let r = http

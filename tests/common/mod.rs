@@ -6,6 +6,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use latchkey::clock::ManualClock;
 use latchkey::config::Config;
@@ -120,6 +121,37 @@ impl Gateway {
         assert_eq!(r.status(), 201);
         r.json().await.expect("json")
     }
+
+    /// The events in the log whose topic starts with `prefix`, oldest first, as (topic, data).
+    pub async fn events(&self, prefix: &str) -> Vec<(String, Value)> {
+        self.state
+            .store
+            .read(|c| latchkey::events::since(c, 0, 100_000))
+            .await
+            .expect("events")
+            .into_iter()
+            .filter(|e| e.topic.starts_with(prefix))
+            .map(|e| (e.topic.clone(), e.data_json()))
+            .collect()
+    }
+}
+
+/// A guard against hangs, never a pass/fail timer.
+pub const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Asks `f` every 50 ms until it has an answer (a process or file reaching a state); panics
+/// naming `what` if it never does within `PATIENCE`.
+pub async fn poll<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
+    tokio::time::timeout(PATIENCE, async {
+        loop {
+            if let Some(v) = f().await {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("never: {what}"))
 }
 
 /// Builds `latchkey-node` (a sibling workspace member; a no-op when it is up to date) and
@@ -138,4 +170,27 @@ pub fn node_binary() -> std::path::PathBuf {
         .parent()
         .unwrap()
         .join("latchkey-node")
+}
+
+/// Waits until the stand-in relay of `latchkey-node --relay-sim FILE` has switched on and off
+/// once (its lines are `on <ms>` and `off <ms>`, on the node's monotonic clock); returns how
+/// long it was on, in milliseconds.
+pub async fn relay_pulse(file: &std::path::Path) -> u64 {
+    let pulse = poll("the relay released", async || {
+        let text = std::fs::read_to_string(file).ok()?;
+        (text.lines().count() == 2).then_some(text)
+    })
+    .await;
+    let lines: Vec<(&str, u64)> = pulse
+        .lines()
+        .map(|l| {
+            let (word, ms) = l.split_once(' ').expect("`on|off <ms>`");
+            (word, ms.parse().expect("milliseconds"))
+        })
+        .collect();
+    assert!(
+        lines[0].0 == "on" && lines[1].0 == "off" && lines[1].1 >= lines[0].1,
+        "{pulse}"
+    );
+    lines[1].1 - lines[0].1
 }

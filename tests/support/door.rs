@@ -116,16 +116,7 @@ impl Door {
 
     /// The `access.*` events in the log, oldest first, as (topic, data).
     pub async fn access_events(&self) -> Vec<(String, Value)> {
-        self.gw
-            .state
-            .store
-            .read(|c| latchkey::events::since(c, 0, 100_000))
-            .await
-            .expect("events")
-            .into_iter()
-            .filter(|e| e.topic.starts_with("access."))
-            .map(|e| (e.topic.clone(), e.data_json()))
-            .collect()
+        self.gw.events("access.").await
     }
 
     pub async fn metrics(&self) -> String {

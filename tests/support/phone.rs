@@ -288,16 +288,7 @@ impl Field {
 
     /// The `access.*` events in the gateway's log, as (topic, data).
     pub async fn access_events(&self) -> Vec<(String, Value)> {
-        self.gw
-            .state
-            .store
-            .read(|c| latchkey::events::since(c, 0, 100_000))
-            .await
-            .expect("events")
-            .into_iter()
-            .filter(|e| e.topic.starts_with("access."))
-            .map(|e| (e.topic.clone(), e.data_json()))
-            .collect()
+        self.gw.events("access.").await
     }
 }
 
