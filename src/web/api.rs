@@ -201,18 +201,17 @@ async fn me(
         .store
         .write(move |tx| registry::touch_last_seen(tx, &id, now))
         .await?;
-    let fresh = state
+    // The device's fresh entry and the doors it may open (configured ones and registered door
+    // nodes) in one read, so a phone learns the endpoint ids its auth frames name (PROTOCOL.md §8).
+    let config = state.config.endpoints.clone();
+    let (fresh, all) = state
         .store
-        .read(move |c| registry::get(c, &device.device_id))
+        .read(move |c| {
+            let fresh = registry::get(c, &device.device_id)?;
+            Ok((fresh, crate::nodes::doors::endpoints(c, &config)?))
+        })
         .await?;
     let device = fresh.ok_or_else(|| ApiError::not_found("no such device"))?;
-    // The doors this device may open (configured ones and registered door nodes), so a phone
-    // learns the endpoint ids its auth frames name (PROTOCOL.md §8).
-    let config = state.config.endpoints.clone();
-    let all = state
-        .store
-        .read(move |c| crate::nodes::doors::endpoints(c, &config))
-        .await?;
     let endpoints = all
         .open_to(&device.device_id)
         .map(|e| MeEndpoint {
