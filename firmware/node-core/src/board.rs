@@ -168,3 +168,52 @@ pub struct Board<S, R, C, W, H, N, A, G> {
     /// The CSPRNG.
     pub rng: G,
 }
+
+/// A BLE connection as the board's radio numbers it (any value unique among live connections;
+/// BlueZ boards map the peer's address to one).
+pub type ConnId = u32;
+
+/// Largest Request write a board passes on; longer writes are refused by the board (the
+/// version-2 request is 83 bytes, PROTOCOL.md §17.2).
+pub const MAX_WRITE: usize = 512;
+
+/// What a central did to the door's GATT service version 2 (PROTOCOL.md §16).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DoorEvent {
+    /// A central read the Challenge characteristic at offset 0. The core answers with
+    /// [`DoorRadio::reply_read`] for `conn` (a read at another offset the board answers itself
+    /// from the last value it gave that connection, or with an error when there is none).
+    ReadChallenge {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A central wrote the Request characteristic: a write with response, offset 0, the whole
+    /// value at most [`MAX_WRITE`] bytes (the board refuses other writes itself).
+    Request {
+        /// The connection.
+        conn: ConnId,
+        /// The bytes written.
+        value: Vec<u8>,
+    },
+    /// The connection ended (its challenge dies with it).
+    Disconnected {
+        /// The connection.
+        conn: ConnId,
+    },
+}
+
+/// The door's BLE side: advertising and the GATT service version 2 (Challenge read+notify,
+/// Request write, Result notify; PROTOCOL.md §16). The board owns the stack; the core decides.
+pub trait DoorRadio {
+    /// Starts (or restarts with new data) connectable advertising with the version-2 service
+    /// UUID and manufacturer data `0xFFFF`: `0x02 ‖ door_tag` (PROTOCOL.md §16), and serves the
+    /// GATT service. `door_tag` is `latchkey_proto::v2::door_tag` of the node's id.
+    async fn start(&mut self, door_tag: [u8; 5]) -> Result<(), HardwareError>;
+    /// The next event. Cancel-safe.
+    async fn next(&mut self) -> DoorEvent;
+    /// The value for a pending [`DoorEvent::ReadChallenge`] of `conn`.
+    async fn reply_read(&mut self, conn: ConnId, value: &[u8]);
+    /// Notifies `value` on the Result characteristic to `conn` (a board whose stack notifies
+    /// every subscriber, as BlueZ does, may do that: results carry their nonce).
+    async fn notify(&mut self, conn: ConnId, value: &[u8]);
+}
