@@ -68,6 +68,20 @@ struct RunArgs {
     /// Erase credentials and key pair, then start unprovisioned.
     #[arg(long)]
     factory_reset: bool,
+    /// Bluetooth adapter of the BLE door (default: the first one BlueZ lists). Without BlueZ
+    /// or an adapter the door's BLE is off (one log line) and the node works over Wi-Fi.
+    #[arg(long, value_name = "hciN", value_parser = parse_adapter)]
+    ble_adapter: Option<String>,
+}
+
+/// `hci` followed by a number: what BlueZ names adapters.
+fn parse_adapter(s: &str) -> Result<String, String> {
+    match s.strip_prefix("hci") {
+        Some(n) if !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(s.to_owned())
+        }
+        _ => Err("expected an adapter name such as hci0".into()),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -136,6 +150,11 @@ async fn run(state_dir: PathBuf, args: RunArgs, label: label::Label) -> anyhow::
         ap: net::Ap(listener),
         rng: clock::OsRng,
     };
+    // The door's radio; it registers when the core starts it (once the node has an id).
+    let _radio = latchkey_node::ble::BluezRadio::new(latchkey_node::ble::BleConfig::new(
+        args.ble_adapter,
+        &label.ssid(),
+    ));
     let config = Config {
         kind: match args.kind {
             KindArg::Door => Kind::Door,
