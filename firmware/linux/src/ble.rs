@@ -74,6 +74,17 @@ impl BleConfig {
     }
 }
 
+/// Where the door's BLE stands (for the log and tests).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BleState {
+    /// Not started yet.
+    Idle,
+    /// Off: why (no system bus, no BlueZ, no adapter, a failed registration).
+    Off(String),
+    /// Registered and advertising on this adapter.
+    Up(String),
+}
+
 /// The door's radio on BlueZ. Construct it at start-up; [`DoorRadio::start`] connects to the
 /// system bus (`DBUS_SYSTEM_BUS_ADDRESS`, else the standard socket) and registers.
 pub struct BluezRadio {
@@ -81,6 +92,7 @@ pub struct BluezRadio {
     shared: Arc<Shared>,
     /// The advertised door tag; the registration task ends when this is dropped.
     tag: Option<watch::Sender<[u8; 5]>>,
+    state: watch::Sender<BleState>,
 }
 
 impl BluezRadio {
@@ -95,7 +107,18 @@ impl BluezRadio {
             }),
             config,
             tag: None,
+            state: watch::channel(BleState::Idle).0,
         }
+    }
+
+    /// Follows the radio's [`BleState`].
+    pub fn state(&self) -> watch::Receiver<BleState> {
+        self.state.subscribe()
+    }
+
+    fn off(&self, reason: String) {
+        tracing::info!("BLE is off: {reason}; the node works over Wi-Fi");
+        self.state.send_replace(BleState::Off(reason));
     }
 }
 
@@ -112,11 +135,11 @@ impl DoorRadio for BluezRadio {
         let session = match tokio::time::timeout(CALL_TIMEOUT, bluer::Session::new()).await {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => {
-                tracing::info!("BLE is off: no system D-Bus ({e}); the node works over Wi-Fi");
+                self.off(format!("no system D-Bus ({e})"));
                 return Ok(());
             }
             Err(_) => {
-                tracing::info!("BLE is off: the system D-Bus did not answer within 5 s");
+                self.off("the system D-Bus did not answer within 5 s".into());
                 return Ok(());
             }
         };
@@ -125,6 +148,7 @@ impl DoorRadio for BluezRadio {
             shared: self.shared.clone(),
             session,
             tag: rx,
+            state: self.state.clone(),
             reg: None,
             said_off: false,
         };
@@ -546,6 +570,7 @@ struct Supervisor {
     shared: Arc<Shared>,
     session: bluer::Session,
     tag: watch::Receiver<[u8; 5]>,
+    state: watch::Sender<BleState>,
     reg: Option<Registration>,
     /// Whether "BLE is off" was logged since the last registration (one line, not one a retry).
     said_off: bool,
@@ -581,6 +606,7 @@ impl Supervisor {
         };
         let (app, adv) = up.await.map_err(Retry::Backoff)?;
         tracing::info!(adapter = %name, "BLE door service registered and advertising");
+        self.state.send_replace(BleState::Up(name));
         self.reg = Some(Registration {
             adapter,
             _app: app,
@@ -596,6 +622,7 @@ impl Supervisor {
             tracing::warn!(adapter = %reg.adapter.name(), "BLE door service is down: {reason}");
         }
         self.shared.reset().await;
+        self.state.send_replace(BleState::Off(reason.to_owned()));
     }
 
     async fn readvertise(&mut self) {
@@ -617,6 +644,7 @@ impl Supervisor {
             Ok(e) => e.boxed(),
             Err(e) => {
                 tracing::info!("BLE is off: {e}; the node works over Wi-Fi");
+                self.state.send_replace(BleState::Off(e));
                 return;
             }
         };
@@ -689,6 +717,7 @@ impl Supervisor {
     }
 
     fn off(&mut self, reason: &str) {
+        self.state.send_replace(BleState::Off(reason.to_owned()));
         if !self.said_off {
             tracing::info!(
                 "BLE is off: {reason}; the door service starts when BlueZ and an adapter answer"
