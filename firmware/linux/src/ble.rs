@@ -17,10 +17,9 @@ use std::time::Duration;
 
 use bluer::adv::{Advertisement, AdvertisementHandle, Type as AdvType};
 use bluer::gatt::local::{
-    Application, ApplicationHandle, Characteristic, CharacteristicNotifier,
-    CharacteristicNotify, CharacteristicNotifyMethod, CharacteristicRead,
-    CharacteristicReadRequest, CharacteristicWrite, CharacteristicWriteMethod,
-    CharacteristicWriteRequest, ReqError, ReqResult, Service,
+    Application, ApplicationHandle, Characteristic, CharacteristicNotifier, CharacteristicNotify,
+    CharacteristicNotifyMethod, CharacteristicRead, CharacteristicReadRequest, CharacteristicWrite,
+    CharacteristicWriteMethod, CharacteristicWriteRequest, ReqError, ReqResult, Service,
 };
 use bluer::gatt::WriteOp;
 use bluer::{Address, DeviceEvent, DeviceProperty, SessionEvent, Uuid};
@@ -304,7 +303,10 @@ impl Shared {
             (id, evicted)
         };
         if let Some(old) = evicted {
-            tracing::warn!(conn = old, "too many BLE peers; the least recently active dropped");
+            tracing::warn!(
+                conn = old,
+                "too many BLE peers; the least recently active dropped"
+            );
             self.push(DoorEvent::Disconnected { conn: old });
         }
         let watcher = tokio::spawn(watch_peer(self.clone(), session.clone(), key.clone()));
@@ -631,7 +633,12 @@ impl Supervisor {
         // One advertisement at a time: the old one goes first.
         drop(reg.adv.take());
         let adv = advertisement(tag, &self.config.local_name);
-        match within("registering the LE advertisement", reg.adapter.advertise(adv)).await {
+        match within(
+            "registering the LE advertisement",
+            reg.adapter.advertise(adv),
+        )
+        .await
+        {
             Ok(h) => reg.adv = Some(h),
             Err(e) => {
                 self.down(&e).await;
@@ -736,7 +743,10 @@ mod tests {
     #[test]
     fn adapter_choice_is_the_configured_one_or_the_first() {
         let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
-        assert_eq!(choose_adapter(v(&["hci10", "hci2"]), None), Ok("hci2".into()));
+        assert_eq!(
+            choose_adapter(v(&["hci10", "hci2"]), None),
+            Ok("hci2".into())
+        );
         assert_eq!(
             choose_adapter(v(&["hci0", "hci1"]), Some("hci1")),
             Ok("hci1".into())

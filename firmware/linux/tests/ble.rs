@@ -75,7 +75,11 @@ async fn chars(device: &bluer::Device) -> Chars {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_scans_connects_and_runs_an_unlock_exchange() {
     let (node, phone) = field("unlock").await;
-    let radio = door_on(&node, BleConfig::new(Some(node.name().into()), "Front door")).await;
+    let radio = door_on(
+        &node,
+        BleConfig::new(Some(node.name().into()), "Front door"),
+    )
+    .await;
 
     // The advertisement as BlueZ got it: §16's node advertisement, 31 bytes, fast interval.
     let adv = node.state.current_adv().unwrap();
@@ -87,7 +91,10 @@ async fn a_phone_scans_connects_and_runs_an_unlock_exchange() {
     assert_eq!(adv.manufacturer_data.len(), 1);
     assert_eq!(adv.legacy_len(), 31);
     assert_eq!(adv.local_name.as_deref(), Some("Front door"));
-    assert_eq!((adv.min_interval_ms, adv.max_interval_ms), (Some(100), Some(150)));
+    assert_eq!(
+        (adv.min_interval_ms, adv.max_interval_ms),
+        (Some(100), Some(150))
+    );
     // The GATT database: v2 only, with §16's properties.
     let app = node.state.current_app().unwrap();
     let services: Vec<_> = app.services.iter().map(|s| s.uuid.clone()).collect();
@@ -119,8 +126,7 @@ async fn a_phone_scans_connects_and_runs_an_unlock_exchange() {
             let d = adapter.device(addr).unwrap();
             let uuids = d.uuids().await.unwrap().unwrap_or_default();
             let data = d.manufacturer_data().await.unwrap().unwrap_or_default();
-            if uuids.contains(&Uuid::from_u128(SERVICE_UUID)) && data.get(&0xFFFF) == Some(&mfr)
-            {
+            if uuids.contains(&Uuid::from_u128(SERVICE_UUID)) && data.get(&0xFFFF) == Some(&mfr) {
                 return d;
             }
         }
@@ -140,7 +146,11 @@ async fn a_phone_scans_connects_and_runs_an_unlock_exchange() {
     };
     c.request.write_ext(&frame, &with_response).await.unwrap();
     let echoed = tokio::time::timeout(WAIT, results.next()).await.unwrap();
-    assert_eq!(echoed, Some(frame.clone()), "the core's notification arrives");
+    assert_eq!(
+        echoed,
+        Some(frame.clone()),
+        "the core's notification arrives"
+    );
 
     // The core saw one connection: its read, its request, then its end.
     let conn = match door.event().await {
@@ -192,7 +202,10 @@ async fn refuses_writes_that_are_not_one_write_request_and_serves_read_blobs() {
         (w("request", 0, true), "NotPermitted"),
         (w("request", 5, false), "InvalidOffset"),
     ] {
-        let e = link.write_with(&req, &frame, opts.clone()).await.unwrap_err();
+        let e = link
+            .write_with(&req, &frame, opts.clone())
+            .await
+            .unwrap_err();
         refused(e, &format!("org.bluez.Error.{error}"));
     }
     refused(

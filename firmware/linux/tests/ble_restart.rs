@@ -36,11 +36,17 @@ async fn off_without_bluez_then_up_and_up_again_after_a_restart() {
     let hci0 = bluez.add_adapter("hci0").await.unwrap();
     hci0.wait_application(0, WAIT).await.unwrap();
     let adv = hci0.wait_advertisement(0, WAIT).await.unwrap();
-    assert_eq!(adv.manufacturer_data.get(&0xFFFF), Some(&vec![2, 1, 2, 3, 4, 5]));
+    assert_eq!(
+        adv.manufacturer_data.get(&0xFFFF),
+        Some(&vec![2, 1, 2, 3, 4, 5])
+    );
 
     let mut door = serve(radio);
     let link = hci0.connect("10:00:00:00:00:01", 185).await.unwrap();
-    assert_eq!(link.read(&uuid(CHALLENGE_UUID), 0).await.unwrap(), CHALLENGE);
+    assert_eq!(
+        link.read(&uuid(CHALLENGE_UUID), 0).await.unwrap(),
+        CHALLENGE
+    );
     let conn = match door.event().await {
         DoorEvent::ReadChallenge { conn } => conn,
         e => panic!("{e:?}"),
@@ -61,7 +67,10 @@ async fn off_without_bluez_then_up_and_up_again_after_a_restart() {
 
     // The new registration serves.
     let link = hci0.connect("10:00:00:00:00:01", 185).await.unwrap();
-    assert_eq!(link.read(&uuid(CHALLENGE_UUID), 0).await.unwrap(), CHALLENGE);
+    assert_eq!(
+        link.read(&uuid(CHALLENGE_UUID), 0).await.unwrap(),
+        CHALLENGE
+    );
     assert!(matches!(
         door.event().await,
         DoorEvent::ReadChallenge { .. }
