@@ -187,9 +187,13 @@ impl DoorRadio for BluezRadio {
             return;
         };
         // BlueZ sends it to every subscriber; results carry their nonce (PROTOCOL.md §17.3).
-        if n.notify(value.to_vec()).await.is_err() {
-            tracing::debug!(conn, "result not sent: the Result subscription ended");
-            *guard = None;
+        match tokio::time::timeout(CALL_TIMEOUT, n.notify(value.to_vec())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                tracing::debug!(conn, "result not sent: the Result subscription ended");
+                *guard = None;
+            }
+            Err(_) => tracing::warn!(conn, "result not sent: the system D-Bus did not take it"),
         }
     }
 }
@@ -256,18 +260,27 @@ struct Shared {
 }
 
 impl Shared {
-    /// Queues an event for the core; reads and writes are refused when the queue is full
-    /// (disconnects always go in: there is at most one per peer).
+    /// Queues an event for the core; reads and writes are refused when the queue is full.
+    /// Disconnects have room of their own (one per peer: a peer gets no id while the queue is
+    /// full), so the core does not miss one.
     fn push(&self, ev: DoorEvent) -> bool {
         {
             let mut q = lock(&self.queue);
-            if q.len() >= MAX_QUEUED && !matches!(ev, DoorEvent::Disconnected { .. }) {
+            let room = match ev {
+                DoorEvent::Disconnected { .. } => MAX_QUEUED + MAX_PEERS,
+                _ => MAX_QUEUED,
+            };
+            if q.len() >= room {
                 return false;
             }
             q.push_back(ev);
         }
         self.wake.notify_one();
         true
+    }
+
+    fn busy(&self) -> bool {
+        lock(&self.queue).len() >= MAX_QUEUED
     }
 
     /// The peer's [`ConnId`], made at its first request (a watcher then waits for its
@@ -307,7 +320,7 @@ impl Shared {
                 conn = old,
                 "too many BLE peers; the least recently active dropped"
             );
-            self.push(DoorEvent::Disconnected { conn: old });
+            self.gone_id(old);
         }
         let watcher = tokio::spawn(watch_peer(self.clone(), session.clone(), key.clone()));
         if let Some(p) = lock(&self.peers).map.get_mut(key) {
@@ -320,7 +333,17 @@ impl Shared {
     fn gone(&self, key: &PeerKey) {
         let id = lock(&self.peers).remove(key);
         if let Some(conn) = id {
-            self.push(DoorEvent::Disconnected { conn });
+            self.gone_id(conn);
+        }
+    }
+
+    fn gone_id(&self, conn: ConnId) {
+        if !self.push(DoorEvent::Disconnected { conn }) {
+            // Only when the core stopped taking events; ids are not reused for 2^32 peers.
+            tracing::warn!(
+                conn,
+                "BLE disconnect not queued: the door does not take events"
+            );
         }
     }
 
@@ -353,6 +376,10 @@ impl Shared {
                 .map(<[u8]>::to_vec)
                 .ok_or(ReqError::InvalidOffset);
         }
+        if self.busy() {
+            tracing::warn!("BLE events pile up; challenge read refused");
+            return Err(ReqError::Failed);
+        }
         let conn = self.conn(&key, session);
         let (tx, rx) = oneshot::channel();
         if let Some(p) = lock(&self.peers).map.get_mut(&key) {
@@ -372,6 +399,9 @@ impl Shared {
             Ok(Err(_)) => Err(ReqError::Failed),
             Err(_) => {
                 tracing::warn!(conn, "the door did not answer a challenge read in time");
+                // Not taken yet: withdraw it, so its late answer never meets this peer's next read.
+                lock(&self.queue)
+                    .retain(|ev| !matches!(ev, DoorEvent::ReadChallenge { conn: c } if *c == conn));
                 Err(ReqError::Failed)
             }
         }
@@ -401,6 +431,10 @@ impl Shared {
             adapter: req.adapter_name,
             address: req.device_address,
         };
+        if self.busy() {
+            tracing::warn!("BLE events pile up; request refused");
+            return Err(ReqError::InProgress);
+        }
         let conn = self.conn(&key, session);
         if !self.push(DoorEvent::Request { conn, value }) {
             tracing::warn!(conn, "BLE events pile up; request refused");

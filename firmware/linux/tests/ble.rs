@@ -237,13 +237,30 @@ async fn refuses_writes_that_are_not_one_write_request_and_serves_read_blobs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_challenge_read_the_core_does_not_answer_fails() {
+async fn while_the_core_does_not_answer_reads_fail_and_requests_queue_up_to_a_bound() {
     let (node, _) = field("silent").await;
     let mut config = BleConfig::new(Some(node.name().into()), "n");
     config.read_timeout = Duration::from_millis(100);
-    // Started, but nobody plays the core: no reply_read ever comes.
-    let _radio = door_on(&node, config).await;
+    // Started, but nobody plays the core yet: no reply_read comes, no event is taken.
+    let radio = door_on(&node, config).await;
     let link = node.connect("10:00:00:00:00:03", 185).await.unwrap();
     let e = link.read(&uuid(CHALLENGE_UUID), 0).await.unwrap_err();
     refused(e, "org.bluez.Error.Failed");
+
+    // The unanswered read was withdrawn; 64 requests wait, the next is refused until the core
+    // drains them.
+    let req = uuid(REQUEST_UUID);
+    for i in 0..64u8 {
+        link.write(&req, &[i]).await.unwrap();
+    }
+    refused(
+        link.write(&req, &[0xff]).await.unwrap_err(),
+        "org.bluez.Error.InProgress",
+    );
+    let mut door = serve(radio);
+    for i in 0..64u8 {
+        assert!(matches!(door.event().await, DoorEvent::Request { value, .. } if value == [i]));
+    }
+    link.write(&req, &[0xfe]).await.unwrap();
+    assert!(matches!(door.event().await, DoorEvent::Request { value, .. } if value == [0xfe]));
 }
