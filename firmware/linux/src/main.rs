@@ -184,3 +184,20 @@ async fn shutdown() {
     }
     tracing::info!("shutting down");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ble_adapter_names_are_checked() {
+        assert_eq!(parse_adapter("hci0").as_deref(), Ok("hci0"));
+        assert_eq!(parse_adapter("hci12").as_deref(), Ok("hci12"));
+        for bad in ["", "hci", "hci-1", "eth0", "hci0/dev", "hci1234"] {
+            assert!(parse_adapter(bad).is_err(), "{bad:?}");
+        }
+        assert!(Cli::try_parse_from(["latchkey-node", "--ble-adapter", "wlan0"]).is_err());
+        let cli = Cli::try_parse_from(["latchkey-node", "--ble-adapter", "hci1"]).unwrap();
+        assert_eq!(cli.run.ble_adapter.as_deref(), Some("hci1"));
+    }
+}
