@@ -1,20 +1,29 @@
 //! `phone unlock`: open a door over BLE as a phone app would, following seed 000's states
 //! (idle → scanning → deviceSelected → connecting → challenge → completing → completed | error)
 //! with a timeout per stage. Three ATT operations after connecting: subscribe to Result, read
-//! Challenge, write Auth (docs/PROTOCOL.md §8). Every exit path stops the scan and disconnects.
+//! Challenge, write the request (docs/PROTOCOL.md §8 for version 1, §21 for version 2). Every
+//! exit path stops the scan and disconnects.
+//!
+//! Which door and which protocol ([`Plan`]): the doors of the endpoint that the access tool
+//! lists (nodes advertise the version-2 service and `02 ‖ door tag`), and the gateway
+//! (version-1 service and its gateway tag). The first heard wins, except that a node heard
+//! within [`NODE_WINDOW`] after the gateway wins over it. A node speaks version 2 only; at the
+//! gateway the phone speaks version 2 when it holds a tool for the gateway's door and the
+//! gateway's GATT database has the version-2 service, else version 1.
 //!
 //! Choices a real app must make too, and what BlueZ needs for them:
 //! - a device counts as found only when it was heard during this scan (it has an `RSSI`);
 //!   BlueZ also lists devices it merely remembers;
-//! - and only when its advertisement names the gateway the phone paired with (the short
-//!   gateway id in its manufacturer data, PROTOCOL.md §3): another latchkey gateway in range
-//!   would only answer `UNKNOWN_DEVICE`;
-//! - the auth frame is written with a write *request*: bluer's `write()` sends a write command
-//!   (no response), which the gateway's write-only characteristic does not answer;
+//! - and only when its advertisement names a door we mean (the gateway's short id, or a node's
+//!   door tag): another door in range would only answer `UNKNOWN_DEVICE` / `UNKNOWN_TOOL`;
+//! - the request is written with a write *request*: bluer's `write()` sends a write command
+//!   (no response), which the door's write-only characteristic does not answer;
 //! - the notify session is kept until after the disconnect, so ending it costs no fourth ATT
 //!   operation (disabling the CCCD); the link's end ends it anyway;
-//! - the TOTP step: one step per attempt, never one already sent (PROTOCOL.md §4.2); the caller
-//!   picks it with [`next_step`] and remembers it from [`Stage::Completing`] on.
+//! - version 1's TOTP step: one step per attempt, never one already sent (PROTOCOL.md §4.2);
+//!   the caller picks it with [`next_step`] and remembers it from [`Stage::Completing`] on;
+//! - version 2: one request per challenge (a session key encrypts once, §15.2); a result that
+//!   does not verify (another phone's, forged, a plain `GRANTED`) is ignored, not believed.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -25,8 +34,10 @@ use bluer::{AdapterEvent, DiscoveryFilter, DiscoveryTransport, Uuid};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use latchkey_proto as proto;
+use latchkey_proto::v2;
 
 use super::Credentials;
+use crate::tool::{self, Door, DoorKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -55,6 +66,22 @@ impl Stage {
     }
 }
 
+/// The door protocol version spoken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    V1,
+    V2,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::V1 => 1,
+            Protocol::V2 => 2,
+        }
+    }
+}
+
 /// Per-stage limits; seed 000's numbers by default.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -79,19 +106,26 @@ impl Default for Timeouts {
 pub const MIN_MTU: usize = 114;
 /// How long cleanup (stopping the scan, disconnecting) may take before we give up on it.
 const CLEANUP_LIMIT: Duration = Duration::from_secs(5);
+/// After hearing the gateway, how long the scan goes on for a node of the same endpoint (a
+/// node opens the door itself, without the gateway's round trip to it).
+pub const NODE_WINDOW: Duration = Duration::from_secs(1);
+/// The format byte of a node's manufacturer data, in front of its door tag (PROTOCOL.md §16).
+const NODE_ADV_FORMAT: u8 = 0x02;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnlockError {
-    #[error("no latchkey gateway found nearby")]
+    #[error("no latchkey door found nearby")]
     TimeoutScan,
-    #[error("the gateway did not accept the connection in time")]
+    #[error("the door did not accept the connection in time")]
     TimeoutConnect,
-    #[error("the gateway did not hand out a challenge in time")]
+    #[error("the door did not hand out a challenge in time")]
     TimeoutChallenge,
-    #[error("the gateway did not answer in time")]
-    TimeoutServer,
-    #[error("the gateway does not offer the latchkey door service")]
+    #[error("the door did not answer in time{}", ignored_note(*.ignored))]
+    TimeoutServer { ignored: u32 },
+    #[error("the door does not offer the latchkey door service")]
     NoService,
+    #[error("{0}")]
+    NoDoor(String),
     #[error("Bluetooth adapter {0} is powered off")]
     PoweredOff(String),
     #[error("bluetooth: {0}")]
@@ -102,15 +136,24 @@ pub enum UnlockError {
     Credentials(String),
 }
 
+fn ignored_note(ignored: u32) -> String {
+    if ignored == 0 {
+        String::new()
+    } else {
+        format!(" ({ignored} result(s) that did not verify were ignored)")
+    }
+}
+
 impl UnlockError {
-    /// Seed 000's error codes.
+    /// Seed 000's error codes (and `NO_DOOR` for a `--door` the tool does not name).
     pub fn code(&self) -> &'static str {
         match self {
             UnlockError::TimeoutScan => "TIMEOUT_SCAN",
             UnlockError::TimeoutConnect => "TIMEOUT_CONNECT",
             UnlockError::TimeoutChallenge => "TIMEOUT_CHALLENGE",
-            UnlockError::TimeoutServer => "TIMEOUT_SERVER",
+            UnlockError::TimeoutServer { .. } => "TIMEOUT_SERVER",
             UnlockError::NoService => "NO_SERVICE",
+            UnlockError::NoDoor(_) => "NO_DOOR",
             UnlockError::PoweredOff(_) => "BLUETOOTH_OFF",
             UnlockError::Bluetooth(_) => "BLUETOOTH",
             UnlockError::Protocol(_) => "PROTOCOL",
@@ -125,9 +168,157 @@ impl From<bluer::Error> for UnlockError {
     }
 }
 
-/// What the gateway found near, as seed 000's `device` context.
+/// `--door`: which doors of the endpoint may be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DoorChoice {
+    /// The first heard (a node wins over the gateway within [`NODE_WINDOW`]).
+    Auto,
+    Gateway,
+    /// Any node of the endpoint.
+    Node,
+    /// That node (its node id, or its door id in hex).
+    NodeId(String),
+}
+
+impl std::str::FromStr for DoorChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "gateway" => Ok(Self::Gateway),
+            "node" => Ok(Self::Node),
+            id if uuid::Uuid::try_parse(id).is_ok() => Ok(Self::NodeId(id.to_ascii_lowercase())),
+            other => Err(format!(
+                "{other:?}: expected auto, gateway, node or a node id"
+            )),
+        }
+    }
+}
+
+/// What the phone holds for version 2.
+struct V2Creds {
+    tool_id: v2::ToolId,
+    key: v2::p256::SecretKey,
+    endpoint: v2::EndpointId,
+}
+
+/// Which doors to look for and what to say to each, worked out before the radio is touched.
+pub struct Plan {
+    /// The endpoint asked for (version 1: `""` is the gateway's default endpoint).
+    pub endpoint: String,
+    gateway_id: String,
+    /// Whether the gateway is a candidate.
+    gateway: bool,
+    /// The gateway's version-2 door, when the tool lists it for this endpoint.
+    gateway_v2: Option<Door>,
+    /// Candidate nodes.
+    nodes: Vec<Door>,
+    v2: Option<V2Creds>,
+    /// The version-1 TOTP step, if one may be sent now.
+    step: Option<u64>,
+}
+
+impl Plan {
+    /// The doors of `endpoint` (default: the tool's first endpoint, else the gateway's
+    /// default) that `choice` allows; `step` is version 1's TOTP step (see [`next_step`]).
+    ///
+    /// # Errors
+    /// [`UnlockError::NoDoor`] when `choice` names nodes the tool does not list for it.
+    pub fn new(
+        creds: &Credentials,
+        endpoint: Option<&str>,
+        choice: &DoorChoice,
+        step: Option<u64>,
+    ) -> Result<Plan, UnlockError> {
+        let mut plan = Plan {
+            endpoint: endpoint.unwrap_or_default().to_owned(),
+            gateway_id: creds.gateway_id.clone(),
+            gateway: true,
+            gateway_v2: None,
+            nodes: Vec::new(),
+            v2: None,
+            step,
+        };
+        let key = tool::secret_key(creds).ok();
+        let tool = creds.access_tool.as_ref();
+        if let (Some(t), Some(key)) = (tool, key) {
+            let doors = t
+                .doors(endpoint)
+                .map_err(|e| UnlockError::Credentials(e.to_string()))?;
+            if let (Some((id, doors)), Some(tool_id)) = (doors, t.tool_id()) {
+                match v2::EndpointId::new(&id) {
+                    Ok(ep) => {
+                        plan.v2 = Some(V2Creds {
+                            tool_id,
+                            key,
+                            endpoint: ep,
+                        });
+                        for d in doors {
+                            match d.kind {
+                                DoorKind::Node => plan.nodes.push(d),
+                                DoorKind::Gateway => plan.gateway_v2 = Some(d),
+                                DoorKind::Other => {}
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "the tool's endpoint id is not valid"),
+                }
+                plan.endpoint = id;
+            }
+        }
+        let nothing = |what: String| {
+            UnlockError::NoDoor(format!(
+                "the access tool lists {what} for endpoint {:?}",
+                plan.endpoint
+            ))
+        };
+        match choice {
+            DoorChoice::Auto => {}
+            DoorChoice::Gateway => plan.nodes.clear(),
+            DoorChoice::Node => {
+                plan.gateway = false;
+                if plan.nodes.is_empty() {
+                    return Err(nothing("no node".into()));
+                }
+            }
+            DoorChoice::NodeId(id) => {
+                plan.gateway = false;
+                plan.nodes.retain(|d| {
+                    d.node_id
+                        .as_deref()
+                        .is_some_and(|n| n.eq_ignore_ascii_case(id))
+                        || d.name() == *id
+                });
+                if plan.nodes.is_empty() {
+                    return Err(nothing(format!("no node {id}")));
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    /// Whether the plan needs version 1's TOTP step (only the gateway without version 2 does).
+    pub fn may_need_step(&self) -> bool {
+        self.gateway && (self.gateway_v2.is_none() || self.v2.is_none())
+    }
+
+    /// The manufacturer data node `i` advertises.
+    fn node_adv(&self, i: usize) -> Option<[u8; 1 + v2::DOOR_TAG_LEN]> {
+        let d = self.nodes.get(i)?;
+        let mut data = [NODE_ADV_FORMAT; 1 + v2::DOOR_TAG_LEN];
+        for (dst, src) in data.iter_mut().skip(1).zip(v2::door_tag(&d.id)) {
+            *dst = src;
+        }
+        Some(data)
+    }
+}
+
+/// The door found, as seed 000's `device` context plus which door it is.
 #[derive(Debug, Clone)]
-pub struct FoundGateway {
+pub struct FoundDoor {
+    pub kind: DoorKind,
+    /// A node's id, or the gatewayId.
+    pub id: String,
     pub address: String,
     pub name: Option<String>,
     pub rssi: Option<i16>,
@@ -144,10 +335,14 @@ pub struct Timings {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub status: proto::Status,
-    /// Whether the result carried a valid gateway signature (a grant always does).
+    /// Whether the result was authenticated: signed (version 1) or sealed (version 2). A
+    /// grant always is; an unauthenticated denial is only a hint.
     pub authenticated: bool,
     pub retry_after: u16,
-    pub gateway: FoundGateway,
+    /// The door's wall time in a sealed version-2 result, when it knows it.
+    pub door_time: Option<u64>,
+    pub protocol: Protocol,
+    pub door: FoundDoor,
     pub timings: Timings,
     /// ATT operations used after the connection was up.
     pub att_ops: u32,
@@ -225,6 +420,60 @@ impl Attempt {
     }
 }
 
+/// One version-2 attempt: the sealed request for one challenge, and the keys that open its
+/// answer (PROTOCOL.md §21 steps 4–5).
+pub struct V2Attempt {
+    pub frame: [u8; v2::Request::LEN],
+    nonce: proto::Nonce,
+    keys: v2::SessionKeys,
+}
+
+impl V2Attempt {
+    /// Seals the request for `challenge` with the tool `tool_id`, the endpoint and the
+    /// phone's time `now`; `secret` is the (phone, door) secret of the door `door_id`.
+    pub fn new(
+        secret: &v2::PeerSecret,
+        door_id: &v2::DoorId,
+        challenge: &v2::Challenge,
+        tool_id: v2::ToolId,
+        endpoint: v2::EndpointId,
+        now: u64,
+    ) -> Result<Self, UnlockError> {
+        let keys = secret.session(&challenge.nonce, door_id);
+        let body = v2::RequestBody {
+            tool_id,
+            phone_time: now,
+            endpoint,
+        };
+        let frame = v2::Request::seal(
+            &body,
+            &keys,
+            &secret.hint(&challenge.nonce),
+            &challenge.nonce,
+        )
+        .map_err(|e| UnlockError::Protocol(e.to_string()))?;
+        Ok(Self {
+            frame,
+            nonce: challenge.nonce,
+            keys,
+        })
+    }
+
+    /// The door's answer to this attempt, or `None` for a notification to ignore: another
+    /// attempt's (nonce), one that does not authenticate under our keys (forged, another
+    /// phone's), a plain `GRANTED` (never believed), or anything that does not decode.
+    pub fn check(&self, notification: &[u8]) -> Option<v2::VerifiedResult> {
+        match v2::ResultFrame::open(notification, &self.keys, &self.nonce) {
+            Ok(v) => Some(v),
+            Err(v2::Error::NonceMismatch) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignored a result notification that does not verify");
+                None
+            }
+        }
+    }
+}
+
 fn uuid(u: u128) -> Uuid {
     Uuid::from_u128(u)
 }
@@ -239,69 +488,75 @@ async fn within<T>(
         .unwrap_or(Err(on_timeout))
 }
 
-/// Runs one unlock, sending the code of TOTP step `step` (see [`next_step`]). `now` gives
-/// Unix seconds (injected so tests control the phone's clock); `on_stage` sees every state
-/// transition.
+/// Runs one unlock along `plan`. `now` gives Unix seconds (injected so tests control the
+/// phone's clock); `on_stage` sees every state transition, with the protocol once it is
+/// chosen (after discovery).
 pub async fn unlock(
     adapter: &bluer::Adapter,
     creds: &Credentials,
-    endpoint: &str,
-    step: u64,
+    plan: &Plan,
     timeouts: Timeouts,
     now: impl Fn() -> u64,
-    mut on_stage: impl FnMut(Stage),
+    mut on_stage: impl FnMut(Stage, Option<Protocol>),
 ) -> Result<Outcome, UnlockError> {
-    on_stage(Stage::Idle);
+    on_stage(Stage::Idle, None);
+    let mut protocol = None;
     let result = run(
         adapter,
         creds,
-        endpoint,
-        step,
+        plan,
         timeouts,
         &now,
-        &mut on_stage,
+        &mut |stage, p| {
+            protocol = p.or(protocol);
+            on_stage(stage, p);
+        },
     )
     .await;
-    on_stage(if result.is_ok() {
-        Stage::Completed
-    } else {
-        Stage::Error
-    });
+    on_stage(
+        if result.is_ok() {
+            Stage::Completed
+        } else {
+            Stage::Error
+        },
+        protocol,
+    );
     result
 }
 
-/// What stays open while talking to the gateway, closed only after the disconnect.
+/// What stays open while talking to the door, closed only after the disconnect.
 #[derive(Default)]
 struct Session {
     notifications: Option<BoxStream<'static, Vec<u8>>>,
     att_ops: u32,
 }
 
+/// The door chosen by the scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heard {
+    Gateway,
+    Node(usize),
+}
+
 async fn run(
     adapter: &bluer::Adapter,
     creds: &Credentials,
-    endpoint: &str,
-    step: u64,
+    plan: &Plan,
     timeouts: Timeouts,
     now: &impl Fn() -> u64,
-    on_stage: &mut impl FnMut(Stage),
+    on_stage: &mut impl FnMut(Stage, Option<Protocol>),
 ) -> Result<Outcome, UnlockError> {
     if !adapter.is_powered().await? {
         return Err(UnlockError::PoweredOff(adapter.name().to_owned()));
     }
-    on_stage(Stage::Scanning);
+    on_stage(Stage::Scanning, None);
     let t0 = Instant::now();
-    let found = within(
-        timeouts.scan,
-        UnlockError::TimeoutScan,
-        scan(adapter, &creds.gateway_id),
-    )
-    .await;
+    let found = within(timeouts.scan, UnlockError::TimeoutScan, scan(adapter, plan)).await;
     // The scan ends here whatever happened (and before connecting, as controllers prefer).
     stop_scan(adapter).await;
-    let (address, gateway) = found?;
+    let (address, device_info, heard) = found?;
     let scan_time = t0.elapsed();
-    on_stage(Stage::DeviceSelected);
+    on_stage(Stage::DeviceSelected, None);
 
     let device = adapter.device(address)?;
     let mut session = Session::default();
@@ -309,8 +564,8 @@ async fn run(
         &device,
         &mut session,
         creds,
-        endpoint,
-        step,
+        plan,
+        heard,
         timeouts,
         now,
         on_stage,
@@ -322,11 +577,26 @@ async fn run(
     let att_ops = session.att_ops;
     drop(session);
     let t = talked?;
+    let (kind, id) = match heard {
+        Heard::Gateway => (DoorKind::Gateway, plan.gateway_id.clone()),
+        Heard::Node(i) => (
+            DoorKind::Node,
+            plan.nodes.get(i).map(Door::name).unwrap_or_default(),
+        ),
+    };
     Ok(Outcome {
-        status: t.verified.result.status,
-        authenticated: t.verified.authenticated,
-        retry_after: t.verified.result.retry_after,
-        gateway,
+        status: t.status,
+        authenticated: t.authenticated,
+        retry_after: t.retry_after,
+        door_time: t.door_time,
+        protocol: t.protocol,
+        door: FoundDoor {
+            kind,
+            id,
+            address: device_info.0,
+            name: device_info.1,
+            rssi: device_info.2,
+        },
         timings: Timings {
             scan: scan_time,
             connect: t.connect,
@@ -338,10 +608,41 @@ async fn run(
 }
 
 struct Talked {
-    verified: proto::VerifiedResult,
+    protocol: Protocol,
+    status: proto::Status,
+    authenticated: bool,
+    retry_after: u16,
+    door_time: Option<u64>,
     connect: Duration,
     challenge: Duration,
     decision: Duration,
+}
+
+/// What to say to the door that was heard, once its GATT database is known.
+enum Speak<'a> {
+    V1(Chars),
+    V2 {
+        chars: Chars,
+        door: &'a Door,
+        creds: &'a V2Creds,
+    },
+}
+
+fn choose<'a>(plan: &'a Plan, heard: Heard, gatt: Gatt) -> Result<Speak<'a>, UnlockError> {
+    match heard {
+        Heard::Node(i) => {
+            let (Some(door), Some(creds), Some(chars)) = (plan.nodes.get(i), &plan.v2, gatt.v2)
+            else {
+                return Err(UnlockError::NoService);
+            };
+            Ok(Speak::V2 { chars, door, creds })
+        }
+        Heard::Gateway => match (&plan.gateway_v2, &plan.v2, gatt.v2, gatt.v1) {
+            (Some(door), Some(creds), Some(chars), _) => Ok(Speak::V2 { chars, door, creds }),
+            (_, _, _, Some(chars)) => Ok(Speak::V1(chars)),
+            _ => Err(UnlockError::NoService),
+        },
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -349,85 +650,233 @@ async fn talk(
     device: &bluer::Device,
     session: &mut Session,
     creds: &Credentials,
-    endpoint: &str,
-    step: u64,
+    plan: &Plan,
+    heard: Heard,
     timeouts: Timeouts,
     now: &impl Fn() -> u64,
-    on_stage: &mut impl FnMut(Stage),
+    on_stage: &mut impl FnMut(Stage, Option<Protocol>),
 ) -> Result<Talked, UnlockError> {
-    on_stage(Stage::Connecting);
+    // Version 2's ECDH happens once per unlock, before the link is up (PROTOCOL.md §21 step 1).
+    let secret = match heard {
+        Heard::Node(i) => plan.nodes.get(i),
+        Heard::Gateway => plan.gateway_v2.as_ref(),
+    }
+    .zip(plan.v2.as_ref())
+    .map(|(door, v2c)| v2::PeerSecret::derive(&v2c.key, &door.public, &door.id))
+    .transpose()
+    .map_err(|e| UnlockError::Credentials(format!("door key: {e}")))?;
+
+    on_stage(Stage::Connecting, None);
     let t1 = Instant::now();
-    let chars = within(
+    let gatt = within(
         timeouts.connect,
         UnlockError::TimeoutConnect,
         connect(device),
     )
     .await?;
+    let speak = choose(plan, heard, gatt)?;
     let connect_time = t1.elapsed();
+    let protocol = match speak {
+        Speak::V1(_) => Protocol::V1,
+        Speak::V2 { .. } => Protocol::V2,
+    };
+    let chars = match &speak {
+        Speak::V1(c) | Speak::V2 { chars: c, .. } => c,
+    };
+    // Every frame must fit one ATT PDU; BlueZ negotiates the MTU itself (older BlueZ does not
+    // show it: then trust it).
+    if let Ok(mtu) = chars.write.mtu().await {
+        if mtu < MIN_MTU {
+            return Err(UnlockError::Protocol(format!(
+                "the ATT MTU is {mtu}, below the {MIN_MTU} the frames need"
+            )));
+        }
+    }
 
-    on_stage(Stage::Challenge);
+    on_stage(Stage::Challenge, Some(protocol));
     let t2 = Instant::now();
-    let challenge = within(timeouts.challenge, UnlockError::TimeoutChallenge, async {
+    let raw = within(timeouts.challenge, UnlockError::TimeoutChallenge, async {
         // ATT 1: subscribe to results before anything can be answered.
         session.att_ops += 1;
         session.notifications = Some(chars.result.notify().await?.boxed());
         // ATT 2: the connection's fresh nonce.
         session.att_ops += 1;
-        let raw = chars.challenge.read().await?;
-        proto::Challenge::decode(&raw)
-            .map_err(|e| UnlockError::Protocol(format!("challenge rejected: {e}")))
+        Ok(chars.challenge.read().await?)
     })
     .await?;
     let challenge_time = t2.elapsed();
 
-    on_stage(Stage::Completing);
-    let t3 = Instant::now();
-    let attempt = Attempt::new(creds, &challenge, endpoint, now(), step)?;
-    let verified = within(timeouts.server, UnlockError::TimeoutServer, async {
-        // ATT 3: the signed request, as a write request (with response).
-        session.att_ops += 1;
-        let request = CharacteristicWriteRequest {
-            op_type: WriteOp::Request,
-            ..Default::default()
-        };
-        chars.auth.write_ext(&attempt.frame, &request).await?;
-        let Some(notifications) = session.notifications.as_mut() else {
-            return Err(UnlockError::Protocol("not subscribed to results".into()));
-        };
-        while let Some(value) = notifications.next().await {
-            // BlueZ notifies every subscriber; ours is the one carrying our nonce.
-            if let Some(v) = attempt.check(&value)? {
-                return Ok(v);
+    let (frame, check): (Vec<u8>, Box<dyn Fn(&[u8]) -> Result<Option<Answer>, UnlockError>>) =
+        match &speak {
+            Speak::V1(_) => {
+                let challenge = proto::Challenge::decode(&raw)
+                    .map_err(|e| UnlockError::Protocol(format!("challenge rejected: {e}")))?;
+                let step = plan.step.ok_or_else(|| {
+                    UnlockError::Credentials(
+                        "both TOTP codes of this period were sent already; try again in a few seconds"
+                            .into(),
+                    )
+                })?;
+                on_stage(Stage::Completing, Some(protocol));
+                let attempt = Attempt::new(creds, &challenge, &plan.endpoint, now(), step)?;
+                let frame = attempt.frame.clone();
+                (
+                    frame,
+                    Box::new(move |n| {
+                        Ok(attempt.check(n)?.map(|v| Answer {
+                            status: v.result.status,
+                            authenticated: v.authenticated,
+                            retry_after: v.result.retry_after,
+                            door_time: None,
+                        }))
+                    }),
+                )
             }
-        }
-        Err(UnlockError::Bluetooth(
-            "the gateway dropped the connection".into(),
-        ))
-    })
-    .await?;
+            Speak::V2 { door, creds, .. } => {
+                let challenge = v2::Challenge::decode(&raw)
+                    .map_err(|e| UnlockError::Protocol(format!("challenge rejected: {e}")))?;
+                if challenge.door_id != door.id {
+                    return Err(UnlockError::Protocol(format!(
+                        "the challenge names door {}, not the door {} chosen",
+                        data_encoding::HEXLOWER.encode(&challenge.door_id),
+                        door.name()
+                    )));
+                }
+                if challenge.door_time == 0 {
+                    tracing::warn!(
+                        "the door does not know the time: it will answer CLOCK_UNKNOWN"
+                    );
+                }
+                let Some(secret) = secret.as_ref() else {
+                    return Err(UnlockError::Credentials("no key for this door".into()));
+                };
+                on_stage(Stage::Completing, Some(protocol));
+                let attempt = V2Attempt::new(
+                    secret,
+                    &door.id,
+                    &challenge,
+                    creds.tool_id,
+                    creds.endpoint,
+                    now(),
+                )?;
+                let frame = attempt.frame.to_vec();
+                (
+                    frame,
+                    Box::new(move |n| {
+                        Ok(attempt.check(n).map(|v| Answer {
+                            status: v.status,
+                            authenticated: v.authenticated,
+                            retry_after: 0,
+                            door_time: v.door_time,
+                        }))
+                    }),
+                )
+            }
+        };
+
+    let t3 = Instant::now();
+    let ignored = std::cell::Cell::new(0u32);
+    let answer = within(
+        timeouts.server,
+        UnlockError::TimeoutServer { ignored: 0 },
+        async {
+            // ATT 3: the request, as a write request (with response).
+            session.att_ops += 1;
+            let request = CharacteristicWriteRequest {
+                op_type: WriteOp::Request,
+                ..Default::default()
+            };
+            chars.write.write_ext(&frame, &request).await?;
+            let Some(notifications) = session.notifications.as_mut() else {
+                return Err(UnlockError::Protocol("not subscribed to results".into()));
+            };
+            while let Some(value) = notifications.next().await {
+                // BlueZ notifies every subscriber; ours is the one that verifies.
+                match check(&value)? {
+                    Some(a) => return Ok(a),
+                    None => ignored.set(ignored.get().saturating_add(1)),
+                }
+            }
+            Err(UnlockError::Bluetooth(
+                "the door dropped the connection".into(),
+            ))
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        UnlockError::TimeoutServer { .. } => UnlockError::TimeoutServer {
+            ignored: ignored.get(),
+        },
+        e => e,
+    })?;
     Ok(Talked {
-        verified,
+        protocol,
+        status: answer.status,
+        authenticated: answer.authenticated,
+        retry_after: answer.retry_after,
+        door_time: answer.door_time,
         connect: connect_time,
         challenge: challenge_time,
         decision: t3.elapsed(),
     })
 }
 
-/// Filtered scan for the door service; the first gateway heard during this scan whose
-/// advertisement carries `gateway_id`'s short form wins.
-async fn scan(
-    adapter: &bluer::Adapter,
-    gateway_id: &str,
-) -> Result<(bluer::Address, FoundGateway), UnlockError> {
-    let filter = DiscoveryFilter {
-        uuids: HashSet::from([uuid(proto::SERVICE_UUID)]),
+/// A verified answer, of either version.
+struct Answer {
+    status: proto::Status,
+    authenticated: bool,
+    retry_after: u16,
+    door_time: Option<u64>,
+}
+
+/// The scan's filter: both door services.
+fn filter() -> DiscoveryFilter {
+    DiscoveryFilter {
+        uuids: HashSet::from([uuid(proto::SERVICE_UUID), uuid(v2::SERVICE_UUID)]),
         transport: DiscoveryTransport::Le,
         ..Default::default()
-    };
-    adapter.set_discovery_filter(filter).await?;
+    }
+}
+
+/// Which of the plan's doors a heard advertisement is, if any.
+fn recognise(plan: &Plan, uuids: &HashSet<Uuid>, data: Option<&Vec<u8>>) -> Option<Heard> {
+    let data = data?;
+    if uuids.contains(&uuid(v2::SERVICE_UUID)) {
+        let node = (0..plan.nodes.len()).find(|i| {
+            plan.node_adv(*i)
+                .is_some_and(|adv| adv.as_slice() == data.as_slice())
+        });
+        if let Some(i) = node {
+            return Some(Heard::Node(i));
+        }
+    }
+    (plan.gateway
+        && uuids.contains(&uuid(proto::SERVICE_UUID))
+        && proto::adv_matches(data, &plan.gateway_id))
+    .then_some(Heard::Gateway)
+}
+
+type DeviceInfo = (String, Option<String>, Option<i16>);
+
+/// Filtered scan for the door services; the first door of the plan heard during this scan
+/// wins, except that the gateway waits [`NODE_WINDOW`] for a node.
+async fn scan(
+    adapter: &bluer::Adapter,
+    plan: &Plan,
+) -> Result<(bluer::Address, DeviceInfo, Heard), UnlockError> {
+    adapter.set_discovery_filter(filter()).await?;
     // With changes: a remembered device becomes a candidate when it is heard again (RSSI).
     let mut events = adapter.discover_devices_with_changes().await?;
-    while let Some(ev) = events.next().await {
+    let mut gateway: Option<(bluer::Address, DeviceInfo)> = None;
+    // Armed when the gateway is heard; until then it never fires.
+    let window = tokio::time::sleep(Duration::from_secs(86_400));
+    tokio::pin!(window);
+    loop {
+        let ev = tokio::select! {
+            ev = events.next() => ev,
+            () = &mut window, if gateway.is_some() => None,
+        };
+        let Some(ev) = ev else { break };
         let AdapterEvent::DeviceAdded(addr) = ev else {
             continue;
         };
@@ -436,85 +885,103 @@ async fn scan(
             continue;
         };
         let uuids = device.uuids().await?.unwrap_or_default();
-        if !uuids.contains(&uuid(proto::SERVICE_UUID)) {
-            continue;
-        }
-        let ours = device
+        let data = device
             .manufacturer_data()
             .await?
-            .and_then(|m| m.get(&proto::ADV_COMPANY_ID).cloned())
-            .is_some_and(|data| proto::adv_matches(&data, gateway_id));
-        if ours {
-            let found = FoundGateway {
-                address: addr.to_string(),
-                name: device.name().await.ok().flatten(),
-                rssi: Some(rssi),
-            };
-            return Ok((addr, found));
+            .and_then(|mut m| m.remove(&proto::ADV_COMPANY_ID));
+        let Some(heard) = recognise(plan, &uuids, data.as_ref()) else {
+            continue;
+        };
+        let info = (
+            addr.to_string(),
+            device.name().await.ok().flatten(),
+            Some(rssi),
+        );
+        match heard {
+            Heard::Gateway if !plan.nodes.is_empty() => {
+                if gateway.is_none() {
+                    window
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + NODE_WINDOW);
+                    gateway = Some((addr, info));
+                }
+            }
+            _ => return Ok((addr, info, heard)),
         }
     }
-    Err(UnlockError::Bluetooth("discovery ended".into()))
+    match gateway {
+        Some((addr, info)) => Ok((addr, info, Heard::Gateway)),
+        None => Err(UnlockError::Bluetooth("discovery ended".into())),
+    }
 }
 
 /// Waits until the discovery session of `scan` has stopped. bluer stops it from a task once
 /// the stream is dropped; setting the filter waits for that, and fails while it is still
 /// running.
 async fn stop_scan(adapter: &bluer::Adapter) {
-    let filter = DiscoveryFilter {
-        uuids: HashSet::from([uuid(proto::SERVICE_UUID)]),
-        transport: DiscoveryTransport::Le,
-        ..Default::default()
-    };
     let _ = tokio::time::timeout(CLEANUP_LIMIT, async {
-        while adapter.set_discovery_filter(filter.clone()).await.is_err() {
+        while adapter.set_discovery_filter(filter()).await.is_err() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
     .await;
 }
 
-struct DoorChars {
+/// A door service's three characteristics (version 1: Auth is `write`; version 2: Request).
+struct Chars {
     challenge: bluer::gatt::remote::Characteristic,
-    auth: bluer::gatt::remote::Characteristic,
+    write: bluer::gatt::remote::Characteristic,
     result: bluer::gatt::remote::Characteristic,
 }
 
-async fn connect(device: &bluer::Device) -> Result<DoorChars, UnlockError> {
+/// The door services found on a connected device.
+#[derive(Default)]
+struct Gatt {
+    v1: Option<Chars>,
+    v2: Option<Chars>,
+}
+
+async fn connect(device: &bluer::Device) -> Result<Gatt, UnlockError> {
     if !device.is_connected().await? {
         device.connect().await?;
     }
+    let mut gatt = Gatt::default();
     // `services()` waits for ServicesResolved.
     for service in device.services().await? {
-        if service.uuid().await? != uuid(proto::SERVICE_UUID) {
-            continue;
-        }
-        let (mut challenge, mut auth, mut result) = (None, None, None);
+        let (wanted, slot) = match service.uuid().await?.as_u128() {
+            proto::SERVICE_UUID => (
+                [proto::CHALLENGE_UUID, proto::AUTH_UUID, proto::RESULT_UUID],
+                &mut gatt.v1,
+            ),
+            v2::SERVICE_UUID => (
+                [v2::CHALLENGE_UUID, v2::REQUEST_UUID, v2::RESULT_UUID],
+                &mut gatt.v2,
+            ),
+            _ => continue,
+        };
+        let (mut challenge, mut write, mut result) = (None, None, None);
         for c in service.characteristics().await? {
-            match c.uuid().await?.as_u128() {
-                proto::CHALLENGE_UUID => challenge = Some(c),
-                proto::AUTH_UUID => auth = Some(c),
-                proto::RESULT_UUID => result = Some(c),
-                _ => {}
+            let u = c.uuid().await?.as_u128();
+            if u == wanted[0] {
+                challenge = Some(c);
+            } else if u == wanted[1] {
+                write = Some(c);
+            } else if u == wanted[2] {
+                result = Some(c);
             }
         }
-        if let (Some(challenge), Some(auth), Some(result)) = (challenge, auth, result) {
-            // Every frame must fit one ATT PDU; BlueZ negotiates the MTU itself (older BlueZ
-            // does not show it: then trust it).
-            if let Ok(mtu) = auth.mtu().await {
-                if mtu < MIN_MTU {
-                    return Err(UnlockError::Protocol(format!(
-                        "the ATT MTU is {mtu}, below the {MIN_MTU} the frames need"
-                    )));
-                }
-            }
-            return Ok(DoorChars {
+        if let (Some(challenge), Some(write), Some(result)) = (challenge, write, result) {
+            *slot = Some(Chars {
                 challenge,
-                auth,
+                write,
                 result,
             });
         }
     }
-    Err(UnlockError::NoService)
+    if gatt.v1.is_none() && gatt.v2.is_none() {
+        return Err(UnlockError::NoService);
+    }
+    Ok(gatt)
 }
 
 #[cfg(test)]
@@ -532,6 +999,8 @@ mod tests {
             gateway_id: "gw".into(),
             ws_url: String::new(),
             name: "p".into(),
+            phone_key: None,
+            access_tool: None,
         }
     }
 
@@ -575,6 +1044,10 @@ mod tests {
         other.encode_signed(&keys, &a.tag, &mut out).unwrap();
         assert!(a.check(&out).unwrap().is_none());
         assert_eq!(UnlockError::TimeoutScan.code(), "TIMEOUT_SCAN");
+        assert_eq!(
+            UnlockError::TimeoutServer { ignored: 2 }.to_string(),
+            "the door did not answer in time (2 result(s) that did not verify were ignored)"
+        );
     }
 
     #[test]
