@@ -398,10 +398,10 @@ mod tests {
         let t = tool("2026-12-04T12:00:00Z");
         let expires = t.expires_at().unwrap();
         let day = 86_400;
-        assert_eq!(upkeep(None, expires, day), Upkeep::Register);
-        assert_eq!(upkeep(Some(&t), expires - 3 * day, 2 * day), Upkeep::Keep);
-        assert_eq!(upkeep(Some(&t), expires - 2 * day, 2 * day), Upkeep::Refresh);
-        assert_eq!(upkeep(Some(&t), expires + 1, 2 * day), Upkeep::Refresh);
+        assert_eq!(upkeep(None, expires, 86_400), Upkeep::Register);
+        assert_eq!(upkeep(Some(&t), expires - 3 * day, 2 * 86_400), Upkeep::Keep);
+        assert_eq!(upkeep(Some(&t), expires - 2 * day, 2 * 86_400), Upkeep::Refresh);
+        assert_eq!(upkeep(Some(&t), expires + 1, 2 * 86_400), Upkeep::Refresh);
         assert_eq!(upkeep(Some(&tool("soon")), 0, 0), Upkeep::Register);
     }
 
