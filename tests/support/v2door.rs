@@ -154,11 +154,12 @@ impl DoorCore {
             let set = self.set.lock().unwrap();
             v2::decide(&set, challenge.as_ref(), request, self.mono(), Some(now))
         };
-        self.decisions.lock().unwrap().push(decision.status);
+        let status = decision.status;
+        self.decisions.lock().unwrap().push(status);
         let nonce = challenge.map(|c| *c.nonce()).unwrap_or([0; 16]);
         match *self.behaviour.lock().unwrap() {
             Behaviour::Honest => decision
-                .reply(decision.status, Some(now))
+                .reply(status, Some(now))
                 .as_bytes()
                 .to_vec(),
             Behaviour::PlainGranted => {
