@@ -38,6 +38,10 @@ async fn unlock(bus: &str, creds: &Path, adapter: &Adapter, args: &[&str]) -> (O
     all.extend_from_slice(args);
     let out = phone::phone(Some(bus), creds, &all).await;
     let json = serde_json::from_str(out.stdout.trim()).unwrap_or(Value::Null);
+    // Seed 000's cleanup, whatever the outcome: nothing left open, nothing merely abandoned.
+    let r = adapter.radio();
+    assert!(r.is_idle(), "the phone's radio: {r:?}");
+    assert_eq!(r.stats.abandoned_sessions, 0, "{r:?}");
     (out, json)
 }
 

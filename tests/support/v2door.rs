@@ -158,10 +158,7 @@ impl DoorCore {
         self.decisions.lock().unwrap().push(status);
         let nonce = challenge.map(|c| *c.nonce()).unwrap_or([0; 16]);
         match *self.behaviour.lock().unwrap() {
-            Behaviour::Honest => decision
-                .reply(status, Some(now))
-                .as_bytes()
-                .to_vec(),
+            Behaviour::Honest => decision.reply(status, Some(now)).as_bytes().to_vec(),
             Behaviour::PlainGranted => {
                 let mut f = vec![v2::VERSION, v2::KIND_PLAIN_RESULT];
                 f.extend_from_slice(&nonce);
@@ -220,7 +217,8 @@ fn application(door: &Arc<DoorCore>) -> Application {
                     if req.offset != 0 || value.len() > 111 {
                         return Err(ReqError::NotPermitted);
                     }
-                    let frame = door.decide(&peer_of(&req.adapter_name, req.device_address), &value);
+                    let frame =
+                        door.decide(&peer_of(&req.adapter_name, req.device_address), &value);
                     tokio::spawn(async move {
                         // The write's reply (the ATT Write Response) leaves first.
                         tokio::task::yield_now().await;
@@ -305,7 +303,9 @@ impl TestDoor {
         let adapter = shared.new_adapter().await.expect("adapter");
         adapter.set_area(area);
         let core = DoorCore::new(kind, gateway_key);
-        let session = bluer::Session::new().await.expect("bluer on the private bus");
+        let session = bluer::Session::new()
+            .await
+            .expect("bluer on the private bus");
         let bt = session.adapter(adapter.name()).expect("adapter");
         bt.set_powered(true).await.expect("power on");
         let app = bt

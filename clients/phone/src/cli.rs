@@ -372,7 +372,9 @@ async fn keep_tool(creds: &mut Credentials, path: &Path, within: u64, limit: Dur
             }
         }
         Err(ToolError::NotFound) if !had => {
-            eprintln!("latchkey: the gateway issues no access tools (404): door protocol version 1 only");
+            eprintln!(
+                "latchkey: the gateway issues no access tools (404): door protocol version 1 only"
+            );
         }
         Err(e) if had => {
             eprintln!("latchkey: access tool not refreshed ({e}); going on with the stored one");
@@ -414,15 +416,22 @@ async fn unlock(how: UnlockArgs, given: Option<Vec<f64>>, path: &Path) -> anyhow
             .context("no Bluetooth adapter")?,
     };
     let started = std::time::Instant::now();
-    let result = unlock::unlock(&adapter, &creds, &plan, limits, unix_now, |stage, protocol| {
-        tracing::debug!(stage = stage.as_str(), ?protocol, "unlock");
-        if let (Stage::Completing, Some(Protocol::V1), Some(step)) = (stage, protocol, step) {
-            // From here on the gateway may see (and spend) this step.
-            if let Err(e) = credentials::store_step(path, step) {
-                tracing::warn!(error = %e, "cannot record the TOTP step sent");
+    let result = unlock::unlock(
+        &adapter,
+        &creds,
+        &plan,
+        limits,
+        unix_now,
+        |stage, protocol| {
+            tracing::debug!(stage = stage.as_str(), ?protocol, "unlock");
+            if let (Stage::Completing, Some(Protocol::V1), Some(step)) = (stage, protocol, step) {
+                // From here on the gateway may see (and spend) this step.
+                if let Err(e) = credentials::store_step(path, step) {
+                    tracing::warn!(error = %e, "cannot record the TOTP step sent");
+                }
             }
-        }
-    })
+        },
+    )
     .await;
     let total = started.elapsed();
     let o = match result {

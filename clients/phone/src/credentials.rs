@@ -28,7 +28,11 @@ pub struct Credentials {
     pub name: String,
     /// The phone's P-256 private key (std base64 of the 32-byte scalar); absent in credentials
     /// written before door protocol version 2 (`phone unlock` then makes one).
-    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_secret_string")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_secret_string"
+    )]
     pub phone_key: Option<SecretString>,
     /// The access tool the gateway issued for that key (public data), when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -160,8 +160,7 @@ impl AccessTool {
         if decode_key(&self.device_pub_key).as_ref() != Some(ours) {
             return Err(bad("devicePubKey is not this phone's key"));
         }
-        if self.expires_at().is_none() || crate::clock::parse_rfc3339(&self.issued_on).is_none()
-        {
+        if self.expires_at().is_none() || crate::clock::parse_rfc3339(&self.issued_on).is_none() {
             return Err(bad("issuedOn or expiresOn is not RFC 3339"));
         }
         for e in &self.endpoints {
@@ -330,9 +329,11 @@ impl Api {
                 url: base.clone(),
                 reason: reason(e),
             })?;
-        let mut auth =
-            reqwest::header::HeaderValue::from_str(&format!("Device {}", creds.device_key.expose()))
-                .map_err(|_| ToolError::Protocol("the device key is not a header value".into()))?;
+        let mut auth = reqwest::header::HeaderValue::from_str(&format!(
+            "Device {}",
+            creds.device_key.expose()
+        ))
+        .map_err(|_| ToolError::Protocol("the device key is not a header value".into()))?;
         auth.set_sensitive(true);
         Ok(Self { http, base, auth })
     }
@@ -399,8 +400,14 @@ mod tests {
         let expires = t.expires_at().unwrap();
         let day = 86_400;
         assert_eq!(upkeep(None, expires, 86_400), Upkeep::Register);
-        assert_eq!(upkeep(Some(&t), expires - 3 * day, 2 * 86_400), Upkeep::Keep);
-        assert_eq!(upkeep(Some(&t), expires - 2 * day, 2 * 86_400), Upkeep::Refresh);
+        assert_eq!(
+            upkeep(Some(&t), expires - 3 * day, 2 * 86_400),
+            Upkeep::Keep
+        );
+        assert_eq!(
+            upkeep(Some(&t), expires - 2 * day, 2 * 86_400),
+            Upkeep::Refresh
+        );
         assert_eq!(upkeep(Some(&t), expires + 1, 2 * 86_400), Upkeep::Refresh);
         assert_eq!(upkeep(Some(&tool("soon")), 0, 0), Upkeep::Register);
     }
@@ -445,7 +452,8 @@ mod tests {
 
     #[test]
     fn doors_decode_and_bad_ones_are_refused() {
-        let door_key = v2::public_key_bytes(&v2::parse_secret_key(&[0x22; 32]).unwrap().public_key());
+        let door_key =
+            v2::public_key_bytes(&v2::parse_secret_key(&[0x22; 32]).unwrap().public_key());
         let mut t = tool("2026-12-04T12:00:00Z");
         t.endpoints = vec![ToolEndpoint {
             id: "front-door".into(),

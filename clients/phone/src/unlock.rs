@@ -501,17 +501,10 @@ pub async fn unlock(
 ) -> Result<Outcome, UnlockError> {
     on_stage(Stage::Idle, None);
     let mut protocol = None;
-    let result = run(
-        adapter,
-        creds,
-        plan,
-        timeouts,
-        &now,
-        &mut |stage, p| {
-            protocol = p.or(protocol);
-            on_stage(stage, p);
-        },
-    )
+    let result = run(adapter, creds, plan, timeouts, &now, &mut |stage, p| {
+        protocol = p.or(protocol);
+        on_stage(stage, p);
+    })
     .await;
     on_stage(
         if result.is_ok() {
@@ -706,73 +699,73 @@ async fn talk(
     .await?;
     let challenge_time = t2.elapsed();
 
-    let (frame, check): (Vec<u8>, Box<dyn Fn(&[u8]) -> Result<Option<Answer>, UnlockError>>) =
-        match &speak {
-            Speak::V1(_) => {
-                let challenge = proto::Challenge::decode(&raw)
-                    .map_err(|e| UnlockError::Protocol(format!("challenge rejected: {e}")))?;
-                let step = plan.step.ok_or_else(|| {
-                    UnlockError::Credentials(
-                        "both TOTP codes of this period were sent already; try again in a few seconds"
-                            .into(),
-                    )
-                })?;
-                on_stage(Stage::Completing, Some(protocol));
-                let attempt = Attempt::new(creds, &challenge, &plan.endpoint, now(), step)?;
-                let frame = attempt.frame.clone();
-                (
-                    frame,
-                    Box::new(move |n| {
-                        Ok(attempt.check(n)?.map(|v| Answer {
-                            status: v.result.status,
-                            authenticated: v.authenticated,
-                            retry_after: v.result.retry_after,
-                            door_time: None,
-                        }))
-                    }),
+    let (frame, check): (
+        Vec<u8>,
+        Box<dyn Fn(&[u8]) -> Result<Option<Answer>, UnlockError>>,
+    ) = match &speak {
+        Speak::V1(_) => {
+            let challenge = proto::Challenge::decode(&raw)
+                .map_err(|e| UnlockError::Protocol(format!("challenge rejected: {e}")))?;
+            let step = plan.step.ok_or_else(|| {
+                UnlockError::Credentials(
+                    "both TOTP codes of this period were sent already; try again in a few seconds"
+                        .into(),
                 )
+            })?;
+            on_stage(Stage::Completing, Some(protocol));
+            let attempt = Attempt::new(creds, &challenge, &plan.endpoint, now(), step)?;
+            let frame = attempt.frame.clone();
+            (
+                frame,
+                Box::new(move |n| {
+                    Ok(attempt.check(n)?.map(|v| Answer {
+                        status: v.result.status,
+                        authenticated: v.authenticated,
+                        retry_after: v.result.retry_after,
+                        door_time: None,
+                    }))
+                }),
+            )
+        }
+        Speak::V2 { door, creds, .. } => {
+            let challenge = v2::Challenge::decode(&raw)
+                .map_err(|e| UnlockError::Protocol(format!("challenge rejected: {e}")))?;
+            if challenge.door_id != door.id {
+                return Err(UnlockError::Protocol(format!(
+                    "the challenge names door {}, not the door {} chosen",
+                    data_encoding::HEXLOWER.encode(&challenge.door_id),
+                    door.name()
+                )));
             }
-            Speak::V2 { door, creds, .. } => {
-                let challenge = v2::Challenge::decode(&raw)
-                    .map_err(|e| UnlockError::Protocol(format!("challenge rejected: {e}")))?;
-                if challenge.door_id != door.id {
-                    return Err(UnlockError::Protocol(format!(
-                        "the challenge names door {}, not the door {} chosen",
-                        data_encoding::HEXLOWER.encode(&challenge.door_id),
-                        door.name()
-                    )));
-                }
-                if challenge.door_time == 0 {
-                    tracing::warn!(
-                        "the door does not know the time: it will answer CLOCK_UNKNOWN"
-                    );
-                }
-                let Some(secret) = secret.as_ref() else {
-                    return Err(UnlockError::Credentials("no key for this door".into()));
-                };
-                on_stage(Stage::Completing, Some(protocol));
-                let attempt = V2Attempt::new(
-                    secret,
-                    &door.id,
-                    &challenge,
-                    creds.tool_id,
-                    creds.endpoint,
-                    now(),
-                )?;
-                let frame = attempt.frame.to_vec();
-                (
-                    frame,
-                    Box::new(move |n| {
-                        Ok(attempt.check(n).map(|v| Answer {
-                            status: v.status,
-                            authenticated: v.authenticated,
-                            retry_after: 0,
-                            door_time: v.door_time,
-                        }))
-                    }),
-                )
+            if challenge.door_time == 0 {
+                tracing::warn!("the door does not know the time: it will answer CLOCK_UNKNOWN");
             }
-        };
+            let Some(secret) = secret.as_ref() else {
+                return Err(UnlockError::Credentials("no key for this door".into()));
+            };
+            on_stage(Stage::Completing, Some(protocol));
+            let attempt = V2Attempt::new(
+                secret,
+                &door.id,
+                &challenge,
+                creds.tool_id,
+                creds.endpoint,
+                now(),
+            )?;
+            let frame = attempt.frame.to_vec();
+            (
+                frame,
+                Box::new(move |n| {
+                    Ok(attempt.check(n).map(|v| Answer {
+                        status: v.status,
+                        authenticated: v.authenticated,
+                        retry_after: 0,
+                        door_time: v.door_time,
+                    }))
+                }),
+            )
+        }
+    };
 
     let t3 = Instant::now();
     let ignored = std::cell::Cell::new(0u32);
