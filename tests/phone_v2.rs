@@ -63,68 +63,94 @@ fn assert_no_secrets(creds: &Credentials, text: &str) {
     }
 }
 
+/// One node door of "front-door" in `area`, a fake gateway for it, and a phone's
+/// credentials for that gateway (no key, no tool yet).
+struct OneNode {
+    radio: Adapter,
+    bus: String,
+    node: TestDoor,
+    gw: FakeGateway,
+    path: std::path::PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl OneNode {
+    async fn start(area: &str) -> OneNode {
+        let (radio, bus) = phone_radio(area).await;
+        let signing = v2door::signing_key();
+        let node = TestDoor::start(Kind::Node, area, signing.verifying_key()).await;
+        let gw = FakeGateway::start(signing, vec![node.core.clone()], "front-door", WEEK).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("phone.json");
+        v2door::write_credentials(&path, gw.addr, &"ab".repeat(16));
+        OneNode {
+            radio,
+            bus,
+            node,
+            gw,
+            path,
+            _dir: dir,
+        }
+    }
+
+    async fn unlock(&self, args: &[&str]) -> (Out, Value) {
+        unlock(&self.bus, &self.path, &self.radio, args).await
+    }
+
+    /// Unlocks and asserts that the node opened with a verified version-2 result.
+    async fn opens(&self, args: &[&str]) -> Out {
+        let (out, json) = self.unlock(args).await;
+        assert_granted_v2(&out, &json, "node", &self.node.core.name);
+        out
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registers_once_refreshes_only_within_the_threshold_and_opens_a_node() {
-    let (radio, bus) = phone_radio("v2-register").await;
-    let signing = v2door::signing_key();
-    let node = TestDoor::start(Kind::Node, "v2-register", signing.verifying_key()).await;
-    let gw = FakeGateway::start(signing, vec![node.core.clone()], "front-door", WEEK).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("phone.json");
-    v2door::write_credentials(&path, gw.addr, &"ab".repeat(16));
+    let f = OneNode::start("v2-register").await;
 
     // No key, no tool: the phone makes a key, registers it, then opens the node.
-    let (out, json) = unlock(&bus, &path, &radio, &[]).await;
-    assert_granted_v2(&out, &json, "node", &node.core.name);
+    let (out, json) = f.unlock(&[]).await;
+    assert_granted_v2(&out, &json, "node", &f.node.core.name);
     assert_eq!(json["endpoint"], "front-door");
-    assert_eq!((gw.registered(), gw.refreshed()), (1, 0));
-    let creds = Credentials::load(&path).unwrap();
+    assert_eq!((f.gw.registered(), f.gw.refreshed()), (1, 0));
+    let creds = Credentials::load(&f.path).unwrap();
     let tool = creds.access_tool.clone().expect("the tool is stored");
     assert!(creds.phone_key.is_some());
     assert_eq!(tool.endpoints[0].doors[0].door_id.len(), 32);
-    let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+    let mode = std::fs::metadata(&f.path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
     assert_no_secrets(&creds, &out.all());
 
     // A week left, threshold 2 days: nothing to do at the gateway.
-    let (out, json) = unlock(&bus, &path, &radio, &["front-door"]).await;
-    assert_granted_v2(&out, &json, "node", &node.core.name);
-    assert_eq!((gw.registered(), gw.refreshed()), (1, 0));
+    f.opens(&["front-door"]).await;
+    assert_eq!((f.gw.registered(), f.gw.refreshed()), (1, 0));
 
     // Within the threshold: refreshed, the same tool with a new expiry.
     let within = (WEEK + 60).to_string();
-    let (out, json) = unlock(&bus, &path, &radio, &["--refresh-within", &within]).await;
-    assert_granted_v2(&out, &json, "node", &node.core.name);
-    assert_eq!((gw.registered(), gw.refreshed()), (1, 1));
-    let after = Credentials::load(&path).unwrap().access_tool.unwrap();
+    let out = f.opens(&["--refresh-within", &within]).await;
+    assert_eq!((f.gw.registered(), f.gw.refreshed()), (1, 1));
+    let after = Credentials::load(&f.path).unwrap().access_tool.unwrap();
     assert_eq!(after.access_tool_id, tool.access_tool_id);
     assert!(after.expires_at() >= tool.expires_at());
     assert_no_secrets(&creds, &out.all());
-    assert_eq!(node.core.decisions(), [Status::Granted; 3]);
+    assert_eq!(f.node.core.decisions(), [Status::Granted; 3]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_the_gateway_down_the_stored_tool_still_opens_the_node() {
-    let (radio, bus) = phone_radio("v2-offline").await;
-    let signing = v2door::signing_key();
-    let node = TestDoor::start(Kind::Node, "v2-offline", signing.verifying_key()).await;
-    let gw = FakeGateway::start(signing, vec![node.core.clone()], "front-door", WEEK).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("phone.json");
-    v2door::write_credentials(&path, gw.addr, &"ab".repeat(16));
-    let (out, json) = unlock(&bus, &path, &radio, &[]).await;
-    assert_granted_v2(&out, &json, "node", &node.core.name);
+    let f = OneNode::start("v2-offline").await;
+    f.opens(&[]).await;
 
     // The gateway is gone, and its address now belongs to something that accepts
     // connections and never answers: the refresh gives up (3 s) and the unlock goes on.
-    gw.stop();
+    f.gw.stop();
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let mut creds = Credentials::load(&path).unwrap();
+    let mut creds = Credentials::load(&f.path).unwrap();
     creds.gateway_port = silent.local_addr().unwrap().port();
-    creds.save(&path).unwrap();
+    creds.save(&f.path).unwrap();
     let within = (WEEK + 60).to_string();
-    let (out, json) = unlock(&bus, &path, &radio, &["--refresh-within", &within]).await;
-    assert_granted_v2(&out, &json, "node", &node.core.name);
+    let out = f.opens(&["--refresh-within", &within]).await;
     assert!(
         out.stderr.contains("access tool not refreshed"),
         "{}",
@@ -132,11 +158,10 @@ async fn with_the_gateway_down_the_stored_tool_still_opens_the_node() {
     );
     // And with nothing listening at all.
     drop(silent);
-    let (out, json) = unlock(&bus, &path, &radio, &["--refresh-within", &within]).await;
-    assert_granted_v2(&out, &json, "node", &node.core.name);
-    assert_eq!(gw.refreshed(), 0);
+    f.opens(&["--refresh-within", &within]).await;
+    assert_eq!(f.gw.refreshed(), 0);
     assert_eq!(
-        Credentials::load(&path).unwrap().access_tool,
+        Credentials::load(&f.path).unwrap().access_tool,
         creds.access_tool,
         "the stored tool is kept"
     );
@@ -144,19 +169,12 @@ async fn with_the_gateway_down_the_stored_tool_still_opens_the_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn results_that_do_not_verify_are_never_success() {
-    let (radio, bus) = phone_radio("v2-forged").await;
-    let signing = v2door::signing_key();
-    let node = TestDoor::start(Kind::Node, "v2-forged", signing.verifying_key()).await;
-    let gw = FakeGateway::start(signing, vec![node.core.clone()], "front-door", WEEK).await;
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("phone.json");
-    v2door::write_credentials(&path, gw.addr, &"ab".repeat(16));
-    let (out, json) = unlock(&bus, &path, &radio, &[]).await;
-    assert_granted_v2(&out, &json, "node", &node.core.name);
+    let f = OneNode::start("v2-forged").await;
+    f.opens(&[]).await;
 
     for behaviour in [Behaviour::PlainGranted, Behaviour::ForgedSealed] {
-        node.core.set_behaviour(behaviour);
-        let (out, json) = unlock(&bus, &path, &radio, &["--timeouts", "10,10,10,2"]).await;
+        f.node.core.set_behaviour(behaviour);
+        let (out, json) = f.unlock(&["--timeouts", "10,10,10,2"]).await;
         assert_ne!(out.code, 0, "{behaviour:?}: {}", out.all());
         assert_eq!(json["granted"], false, "{behaviour:?}: {json}");
         assert_eq!(json["code"], "TIMEOUT_SERVER", "{behaviour:?}: {json}");
@@ -166,7 +184,7 @@ async fn results_that_do_not_verify_are_never_success() {
         );
     }
     // The door did decide GRANTED each time: only its answers were not the door's own.
-    assert_eq!(node.core.decisions(), [Status::Granted; 3]);
+    assert_eq!(f.node.core.decisions(), [Status::Granted; 3]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

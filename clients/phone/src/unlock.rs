@@ -267,10 +267,17 @@ impl Plan {
             }
         }
         let nothing = |what: String| {
-            UnlockError::NoDoor(format!(
-                "the access tool lists {what} for endpoint {:?}",
-                plan.endpoint
-            ))
+            UnlockError::NoDoor(if plan.v2.is_some() {
+                format!(
+                    "the access tool lists {what} for endpoint {:?}",
+                    plan.endpoint
+                )
+            } else {
+                format!(
+                    "no access tool for endpoint {:?}: only the gateway can be asked (version 1)",
+                    plan.endpoint
+                )
+            })
         };
         match choice {
             DoorChoice::Auto => {}
@@ -295,11 +302,6 @@ impl Plan {
             }
         }
         Ok(plan)
-    }
-
-    /// Whether the plan needs version 1's TOTP step (only the gateway without version 2 does).
-    pub fn may_need_step(&self) -> bool {
-        self.gateway && (self.gateway_v2.is_none() || self.v2.is_none())
     }
 
     /// The manufacturer data node `i` advertises.
@@ -699,10 +701,7 @@ async fn talk(
     .await?;
     let challenge_time = t2.elapsed();
 
-    let (frame, check): (
-        Vec<u8>,
-        Box<dyn Fn(&[u8]) -> Result<Option<Answer>, UnlockError>>,
-    ) = match &speak {
+    let pending = match &speak {
         Speak::V1(_) => {
             let challenge = proto::Challenge::decode(&raw)
                 .map_err(|e| UnlockError::Protocol(format!("challenge rejected: {e}")))?;
@@ -713,19 +712,13 @@ async fn talk(
                 )
             })?;
             on_stage(Stage::Completing, Some(protocol));
-            let attempt = Attempt::new(creds, &challenge, &plan.endpoint, now(), step)?;
-            let frame = attempt.frame.clone();
-            (
-                frame,
-                Box::new(move |n| {
-                    Ok(attempt.check(n)?.map(|v| Answer {
-                        status: v.result.status,
-                        authenticated: v.authenticated,
-                        retry_after: v.result.retry_after,
-                        door_time: None,
-                    }))
-                }),
-            )
+            Pending::V1(Attempt::new(
+                creds,
+                &challenge,
+                &plan.endpoint,
+                now(),
+                step,
+            )?)
         }
         Speak::V2 { door, creds, .. } => {
             let challenge = v2::Challenge::decode(&raw)
@@ -744,26 +737,14 @@ async fn talk(
                 return Err(UnlockError::Credentials("no key for this door".into()));
             };
             on_stage(Stage::Completing, Some(protocol));
-            let attempt = V2Attempt::new(
+            Pending::V2(V2Attempt::new(
                 secret,
                 &door.id,
                 &challenge,
                 creds.tool_id,
                 creds.endpoint,
                 now(),
-            )?;
-            let frame = attempt.frame.to_vec();
-            (
-                frame,
-                Box::new(move |n| {
-                    Ok(attempt.check(n).map(|v| Answer {
-                        status: v.status,
-                        authenticated: v.authenticated,
-                        retry_after: 0,
-                        door_time: v.door_time,
-                    }))
-                }),
-            )
+            )?)
         }
     };
 
@@ -779,13 +760,13 @@ async fn talk(
                 op_type: WriteOp::Request,
                 ..Default::default()
             };
-            chars.write.write_ext(&frame, &request).await?;
+            chars.write.write_ext(pending.frame(), &request).await?;
             let Some(notifications) = session.notifications.as_mut() else {
                 return Err(UnlockError::Protocol("not subscribed to results".into()));
             };
             while let Some(value) = notifications.next().await {
                 // BlueZ notifies every subscriber; ours is the one that verifies.
-                match check(&value)? {
+                match pending.check(&value)? {
                     Some(a) => return Ok(a),
                     None => ignored.set(ignored.get().saturating_add(1)),
                 }
@@ -812,6 +793,39 @@ async fn talk(
         challenge: challenge_time,
         decision: t3.elapsed(),
     })
+}
+
+/// The attempt written, of either version.
+enum Pending {
+    V1(Attempt),
+    V2(V2Attempt),
+}
+
+impl Pending {
+    fn frame(&self) -> &[u8] {
+        match self {
+            Pending::V1(a) => &a.frame,
+            Pending::V2(a) => &a.frame,
+        }
+    }
+
+    /// The verified answer to this attempt, or `None` for a notification to ignore.
+    fn check(&self, notification: &[u8]) -> Result<Option<Answer>, UnlockError> {
+        Ok(match self {
+            Pending::V1(a) => a.check(notification)?.map(|v| Answer {
+                status: v.result.status,
+                authenticated: v.authenticated,
+                retry_after: v.result.retry_after,
+                door_time: None,
+            }),
+            Pending::V2(a) => a.check(notification).map(|v| Answer {
+                status: v.status,
+                authenticated: v.authenticated,
+                retry_after: 0,
+                door_time: v.door_time,
+            }),
+        })
+    }
 }
 
 /// A verified answer, of either version.
