@@ -865,6 +865,43 @@ fn recognise(plan: &Plan, uuids: &HashSet<Uuid>, data: Option<&Vec<u8>>) -> Opti
 
 type DeviceInfo = (String, Option<String>, Option<i16>);
 
+/// What to do with a door just heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Take,
+    /// The gateway: keep it, and take it at this time unless a node is heard first.
+    WaitUntil(Instant),
+    Ignore,
+}
+
+/// The scan's choice among the doors heard, with the time as a parameter: a node at once;
+/// the gateway at once when no node is wanted, else after [`NODE_WINDOW`] without a node.
+struct Pick {
+    nodes_wanted: bool,
+    gateway_heard: bool,
+}
+
+impl Pick {
+    fn new(nodes_wanted: bool) -> Self {
+        Self {
+            nodes_wanted,
+            gateway_heard: false,
+        }
+    }
+
+    fn heard(&mut self, heard: Heard, now: Instant) -> Verdict {
+        match heard {
+            Heard::Node(_) => Verdict::Take,
+            Heard::Gateway if !self.nodes_wanted => Verdict::Take,
+            Heard::Gateway if self.gateway_heard => Verdict::Ignore,
+            Heard::Gateway => {
+                self.gateway_heard = true;
+                Verdict::WaitUntil(now + NODE_WINDOW)
+            }
+        }
+    }
+}
+
 /// Filtered scan for the door services; the first door of the plan heard during this scan
 /// wins, except that the gateway waits [`NODE_WINDOW`] for a node.
 async fn scan(
@@ -875,6 +912,7 @@ async fn scan(
     // With changes: a remembered device becomes a candidate when it is heard again (RSSI).
     let mut events = adapter.discover_devices_with_changes().await?;
     let mut gateway: Option<(bluer::Address, DeviceInfo)> = None;
+    let mut pick = Pick::new(!plan.nodes.is_empty());
     // Armed when the gateway is heard; until then it never fires.
     let window = tokio::time::sleep(Duration::from_secs(86_400));
     tokio::pin!(window);
@@ -904,16 +942,15 @@ async fn scan(
             device.name().await.ok().flatten(),
             Some(rssi),
         );
-        match heard {
-            Heard::Gateway if !plan.nodes.is_empty() => {
-                if gateway.is_none() {
-                    window
-                        .as_mut()
-                        .reset(tokio::time::Instant::now() + NODE_WINDOW);
-                    gateway = Some((addr, info));
-                }
+        match pick.heard(heard, std::time::Instant::now()) {
+            Verdict::Take => return Ok((addr, info, heard)),
+            Verdict::WaitUntil(deadline) => {
+                window
+                    .as_mut()
+                    .reset(tokio::time::Instant::from_std(deadline));
+                gateway = Some((addr, info));
             }
-            _ => return Ok((addr, info, heard)),
+            Verdict::Ignore => {}
         }
     }
     match gateway {
@@ -1055,6 +1092,146 @@ mod tests {
             UnlockError::TimeoutServer { ignored: 2 }.to_string(),
             "the door did not answer in time (2 result(s) that did not verify were ignored)"
         );
+    }
+
+    const NODE_ID: &str = "3d9a5c1e-7b2f-4c80-9e41-5a6b7c8d9e0f";
+
+    fn door_public(secret: u8) -> v2::PublicKeyBytes {
+        v2::public_key_bytes(&v2::parse_secret_key(&[secret; 32]).unwrap().public_key())
+    }
+
+    /// Credentials with a phone key (§24.1's) and a tool opening `front-door` at a node and
+    /// at the gateway.
+    fn creds_with_tool() -> Credentials {
+        let mut c = creds();
+        c.gateway_id = "0123456789abcdef0123456789abcdef".into();
+        c.phone_key = Some(SecretString::new(data_encoding::BASE64.encode(&[0x11; 32])));
+        let tool = serde_json::json!({
+            "accessToolId": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d",
+            "devicePubKey": "", "issuedOn": "2026-01-01T00:00:00Z",
+            "expiresOn": "2026-01-08T00:00:00Z",
+            "endpoints": [{ "id": "front-door", "doors": [
+                { "doorId": NODE_ID.replace('-', ""), "kind": "node", "nodeId": NODE_ID,
+                  "pubkey": data_encoding::BASE64.encode(&door_public(0x22)) },
+                { "doorId": c.gateway_id, "kind": "gateway",
+                  "pubkey": data_encoding::BASE64.encode(&door_public(0x33)) }] }],
+        });
+        c.access_tool = Some(serde_json::from_value(tool).unwrap());
+        c
+    }
+
+    #[test]
+    fn the_plan_follows_the_door_choice() {
+        let c = creds_with_tool();
+        let p = Plan::new(&c, None, &DoorChoice::Auto, None).unwrap();
+        assert_eq!(p.endpoint, "front-door");
+        assert_eq!(
+            (p.nodes.len(), p.gateway, p.gateway_v2.is_some()),
+            (1, true, true)
+        );
+        let p = Plan::new(&c, None, &DoorChoice::Gateway, None).unwrap();
+        assert!(p.nodes.is_empty() && p.gateway);
+        let p = Plan::new(&c, None, &"node".parse().unwrap(), None).unwrap();
+        assert!(!p.gateway && p.nodes.len() == 1);
+        let p = Plan::new(&c, None, &NODE_ID.to_uppercase().parse().unwrap(), None).unwrap();
+        assert_eq!(p.nodes.len(), 1);
+        let other = DoorChoice::NodeId("0f1e2d3c-4b5a-4968-8778-695a4b3c2d1e".into());
+        let e = Plan::new(&c, None, &other, None).err().unwrap();
+        assert_eq!(e.code(), "NO_DOOR");
+        assert!("garage".parse::<DoorChoice>().is_err());
+        // An endpoint the tool does not open, or no tool: the gateway, version 1.
+        let p = Plan::new(&c, Some("garage"), &DoorChoice::Auto, Some(1)).unwrap();
+        assert!(p.nodes.is_empty() && p.v2.is_none() && p.endpoint == "garage");
+        let plain = creds();
+        let p = Plan::new(&plain, None, &DoorChoice::Auto, Some(1)).unwrap();
+        assert!(p.nodes.is_empty() && p.v2.is_none() && p.endpoint.is_empty());
+        let e = Plan::new(&plain, None, &DoorChoice::Node, None)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("no access tool"), "{e}");
+    }
+
+    #[test]
+    fn advertisements_are_recognised_by_service_and_tag() {
+        let c = creds_with_tool();
+        let plan = Plan::new(&c, None, &DoorChoice::Auto, None).unwrap();
+        let v1: HashSet<Uuid> = [uuid(proto::SERVICE_UUID)].into();
+        let v2u: HashSet<Uuid> = [uuid(v2::SERVICE_UUID)].into();
+        let mut node = vec![0x02];
+        node.extend_from_slice(&v2::door_tag(&plan.nodes[0].id));
+        let gateway = proto::adv_data(&c.gateway_id).to_vec();
+        assert_eq!(recognise(&plan, &v2u, Some(&node)), Some(Heard::Node(0)));
+        assert_eq!(recognise(&plan, &v1, Some(&gateway)), Some(Heard::Gateway));
+        assert_eq!(recognise(&plan, &v1, Some(&node)), None);
+        assert_eq!(recognise(&plan, &v2u, Some(&gateway)), None);
+        node[5] ^= 1;
+        assert_eq!(recognise(&plan, &v2u, Some(&node)), None);
+        assert_eq!(recognise(&plan, &v2u, None), None);
+        let only_nodes = Plan::new(&c, None, &DoorChoice::Node, None).unwrap();
+        assert_eq!(recognise(&only_nodes, &v1, Some(&gateway)), None);
+    }
+
+    #[test]
+    fn v2_attempts_are_what_the_door_decrypts_and_only_its_answers_count() {
+        let door_id: v2::DoorId = [0x3d; 16];
+        let phone = v2::parse_secret_key(&[0x11; 32]).unwrap();
+        let door = v2::parse_secret_key(&[0x22; 32]).unwrap();
+        let phone_side = v2::PeerSecret::derive(&phone, &door_public(0x22), &door_id).unwrap();
+        let door_side =
+            v2::PeerSecret::derive(&door, &v2::public_key_bytes(&phone.public_key()), &door_id)
+                .unwrap();
+        let challenge = v2::Challenge {
+            door_id,
+            nonce: [7; 16],
+            door_time: 1_767_225_600,
+        };
+        let endpoint = v2::EndpointId::new("front-door").unwrap();
+        let a = V2Attempt::new(&phone_side, &door_id, &challenge, [9; 16], endpoint, 42).unwrap();
+        let keys = door_side.session(&[7; 16], &door_id);
+        let body = v2::Request::open(&a.frame, &keys, &[7; 16]).unwrap();
+        assert_eq!(
+            (body.tool_id, body.phone_time, body.endpoint),
+            ([9; 16], 42, endpoint)
+        );
+        assert_eq!(
+            v2::Request::hint(&a.frame).unwrap(),
+            door_side.hint(&[7; 16])
+        );
+
+        let sealed =
+            v2::ResultFrame::seal(proto::Status::Granted, Some(5), &keys, &[7; 16]).unwrap();
+        let v = a.check(&sealed).unwrap();
+        assert!(v.authenticated && v.status == proto::Status::Granted && v.door_time == Some(5));
+        let denial = v2::ResultFrame::plain(proto::Status::UnknownTool, &[7; 16]).unwrap();
+        assert!(!a.check(&denial).unwrap().authenticated);
+        // Never believed: a plain GRANTED, another attempt's answer, a forgery, garbage.
+        let mut plain_grant = denial;
+        plain_grant[18] = proto::Status::Granted.code();
+        assert!(a.check(&plain_grant).is_none());
+        let theirs = v2::ResultFrame::seal(proto::Status::Granted, None, &keys, &[8; 16]).unwrap();
+        assert!(a.check(&theirs).is_none());
+        let forger = v2::PeerSecret::from_shared(&[1; 32], &door_id).session(&[7; 16], &door_id);
+        let forged =
+            v2::ResultFrame::seal(proto::Status::Granted, None, &forger, &[7; 16]).unwrap();
+        assert!(a.check(&forged).is_none());
+        assert!(a.check(&[2, 3, 0]).is_none());
+    }
+
+    #[test]
+    fn a_node_wins_over_the_gateway_within_the_window() {
+        let t0 = Instant::now();
+        let mut pick = Pick::new(true);
+        assert_eq!(
+            pick.heard(Heard::Gateway, t0),
+            Verdict::WaitUntil(t0 + NODE_WINDOW)
+        );
+        // Heard again: the window is not extended.
+        let later = t0 + Duration::from_millis(300);
+        assert_eq!(pick.heard(Heard::Gateway, later), Verdict::Ignore);
+        assert_eq!(pick.heard(Heard::Node(0), later), Verdict::Take);
+        // No node wanted: the gateway at once; a node is always taken at once.
+        assert_eq!(Pick::new(false).heard(Heard::Gateway, t0), Verdict::Take);
+        assert_eq!(Pick::new(true).heard(Heard::Node(1), t0), Verdict::Take);
     }
 
     #[test]
