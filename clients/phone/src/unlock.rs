@@ -623,6 +623,21 @@ enum Speak<'a> {
     },
 }
 
+impl Speak<'_> {
+    fn protocol(&self) -> Protocol {
+        match self {
+            Speak::V1(_) => Protocol::V1,
+            Speak::V2 { .. } => Protocol::V2,
+        }
+    }
+
+    fn chars(&self) -> &Chars {
+        match self {
+            Speak::V1(c) | Speak::V2 { chars: c, .. } => c,
+        }
+    }
+}
+
 fn choose<'a>(plan: &'a Plan, heard: Heard, gatt: Gatt) -> Result<Speak<'a>, UnlockError> {
     match heard {
         Heard::Node(i) => {
@@ -663,30 +678,23 @@ async fn talk(
 
     on_stage(Stage::Connecting, None);
     let t1 = Instant::now();
-    let gatt = within(
-        timeouts.connect,
-        UnlockError::TimeoutConnect,
-        connect(device),
-    )
-    .await?;
-    let speak = choose(plan, heard, gatt)?;
-    let connect_time = t1.elapsed();
-    let protocol = match speak {
-        Speak::V1(_) => Protocol::V1,
-        Speak::V2 { .. } => Protocol::V2,
-    };
-    let chars = match &speak {
-        Speak::V1(c) | Speak::V2 { chars: c, .. } => c,
-    };
-    // Every frame must fit one ATT PDU; BlueZ negotiates the MTU itself (older BlueZ does not
-    // show it: then trust it).
-    if let Ok(mtu) = chars.write.mtu().await {
-        if mtu < MIN_MTU {
-            return Err(UnlockError::Protocol(format!(
-                "the ATT MTU is {mtu}, below the {MIN_MTU} the frames need"
-            )));
+    let speak = within(timeouts.connect, UnlockError::TimeoutConnect, async {
+        let speak = choose(plan, heard, connect(device).await?)?;
+        // Every frame must fit one ATT PDU; BlueZ negotiates the MTU itself (older BlueZ
+        // does not show it: then trust it).
+        if let Ok(mtu) = speak.chars().write.mtu().await {
+            if mtu < MIN_MTU {
+                return Err(UnlockError::Protocol(format!(
+                    "the ATT MTU is {mtu}, below the {MIN_MTU} the frames need"
+                )));
+            }
         }
-    }
+        Ok(speak)
+    })
+    .await?;
+    let connect_time = t1.elapsed();
+    let protocol = speak.protocol();
+    let chars = speak.chars();
 
     on_stage(Stage::Challenge, Some(protocol));
     let t2 = Instant::now();
@@ -720,7 +728,9 @@ async fn talk(
                 step,
             )?)
         }
-        Speak::V2 { door, creds, .. } => {
+        Speak::V2 {
+            door, creds: v2c, ..
+        } => {
             let challenge = v2::Challenge::decode(&raw)
                 .map_err(|e| UnlockError::Protocol(format!("challenge rejected: {e}")))?;
             if challenge.door_id != door.id {
@@ -741,8 +751,8 @@ async fn talk(
                 secret,
                 &door.id,
                 &challenge,
-                creds.tool_id,
-                creds.endpoint,
+                v2c.tool_id,
+                v2c.endpoint,
                 now(),
             )?)
         }
