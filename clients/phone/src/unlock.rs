@@ -107,8 +107,10 @@ pub const MIN_MTU: usize = 114;
 /// How long cleanup (stopping the scan, disconnecting) may take before we give up on it.
 const CLEANUP_LIMIT: Duration = Duration::from_secs(5);
 /// After hearing the gateway, how long the scan goes on for a node of the same endpoint (a
-/// node opens the door itself, without the gateway's round trip to it).
-pub const NODE_WINDOW: Duration = Duration::from_secs(1);
+/// node opens the door itself, without the gateway's round trip to it). A node in range
+/// advertises every 100–160 ms (PERFORMANCE.md, time to open), so two of its advertising events
+/// fall in this window; waiting longer would only delay every open at the gateway's own door.
+pub const NODE_WINDOW: Duration = Duration::from_millis(350);
 /// The format byte of a node's manufacturer data, in front of its door tag (PROTOCOL.md §16).
 const NODE_ADV_FORMAT: u8 = 0x02;
 
