@@ -10,83 +10,20 @@
 mod common;
 #[path = "support/door.rs"]
 mod door;
+#[path = "support/linux_node.rs"]
+mod linux_node;
 #[path = "support/phone.rs"]
 mod phone;
 
-use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 
-use common::{node_binary, relay_pulse, Gateway};
+use common::{relay_pulse, Gateway};
 use door::{unlock, Door};
 use latchkey::clock::{Clock, SystemClock};
 use latchkey_proto::Status;
-use phone::{latchkey, run, HANG};
+use linux_node::add_node_command;
+use phone::run;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, BufReader};
-
-/// Starts `latchkey-node` unprovisioned with the stand-in Wi-Fi; returns it and its AP URL.
-async fn start_node(dir: &Path) -> (tokio::process::Child, String) {
-    let wifi = dir.join("wifi.json");
-    std::fs::write(
-        &wifi,
-        r#"[{"ssid":"HomeWifi","password":"right-pass-1","rssi":-40},{"ssid":"Cafe","rssi":-70}]"#,
-    )
-    .unwrap();
-    let binary = tokio::task::spawn_blocking(node_binary).await.unwrap();
-    let mut child = tokio::process::Command::new(binary)
-        .arg("--state-dir")
-        .arg(dir.join("state"))
-        .args(["--ap-listen", "127.0.0.1:0", "--wifi-sim"])
-        .arg(&wifi)
-        .arg("--relay-sim")
-        .arg(dir.join("relay.log"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("spawn latchkey-node");
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let ap = tokio::time::timeout(HANG, async {
-        loop {
-            let line = lines.next_line().await.unwrap().expect("the node exited");
-            if let Some(a) = line.strip_prefix("ap_api=") {
-                return a.to_owned();
-            }
-        }
-    })
-    .await
-    .expect("the node never said where its AP API is");
-    // Keep reading so the node never blocks on a full pipe.
-    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-    (child, ap)
-}
-
-fn add_node(
-    gw: &Gateway,
-    ap: &str,
-    password_file: &Path,
-    node_id: Option<&str>,
-) -> tokio::process::Command {
-    let mut c = latchkey(None);
-    c.args(["phone", "add-node", "--gateway", &gw.base, "--node-url", ap])
-        .args([
-            "--room",
-            "Hall",
-            "--name",
-            "Front door",
-            "--ssid",
-            "HomeWifi",
-        ])
-        .arg("--wifi-password-file")
-        .arg(password_file)
-        .args(["--timeout", "30"])
-        .env("LATCHKEY_ADMIN_TOKEN", &gw.admin_token);
-    if let Some(id) = node_id {
-        c.args(["--node-id", id]);
-    }
-    c
-}
 
 async fn admin_get(gw: &Gateway, path: &str) -> Value {
     let r = reqwest::Client::new()
@@ -104,11 +41,12 @@ async fn add_node_provisions_a_linux_node_that_comes_online() {
     // The phone checks expiry against its own clock: the gateway runs on the same one.
     let gw = Gateway::start_with(|c| c.clock = Arc::new(SystemClock)).await;
     let dir = tempfile::tempdir().unwrap();
-    let (_node, ap) = start_node(dir.path()).await;
+    let node = linux_node::start(dir.path(), None).await;
+    let ap = &node.ap;
 
     let wrong = dir.path().join("wrong");
     std::fs::write(&wrong, "wrong-pass-1\n").unwrap();
-    let out = run(add_node(&gw, &ap, &wrong, None)).await;
+    let out = run(add_node_command(&gw, ap, &wrong, None)).await;
     assert_eq!(out.code, 1, "{}", out.all());
     let reason = out.reason();
     assert!(
@@ -128,7 +66,7 @@ async fn add_node_provisions_a_linux_node_that_comes_online() {
 
     let right = dir.path().join("right");
     std::fs::write(&right, "right-pass-1\n").unwrap();
-    let out = run(add_node(&gw, &ap, &right, Some(&node_id))).await;
+    let out = run(add_node_command(&gw, ap, &right, Some(&node_id))).await;
     assert_eq!(out.code, 0, "{}", out.all());
     assert_eq!(out.stdout.trim(), node_id, "the node id alone on stdout");
     assert!(out.stderr.contains("is online"), "{}", out.stderr);
@@ -155,10 +93,11 @@ async fn a_phone_opens_the_door_of_a_node_added_by_add_node_over_ble() {
     // The system clock: the phone process checks the token's expiry against it.
     let d = Door::start_with(vec![], |c| c.clock = Arc::new(SystemClock)).await;
     let dir = tempfile::tempdir().unwrap();
-    let (_node, ap) = start_node(dir.path()).await;
+    let node = linux_node::start(dir.path(), None).await;
+    let ap = &node.ap;
     let password = dir.path().join("password");
     std::fs::write(&password, "right-pass-1\n").unwrap();
-    let out = run(add_node(&d.gw, &ap, &password, None)).await;
+    let out = run(add_node_command(&d.gw, ap, &password, None)).await;
     assert_eq!(out.code, 0, "{}", out.all());
     let node_id = out.stdout.trim().to_owned();
     let node = admin_get(&d.gw, &format!("/api/v0/nodes/{node_id}")).await;
