@@ -121,7 +121,11 @@ async fn run(state_dir: PathBuf, args: RunArgs, label: label::Label) -> anyhow::
         (None, None) => wifi::AnyWifi::Host(wifi::HostWifi),
     };
     let flash = flash::FileFlash::open(&state_dir.join("flash.bin"))?;
-    let store = FlashStore::new(flash, flash::FileFlash::range())
+    let store = FlashStore::new(
+        flash,
+        flash::FileFlash::range(),
+        flash::FileFlash::ring_range(),
+    )
         .map_err(|e| anyhow::anyhow!("flash: {e}"))?;
     let listener = tokio::net::TcpListener::bind(args.ap_listen).await?;
     // One machine-readable line, so a supervisor (or a test) finds the bound port.
@@ -135,6 +139,8 @@ async fn run(state_dir: PathBuf, args: RunArgs, label: label::Label) -> anyhow::
         ws: net::Ws,
         ap: net::Ap(listener),
         rng: clock::OsRng,
+        // BLE: off until the bluer adapter is plugged in here (issue 10, Linux BLE adapter).
+        radio: latchkey_node_core::board::NoRadio,
     };
     let config = Config {
         kind: match args.kind {

@@ -1,0 +1,303 @@
+//! The decision ring (NODES.md §8, spec B): every door decision, numbered, kept in flash until
+//! the gateway acknowledges it, uploaded in `decisions` frames.
+//!
+//! This is the pure part: a RAM mirror of the flash queue (at most [`RING_CAPACITY`] entries,
+//! about 25 KB) that tells the caller what to write. The caller performs the writes in the
+//! order given: on an acknowledgement the bookkeeping first, then the pops, so a power cut in
+//! between re-sends entries the gateway already has (it acknowledges them again without new
+//! events: exactly once by `seq`).
+//!
+//! ```text
+//!  record ──▶ [ oldest … newest ] ── full? drop oldest, lost += 1
+//!                │
+//!  upload ──▶ `decisions` (≤ 32 oldest, `lost`), one in flight ── `decisions_ack` upTo ──▶ popped
+//!                                                   └── session ends: sent again next session
+//! ```
+
+use alloc::collections::VecDeque;
+use alloc::string::String;
+use alloc::vec::Vec;
+
+use latchkey_proto::v2::{EndpointId, Record, Status, ENDPOINT_FIELD_LEN};
+use serde::Serialize;
+
+use crate::storage::RingMeta;
+
+/// Decisions the ring keeps.
+pub const RING_CAPACITY: usize = 256;
+/// Entries in one `decisions` frame.
+pub const UPLOAD_BATCH: usize = 32;
+/// Bytes of a stored entry.
+pub const ENTRY_LEN: usize = 8 + 1 + 1 + 16 + ENDPOINT_FIELD_LEN + 8 + 8;
+
+const HAS_TOOL: u8 = 1;
+const HAS_ENDPOINT: u8 = 2;
+const HAS_PHONE_TIME: u8 = 4;
+const HAS_DOOR_TIME: u8 = 8;
+const OFFLINE: u8 = 16;
+
+/// One decision as the ring keeps it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Entry {
+    /// Node-local number, strictly increasing over the node's life, first 1.
+    pub seq: u64,
+    /// What the door decided, and about whom.
+    pub record: Record,
+    /// The node had no gateway session when it decided.
+    pub offline: bool,
+}
+
+impl Entry {
+    /// The stored form: `seq ‖ status ‖ flags ‖ tool 16 ‖ endpoint 33 ‖ phone_time ‖ door_time`.
+    pub fn encode(&self) -> [u8; ENTRY_LEN] {
+        let r = &self.record;
+        let flags = [
+            (r.tool_id.is_some(), HAS_TOOL),
+            (r.endpoint.is_some(), HAS_ENDPOINT),
+            (r.phone_time.is_some(), HAS_PHONE_TIME),
+            (r.door_time.is_some(), HAS_DOOR_TIME),
+            (self.offline, OFFLINE),
+        ]
+        .iter()
+        .filter(|(set, _)| *set)
+        .fold(0, |acc, (_, bit)| acc | bit);
+        let mut out = [0u8; ENTRY_LEN];
+        let parts: [&[u8]; 7] = [
+            &self.seq.to_be_bytes(),
+            &[r.status.code()],
+            &[flags],
+            &r.tool_id.unwrap_or_default(),
+            &r.endpoint.map_or([0; ENDPOINT_FIELD_LEN], |e| e.to_field()),
+            &r.phone_time.unwrap_or(0).to_be_bytes(),
+            &r.door_time.unwrap_or(0).to_be_bytes(),
+        ];
+        let mut at = 0;
+        for part in parts {
+            if let Some(dst) = out.get_mut(at..at + part.len()) {
+                dst.copy_from_slice(part);
+            }
+            at += part.len();
+        }
+        out
+    }
+
+    /// Reads the stored form; `None` for anything else.
+    pub fn decode(bytes: &[u8]) -> Option<Entry> {
+        if bytes.len() != ENTRY_LEN {
+            return None;
+        }
+        let u64_at = |at: usize| -> Option<u64> {
+            Some(u64::from_be_bytes(bytes.get(at..at + 8)?.try_into().ok()?))
+        };
+        let status = Status::try_from(*bytes.get(8)?).ok()?;
+        let flags = *bytes.get(9)?;
+        let has = |bit: u8| flags & bit != 0;
+        let tool: [u8; 16] = bytes.get(10..26)?.try_into().ok()?;
+        let endpoint = EndpointId::from_field(bytes.get(26..26 + ENDPOINT_FIELD_LEN)?).ok()?;
+        let at = 26 + ENDPOINT_FIELD_LEN;
+        Some(Entry {
+            seq: u64_at(0)?,
+            record: Record {
+                status,
+                tool_id: has(HAS_TOOL).then_some(tool),
+                endpoint: has(HAS_ENDPOINT).then_some(endpoint),
+                phone_time: has(HAS_PHONE_TIME).then(|| u64_at(at)).flatten(),
+                door_time: has(HAS_DOOR_TIME).then(|| u64_at(at + 8)).flatten(),
+            },
+            offline: has(OFFLINE),
+        })
+    }
+}
+
+/// What recording a decision asks the caller to write, in this order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RecordWrites {
+    /// The ring was full: pop the oldest stored entry, then store `meta` (the new `lost`).
+    pub drop_oldest: Option<RingMeta>,
+    /// Then push this entry.
+    pub push: [u8; ENTRY_LEN],
+}
+
+/// What an acknowledgement asks the caller to write, in this order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AckWrites {
+    /// Store this bookkeeping first.
+    pub meta: RingMeta,
+    /// Then pop this many of the oldest stored entries.
+    pub pop: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct InFlight {
+    up_to: u64,
+    lost: u32,
+}
+
+/// The ring's RAM mirror and upload state. A stored entry that does not decode is kept as
+/// `None` so that counts of stored entries stay right; it is never uploaded.
+#[derive(Debug, Default)]
+pub struct DecisionRing {
+    entries: VecDeque<Option<Entry>>,
+    next_seq: u64,
+    lost: u32,
+    in_flight: Option<InFlight>,
+}
+
+impl DecisionRing {
+    /// The ring as stored: its entries, oldest first, and its bookkeeping.
+    pub fn boot(stored: &[Vec<u8>], meta: RingMeta) -> Self {
+        let entries: VecDeque<Option<Entry>> =
+            stored.iter().map(|bytes| Entry::decode(bytes)).collect();
+        let unreadable = entries.iter().filter(|e| e.is_none()).count();
+        if unreadable > 0 {
+            log::warn!("decision ring: {unreadable} stored entries unreadable");
+        }
+        let last = entries.iter().flatten().map(|e| e.seq).max().unwrap_or(0);
+        Self {
+            entries,
+            next_seq: meta.seq_floor.max(last.saturating_add(1)).max(1),
+            lost: meta.lost,
+            in_flight: None,
+        }
+    }
+
+    /// Entries held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Decisions dropped and not yet reported.
+    pub fn lost(&self) -> u32 {
+        self.lost
+    }
+
+    /// The bookkeeping to store.
+    pub fn meta(&self) -> RingMeta {
+        RingMeta {
+            seq_floor: self.next_seq,
+            lost: self.lost,
+        }
+    }
+
+    /// Records a decision; returns what to write.
+    pub fn record(&mut self, record: Record, offline: bool) -> RecordWrites {
+        let entry = Entry {
+            seq: self.next_seq,
+            record,
+            offline,
+        };
+        self.next_seq = self.next_seq.saturating_add(1);
+        let drop_oldest = if self.entries.len() >= RING_CAPACITY {
+            if let Some(Some(_)) = self.entries.pop_front() {
+                self.lost = self.lost.saturating_add(1);
+            }
+            Some(self.meta())
+        } else {
+            None
+        };
+        self.entries.push_back(Some(entry));
+        RecordWrites {
+            drop_oldest,
+            push: entry.encode(),
+        }
+    }
+
+    /// The next `decisions` frame, if none is in flight and there is something to send.
+    pub fn upload(&mut self) -> Option<String> {
+        if self.in_flight.is_some() {
+            return None;
+        }
+        let batch: Vec<&Entry> = self.entries.iter().flatten().take(UPLOAD_BATCH).collect();
+        let up_to = batch.last()?.seq;
+        #[derive(Serialize)]
+        struct Frame<'a> {
+            #[serde(rename = "type")]
+            kind: &'static str,
+            entries: Vec<Wire<'a>>,
+            lost: u32,
+        }
+        let frame = Frame {
+            kind: "decisions",
+            entries: batch.iter().map(|e| Wire::of(e)).collect(),
+            lost: self.lost,
+        };
+        let text = serde_json::to_string(&frame).ok()?;
+        self.in_flight = Some(InFlight {
+            up_to,
+            lost: self.lost,
+        });
+        Some(text)
+    }
+
+    /// The gateway committed every entry up to `up_to`.
+    pub fn ack(&mut self, up_to: u64) -> AckWrites {
+        let mut pop = 0;
+        while let Some(front) = self.entries.front() {
+            if front.is_some_and(|e| e.seq > up_to) {
+                break;
+            }
+            self.entries.pop_front();
+            pop += 1;
+        }
+        if let Some(sent) = self.in_flight.take() {
+            if up_to >= sent.up_to {
+                self.lost = self.lost.saturating_sub(sent.lost);
+            }
+        }
+        AckWrites {
+            meta: self.meta(),
+            pop,
+        }
+    }
+
+    /// The session ended: an unacknowledged frame is sent again on the next one.
+    pub fn disconnected(&mut self) {
+        self.in_flight = None;
+    }
+}
+
+/// One entry as the `decisions` frame carries it (spec B).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Wire<'a> {
+    seq: u64,
+    status: &'static str,
+    tool_id: Option<String>,
+    endpoint: Option<&'a str>,
+    phone_time: Option<u64>,
+    door_time: Option<u64>,
+    offline: bool,
+}
+
+impl<'a> Wire<'a> {
+    fn of(e: &'a Entry) -> Self {
+        let r = &e.record;
+        Wire {
+            seq: e.seq,
+            status: r.status.as_str(),
+            tool_id: r.tool_id.map(|t| uuid_text(&t)),
+            endpoint: r.endpoint.as_ref().map(EndpointId::as_str),
+            phone_time: r.phone_time,
+            door_time: r.door_time,
+            offline: e.offline,
+        }
+    }
+}
+
+/// A UUID's canonical lower-case text.
+fn uuid_text(bytes: &[u8; 16]) -> String {
+    let hex = data_encoding::HEXLOWER.encode(bytes);
+    let mut out = String::with_capacity(36);
+    for (i, c) in hex.chars().enumerate() {
+        if matches!(i, 8 | 12 | 16 | 20) {
+            out.push('-');
+        }
+        out.push(c);
+    }
+    out
+}
