@@ -180,3 +180,263 @@ impl Door {
         frame
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_support::*;
+    use latchkey_proto::v2::ResultFrame;
+    use proptest::prelude::*;
+
+    fn at(ms: u64) -> Instant {
+        Instant::from_millis(ms)
+    }
+
+    const WALL: Option<UnixTime> = Some(NOW as i64);
+
+    struct Bench {
+        door: Door,
+        grants: GrantStore,
+        rng: Counter,
+        pulses: Vec<u32>,
+        pin_ok: bool,
+    }
+
+    impl Bench {
+        fn new(grants: GrantStore) -> Self {
+            Self {
+                door: Door::default(),
+                grants,
+                rng: Counter::default(),
+                pulses: Vec::new(),
+                pin_ok: true,
+            }
+        }
+
+        fn event(&mut self, event: DoorEvent, now: Instant, wall: Option<UnixTime>) -> Vec<DoorAction> {
+            let pulses = &mut self.pulses;
+            let ok = self.pin_ok;
+            self.door
+                .on(event, &self.grants, now, wall, &mut self.rng, |ms| {
+                    pulses.push(ms);
+                    ok
+                })
+        }
+
+        fn read(&mut self, conn: ConnId, now: Instant, wall: Option<UnixTime>) -> Vec<u8> {
+            match &self.event(DoorEvent::ReadChallenge { conn }, now, wall)[..] {
+                [DoorAction::Reply { conn: c, value }] if *c == conn => value.to_vec(),
+                other => panic!("{other:?}"),
+            }
+        }
+
+        /// Writes `value` on `conn`: the notified result and the recorded decision.
+        fn write(
+            &mut self,
+            conn: ConnId,
+            value: &[u8],
+            now: Instant,
+            wall: Option<UnixTime>,
+        ) -> (Vec<u8>, Record) {
+            let event = DoorEvent::Request {
+                conn,
+                value: value.to_vec(),
+            };
+            match &self.event(event, now, wall)[..] {
+                [DoorAction::Notify { conn: c, value }, DoorAction::Record(r)] if *c == conn => {
+                    (value.clone(), *r)
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    fn plain_status(frame: &[u8]) -> Status {
+        assert_eq!(frame.len(), ResultFrame::PLAIN_LEN, "a plain result");
+        Status::try_from(frame[18]).unwrap()
+    }
+
+    fn one_phone() -> (Bench, Phone) {
+        let phone = Phone::new(0x11);
+        let bench = Bench::new(store_with(&[phone.grant(DOOR_ID, "front-door")]));
+        (bench, phone)
+    }
+
+    #[test]
+    fn a_granted_request_pulses_the_relay_for_the_grant_pulse_and_is_answered_sealed() {
+        let (mut b, phone) = one_phone();
+        let challenge = b.read(1, at(1_000), WALL);
+        assert_eq!(&challenge[2..18], &DOOR_ID);
+        assert_eq!(&challenge[34..42], &NOW.to_be_bytes());
+        let (request, keys, nonce) = phone.request(&challenge, "front-door");
+        let (result, record) = b.write(1, &request, at(1_200), WALL);
+        assert_eq!(b.pulses, [1500]);
+        let r = open_result(&result, &keys, &nonce);
+        assert!(r.authenticated);
+        assert_eq!(r.status, Status::Granted);
+        assert_eq!(r.door_time, Some(NOW));
+        assert_eq!(record.status, Status::Granted);
+        assert_eq!(record.tool_id, Some(phone.tool));
+        assert_eq!(record.endpoint.map(|e| e.to_string()).as_deref(), Some("front-door"));
+        assert_eq!(record.phone_time, Some(NOW + 12));
+        assert_eq!(record.door_time, Some(NOW));
+    }
+
+    #[test]
+    fn a_relay_that_fails_is_answered_action_failed() {
+        let (mut b, phone) = one_phone();
+        b.pin_ok = false;
+        let challenge = b.read(1, at(0), WALL);
+        let (request, keys, nonce) = phone.request(&challenge, "front-door");
+        let (result, record) = b.write(1, &request, at(10), WALL);
+        assert_eq!(open_result(&result, &keys, &nonce).status, Status::ActionFailed);
+        assert_eq!(record.status, Status::ActionFailed);
+    }
+
+    #[test]
+    fn an_expired_tool_is_refused_offline_with_a_sealed_tool_expired() {
+        let (mut b, phone) = one_phone();
+        let late = Some(EXPIRES as i64);
+        let challenge = b.read(1, at(0), late);
+        let (request, keys, nonce) = phone.request(&challenge, "front-door");
+        let (result, record) = b.write(1, &request, at(10), late);
+        let r = open_result(&result, &keys, &nonce);
+        assert_eq!((r.status, r.authenticated), (Status::ToolExpired, true));
+        assert_eq!(record.status, Status::ToolExpired);
+        assert!(b.pulses.is_empty());
+    }
+
+    #[test]
+    fn a_tool_for_another_door_or_endpoint_is_refused() {
+        let (mut b, _) = one_phone();
+        // This phone's tool opens another node: this door holds no grant of it.
+        let stranger = Phone::new(0x33);
+        let challenge = b.read(2, at(0), WALL);
+        let (request, _, _) = stranger.request(&challenge, "front-door");
+        let (result, record) = b.write(2, &request, at(10), WALL);
+        assert_eq!(plain_status(&result), Status::UnknownTool);
+        assert_eq!(record.status, Status::UnknownTool);
+        assert_eq!(record.tool_id, None);
+        // A known phone asking for an endpoint its tool does not open here.
+        let (mut b, phone) = one_phone();
+        let challenge = b.read(1, at(0), WALL);
+        let (request, keys, nonce) = phone.request(&challenge, "garage");
+        let (result, _) = b.write(1, &request, at(10), WALL);
+        assert_eq!(open_result(&result, &keys, &nonce).status, Status::EndpointDenied);
+        assert!(b.pulses.is_empty());
+    }
+
+    #[test]
+    fn a_replayed_request_is_nonce_invalid() {
+        let (mut b, phone) = one_phone();
+        let challenge = b.read(1, at(0), WALL);
+        let (request, _, _) = phone.request(&challenge, "front-door");
+        b.write(1, &request, at(10), WALL);
+        let (again, record) = b.write(1, &request, at(20), WALL);
+        assert_eq!(plain_status(&again), Status::NonceInvalid);
+        assert_eq!(&again[2..18], &[0u8; 16], "no challenge left on the connection");
+        assert_eq!(record.status, Status::NonceInvalid);
+        assert_eq!(b.pulses, [1500], "one open only");
+    }
+
+    #[test]
+    fn a_request_moved_to_another_connection_is_refused() {
+        let (mut b, phone) = one_phone();
+        let challenge = b.read(1, at(0), WALL);
+        let (request, _, _) = phone.request(&challenge, "front-door");
+        // Connection 2 never read a challenge.
+        let (result, _) = b.write(2, &request, at(10), WALL);
+        assert_eq!(plain_status(&result), Status::NonceInvalid);
+        // Connection 3 has its own challenge: the hint is for another nonce.
+        b.read(3, at(20), WALL);
+        let (result, _) = b.write(3, &request, at(30), WALL);
+        assert_eq!(plain_status(&result), Status::UnknownTool);
+        assert!(b.pulses.is_empty());
+        // The challenge of connection 1 is still its own.
+        let (result, _) = b.write(1, &request, at(40), WALL);
+        assert_eq!(result.len(), ResultFrame::SEALED_LEN);
+        assert_eq!(b.pulses, [1500]);
+    }
+
+    #[test]
+    fn a_tampered_request_is_bad_tag() {
+        let (mut b, phone) = one_phone();
+        let challenge = b.read(1, at(0), WALL);
+        let (mut request, _, _) = phone.request(&challenge, "front-door");
+        request[40] ^= 0x01;
+        let (result, record) = b.write(1, &request, at(10), WALL);
+        assert_eq!(plain_status(&result), Status::BadTag);
+        assert_eq!(record.status, Status::BadTag);
+        assert!(b.pulses.is_empty());
+    }
+
+    #[test]
+    fn challenges_are_rate_limited_expire_after_30_s_and_die_with_the_connection() {
+        let (mut b, phone) = one_phone();
+        let first = b.read(1, at(1_000), WALL);
+        assert_eq!(b.read(1, at(1_099), WALL), first, "same challenge within 100 ms");
+        let second = b.read(1, at(1_100), WALL);
+        assert_ne!(second[18..34], first[18..34]);
+        // 31 s later the challenge is dead.
+        let (request, _, _) = phone.request(&second, "front-door");
+        let (result, _) = b.write(1, &request, at(32_100), WALL);
+        assert_eq!(plain_status(&result), Status::NonceInvalid);
+        // A disconnect drops the challenge even if the peer comes back with the same id.
+        let third = b.read(1, at(40_000), WALL);
+        let (request, _, _) = phone.request(&third, "front-door");
+        assert!(b
+            .event(DoorEvent::Disconnected { conn: 1 }, at(40_010), WALL)
+            .is_empty());
+        assert_eq!(b.door.connections(), 0);
+        let (result, _) = b.write(1, &request, at(40_020), WALL);
+        assert_eq!(plain_status(&result), Status::NonceInvalid);
+        assert!(b.pulses.is_empty());
+    }
+
+    #[test]
+    fn connections_beyond_the_limit_evict_the_least_recently_active() {
+        let (mut b, _) = one_phone();
+        for conn in 0..(MAX_CONNECTIONS as u32 + 3) {
+            b.read(conn, at(u64::from(conn)), WALL);
+        }
+        assert_eq!(b.door.connections(), MAX_CONNECTIONS);
+    }
+
+    fn event() -> impl Strategy<Value = DoorEvent> {
+        prop_oneof![
+            (0u32..4).prop_map(|conn| DoorEvent::ReadChallenge { conn }),
+            (0u32..4).prop_map(|conn| DoorEvent::Disconnected { conn }),
+            (0u32..4, proptest::collection::vec(any::<u8>(), 0..crate::board::MAX_WRITE))
+                .prop_map(|(conn, value)| DoorEvent::Request { conn, value }),
+            // Well-formed headers, so that the hint and decryption paths run too.
+            (0u32..4, proptest::collection::vec(any::<u8>(), 81..=81)).prop_map(|(conn, rest)| {
+                let mut value = alloc::vec![2u8, 2];
+                value.extend(rest);
+                DoorEvent::Request { conn, value }
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn no_write_or_event_sequence_panics_and_each_request_gets_one_answer(
+            events in proptest::collection::vec((event(), 0u64..40_000), 1..40),
+            wall in proptest::option::of(0i64..=i64::MAX),
+        ) {
+            let (mut b, _) = one_phone();
+            let mut now = 0;
+            for (event, step) in events {
+                now += step;
+                let request = matches!(event, DoorEvent::Request { .. });
+                let actions = b.event(event, at(now), wall);
+                if request {
+                    prop_assert!(matches!(
+                        &actions[..],
+                        [DoorAction::Notify { .. }, DoorAction::Record(r)] if r.status != Status::Granted
+                    ));
+                }
+            }
+            prop_assert!(b.pulses.is_empty());
+        }
+    }
+}

@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
 
 use crate::relay::{MAX_PULSE_MS, MIN_PULSE_MS};
-use crate::storage::Credentials;
+use crate::storage::{Credentials, GrantBlobStore};
 
 /// The pulse of the node's own (v2) grants when the gateway gives none in range.
 pub const DEFAULT_PULSE_MS: u32 = 3_000;
@@ -121,6 +121,31 @@ impl Outcome {
             },
         };
         serde_json::to_string(&ack).unwrap_or_default()
+    }
+}
+
+/// Logs what a `grants` frame did and persists an applied snapshot: the only write a `grants`
+/// frame causes (a refused one writes nothing). A write that fails is logged: the grants are in
+/// force until the next restart, and the gateway sends them again on every session.
+pub async fn store_outcome(outcome: &Outcome, store: &mut impl GrantBlobStore) {
+    match outcome {
+        Outcome::Applied {
+            version,
+            applied,
+            blob,
+        } => {
+            log::info!(
+                "grants: snapshot {version} applied: {} grants ({} ECDH)",
+                applied.grants,
+                applied.new_keys
+            );
+            if let Err(e) = store.save_grant_blob(blob).await {
+                log::error!("grants: cannot store the snapshot: {e}");
+            }
+        }
+        Outcome::Refused { version, why } => {
+            log::warn!("grants: snapshot {version} refused: {}", why.code());
+        }
     }
 }
 
@@ -318,4 +343,150 @@ fn parse_blob(blob: &[u8]) -> Option<(u32, &[u8], &[u8], bool)> {
     let zs = blob.get(BLOB_HEAD + n..body_end)?;
     let digest_ok = Sha256::digest(blob.get(..body_end)?).as_slice() == blob.get(body_end..)?;
     Some((pulse_ms, snapshot, zs, digest_ok))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::door::Door;
+    use crate::storage::ram_flash::{RamFlash, PAGE};
+    use crate::storage::FlashStore;
+    use crate::test_support::*;
+    use crate::time::{Instant, WallClock};
+    use futures_executor::block_on;
+    use latchkey_proto::v2::ed25519_dalek::SigningKey;
+    use latchkey_proto::v2::Status;
+    use serde_json::{json, Value};
+
+    fn flash_store(flash: RamFlash) -> FlashStore<RamFlash> {
+        let pages = 30 * PAGE as u32;
+        FlashStore::new(flash, 0..pages, pages..pages + 2 * PAGE as u32).unwrap()
+    }
+
+    fn json_of(text: &str) -> Value {
+        serde_json::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn a_forged_stale_or_foreign_snapshot_is_refused_and_nothing_is_written() {
+        block_on(async {
+            let phone = Phone::new(0x11);
+            let grant = phone.grant(DOOR_ID, "front-door");
+            let mut store = flash_store(RamFlash::new(32));
+            let mut grants = empty_store();
+            let good = snapshot(&gateway(), 5, 1, NOW, &[Grant { epoch: 1, ..grant }]);
+            let outcome = grants.apply_frame(&good, Some(2000));
+            assert_eq!(
+                json_of(&outcome.ack()),
+                json!({"type":"grants_ack","version":5,"ok":true,"grants":1})
+            );
+            store_outcome(&outcome, &mut store).await;
+            let before = store.into_flash().bytes;
+            let mut store = flash_store(RamFlash {
+                bytes: before.clone(),
+                writes_left: None,
+            });
+            let forger = SigningKey::from_bytes(&[9; 32]);
+            let foreign = Grant {
+                node_id: OTHER_DOOR,
+                epoch: 1,
+                ..grant
+            };
+            let mut cut = good.clone();
+            cut.truncate(good.len() - 8);
+            for (frame, version, code) in [
+                (snapshot(&forger, 6, 1, NOW, &[Grant { epoch: 1, ..grant }]), 6, "BAD_SNAPSHOT"),
+                (good.clone(), 5, "STALE"),
+                (snapshot(&gateway(), 7, 0, NOW, &[grant]), 7, "STALE"),
+                (snapshot(&gateway(), 8, 1, NOW, &[foreign]), 8, "BAD_SNAPSHOT"),
+                (cut, 0, "BAD_SNAPSHOT"),
+                (String::from("not base64!"), 0, "BAD_SNAPSHOT"),
+                (String::new(), 0, "BAD_SNAPSHOT"),
+                ("A".repeat(MAX_SNAPSHOT_TEXT + 4), 0, "BAD_SNAPSHOT"),
+            ] {
+                let outcome = grants.apply_frame(&frame, Some(100));
+                assert_eq!(
+                    json_of(&outcome.ack()),
+                    json!({"type":"grants_ack","version":version,"ok":false,"error":code}),
+                    "{code} {version}"
+                );
+                store_outcome(&outcome, &mut store).await;
+            }
+            assert_eq!((grants.set().version(), grants.set().len()), (5, 1));
+            assert_eq!(grants.pulse_ms(), 2000, "a refused frame's pulse is not taken");
+            assert!(store.into_flash().bytes == before, "the flash is unchanged");
+        });
+    }
+
+    #[test]
+    fn grants_survive_a_restart_clock_unknown_until_hello_then_granted() {
+        block_on(async {
+            let phone = Phone::new(0x11);
+            let mut store = flash_store(RamFlash::new(32));
+            let mut grants = empty_store();
+            let frame = snapshot(
+                &gateway(),
+                5,
+                0,
+                NOW - 600,
+                &[phone.grant(DOOR_ID, "front-door")],
+            );
+            store_outcome(&grants.apply_frame(&frame, Some(2000)), &mut store).await;
+            // Power off, power on: the node re-reads its flash.
+            let mut store = flash_store(store.into_flash());
+            let blob = store.grant_blob().await.unwrap().unwrap();
+            let mut grants = empty_store();
+            let applied = grants.boot(&blob).unwrap();
+            assert_eq!((applied.grants, applied.new_keys), (1, 0), "Z from the cache");
+            assert_eq!(grants.pulse_ms(), 2000);
+            let mut wall = WallClock::default();
+            wall.raise_floor(grants.set().issued_at() as i64, Instant::default());
+            let mut door = Door::default();
+            // Before any hello: the grant is there (the answer is sealed), the time is not.
+            let t = Instant::from_millis(5_000);
+            let (r, pulse) = attempt(&mut door, &grants, &phone, t, wall.now(t));
+            assert_eq!((r.status, r.authenticated, pulse), (Status::ClockUnknown, true, None));
+            // The hello says the time: the same phone gets in.
+            wall.set(NOW as i64, t);
+            let (r, pulse) = attempt(&mut door, &grants, &phone, t, wall.now(t));
+            assert_eq!((r.status, r.authenticated, pulse), (Status::Granted, true, Some(2000)));
+        });
+    }
+
+    #[test]
+    fn a_damaged_blob_drops_the_secret_cache_or_the_grants_never_a_wrong_grant() {
+        let phone = Phone::new(0x11);
+        let mut grants = empty_store();
+        let frame = snapshot(&gateway(), 5, 0, NOW, &[phone.grant(DOOR_ID, "front-door")]);
+        let Outcome::Applied { blob, .. } = grants.apply_frame(&frame, None) else {
+            panic!("not applied")
+        };
+        // A flipped bit in the cached Z: the digest catches it, Z is computed again.
+        let mut bad_z = blob.to_vec();
+        let at = bad_z.len() - DIGEST_LEN - 1;
+        bad_z[at] ^= 1;
+        let mut again = empty_store();
+        let applied = again.boot(&bad_z).unwrap();
+        assert_eq!((applied.grants, applied.new_keys), (1, 1));
+        let t = Instant::default();
+        let (r, _) = attempt(&mut Door::default(), &again, &phone, t, Some(NOW as i64));
+        assert_eq!(r.status, Status::Granted);
+        // A flipped bit in the snapshot: its signature fails, nothing is held.
+        let mut bad_snapshot = blob.to_vec();
+        bad_snapshot[BLOB_HEAD + 50] ^= 1;
+        let mut again = empty_store();
+        assert!(again.boot(&bad_snapshot).is_err());
+        assert!(again.set().is_empty());
+        for short in [&[][..], &blob[..10], &[2u8; 64][..]] {
+            assert!(empty_store().boot(short).is_err());
+        }
+    }
+
+    #[test]
+    fn uuids_parse_with_or_without_dashes_and_nothing_else() {
+        assert_eq!(uuid_bytes(NODE_ID), Some(DOOR_ID));
+        assert_eq!(uuid_bytes(&NODE_ID.replace('-', "")), Some(DOOR_ID));
+        assert_eq!(uuid_bytes("3d9a5c1e"), None);
+        assert_eq!(uuid_bytes(&NODE_ID.replace('3', "g")), None);
+    }
 }

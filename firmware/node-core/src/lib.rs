@@ -40,6 +40,8 @@ mod run;
 pub mod session;
 pub mod setup_code;
 pub mod storage;
+#[cfg(test)]
+mod test_support;
 pub mod time;
 
 pub use run::{run, Config, RunError};

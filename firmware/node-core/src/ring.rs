@@ -21,7 +21,7 @@ use alloc::vec::Vec;
 use latchkey_proto::v2::{EndpointId, Record, Status, ENDPOINT_FIELD_LEN};
 use serde::Serialize;
 
-use crate::storage::RingMeta;
+use crate::storage::{DecisionStore, RingMeta};
 
 /// Decisions the ring keeps.
 pub const RING_CAPACITY: usize = 256;
@@ -125,6 +125,40 @@ pub struct AckWrites {
     pub meta: RingMeta,
     /// Then pop this many of the oldest stored entries.
     pub pop: usize,
+}
+
+impl RecordWrites {
+    /// Performs the writes; a failure is logged (the decision stays in RAM and is uploaded, but
+    /// would not survive a restart).
+    pub async fn store(&self, store: &mut impl DecisionStore) {
+        let mut saved = Ok(());
+        if let Some(meta) = self.drop_oldest {
+            saved = match store.ring_pop(1).await {
+                Ok(()) => store.save_ring_meta(meta).await,
+                Err(e) => Err(e),
+            };
+        }
+        if saved.is_ok() {
+            saved = store.ring_push(&self.push).await;
+        }
+        if let Err(e) = saved {
+            log::error!("decision ring: cannot store a decision: {e}");
+        }
+    }
+}
+
+impl AckWrites {
+    /// Performs the writes. Bookkeeping first: a cut before the pops re-sends what the gateway
+    /// already has, which it acknowledges again without new events.
+    pub async fn store(&self, store: &mut impl DecisionStore) {
+        let saved = match store.save_ring_meta(self.meta).await {
+            Ok(()) => store.ring_pop(self.pop).await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = saved {
+            log::error!("decision ring: cannot drop acknowledged entries: {e}");
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -300,4 +334,153 @@ fn uuid_text(bytes: &[u8; 16]) -> String {
         out.push(c);
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::ram_flash::{RamFlash, PAGE};
+    use crate::storage::FlashStore;
+    use futures_executor::block_on;
+    use serde_json::{json, Value};
+
+    fn flash_store(flash: RamFlash) -> FlashStore<RamFlash> {
+        let map = 2 * PAGE as u32;
+        FlashStore::new(flash, 0..map, map..map + 8 * PAGE as u32).unwrap()
+    }
+
+    async fn reboot(store: FlashStore<RamFlash>) -> (FlashStore<RamFlash>, DecisionRing) {
+        let mut store = flash_store(store.into_flash());
+        let entries = store.ring_entries().await.unwrap();
+        let ring = DecisionRing::boot(&entries, store.ring_meta().await.unwrap());
+        (store, ring)
+    }
+
+    fn granted(i: u64) -> Record {
+        Record {
+            status: Status::Granted,
+            tool_id: Some([0xa1; 16]),
+            endpoint: Some(EndpointId::new("front-door").unwrap()),
+            phone_time: Some(1_767_225_612 + i),
+            door_time: Some(1_767_225_600 + i),
+        }
+    }
+
+    fn unknown() -> Record {
+        Record {
+            status: Status::UnknownTool,
+            tool_id: None,
+            endpoint: None,
+            phone_time: None,
+            door_time: None,
+        }
+    }
+
+    fn frame(ring: &mut DecisionRing) -> Value {
+        serde_json::from_str(&ring.upload().unwrap()).unwrap()
+    }
+
+    fn seqs(frame: &Value) -> Vec<u64> {
+        frame["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["seq"].as_u64().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn entries_round_trip_through_their_stored_form() {
+        for (record, offline) in [(granted(3), true), (unknown(), false)] {
+            let e = Entry {
+                seq: 77,
+                record,
+                offline,
+            };
+            assert_eq!(Entry::decode(&e.encode()), Some(e));
+        }
+        assert_eq!(Entry::decode(&[0; ENTRY_LEN - 1]), None);
+        let mut bad = Entry {
+            seq: 1,
+            record: unknown(),
+            offline: false,
+        }
+        .encode();
+        bad[8] = 200;
+        assert_eq!(Entry::decode(&bad), None);
+    }
+
+    #[test]
+    fn offline_decisions_are_uploaded_once_in_batches_resent_after_a_reconnect_and_dropped_on_ack(
+    ) {
+        block_on(async {
+            let mut store = flash_store(RamFlash::new(10));
+            let mut ring = DecisionRing::boot(&[], RingMeta::default());
+            for i in 0..39 {
+                ring.record(granted(i), true).store(&mut store).await;
+            }
+            ring.record(unknown(), true).store(&mut store).await;
+            // The node restarts before it reaches the gateway: nothing is lost.
+            let (mut store, mut ring) = reboot(store).await;
+            assert_eq!(ring.len(), 40);
+            let first = frame(&mut ring);
+            assert_eq!(seqs(&first), (1..=32).collect::<Vec<_>>());
+            assert_eq!(first["type"], "decisions");
+            assert_eq!(first["lost"], 0);
+            assert_eq!(
+                first["entries"][0],
+                json!({"seq":1,"status":"GRANTED","toolId":"a1a1a1a1-a1a1-a1a1-a1a1-a1a1a1a1a1a1",
+                       "endpoint":"front-door","phoneTime":1_767_225_612u64,
+                       "doorTime":1_767_225_600u64,"offline":true})
+            );
+            assert!(ring.upload().is_none(), "one frame in flight");
+            // The session drops before the ack: the same entries go again on the next one.
+            ring.disconnected();
+            assert_eq!(frame(&mut ring), first);
+            ring.ack(32).store(&mut store).await;
+            let second = frame(&mut ring);
+            assert_eq!(seqs(&second), (33..=40).collect::<Vec<_>>());
+            assert_eq!(
+                second["entries"][7],
+                json!({"seq":40,"status":"UNKNOWN_TOOL","toolId":null,"endpoint":null,
+                       "phoneTime":null,"doorTime":null,"offline":true})
+            );
+            // A decision made while a frame is in flight waits for the ack.
+            ring.record(granted(50), false).store(&mut store).await;
+            assert!(ring.upload().is_none());
+            ring.ack(40).store(&mut store).await;
+            let third = frame(&mut ring);
+            assert_eq!(seqs(&third), [41]);
+            assert_eq!(third["entries"][0]["offline"], false);
+            ring.ack(41).store(&mut store).await;
+            assert!(ring.upload().is_none());
+            // Acknowledged entries are gone from flash; the numbering goes on after a restart.
+            let (mut store, mut ring) = reboot(store).await;
+            assert!(ring.is_empty());
+            ring.record(unknown(), true).store(&mut store).await;
+            assert_eq!(seqs(&frame(&mut ring)), [42]);
+        });
+    }
+
+    #[test]
+    fn a_full_ring_drops_the_oldest_and_reports_them_lost_until_acknowledged() {
+        block_on(async {
+            let mut store = flash_store(RamFlash::new(10));
+            let mut ring = DecisionRing::boot(&[], RingMeta::default());
+            for i in 0..(RING_CAPACITY as u64 + 10) {
+                ring.record(granted(i), true).store(&mut store).await;
+            }
+            assert_eq!((ring.len(), ring.lost()), (RING_CAPACITY, 10));
+            let (mut store, mut ring) = reboot(store).await;
+            assert_eq!((ring.len(), ring.lost()), (RING_CAPACITY, 10));
+            let first = frame(&mut ring);
+            assert_eq!(first["lost"], 10);
+            assert_eq!(seqs(&first), (11..=42).collect::<Vec<_>>());
+            ring.ack(42).store(&mut store).await;
+            assert_eq!(ring.lost(), 0);
+            let (_, mut ring) = reboot(store).await;
+            assert_eq!((ring.len(), ring.lost()), (RING_CAPACITY - 32, 0));
+            assert_eq!(frame(&mut ring)["lost"], 0);
+        });
+    }
 }

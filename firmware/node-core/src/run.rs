@@ -39,7 +39,7 @@ use crate::board::{
     WsConn, WsConnector, WsMessage,
 };
 use crate::door::{Door, DoorAction};
-use crate::grants::{GrantStore, Outcome};
+use crate::grants::{self, GrantStore};
 use crate::identity::Identity;
 use crate::lifecycle::{Event, Failure, Lifecycle, State};
 use crate::register::{self, Step};
@@ -795,16 +795,7 @@ async fn session<C: Clock, R: Relay, S: GrantBlobStore + DecisionStore>(
                     }
                     SessionEffect::DecisionsAck { up_to } => {
                         let writes = ctx.door.borrow_mut().ring.ack(up_to);
-                        let mut store = store.lock().await;
-                        // Bookkeeping first: a cut before the pops re-sends what the gateway
-                        // already has, which it acknowledges again without new events.
-                        let saved = match store.save_ring_meta(writes.meta).await {
-                            Ok(()) => store.ring_pop(writes.pop).await,
-                            Err(e) => Err(e),
-                        };
-                        if let Err(e) = saved {
-                            log::error!("decision ring: cannot drop acknowledged entries: {e}");
-                        }
+                        writes.store(&mut *store.lock().await).await;
                     }
                 }
             }
@@ -837,26 +828,9 @@ async fn apply_grants<C: Clock, R: Relay, S: GrantBlobStore>(
         door.wall.raise_floor(issued, ctx.clock.now());
         outcome
     };
-    match &outcome {
-        Outcome::Applied {
-            version,
-            applied,
-            blob,
-        } => {
-            log::info!(
-                "grants: snapshot {version} applied: {} grants ({} ECDH)",
-                applied.grants,
-                applied.new_keys
-            );
-            if let Err(e) = store.lock().await.save_grant_blob(blob).await {
-                // In force until the next restart; the gateway resends on every session.
-                log::error!("grants: cannot store the snapshot: {e}");
-            }
-        }
-        Outcome::Refused { version, why } => {
-            log::warn!("grants: snapshot {version} refused: {}", why.code());
-        }
-    }
+    let mut store = store.lock().await;
+    grants::store_outcome(&outcome, &mut *store).await;
+    drop(store);
     Some(outcome.ack())
 }
 
@@ -919,21 +893,7 @@ where
                         let offline = !shared.online;
                         shared.ring.record(record, offline)
                     };
-                    let mut store = store.lock().await;
-                    let mut saved = Ok(());
-                    if let Some(meta) = writes.drop_oldest {
-                        saved = match store.ring_pop(1).await {
-                            Ok(()) => store.save_ring_meta(meta).await,
-                            Err(e) => Err(e),
-                        };
-                    }
-                    if saved.is_ok() {
-                        saved = store.ring_push(&writes.push).await;
-                    }
-                    if let Err(e) = saved {
-                        log::error!("decision ring: cannot store a decision: {e}");
-                    }
-                    drop(store);
+                    writes.store(&mut *store.lock().await).await;
                     ctx.decided.signal(());
                 }
             }
