@@ -126,7 +126,7 @@ async fn run(state_dir: PathBuf, args: RunArgs, label: label::Label) -> anyhow::
         flash::FileFlash::range(),
         flash::FileFlash::ring_range(),
     )
-        .map_err(|e| anyhow::anyhow!("flash: {e}"))?;
+    .map_err(|e| anyhow::anyhow!("flash: {e}"))?;
     let listener = tokio::net::TcpListener::bind(args.ap_listen).await?;
     // One machine-readable line, so a supervisor (or a test) finds the bound port.
     println!("ap_api=http://{}", listener.local_addr()?);

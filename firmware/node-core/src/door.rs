@@ -213,7 +213,12 @@ mod tests {
             }
         }
 
-        fn event(&mut self, event: DoorEvent, now: Instant, wall: Option<UnixTime>) -> Vec<DoorAction> {
+        fn event(
+            &mut self,
+            event: DoorEvent,
+            now: Instant,
+            wall: Option<UnixTime>,
+        ) -> Vec<DoorAction> {
             let pulses = &mut self.pulses;
             let ok = self.pin_ok;
             self.door
@@ -277,7 +282,10 @@ mod tests {
         assert_eq!(r.door_time, Some(NOW));
         assert_eq!(record.status, Status::Granted);
         assert_eq!(record.tool_id, Some(phone.tool));
-        assert_eq!(record.endpoint.map(|e| e.to_string()).as_deref(), Some("front-door"));
+        assert_eq!(
+            record.endpoint.map(|e| e.to_string()).as_deref(),
+            Some("front-door")
+        );
         assert_eq!(record.phone_time, Some(NOW + 12));
         assert_eq!(record.door_time, Some(NOW));
     }
@@ -289,7 +297,10 @@ mod tests {
         let challenge = b.read(1, at(0), WALL);
         let (request, keys, nonce) = phone.request(&challenge, "front-door");
         let (result, record) = b.write(1, &request, at(10), WALL);
-        assert_eq!(open_result(&result, &keys, &nonce).status, Status::ActionFailed);
+        assert_eq!(
+            open_result(&result, &keys, &nonce).status,
+            Status::ActionFailed
+        );
         assert_eq!(record.status, Status::ActionFailed);
     }
 
@@ -322,7 +333,10 @@ mod tests {
         let challenge = b.read(1, at(0), WALL);
         let (request, keys, nonce) = phone.request(&challenge, "garage");
         let (result, _) = b.write(1, &request, at(10), WALL);
-        assert_eq!(open_result(&result, &keys, &nonce).status, Status::EndpointDenied);
+        assert_eq!(
+            open_result(&result, &keys, &nonce).status,
+            Status::EndpointDenied
+        );
         assert!(b.pulses.is_empty());
     }
 
@@ -334,7 +348,11 @@ mod tests {
         b.write(1, &request, at(10), WALL);
         let (again, record) = b.write(1, &request, at(20), WALL);
         assert_eq!(plain_status(&again), Status::NonceInvalid);
-        assert_eq!(&again[2..18], &[0u8; 16], "no challenge left on the connection");
+        assert_eq!(
+            &again[2..18],
+            &[0u8; 16],
+            "no challenge left on the connection"
+        );
         assert_eq!(record.status, Status::NonceInvalid);
         assert_eq!(b.pulses, [1500], "one open only");
     }
@@ -374,7 +392,11 @@ mod tests {
     fn challenges_are_rate_limited_expire_after_30_s_and_die_with_the_connection() {
         let (mut b, phone) = one_phone();
         let first = b.read(1, at(1_000), WALL);
-        assert_eq!(b.read(1, at(1_099), WALL), first, "same challenge within 100 ms");
+        assert_eq!(
+            b.read(1, at(1_099), WALL),
+            first,
+            "same challenge within 100 ms"
+        );
         let second = b.read(1, at(1_100), WALL);
         assert_ne!(second[18..34], first[18..34]);
         // 31 s later the challenge is dead.
@@ -406,7 +428,10 @@ mod tests {
         prop_oneof![
             (0u32..4).prop_map(|conn| DoorEvent::ReadChallenge { conn }),
             (0u32..4).prop_map(|conn| DoorEvent::Disconnected { conn }),
-            (0u32..4, proptest::collection::vec(any::<u8>(), 0..crate::board::MAX_WRITE))
+            (
+                0u32..4,
+                proptest::collection::vec(any::<u8>(), 0..crate::board::MAX_WRITE)
+            )
                 .prop_map(|(conn, value)| DoorEvent::Request { conn, value }),
             // Well-formed headers, so that the hint and decryption paths run too.
             (0u32..4, proptest::collection::vec(any::<u8>(), 81..=81)).prop_map(|(conn, rest)| {
@@ -430,10 +455,11 @@ mod tests {
                 let request = matches!(event, DoorEvent::Request { .. });
                 let actions = b.event(event, at(now), wall);
                 if request {
-                    prop_assert!(matches!(
+                    let answered = matches!(
                         &actions[..],
                         [DoorAction::Notify { .. }, DoorAction::Record(r)] if r.status != Status::Granted
-                    ));
+                    );
+                    prop_assert!(answered, "{:?}", actions);
                 }
             }
             prop_assert!(b.pulses.is_empty());

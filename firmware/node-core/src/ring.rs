@@ -411,8 +411,8 @@ mod tests {
     }
 
     #[test]
-    fn offline_decisions_are_uploaded_once_in_batches_resent_after_a_reconnect_and_dropped_on_ack(
-    ) {
+    fn offline_decisions_are_uploaded_once_in_batches_resent_after_a_reconnect_and_dropped_on_ack()
+    {
         block_on(async {
             let mut store = flash_store(RamFlash::new(10));
             let mut ring = DecisionRing::boot(&[], RingMeta::default());

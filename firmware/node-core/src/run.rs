@@ -606,7 +606,12 @@ where
         match attempts.next(&req, answer.as_ref().map_err(|e| *e), random) {
             Step::Registered(credentials) => {
                 // Stored before anything reports success (NODES.md §3.2).
-                let saved = parts.store.lock().await.save_credentials(&credentials).await;
+                let saved = parts
+                    .store
+                    .lock()
+                    .await
+                    .save_credentials(&credentials)
+                    .await;
                 if let Err(e) = saved {
                     log::error!("register: cannot store credentials: {e}");
                     ctx.event(Event::RegisterFailed(failure(

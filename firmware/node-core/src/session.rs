@@ -491,7 +491,9 @@ mod tests {
             r#"{"type":"decisions_ack"}"#,
             r#"{"type":"decisions_ack","upTo":-1}"#,
         ] {
-            assert!(s.on(SessionEvent::Text(bad), at(3_000), &mut wall).is_empty());
+            assert!(s
+                .on(SessionEvent::Text(bad), at(3_000), &mut wall)
+                .is_empty());
         }
         // A 60 KB grants frame is read; one over 64 KiB is not.
         let big = alloc::format!(r#"{{"type":"grants","snapshot":"{}"}}"#, "A".repeat(60_000));
@@ -499,7 +501,10 @@ mod tests {
             s.on(SessionEvent::Text(&big), at(3_000), &mut wall)[..],
             [SessionEffect::Grants { .. }]
         ));
-        let huge = alloc::format!(r#"{{"type":"grants","snapshot":"{}"}}"#, "A".repeat(MAX_FRAME));
+        let huge = alloc::format!(
+            r#"{{"type":"grants","snapshot":"{}"}}"#,
+            "A".repeat(MAX_FRAME)
+        );
         assert!(s
             .on(SessionEvent::Text(&huge), at(3_000), &mut wall)
             .is_empty());

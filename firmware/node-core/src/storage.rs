@@ -582,7 +582,11 @@ mod tests {
             Err(StoreError::Config)
         ));
         assert!(matches!(
-            FlashStore::new(RamFlash::new(6), RANGE, (3 * PAGE as u32)..(5 * PAGE as u32)),
+            FlashStore::new(
+                RamFlash::new(6),
+                RANGE,
+                (3 * PAGE as u32)..(5 * PAGE as u32)
+            ),
             Err(StoreError::Config)
         ));
     }
@@ -626,10 +630,11 @@ mod tests {
     fn the_ring_keeps_its_order_across_a_reboot_and_pops_the_oldest() {
         block_on(async {
             let mut s = FlashStore::new(RamFlash::new(6), SMALL, RING).unwrap();
-            for i in 0..100u8 {
+            // Two pages hold ~96 entries of 75 bytes; 40 stay clear of the overwrite.
+            for i in 0..40u8 {
                 s.ring_push(&[i; 75]).await.unwrap();
             }
-            s.ring_pop(40).await.unwrap();
+            s.ring_pop(15).await.unwrap();
             s.save_ring_meta(RingMeta {
                 seq_floor: 41,
                 lost: 2,
@@ -638,9 +643,9 @@ mod tests {
             .unwrap();
             let mut s = FlashStore::new(s.into_flash(), SMALL, RING).unwrap();
             let entries = s.ring_entries().await.unwrap();
-            assert_eq!(entries.len(), 60);
-            assert_eq!(entries[0], [40u8; 75]);
-            assert_eq!(entries[59], [99u8; 75]);
+            assert_eq!(entries.len(), 25);
+            assert_eq!(entries[0], [15u8; 75]);
+            assert_eq!(entries[24], [39u8; 75]);
             assert_eq!(
                 s.ring_meta().await.unwrap(),
                 RingMeta {

@@ -7,9 +7,9 @@ use alloc::vec::Vec;
 use data_encoding::BASE64;
 use latchkey_proto::v2::ed25519_dalek::SigningKey;
 use latchkey_proto::v2::{
-    encode_snapshot, parse_secret_key, public_key_bytes, snapshot_len, vectors, Challenge,
-    DoorId, EndpointId, Grant, PeerSecret, PublicKeyBytes, Request, RequestBody, ResultFrame,
-    SessionKeys, SnapshotHeader, VerifiedResult,
+    encode_snapshot, parse_secret_key, public_key_bytes, snapshot_len, vectors, Challenge, DoorId,
+    EndpointId, Grant, PeerSecret, PublicKeyBytes, Request, RequestBody, ResultFrame, SessionKeys,
+    SnapshotHeader, VerifiedResult,
 };
 use zeroize::Zeroizing;
 
@@ -162,7 +162,14 @@ pub fn attempt(
     use crate::board::DoorEvent;
     use crate::door::DoorAction;
     let mut rng = Counter::default();
-    let read = door.on(DoorEvent::ReadChallenge { conn: 1 }, grants, now, wall, &mut rng, |_| true);
+    let read = door.on(
+        DoorEvent::ReadChallenge { conn: 1 },
+        grants,
+        now,
+        wall,
+        &mut rng,
+        |_| true,
+    );
     let [DoorAction::Reply { value, .. }] = &read[..] else {
         panic!("{read:?}")
     };
