@@ -209,27 +209,25 @@ where
 
 /// The decision ring as stored; an unreadable ring starts empty (its entries are lost).
 async fn boot_ring(store: &mut impl DecisionStore) -> Result<DecisionRing, RunError> {
-    let meta = match store.ring_meta().await {
-        Ok(m) => m,
-        Err(StoreError::Corrupt) => {
-            log::error!("decision ring bookkeeping unreadable; numbering restarts");
-            Default::default()
-        }
-        Err(e) => return Err(e.into()),
-    };
-    let entries = match store.ring_entries().await {
-        Ok(e) => e,
-        Err(StoreError::Corrupt) => {
-            log::error!("decision ring unreadable; its entries are lost");
-            Vec::new()
-        }
-        Err(e) => return Err(e.into()),
-    };
+    let meta = unless_corrupt(store.ring_meta().await, "decision ring bookkeeping")?;
+    let entries = unless_corrupt(store.ring_entries().await, "decision ring")?;
     let ring = DecisionRing::boot(&entries, meta);
     if !ring.is_empty() {
         log::info!("decision ring: {} decisions to upload", ring.len());
     }
     Ok(ring)
+}
+
+/// A stored item that cannot be decoded is logged and replaced by its default (an empty ring,
+/// numbering from the newest stored entry); a flash that fails ends `run`.
+fn unless_corrupt<T: Default>(read: Result<T, StoreError>, what: &str) -> Result<T, RunError> {
+    match read {
+        Err(StoreError::Corrupt) => {
+            log::error!("{what} unreadable; starting without it");
+            Ok(T::default())
+        }
+        other => Ok(other?),
+    }
 }
 
 /// The door's side of the shared state: grants, ring, wall time, and whether a gateway session

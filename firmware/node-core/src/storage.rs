@@ -175,6 +175,10 @@ pub trait DecisionStore {
 }
 
 type Uncache<K> = Cache<Uncached, Uncached, Uncached, K>;
+/// The map over the store's flash, with the store's buffer.
+type MapView<'a, F> = (MapStorage<u8, &'a mut F, Uncache<u8>>, &'a mut [u8]);
+/// The ring's queue over the store's flash, with the store's buffer.
+type RingView<'a, F> = (QueueStorage<&'a mut F, Uncache<()>>, &'a mut [u8]);
 
 /// [`CredentialStore`], [`GrantBlobStore`] and [`DecisionStore`] on NOR flash through
 /// sequential-storage. Both storages are built per operation over `&mut flash`: with no cache
@@ -208,7 +212,7 @@ impl<F: MultiwriteNorFlash> FlashStore<F> {
         self.flash
     }
 
-    fn map(&mut self) -> Result<(MapStorage<u8, &mut F, Uncache<u8>>, &mut [u8]), StoreError> {
+    fn map(&mut self) -> Result<MapView<'_, F>, StoreError> {
         let config =
             MapConfig::<&mut F>::try_new(self.map_range.clone()).map_err(|_| StoreError::Config)?;
         Ok((
@@ -217,7 +221,7 @@ impl<F: MultiwriteNorFlash> FlashStore<F> {
         ))
     }
 
-    fn ring(&mut self) -> Result<(QueueStorage<&mut F, Uncache<()>>, &mut [u8]), StoreError> {
+    fn ring(&mut self) -> Result<RingView<'_, F>, StoreError> {
         let config = QueueConfig::<&mut F>::try_new(self.ring_range.clone())
             .map_err(|_| StoreError::Config)?;
         Ok((
