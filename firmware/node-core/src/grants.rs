@@ -510,4 +510,21 @@ mod tests {
         assert_eq!(uuid_bytes("3d9a5c1e"), None);
         assert_eq!(uuid_bytes(&NODE_ID.replace('3', "g")), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn no_grants_text_or_stored_blob_panics_or_is_taken(
+            bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..600),
+            text in ".{0,200}",
+        ) {
+            let mut grants = empty_store();
+            for frame in [BASE64.encode(&bytes), text] {
+                let outcome = grants.apply_frame(&frame, Some(2000));
+                let refused = matches!(outcome, Outcome::Refused { .. });
+                proptest::prop_assert!(refused);
+            }
+            proptest::prop_assert!(grants.boot(&bytes).is_err());
+            proptest::prop_assert!(grants.set().is_empty());
+        }
+    }
 }

@@ -483,4 +483,21 @@ mod tests {
             assert_eq!(frame(&mut ring)["lost"], 0);
         });
     }
+
+    proptest::proptest! {
+        #[test]
+        fn no_stored_bytes_panic_the_ring_at_boot(
+            stored in proptest::collection::vec(
+                proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100),
+                0..20,
+            ),
+            floor in proptest::prelude::any::<u64>(),
+        ) {
+            let mut ring = DecisionRing::boot(&stored, RingMeta { seq_floor: floor, lost: 0 });
+            proptest::prop_assert_eq!(ring.len(), stored.len());
+            let _ = ring.upload();
+            let writes = ring.ack(u64::MAX);
+            proptest::prop_assert_eq!(writes.pop, stored.len());
+        }
+    }
 }

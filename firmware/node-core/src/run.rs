@@ -792,9 +792,8 @@ async fn session<C: Clock, R: Relay, S: GrantBlobStore + DecisionStore>(
                         return SessionEnd::Closed;
                     }
                     SessionEffect::Grants { snapshot, pulse_ms } => {
-                        if let Some(ack) = apply_grants(ctx, store, &snapshot, pulse_ms).await {
-                            more.push(SessionEffect::Send(ack));
-                        }
+                        let ack = apply_grants(ctx, store, &snapshot, pulse_ms).await;
+                        more.push(SessionEffect::Send(ack));
                     }
                     SessionEffect::DecisionsAck { up_to } => {
                         let writes = ctx.door.borrow_mut().ring.ack(up_to);
@@ -821,11 +820,18 @@ async fn apply_grants<C: Clock, R: Relay, S: GrantBlobStore>(
     store: &Mutex<NoopRawMutex, S>,
     snapshot: &str,
     pulse_ms: Option<u64>,
-) -> Option<String> {
+) -> String {
     let outcome = {
         let mut door = ctx.door.borrow_mut();
         let door = &mut *door;
-        let grants = door.grants.as_mut()?;
+        let Some(grants) = door.grants.as_mut() else {
+            // No usable node id or gateway key: nothing can be verified.
+            return grants::Outcome::Refused {
+                version: 0,
+                why: grants::Refusal::BadSnapshot,
+            }
+            .ack();
+        };
         let outcome = grants.apply_frame(snapshot, pulse_ms);
         let issued = i64::try_from(grants.set().issued_at()).unwrap_or(i64::MAX);
         door.wall.raise_floor(issued, ctx.clock.now());
@@ -834,7 +840,7 @@ async fn apply_grants<C: Clock, R: Relay, S: GrantBlobStore>(
     let mut store = store.lock().await;
     grants::store_outcome(&outcome, &mut *store).await;
     drop(store);
-    Some(outcome.ack())
+    outcome.ack()
 }
 
 /// The door: waits for the grant store (a registered node), starts the radio, then serves its

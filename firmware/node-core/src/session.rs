@@ -11,6 +11,11 @@
 //!  nothing received for 60 s ──▶ Close (reconnect after the backoff, see `backoff`)
 //! ```
 //!
+//! The offline door's frames (NODES.md §5.1) pass through as effects: `grants` becomes
+//! [`SessionEffect::Grants`] (the caller applies, persists and answers `grants_ack`),
+//! `decisions_ack` becomes [`SessionEffect::DecisionsAck`]; the caller sends `decisions` frames
+//! from its ring once the session is up. Gateway frames may be up to [`MAX_FRAME`] (64 KiB).
+//!
 //! The caller feeds [`SessionEvent`]s with the monotonic `now`, performs the returned
 //! [`SessionEffect`]s, and sends [`SessionEvent::Tick`] at [`Session::next_deadline`]. A pulse's
 //! outcome comes back as [`SessionEvent::PulseDone`], which answers the command.
