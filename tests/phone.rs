@@ -332,7 +332,7 @@ async fn timeout_scan_when_no_gateway_is_heard() {
         Withhold::Device,
         "0.5,10,10,10",
         "TIMEOUT_SCAN",
-        "no latchkey gateway found nearby",
+        "no latchkey door found nearby",
     )
     .await;
     let s = f.phone.radio().stats;
@@ -359,7 +359,7 @@ async fn timeout_connect_when_the_gateway_does_not_accept() {
         Withhold::Connection,
         "10,0.5,10,10",
         "TIMEOUT_CONNECT",
-        "the gateway did not accept the connection in time",
+        "the door did not accept the connection in time",
     )
     .await;
     // The pending attempt was cancelled, not completed.
@@ -375,7 +375,7 @@ async fn timeout_challenge_when_the_read_is_not_answered() {
         Withhold::Challenge,
         "10,10,0.5,10",
         "TIMEOUT_CHALLENGE",
-        "the gateway did not hand out a challenge in time",
+        "the door did not hand out a challenge in time",
     )
     .await;
     // The first link subscribed; its read never reached the gateway; it was closed anyway.
@@ -390,7 +390,7 @@ async fn timeout_server_when_the_result_is_lost() {
         Withhold::Result,
         "10,10,10,0.5",
         "TIMEOUT_SERVER",
-        "the gateway did not answer in time",
+        "the door did not answer in time",
     )
     .await;
     assert_eq!(f.phone.radio().stats.closed_att_ops, [3, 3]);

@@ -9,7 +9,8 @@ use clap::{Args, Subcommand};
 use serde_json::json;
 
 use super::credentials;
-use super::unlock::{self, Stage, Timeouts};
+use super::tool::{self, ToolError};
+use super::unlock::{self, Protocol, Stage, Timeouts};
 use super::Credentials;
 
 #[derive(Debug, Subcommand)]
@@ -35,11 +36,22 @@ pub enum PhoneCmd {
         #[command(flatten)]
         creds: CredentialsArg,
     },
-    /// Open a door over Bluetooth LE
+    /// Open a door over Bluetooth LE: a node of the endpoint or the gateway, whichever is heard
+    /// first (a node wins within about a second), with door protocol version 2 when the
+    /// phone holds an access tool for that door, else version 1 at the gateway
     Unlock {
-        /// Endpoint id [default: the gateway's default endpoint]
-        #[arg(default_value = "")]
-        endpoint: String,
+        /// Endpoint id [default: the access tool's first endpoint, else the gateway's default]
+        #[arg(conflicts_with = "endpoint_id")]
+        endpoint: Option<String>,
+        /// Endpoint id (the same as the positional argument)
+        #[arg(long = "endpoint", value_name = "ID")]
+        endpoint_id: Option<String>,
+        /// Which door: auto, gateway, node (any node of the endpoint) or a node id
+        #[arg(long, default_value = "auto", value_name = "auto|gateway|node|NODE_ID")]
+        door: unlock::DoorChoice,
+        /// Refresh the access tool first when it expires within this many seconds
+        #[arg(long, value_name = "SECS", default_value_t = tool::DEFAULT_REFRESH_WITHIN)]
+        refresh_within: u64,
         /// Bluetooth adapter [default: the system's default]
         #[arg(long)]
         adapter: Option<String>,
@@ -184,11 +196,23 @@ pub fn run(cmd: PhoneCmd) -> anyhow::Result<()> {
             } => pair(payload, qr_image, &name, &kind, &creds.path()).await,
             PhoneCmd::Unlock {
                 endpoint,
+                endpoint_id,
+                door,
+                refresh_within,
                 adapter,
                 json,
                 timeouts,
                 creds,
-            } => unlock(&endpoint, adapter.as_deref(), json, timeouts, &creds.path()).await,
+            } => {
+                let how = UnlockArgs {
+                    endpoint: endpoint.or(endpoint_id),
+                    door,
+                    refresh_within,
+                    adapter,
+                    json,
+                };
+                unlock(how, timeouts, &creds.path()).await
+            }
             PhoneCmd::Listen { since, creds } => listen(&creds.path(), since).await,
             PhoneCmd::Publish { topic, data, creds } => publish(&creds.path(), &topic, data).await,
             PhoneCmd::AddNode(args) => {
@@ -219,8 +243,11 @@ async fn pair(
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(15))
         .build()?;
-    let c = pair::redeem(&http, &payload, name, kind, crate::clock::unix_now()).await?;
+    let mut c = pair::redeem(&http, &payload, name, kind, crate::clock::unix_now()).await?;
     c.save(path)?;
+    // The phone key and its access tool (door protocol version 2); without them the phone
+    // still opens the gateway's door with version 1.
+    keep_tool(&mut c, path, 0, tool::PAIR_HTTP_TIMEOUT).await;
     // A fresh pairing starts its event history and TOTP steps afresh.
     let _ = std::fs::remove_file(Credentials::seq_path(path));
     let _ = std::fs::remove_file(Credentials::step_path(path));
@@ -298,37 +325,106 @@ async fn choose_step(path: &Path) -> u64 {
     }
 }
 
-async fn unlock(
-    endpoint: &str,
-    adapter: Option<&str>,
+/// `phone unlock`'s choices.
+struct UnlockArgs {
+    endpoint: Option<String>,
+    door: unlock::DoorChoice,
+    refresh_within: u64,
+    adapter: Option<String>,
     json: bool,
-    given: Option<Vec<f64>>,
-    path: &Path,
-) -> anyhow::Result<()> {
-    let creds = Credentials::load(path)?;
+}
+
+/// Gives the credentials a phone key, then registers or refreshes its access tool as needed,
+/// within `limit`, saving what changed. Best effort: a gateway that does not answer leaves
+/// the stored tool in place (opening a door offline is the point), with a line on stderr.
+async fn keep_tool(creds: &mut Credentials, path: &Path, within: u64, limit: Duration) {
+    match tool::ensure_key(creds) {
+        Ok(false) => {}
+        Ok(true) => {
+            if let Err(e) = creds.save(path) {
+                eprintln!("latchkey: cannot keep the new phone key: {e}");
+                return;
+            }
+        }
+        Err(e) => {
+            eprintln!("latchkey: no phone key: {e}");
+            return;
+        }
+    }
+    let had = creds.access_tool.is_some();
+    let done = tokio::time::timeout(
+        limit,
+        tool::maintain(creds, crate::clock::unix_now(), within, limit),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(ToolError::Unreachable {
+            url: creds.base_url(),
+            reason: format!("no answer within {} s", limit.as_secs()),
+        })
+    });
+    match done {
+        Ok(tool::Done::Kept) => {}
+        Ok(done) => {
+            tracing::debug!(?done, "access tool");
+            if let Err(e) = creds.save(path) {
+                eprintln!("latchkey: cannot keep the access tool: {e}");
+            }
+        }
+        Err(ToolError::NotFound) if !had => {
+            eprintln!(
+                "latchkey: the gateway issues no access tools (404): door protocol version 1 only"
+            );
+        }
+        Err(e) if had => {
+            eprintln!("latchkey: access tool not refreshed ({e}); going on with the stored one");
+        }
+        Err(e) => eprintln!("latchkey: no access tool ({e}); door protocol version 1 only"),
+    }
+}
+
+async fn unlock(how: UnlockArgs, given: Option<Vec<f64>>, path: &Path) -> anyhow::Result<()> {
+    let mut creds = Credentials::load(path)?;
     let limits = timeouts(given)?;
+    keep_tool(
+        &mut creds,
+        path,
+        how.refresh_within,
+        tool::UNLOCK_HTTP_TIMEOUT,
+    )
+    .await;
+    // Version 1's TOTP step. Without a tool the gateway is the only door: wait for a fresh
+    // step if both of this period's were sent; with one, never wait for a step we may not use.
+    let step = if creds.access_tool.is_none() {
+        Some(choose_step(path).await)
+    } else {
+        unlock::next_step(credentials::load_step(path), unix_now())
+    };
+    let plan = unlock::Plan::new(&creds, how.endpoint.as_deref(), &how.door, step);
+    let plan = match plan {
+        Ok(p) => p,
+        Err(e) => return report_error(&e, how.json, Duration::ZERO),
+    };
     let session = bluer::Session::new()
         .await
         .context("cannot reach BlueZ on the system D-Bus")?;
-    let adapter = match adapter {
+    let adapter = match how.adapter.as_deref() {
         Some(name) => session.adapter(name)?,
         None => session
             .default_adapter()
             .await
             .context("no Bluetooth adapter")?,
     };
-    let step = choose_step(path).await;
     let started = std::time::Instant::now();
     let result = unlock::unlock(
         &adapter,
         &creds,
-        endpoint,
-        step,
+        &plan,
         limits,
         unix_now,
-        |stage| {
-            tracing::debug!(stage = stage.as_str(), "unlock");
-            if stage == Stage::Completing {
+        |stage, protocol| {
+            tracing::debug!(stage = stage.as_str(), ?protocol, "unlock");
+            if let (Stage::Completing, Some(Protocol::V1), Some(step)) = (stage, protocol, step) {
                 // From here on the gateway may see (and spend) this step.
                 if let Err(e) = credentials::store_step(path, step) {
                     tracing::warn!(error = %e, "cannot record the TOTP step sent");
@@ -338,31 +434,44 @@ async fn unlock(
     )
     .await;
     let total = started.elapsed();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
     let o = match result {
         Ok(o) => o,
-        Err(e) => {
-            if json {
-                println!(
-                    "{}",
-                    json!({ "status": "ERROR", "granted": false, "code": e.code(),
-                            "message": e.to_string(), "ms": { "total": ms(total) } })
-                );
-            }
-            bail!("{}: {e}", e.code())
-        }
+        Err(e) => return report_error(&e, how.json, total),
     };
     let status = o.status.as_str();
     let granted = o.status == latchkey_proto::Status::Granted;
-    if json {
+    let verified = if o.authenticated {
+        "verified"
+    } else {
+        "unverified"
+    };
+    eprintln!(
+        "latchkey: {} {} (door protocol {}): {verified} result",
+        o.door.kind.as_str(),
+        o.door.id,
+        o.protocol.number()
+    );
+    if how.json {
+        let device = json!({ "address": o.door.address, "name": o.door.name, "rssi": o.door.rssi });
+        let gateway = if o.door.kind == tool::DoorKind::Gateway {
+            device.clone()
+        } else {
+            serde_json::Value::Null
+        };
         println!(
             "{}",
             json!({
                 "status": status,
                 "granted": granted,
+                "verified": o.authenticated,
                 "authenticated": o.authenticated,
+                "protocol": o.protocol.number(),
+                "door": { "kind": o.door.kind.as_str(), "id": o.door.id,
+                          "address": o.door.address, "name": o.door.name, "rssi": o.door.rssi },
+                "endpoint": plan.endpoint,
+                "doorTime": o.door_time,
                 "retryAfter": o.retry_after,
-                "gateway": { "address": o.gateway.address, "name": o.gateway.name, "rssi": o.gateway.rssi },
+                "gateway": gateway,
                 "attOps": o.att_ops,
                 "ms": { "scan": ms(o.timings.scan), "connect": ms(o.timings.connect),
                         "challenge": ms(o.timings.challenge), "decision": ms(o.timings.decision),
@@ -375,7 +484,7 @@ async fn unlock(
         let note = if o.authenticated {
             ""
         } else {
-            " (unconfirmed: the gateway could not sign it)"
+            " (unconfirmed: the door could not authenticate it)"
         };
         let retry = if o.retry_after > 0 {
             format!(", retry in {} s", o.retry_after)
@@ -389,6 +498,22 @@ async fn unlock(
     } else {
         bail!("access denied: {status}")
     }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// An unlock that ended without an answer: the JSON line (with `--json`) and the error.
+fn report_error(e: &unlock::UnlockError, json: bool, total: Duration) -> anyhow::Result<()> {
+    if json {
+        println!(
+            "{}",
+            json!({ "status": "ERROR", "granted": false, "code": e.code(),
+                    "message": e.to_string(), "ms": { "total": ms(total) } })
+        );
+    }
+    bail!("{}: {e}", e.code())
 }
 
 async fn listen(path: &Path, since: Option<u64>) -> anyhow::Result<()> {

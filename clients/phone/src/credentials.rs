@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::secret::{SecretBytes, SecretString};
+use crate::tool::AccessTool;
 
 /// Largest credentials file we read; ours are a few hundred bytes.
 const MAX_FILE: u64 = 64 * 1024;
@@ -25,6 +26,17 @@ pub struct Credentials {
     pub gateway_id: String,
     pub ws_url: String,
     pub name: String,
+    /// The phone's P-256 private key (std base64 of the 32-byte scalar); absent in credentials
+    /// written before door protocol version 2 (`phone unlock` then makes one).
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "opt_secret_string"
+    )]
+    pub phone_key: Option<SecretString>,
+    /// The access tool the gateway issued for that key (public data), when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_tool: Option<AccessTool>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -36,6 +48,10 @@ impl std::fmt::Debug for Credentials {
                 &format_args!("{}:{}", self.gateway_host, self.gateway_port),
             )
             .field("gateway_id", &self.gateway_id)
+            .field(
+                "access_tool",
+                &self.access_tool.as_ref().map(|t| &t.access_tool_id),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -51,6 +67,24 @@ mod secret_string {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<SecretString, D::Error> {
         String::deserialize(d).map(SecretString::new)
+    }
+}
+
+mod opt_secret_string {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use crate::secret::SecretString;
+
+    // Only called for `Some` (the field is skipped when `None`).
+    pub fn serialize<S: Serializer>(v: &Option<SecretString>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            Some(v) => s.serialize_str(v.expose()),
+            None => s.serialize_none(),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SecretString>, D::Error> {
+        Option::<String>::deserialize(d).map(|o| o.map(SecretString::new))
     }
 }
 
@@ -207,11 +241,10 @@ pub fn store_seq(path: &Path, seq: u64) -> std::io::Result<()> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests_support {
     use super::*;
-    use std::os::unix::fs::PermissionsExt;
 
-    fn sample() -> Credentials {
+    pub(crate) fn sample() -> Credentials {
         Credentials {
             device_id: "6f1c2a9e-3b4d-4e5f-8a7b-9c0d1e2f3a4b".into(),
             device_key: SecretString::new("dev_secretkey".into()),
@@ -221,8 +254,17 @@ mod tests {
             gateway_id: "gw".into(),
             ws_url: "ws://192.168.1.42:8080/ws".into(),
             name: "Pixel".into(),
+            phone_key: None,
+            access_tool: None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::sample;
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     #[test]
     fn saves_0600_and_round_trips_without_printing_secrets() {
@@ -252,6 +294,14 @@ mod tests {
             Credentials::load(&dir.path().join("none.json")),
             Err(CredentialsError::Missing(_))
         ));
+        // A phone key survives the round trip and never prints.
+        let mut c = sample();
+        c.phone_key = Some(crate::tool::generate_key().unwrap());
+        c.save(&path).unwrap();
+        let back = Credentials::load(&path).unwrap();
+        let key = back.phone_key.as_ref().unwrap().expose().to_owned();
+        assert_eq!(Some(key.as_str()), c.phone_key.as_ref().map(|k| k.expose()));
+        assert!(!format!("{back:?}").contains(&key));
         std::fs::write(&path, "{\"deviceKey\": \"dev_leak\"").unwrap();
         let err = Credentials::load(&path).unwrap_err().to_string();
         assert!(!err.contains("dev_leak"), "{err}");

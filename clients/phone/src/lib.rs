@@ -12,6 +12,7 @@ pub mod provisioning;
 pub mod secret;
 pub mod sync;
 pub mod sync_client;
+pub mod tool;
 pub mod unlock;
 
 pub use credentials::Credentials;

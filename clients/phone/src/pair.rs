@@ -179,6 +179,8 @@ pub async fn redeem(
         gateway_id: a.gateway_id,
         ws_url: a.ws_url,
         name: name.to_owned(),
+        phone_key: None,
+        access_tool: None,
     })
 }
 

@@ -120,13 +120,13 @@ pub fn base_url(what: &str, url: &str) -> Result<String, AddNodeError> {
 }
 
 /// An HTTP answer: status and JSON body (`Null` when there was none or it was not JSON).
-struct Answer {
-    status: u16,
-    body: Value,
+pub(crate) struct Answer {
+    pub(crate) status: u16,
+    pub(crate) body: Value,
 }
 
 /// Reads at most [`MAX_BODY`] bytes of the answer.
-async fn answer(mut resp: reqwest::Response) -> Result<Answer, reqwest::Error> {
+pub(crate) async fn answer(mut resp: reqwest::Response) -> Result<Answer, reqwest::Error> {
     let status = resp.status().as_u16();
     let mut buf = Vec::new();
     while let Some(chunk) = resp.chunk().await? {
@@ -140,7 +140,7 @@ async fn answer(mut resp: reqwest::Response) -> Result<Answer, reqwest::Error> {
 }
 
 /// The contract's error body, as (code, message).
-fn error_of(a: &Answer) -> (String, String) {
+pub(crate) fn error_of(a: &Answer) -> (String, String) {
     let e = &a.body["error"];
     (
         e["code"].as_str().unwrap_or("HTTP").to_owned(),
@@ -151,7 +151,7 @@ fn error_of(a: &Answer) -> (String, String) {
 }
 
 /// `reqwest`'s error text without the URL (it is in our message already).
-fn reason(e: reqwest::Error) -> String {
+pub(crate) fn reason(e: reqwest::Error) -> String {
     e.without_url().to_string()
 }
 

@@ -1,20 +1,29 @@
 //! `phone unlock`: open a door over BLE as a phone app would, following seed 000's states
 //! (idle → scanning → deviceSelected → connecting → challenge → completing → completed | error)
 //! with a timeout per stage. Three ATT operations after connecting: subscribe to Result, read
-//! Challenge, write Auth (docs/PROTOCOL.md §8). Every exit path stops the scan and disconnects.
+//! Challenge, write the request (docs/PROTOCOL.md §8 for version 1, §21 for version 2). Every
+//! exit path stops the scan and disconnects.
+//!
+//! Which door and which protocol ([`Plan`]): the doors of the endpoint that the access tool
+//! lists (nodes advertise the version-2 service and `02 ‖ door tag`), and the gateway
+//! (version-1 service and its gateway tag). The first heard wins, except that a node heard
+//! within [`NODE_WINDOW`] after the gateway wins over it. A node speaks version 2 only; at the
+//! gateway the phone speaks version 2 when it holds a tool for the gateway's door and the
+//! gateway's GATT database has the version-2 service, else version 1.
 //!
 //! Choices a real app must make too, and what BlueZ needs for them:
 //! - a device counts as found only when it was heard during this scan (it has an `RSSI`);
 //!   BlueZ also lists devices it merely remembers;
-//! - and only when its advertisement names the gateway the phone paired with (the short
-//!   gateway id in its manufacturer data, PROTOCOL.md §3): another latchkey gateway in range
-//!   would only answer `UNKNOWN_DEVICE`;
-//! - the auth frame is written with a write *request*: bluer's `write()` sends a write command
-//!   (no response), which the gateway's write-only characteristic does not answer;
+//! - and only when its advertisement names a door we mean (the gateway's short id, or a node's
+//!   door tag): another door in range would only answer `UNKNOWN_DEVICE` / `UNKNOWN_TOOL`;
+//! - the request is written with a write *request*: bluer's `write()` sends a write command
+//!   (no response), which the door's write-only characteristic does not answer;
 //! - the notify session is kept until after the disconnect, so ending it costs no fourth ATT
 //!   operation (disabling the CCCD); the link's end ends it anyway;
-//! - the TOTP step: one step per attempt, never one already sent (PROTOCOL.md §4.2); the caller
-//!   picks it with [`next_step`] and remembers it from [`Stage::Completing`] on.
+//! - version 1's TOTP step: one step per attempt, never one already sent (PROTOCOL.md §4.2);
+//!   the caller picks it with [`next_step`] and remembers it from [`Stage::Completing`] on;
+//! - version 2: one request per challenge (a session key encrypts once, §15.2); a result that
+//!   does not verify (another phone's, forged, a plain `GRANTED`) is ignored, not believed.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -25,8 +34,10 @@ use bluer::{AdapterEvent, DiscoveryFilter, DiscoveryTransport, Uuid};
 use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use latchkey_proto as proto;
+use latchkey_proto::v2;
 
 use super::Credentials;
+use crate::tool::{self, Door, DoorKind};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stage {
@@ -55,6 +66,22 @@ impl Stage {
     }
 }
 
+/// The door protocol version spoken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    V1,
+    V2,
+}
+
+impl Protocol {
+    pub fn number(self) -> u8 {
+        match self {
+            Protocol::V1 => 1,
+            Protocol::V2 => 2,
+        }
+    }
+}
+
 /// Per-stage limits; seed 000's numbers by default.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -79,19 +106,26 @@ impl Default for Timeouts {
 pub const MIN_MTU: usize = 114;
 /// How long cleanup (stopping the scan, disconnecting) may take before we give up on it.
 const CLEANUP_LIMIT: Duration = Duration::from_secs(5);
+/// After hearing the gateway, how long the scan goes on for a node of the same endpoint (a
+/// node opens the door itself, without the gateway's round trip to it).
+pub const NODE_WINDOW: Duration = Duration::from_secs(1);
+/// The format byte of a node's manufacturer data, in front of its door tag (PROTOCOL.md §16).
+const NODE_ADV_FORMAT: u8 = 0x02;
 
 #[derive(Debug, thiserror::Error)]
 pub enum UnlockError {
-    #[error("no latchkey gateway found nearby")]
+    #[error("no latchkey door found nearby")]
     TimeoutScan,
-    #[error("the gateway did not accept the connection in time")]
+    #[error("the door did not accept the connection in time")]
     TimeoutConnect,
-    #[error("the gateway did not hand out a challenge in time")]
+    #[error("the door did not hand out a challenge in time")]
     TimeoutChallenge,
-    #[error("the gateway did not answer in time")]
-    TimeoutServer,
-    #[error("the gateway does not offer the latchkey door service")]
+    #[error("the door did not answer in time{}", ignored_note(*.ignored))]
+    TimeoutServer { ignored: u32 },
+    #[error("the door does not offer the latchkey door service")]
     NoService,
+    #[error("{0}")]
+    NoDoor(String),
     #[error("Bluetooth adapter {0} is powered off")]
     PoweredOff(String),
     #[error("bluetooth: {0}")]
@@ -102,15 +136,24 @@ pub enum UnlockError {
     Credentials(String),
 }
 
+fn ignored_note(ignored: u32) -> String {
+    if ignored == 0 {
+        String::new()
+    } else {
+        format!(" ({ignored} result(s) that did not verify were ignored)")
+    }
+}
+
 impl UnlockError {
-    /// Seed 000's error codes.
+    /// Seed 000's error codes (and `NO_DOOR` for a `--door` the tool does not name).
     pub fn code(&self) -> &'static str {
         match self {
             UnlockError::TimeoutScan => "TIMEOUT_SCAN",
             UnlockError::TimeoutConnect => "TIMEOUT_CONNECT",
             UnlockError::TimeoutChallenge => "TIMEOUT_CHALLENGE",
-            UnlockError::TimeoutServer => "TIMEOUT_SERVER",
+            UnlockError::TimeoutServer { .. } => "TIMEOUT_SERVER",
             UnlockError::NoService => "NO_SERVICE",
+            UnlockError::NoDoor(_) => "NO_DOOR",
             UnlockError::PoweredOff(_) => "BLUETOOTH_OFF",
             UnlockError::Bluetooth(_) => "BLUETOOTH",
             UnlockError::Protocol(_) => "PROTOCOL",
@@ -125,9 +168,159 @@ impl From<bluer::Error> for UnlockError {
     }
 }
 
-/// What the gateway found near, as seed 000's `device` context.
+/// `--door`: which doors of the endpoint may be used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DoorChoice {
+    /// The first heard (a node wins over the gateway within [`NODE_WINDOW`]).
+    Auto,
+    Gateway,
+    /// Any node of the endpoint.
+    Node,
+    /// That node (its node id, or its door id in hex).
+    NodeId(String),
+}
+
+impl std::str::FromStr for DoorChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "gateway" => Ok(Self::Gateway),
+            "node" => Ok(Self::Node),
+            id if uuid::Uuid::try_parse(id).is_ok() => Ok(Self::NodeId(id.to_ascii_lowercase())),
+            other => Err(format!(
+                "{other:?}: expected auto, gateway, node or a node id"
+            )),
+        }
+    }
+}
+
+/// What the phone holds for version 2.
+struct V2Creds {
+    tool_id: v2::ToolId,
+    key: v2::p256::SecretKey,
+    endpoint: v2::EndpointId,
+}
+
+/// Which doors to look for and what to say to each, worked out before the radio is touched.
+pub struct Plan {
+    /// The endpoint asked for (version 1: `""` is the gateway's default endpoint).
+    pub endpoint: String,
+    gateway_id: String,
+    /// Whether the gateway is a candidate.
+    gateway: bool,
+    /// The gateway's version-2 door, when the tool lists it for this endpoint.
+    gateway_v2: Option<Door>,
+    /// Candidate nodes.
+    nodes: Vec<Door>,
+    v2: Option<V2Creds>,
+    /// The version-1 TOTP step, if one may be sent now.
+    step: Option<u64>,
+}
+
+impl Plan {
+    /// The doors of `endpoint` (default: the tool's first endpoint, else the gateway's
+    /// default) that `choice` allows; `step` is version 1's TOTP step (see [`next_step`]).
+    ///
+    /// # Errors
+    /// [`UnlockError::NoDoor`] when `choice` names nodes the tool does not list for it.
+    pub fn new(
+        creds: &Credentials,
+        endpoint: Option<&str>,
+        choice: &DoorChoice,
+        step: Option<u64>,
+    ) -> Result<Plan, UnlockError> {
+        let mut plan = Plan {
+            endpoint: endpoint.unwrap_or_default().to_owned(),
+            gateway_id: creds.gateway_id.clone(),
+            gateway: true,
+            gateway_v2: None,
+            nodes: Vec::new(),
+            v2: None,
+            step,
+        };
+        let key = tool::secret_key(creds).ok();
+        let tool = creds.access_tool.as_ref();
+        if let (Some(t), Some(key)) = (tool, key) {
+            let doors = t
+                .doors(endpoint)
+                .map_err(|e| UnlockError::Credentials(e.to_string()))?;
+            if let (Some((id, doors)), Some(tool_id)) = (doors, t.tool_id()) {
+                match v2::EndpointId::new(&id) {
+                    Ok(ep) => {
+                        plan.v2 = Some(V2Creds {
+                            tool_id,
+                            key,
+                            endpoint: ep,
+                        });
+                        for d in doors {
+                            match d.kind {
+                                DoorKind::Node => plan.nodes.push(d),
+                                DoorKind::Gateway => plan.gateway_v2 = Some(d),
+                                DoorKind::Other => {}
+                            }
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "the tool's endpoint id is not valid"),
+                }
+                plan.endpoint = id;
+            }
+        }
+        let nothing = |what: String| {
+            UnlockError::NoDoor(if plan.v2.is_some() {
+                format!(
+                    "the access tool lists {what} for endpoint {:?}",
+                    plan.endpoint
+                )
+            } else {
+                format!(
+                    "no access tool for endpoint {:?}: only the gateway can be asked (version 1)",
+                    plan.endpoint
+                )
+            })
+        };
+        match choice {
+            DoorChoice::Auto => {}
+            DoorChoice::Gateway => plan.nodes.clear(),
+            DoorChoice::Node => {
+                plan.gateway = false;
+                if plan.nodes.is_empty() {
+                    return Err(nothing("no node".into()));
+                }
+            }
+            DoorChoice::NodeId(id) => {
+                plan.gateway = false;
+                plan.nodes.retain(|d| {
+                    d.node_id
+                        .as_deref()
+                        .is_some_and(|n| n.eq_ignore_ascii_case(id))
+                        || d.name() == *id
+                });
+                if plan.nodes.is_empty() {
+                    return Err(nothing(format!("no node {id}")));
+                }
+            }
+        }
+        Ok(plan)
+    }
+
+    /// The manufacturer data node `i` advertises.
+    fn node_adv(&self, i: usize) -> Option<[u8; 1 + v2::DOOR_TAG_LEN]> {
+        let d = self.nodes.get(i)?;
+        let mut data = [NODE_ADV_FORMAT; 1 + v2::DOOR_TAG_LEN];
+        for (dst, src) in data.iter_mut().skip(1).zip(v2::door_tag(&d.id)) {
+            *dst = src;
+        }
+        Some(data)
+    }
+}
+
+/// The door found, as seed 000's `device` context plus which door it is.
 #[derive(Debug, Clone)]
-pub struct FoundGateway {
+pub struct FoundDoor {
+    pub kind: DoorKind,
+    /// A node's id, or the gatewayId.
+    pub id: String,
     pub address: String,
     pub name: Option<String>,
     pub rssi: Option<i16>,
@@ -144,10 +337,14 @@ pub struct Timings {
 #[derive(Debug, Clone)]
 pub struct Outcome {
     pub status: proto::Status,
-    /// Whether the result carried a valid gateway signature (a grant always does).
+    /// Whether the result was authenticated: signed (version 1) or sealed (version 2). A
+    /// grant always is; an unauthenticated denial is only a hint.
     pub authenticated: bool,
     pub retry_after: u16,
-    pub gateway: FoundGateway,
+    /// The door's wall time in a sealed version-2 result, when it knows it.
+    pub door_time: Option<u64>,
+    pub protocol: Protocol,
+    pub door: FoundDoor,
     pub timings: Timings,
     /// ATT operations used after the connection was up.
     pub att_ops: u32,
@@ -225,6 +422,60 @@ impl Attempt {
     }
 }
 
+/// One version-2 attempt: the sealed request for one challenge, and the keys that open its
+/// answer (PROTOCOL.md §21 steps 4–5).
+pub struct V2Attempt {
+    pub frame: [u8; v2::Request::LEN],
+    nonce: proto::Nonce,
+    keys: v2::SessionKeys,
+}
+
+impl V2Attempt {
+    /// Seals the request for `challenge` with the tool `tool_id`, the endpoint and the
+    /// phone's time `now`; `secret` is the (phone, door) secret of the door `door_id`.
+    pub fn new(
+        secret: &v2::PeerSecret,
+        door_id: &v2::DoorId,
+        challenge: &v2::Challenge,
+        tool_id: v2::ToolId,
+        endpoint: v2::EndpointId,
+        now: u64,
+    ) -> Result<Self, UnlockError> {
+        let keys = secret.session(&challenge.nonce, door_id);
+        let body = v2::RequestBody {
+            tool_id,
+            phone_time: now,
+            endpoint,
+        };
+        let frame = v2::Request::seal(
+            &body,
+            &keys,
+            &secret.hint(&challenge.nonce),
+            &challenge.nonce,
+        )
+        .map_err(|e| UnlockError::Protocol(e.to_string()))?;
+        Ok(Self {
+            frame,
+            nonce: challenge.nonce,
+            keys,
+        })
+    }
+
+    /// The door's answer to this attempt, or `None` for a notification to ignore: another
+    /// attempt's (nonce), one that does not authenticate under our keys (forged, another
+    /// phone's), a plain `GRANTED` (never believed), or anything that does not decode.
+    pub fn check(&self, notification: &[u8]) -> Option<v2::VerifiedResult> {
+        match v2::ResultFrame::open(notification, &self.keys, &self.nonce) {
+            Ok(v) => Some(v),
+            Err(v2::Error::NonceMismatch) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "ignored a result notification that does not verify");
+                None
+            }
+        }
+    }
+}
+
 fn uuid(u: u128) -> Uuid {
     Uuid::from_u128(u)
 }
@@ -239,69 +490,68 @@ async fn within<T>(
         .unwrap_or(Err(on_timeout))
 }
 
-/// Runs one unlock, sending the code of TOTP step `step` (see [`next_step`]). `now` gives
-/// Unix seconds (injected so tests control the phone's clock); `on_stage` sees every state
-/// transition.
+/// Runs one unlock along `plan`. `now` gives Unix seconds (injected so tests control the
+/// phone's clock); `on_stage` sees every state transition, with the protocol once it is
+/// chosen (after discovery).
 pub async fn unlock(
     adapter: &bluer::Adapter,
     creds: &Credentials,
-    endpoint: &str,
-    step: u64,
+    plan: &Plan,
     timeouts: Timeouts,
     now: impl Fn() -> u64,
-    mut on_stage: impl FnMut(Stage),
+    mut on_stage: impl FnMut(Stage, Option<Protocol>),
 ) -> Result<Outcome, UnlockError> {
-    on_stage(Stage::Idle);
-    let result = run(
-        adapter,
-        creds,
-        endpoint,
-        step,
-        timeouts,
-        &now,
-        &mut on_stage,
-    )
+    on_stage(Stage::Idle, None);
+    let mut protocol = None;
+    let result = run(adapter, creds, plan, timeouts, &now, &mut |stage, p| {
+        protocol = p.or(protocol);
+        on_stage(stage, p);
+    })
     .await;
-    on_stage(if result.is_ok() {
-        Stage::Completed
-    } else {
-        Stage::Error
-    });
+    on_stage(
+        if result.is_ok() {
+            Stage::Completed
+        } else {
+            Stage::Error
+        },
+        protocol,
+    );
     result
 }
 
-/// What stays open while talking to the gateway, closed only after the disconnect.
+/// What stays open while talking to the door, closed only after the disconnect.
 #[derive(Default)]
 struct Session {
     notifications: Option<BoxStream<'static, Vec<u8>>>,
     att_ops: u32,
 }
 
+/// The door chosen by the scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Heard {
+    Gateway,
+    Node(usize),
+}
+
 async fn run(
     adapter: &bluer::Adapter,
     creds: &Credentials,
-    endpoint: &str,
-    step: u64,
+    plan: &Plan,
     timeouts: Timeouts,
     now: &impl Fn() -> u64,
-    on_stage: &mut impl FnMut(Stage),
+    on_stage: &mut impl FnMut(Stage, Option<Protocol>),
 ) -> Result<Outcome, UnlockError> {
     if !adapter.is_powered().await? {
         return Err(UnlockError::PoweredOff(adapter.name().to_owned()));
     }
-    on_stage(Stage::Scanning);
+    on_stage(Stage::Scanning, None);
     let t0 = Instant::now();
-    let found = within(
-        timeouts.scan,
-        UnlockError::TimeoutScan,
-        scan(adapter, &creds.gateway_id),
-    )
-    .await;
+    let found = within(timeouts.scan, UnlockError::TimeoutScan, scan(adapter, plan)).await;
     // The scan ends here whatever happened (and before connecting, as controllers prefer).
     stop_scan(adapter).await;
-    let (address, gateway) = found?;
+    let (address, device_info, heard) = found?;
     let scan_time = t0.elapsed();
-    on_stage(Stage::DeviceSelected);
+    on_stage(Stage::DeviceSelected, None);
 
     let device = adapter.device(address)?;
     let mut session = Session::default();
@@ -309,8 +559,8 @@ async fn run(
         &device,
         &mut session,
         creds,
-        endpoint,
-        step,
+        plan,
+        heard,
         timeouts,
         now,
         on_stage,
@@ -322,11 +572,26 @@ async fn run(
     let att_ops = session.att_ops;
     drop(session);
     let t = talked?;
+    let (kind, id) = match heard {
+        Heard::Gateway => (DoorKind::Gateway, plan.gateway_id.clone()),
+        Heard::Node(i) => (
+            DoorKind::Node,
+            plan.nodes.get(i).map(Door::name).unwrap_or_default(),
+        ),
+    };
     Ok(Outcome {
-        status: t.verified.result.status,
-        authenticated: t.verified.authenticated,
-        retry_after: t.verified.result.retry_after,
-        gateway,
+        status: t.status,
+        authenticated: t.authenticated,
+        retry_after: t.retry_after,
+        door_time: t.door_time,
+        protocol: t.protocol,
+        door: FoundDoor {
+            kind,
+            id,
+            address: device_info.0,
+            name: device_info.1,
+            rssi: device_info.2,
+        },
         timings: Timings {
             scan: scan_time,
             connect: t.connect,
@@ -338,10 +603,56 @@ async fn run(
 }
 
 struct Talked {
-    verified: proto::VerifiedResult,
+    protocol: Protocol,
+    status: proto::Status,
+    authenticated: bool,
+    retry_after: u16,
+    door_time: Option<u64>,
     connect: Duration,
     challenge: Duration,
     decision: Duration,
+}
+
+/// What to say to the door that was heard, once its GATT database is known.
+enum Speak<'a> {
+    V1(Chars),
+    V2 {
+        chars: Chars,
+        door: &'a Door,
+        creds: &'a V2Creds,
+    },
+}
+
+impl Speak<'_> {
+    fn protocol(&self) -> Protocol {
+        match self {
+            Speak::V1(_) => Protocol::V1,
+            Speak::V2 { .. } => Protocol::V2,
+        }
+    }
+
+    fn chars(&self) -> &Chars {
+        match self {
+            Speak::V1(c) | Speak::V2 { chars: c, .. } => c,
+        }
+    }
+}
+
+fn choose<'a>(plan: &'a Plan, heard: Heard, gatt: Gatt) -> Result<Speak<'a>, UnlockError> {
+    match heard {
+        Heard::Node(i) => {
+            let (Some(door), Some(creds), Some(chars)) = (plan.nodes.get(i), &plan.v2, gatt.v2)
+            else {
+                return Err(UnlockError::NoService);
+            };
+            Ok(Speak::V2 { chars, door, creds })
+        }
+        Heard::Gateway => match (&plan.gateway_v2, &plan.v2, gatt.v2, gatt.v1) {
+            (Some(door), Some(creds), Some(chars), _) => Ok(Speak::V2 { chars, door, creds }),
+            (_, _, _, Some(chars)) => Ok(Speak::V1(chars)),
+            _ => Err(UnlockError::NoService),
+        },
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -349,85 +660,278 @@ async fn talk(
     device: &bluer::Device,
     session: &mut Session,
     creds: &Credentials,
-    endpoint: &str,
-    step: u64,
+    plan: &Plan,
+    heard: Heard,
     timeouts: Timeouts,
     now: &impl Fn() -> u64,
-    on_stage: &mut impl FnMut(Stage),
+    on_stage: &mut impl FnMut(Stage, Option<Protocol>),
 ) -> Result<Talked, UnlockError> {
-    on_stage(Stage::Connecting);
+    // Version 2's ECDH happens once per unlock, before the link is up (PROTOCOL.md §21 step 1).
+    let secret = match heard {
+        Heard::Node(i) => plan.nodes.get(i),
+        Heard::Gateway => plan.gateway_v2.as_ref(),
+    }
+    .zip(plan.v2.as_ref())
+    .map(|(door, v2c)| v2::PeerSecret::derive(&v2c.key, &door.public, &door.id))
+    .transpose()
+    .map_err(|e| UnlockError::Credentials(format!("door key: {e}")))?;
+
+    on_stage(Stage::Connecting, None);
     let t1 = Instant::now();
-    let chars = within(
-        timeouts.connect,
-        UnlockError::TimeoutConnect,
-        connect(device),
-    )
+    let speak = within(timeouts.connect, UnlockError::TimeoutConnect, async {
+        let speak = choose(plan, heard, connect(device).await?)?;
+        // Every frame must fit one ATT PDU; BlueZ negotiates the MTU itself (older BlueZ
+        // does not show it: then trust it).
+        if let Ok(mtu) = speak.chars().write.mtu().await {
+            if mtu < MIN_MTU {
+                return Err(UnlockError::Protocol(format!(
+                    "the ATT MTU is {mtu}, below the {MIN_MTU} the frames need"
+                )));
+            }
+        }
+        Ok(speak)
+    })
     .await?;
     let connect_time = t1.elapsed();
+    let protocol = speak.protocol();
+    let chars = speak.chars();
 
-    on_stage(Stage::Challenge);
+    on_stage(Stage::Challenge, Some(protocol));
     let t2 = Instant::now();
-    let challenge = within(timeouts.challenge, UnlockError::TimeoutChallenge, async {
+    let raw = within(timeouts.challenge, UnlockError::TimeoutChallenge, async {
         // ATT 1: subscribe to results before anything can be answered.
         session.att_ops += 1;
         session.notifications = Some(chars.result.notify().await?.boxed());
         // ATT 2: the connection's fresh nonce.
         session.att_ops += 1;
-        let raw = chars.challenge.read().await?;
-        proto::Challenge::decode(&raw)
-            .map_err(|e| UnlockError::Protocol(format!("challenge rejected: {e}")))
+        Ok(chars.challenge.read().await?)
     })
     .await?;
     let challenge_time = t2.elapsed();
 
-    on_stage(Stage::Completing);
-    let t3 = Instant::now();
-    let attempt = Attempt::new(creds, &challenge, endpoint, now(), step)?;
-    let verified = within(timeouts.server, UnlockError::TimeoutServer, async {
-        // ATT 3: the signed request, as a write request (with response).
-        session.att_ops += 1;
-        let request = CharacteristicWriteRequest {
-            op_type: WriteOp::Request,
-            ..Default::default()
-        };
-        chars.auth.write_ext(&attempt.frame, &request).await?;
-        let Some(notifications) = session.notifications.as_mut() else {
-            return Err(UnlockError::Protocol("not subscribed to results".into()));
-        };
-        while let Some(value) = notifications.next().await {
-            // BlueZ notifies every subscriber; ours is the one carrying our nonce.
-            if let Some(v) = attempt.check(&value)? {
-                return Ok(v);
-            }
+    let pending = match &speak {
+        Speak::V1(_) => {
+            let challenge = proto::Challenge::decode(&raw)
+                .map_err(|e| UnlockError::Protocol(format!("challenge rejected: {e}")))?;
+            let step = plan.step.ok_or_else(|| {
+                UnlockError::Credentials(
+                    "both TOTP codes of this period were sent already; try again in a few seconds"
+                        .into(),
+                )
+            })?;
+            on_stage(Stage::Completing, Some(protocol));
+            Pending::V1(Attempt::new(
+                creds,
+                &challenge,
+                &plan.endpoint,
+                now(),
+                step,
+            )?)
         }
-        Err(UnlockError::Bluetooth(
-            "the gateway dropped the connection".into(),
-        ))
-    })
-    .await?;
+        Speak::V2 {
+            door, creds: v2c, ..
+        } => {
+            let challenge = v2::Challenge::decode(&raw)
+                .map_err(|e| UnlockError::Protocol(format!("challenge rejected: {e}")))?;
+            if challenge.door_id != door.id {
+                return Err(UnlockError::Protocol(format!(
+                    "the challenge names door {}, not the door {} chosen",
+                    data_encoding::HEXLOWER.encode(&challenge.door_id),
+                    door.name()
+                )));
+            }
+            if challenge.door_time == 0 {
+                tracing::warn!("the door does not know the time: it will answer CLOCK_UNKNOWN");
+            }
+            let Some(secret) = secret.as_ref() else {
+                return Err(UnlockError::Credentials("no key for this door".into()));
+            };
+            on_stage(Stage::Completing, Some(protocol));
+            Pending::V2(V2Attempt::new(
+                secret,
+                &door.id,
+                &challenge,
+                v2c.tool_id,
+                v2c.endpoint,
+                now(),
+            )?)
+        }
+    };
+
+    let t3 = Instant::now();
+    let ignored = std::cell::Cell::new(0u32);
+    let answer = within(
+        timeouts.server,
+        UnlockError::TimeoutServer { ignored: 0 },
+        async {
+            // ATT 3: the request, as a write request (with response).
+            session.att_ops += 1;
+            let request = CharacteristicWriteRequest {
+                op_type: WriteOp::Request,
+                ..Default::default()
+            };
+            chars.write.write_ext(pending.frame(), &request).await?;
+            let Some(notifications) = session.notifications.as_mut() else {
+                return Err(UnlockError::Protocol("not subscribed to results".into()));
+            };
+            while let Some(value) = notifications.next().await {
+                // BlueZ notifies every subscriber; ours is the one that verifies.
+                match pending.check(&value)? {
+                    Some(a) => return Ok(a),
+                    None => ignored.set(ignored.get().saturating_add(1)),
+                }
+            }
+            Err(UnlockError::Bluetooth(
+                "the door dropped the connection".into(),
+            ))
+        },
+    )
+    .await
+    .map_err(|e| match e {
+        UnlockError::TimeoutServer { .. } => UnlockError::TimeoutServer {
+            ignored: ignored.get(),
+        },
+        e => e,
+    })?;
     Ok(Talked {
-        verified,
+        protocol,
+        status: answer.status,
+        authenticated: answer.authenticated,
+        retry_after: answer.retry_after,
+        door_time: answer.door_time,
         connect: connect_time,
         challenge: challenge_time,
         decision: t3.elapsed(),
     })
 }
 
-/// Filtered scan for the door service; the first gateway heard during this scan whose
-/// advertisement carries `gateway_id`'s short form wins.
-async fn scan(
-    adapter: &bluer::Adapter,
-    gateway_id: &str,
-) -> Result<(bluer::Address, FoundGateway), UnlockError> {
-    let filter = DiscoveryFilter {
-        uuids: HashSet::from([uuid(proto::SERVICE_UUID)]),
+/// The attempt written, of either version.
+enum Pending {
+    V1(Attempt),
+    V2(V2Attempt),
+}
+
+impl Pending {
+    fn frame(&self) -> &[u8] {
+        match self {
+            Pending::V1(a) => &a.frame,
+            Pending::V2(a) => &a.frame,
+        }
+    }
+
+    /// The verified answer to this attempt, or `None` for a notification to ignore.
+    fn check(&self, notification: &[u8]) -> Result<Option<Answer>, UnlockError> {
+        Ok(match self {
+            Pending::V1(a) => a.check(notification)?.map(|v| Answer {
+                status: v.result.status,
+                authenticated: v.authenticated,
+                retry_after: v.result.retry_after,
+                door_time: None,
+            }),
+            Pending::V2(a) => a.check(notification).map(|v| Answer {
+                status: v.status,
+                authenticated: v.authenticated,
+                retry_after: 0,
+                door_time: v.door_time,
+            }),
+        })
+    }
+}
+
+/// A verified answer, of either version.
+struct Answer {
+    status: proto::Status,
+    authenticated: bool,
+    retry_after: u16,
+    door_time: Option<u64>,
+}
+
+/// The scan's filter: both door services.
+fn filter() -> DiscoveryFilter {
+    DiscoveryFilter {
+        uuids: HashSet::from([uuid(proto::SERVICE_UUID), uuid(v2::SERVICE_UUID)]),
         transport: DiscoveryTransport::Le,
         ..Default::default()
-    };
-    adapter.set_discovery_filter(filter).await?;
+    }
+}
+
+/// Which of the plan's doors a heard advertisement is, if any.
+fn recognise(plan: &Plan, uuids: &HashSet<Uuid>, data: Option<&Vec<u8>>) -> Option<Heard> {
+    let data = data?;
+    if uuids.contains(&uuid(v2::SERVICE_UUID)) {
+        let node = (0..plan.nodes.len()).find(|i| {
+            plan.node_adv(*i)
+                .is_some_and(|adv| adv.as_slice() == data.as_slice())
+        });
+        if let Some(i) = node {
+            return Some(Heard::Node(i));
+        }
+    }
+    (plan.gateway
+        && uuids.contains(&uuid(proto::SERVICE_UUID))
+        && proto::adv_matches(data, &plan.gateway_id))
+    .then_some(Heard::Gateway)
+}
+
+type DeviceInfo = (String, Option<String>, Option<i16>);
+
+/// What to do with a door just heard.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Take,
+    /// The gateway: keep it, and take it at this time unless a node is heard first.
+    WaitUntil(Instant),
+    Ignore,
+}
+
+/// The scan's choice among the doors heard, with the time as a parameter: a node at once;
+/// the gateway at once when no node is wanted, else after [`NODE_WINDOW`] without a node.
+struct Pick {
+    nodes_wanted: bool,
+    gateway_heard: bool,
+}
+
+impl Pick {
+    fn new(nodes_wanted: bool) -> Self {
+        Self {
+            nodes_wanted,
+            gateway_heard: false,
+        }
+    }
+
+    fn heard(&mut self, heard: Heard, now: Instant) -> Verdict {
+        match heard {
+            Heard::Node(_) => Verdict::Take,
+            Heard::Gateway if !self.nodes_wanted => Verdict::Take,
+            Heard::Gateway if self.gateway_heard => Verdict::Ignore,
+            Heard::Gateway => {
+                self.gateway_heard = true;
+                Verdict::WaitUntil(now + NODE_WINDOW)
+            }
+        }
+    }
+}
+
+/// Filtered scan for the door services; the first door of the plan heard during this scan
+/// wins, except that the gateway waits [`NODE_WINDOW`] for a node.
+async fn scan(
+    adapter: &bluer::Adapter,
+    plan: &Plan,
+) -> Result<(bluer::Address, DeviceInfo, Heard), UnlockError> {
+    adapter.set_discovery_filter(filter()).await?;
     // With changes: a remembered device becomes a candidate when it is heard again (RSSI).
     let mut events = adapter.discover_devices_with_changes().await?;
-    while let Some(ev) = events.next().await {
+    let mut gateway: Option<(bluer::Address, DeviceInfo)> = None;
+    let mut pick = Pick::new(!plan.nodes.is_empty());
+    // Armed when the gateway is heard; until then it never fires.
+    let window = tokio::time::sleep(Duration::from_secs(86_400));
+    tokio::pin!(window);
+    loop {
+        let ev = tokio::select! {
+            ev = events.next() => ev,
+            () = &mut window, if gateway.is_some() => None,
+        };
+        let Some(ev) = ev else { break };
         let AdapterEvent::DeviceAdded(addr) = ev else {
             continue;
         };
@@ -436,85 +940,102 @@ async fn scan(
             continue;
         };
         let uuids = device.uuids().await?.unwrap_or_default();
-        if !uuids.contains(&uuid(proto::SERVICE_UUID)) {
-            continue;
-        }
-        let ours = device
+        let data = device
             .manufacturer_data()
             .await?
-            .and_then(|m| m.get(&proto::ADV_COMPANY_ID).cloned())
-            .is_some_and(|data| proto::adv_matches(&data, gateway_id));
-        if ours {
-            let found = FoundGateway {
-                address: addr.to_string(),
-                name: device.name().await.ok().flatten(),
-                rssi: Some(rssi),
-            };
-            return Ok((addr, found));
+            .and_then(|mut m| m.remove(&proto::ADV_COMPANY_ID));
+        let Some(heard) = recognise(plan, &uuids, data.as_ref()) else {
+            continue;
+        };
+        let info = (
+            addr.to_string(),
+            device.name().await.ok().flatten(),
+            Some(rssi),
+        );
+        match pick.heard(heard, std::time::Instant::now()) {
+            Verdict::Take => return Ok((addr, info, heard)),
+            Verdict::WaitUntil(deadline) => {
+                window
+                    .as_mut()
+                    .reset(tokio::time::Instant::from_std(deadline));
+                gateway = Some((addr, info));
+            }
+            Verdict::Ignore => {}
         }
     }
-    Err(UnlockError::Bluetooth("discovery ended".into()))
+    match gateway {
+        Some((addr, info)) => Ok((addr, info, Heard::Gateway)),
+        None => Err(UnlockError::Bluetooth("discovery ended".into())),
+    }
 }
 
 /// Waits until the discovery session of `scan` has stopped. bluer stops it from a task once
 /// the stream is dropped; setting the filter waits for that, and fails while it is still
 /// running.
 async fn stop_scan(adapter: &bluer::Adapter) {
-    let filter = DiscoveryFilter {
-        uuids: HashSet::from([uuid(proto::SERVICE_UUID)]),
-        transport: DiscoveryTransport::Le,
-        ..Default::default()
-    };
     let _ = tokio::time::timeout(CLEANUP_LIMIT, async {
-        while adapter.set_discovery_filter(filter.clone()).await.is_err() {
+        while adapter.set_discovery_filter(filter()).await.is_err() {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
     })
     .await;
 }
 
-struct DoorChars {
+/// A door service's three characteristics (version 1: Auth is `write`; version 2: Request).
+struct Chars {
     challenge: bluer::gatt::remote::Characteristic,
-    auth: bluer::gatt::remote::Characteristic,
+    write: bluer::gatt::remote::Characteristic,
     result: bluer::gatt::remote::Characteristic,
 }
 
-async fn connect(device: &bluer::Device) -> Result<DoorChars, UnlockError> {
+/// The door services found on a connected device.
+#[derive(Default)]
+struct Gatt {
+    v1: Option<Chars>,
+    v2: Option<Chars>,
+}
+
+async fn connect(device: &bluer::Device) -> Result<Gatt, UnlockError> {
     if !device.is_connected().await? {
         device.connect().await?;
     }
+    let mut gatt = Gatt::default();
     // `services()` waits for ServicesResolved.
     for service in device.services().await? {
-        if service.uuid().await? != uuid(proto::SERVICE_UUID) {
-            continue;
-        }
-        let (mut challenge, mut auth, mut result) = (None, None, None);
+        let (wanted, slot) = match service.uuid().await?.as_u128() {
+            proto::SERVICE_UUID => (
+                [proto::CHALLENGE_UUID, proto::AUTH_UUID, proto::RESULT_UUID],
+                &mut gatt.v1,
+            ),
+            v2::SERVICE_UUID => (
+                [v2::CHALLENGE_UUID, v2::REQUEST_UUID, v2::RESULT_UUID],
+                &mut gatt.v2,
+            ),
+            _ => continue,
+        };
+        let (mut challenge, mut write, mut result) = (None, None, None);
         for c in service.characteristics().await? {
-            match c.uuid().await?.as_u128() {
-                proto::CHALLENGE_UUID => challenge = Some(c),
-                proto::AUTH_UUID => auth = Some(c),
-                proto::RESULT_UUID => result = Some(c),
-                _ => {}
+            let u = c.uuid().await?.as_u128();
+            if u == wanted[0] {
+                challenge = Some(c);
+            } else if u == wanted[1] {
+                write = Some(c);
+            } else if u == wanted[2] {
+                result = Some(c);
             }
         }
-        if let (Some(challenge), Some(auth), Some(result)) = (challenge, auth, result) {
-            // Every frame must fit one ATT PDU; BlueZ negotiates the MTU itself (older BlueZ
-            // does not show it: then trust it).
-            if let Ok(mtu) = auth.mtu().await {
-                if mtu < MIN_MTU {
-                    return Err(UnlockError::Protocol(format!(
-                        "the ATT MTU is {mtu}, below the {MIN_MTU} the frames need"
-                    )));
-                }
-            }
-            return Ok(DoorChars {
+        if let (Some(challenge), Some(write), Some(result)) = (challenge, write, result) {
+            *slot = Some(Chars {
                 challenge,
-                auth,
+                write,
                 result,
             });
         }
     }
-    Err(UnlockError::NoService)
+    if gatt.v1.is_none() && gatt.v2.is_none() {
+        return Err(UnlockError::NoService);
+    }
+    Ok(gatt)
 }
 
 #[cfg(test)]
@@ -532,6 +1053,8 @@ mod tests {
             gateway_id: "gw".into(),
             ws_url: String::new(),
             name: "p".into(),
+            phone_key: None,
+            access_tool: None,
         }
     }
 
@@ -575,6 +1098,150 @@ mod tests {
         other.encode_signed(&keys, &a.tag, &mut out).unwrap();
         assert!(a.check(&out).unwrap().is_none());
         assert_eq!(UnlockError::TimeoutScan.code(), "TIMEOUT_SCAN");
+        assert_eq!(
+            UnlockError::TimeoutServer { ignored: 2 }.to_string(),
+            "the door did not answer in time (2 result(s) that did not verify were ignored)"
+        );
+    }
+
+    const NODE_ID: &str = "3d9a5c1e-7b2f-4c80-9e41-5a6b7c8d9e0f";
+
+    fn door_public(secret: u8) -> v2::PublicKeyBytes {
+        v2::public_key_bytes(&v2::parse_secret_key(&[secret; 32]).unwrap().public_key())
+    }
+
+    /// Credentials with a phone key (§24.1's) and a tool opening `front-door` at a node and
+    /// at the gateway.
+    fn creds_with_tool() -> Credentials {
+        let mut c = creds();
+        c.gateway_id = "0123456789abcdef0123456789abcdef".into();
+        c.phone_key = Some(SecretString::new(data_encoding::BASE64.encode(&[0x11; 32])));
+        let tool = serde_json::json!({
+            "accessToolId": "a1b2c3d4-e5f6-4a7b-8c9d-0e1f2a3b4c5d",
+            "devicePubKey": "", "issuedOn": "2026-01-01T00:00:00Z",
+            "expiresOn": "2026-01-08T00:00:00Z",
+            "endpoints": [{ "id": "front-door", "doors": [
+                { "doorId": NODE_ID.replace('-', ""), "kind": "node", "nodeId": NODE_ID,
+                  "pubkey": data_encoding::BASE64.encode(&door_public(0x22)) },
+                { "doorId": c.gateway_id, "kind": "gateway",
+                  "pubkey": data_encoding::BASE64.encode(&door_public(0x33)) }] }],
+        });
+        c.access_tool = Some(serde_json::from_value(tool).unwrap());
+        c
+    }
+
+    #[test]
+    fn the_plan_follows_the_door_choice() {
+        let c = creds_with_tool();
+        let p = Plan::new(&c, None, &DoorChoice::Auto, None).unwrap();
+        assert_eq!(p.endpoint, "front-door");
+        assert_eq!(
+            (p.nodes.len(), p.gateway, p.gateway_v2.is_some()),
+            (1, true, true)
+        );
+        let p = Plan::new(&c, None, &DoorChoice::Gateway, None).unwrap();
+        assert!(p.nodes.is_empty() && p.gateway);
+        let p = Plan::new(&c, None, &"node".parse().unwrap(), None).unwrap();
+        assert!(!p.gateway && p.nodes.len() == 1);
+        let p = Plan::new(&c, None, &NODE_ID.to_uppercase().parse().unwrap(), None).unwrap();
+        assert_eq!(p.nodes.len(), 1);
+        let other = DoorChoice::NodeId("0f1e2d3c-4b5a-4968-8778-695a4b3c2d1e".into());
+        let e = Plan::new(&c, None, &other, None).err().unwrap();
+        assert_eq!(e.code(), "NO_DOOR");
+        assert!("garage".parse::<DoorChoice>().is_err());
+        // An endpoint the tool does not open, or no tool: the gateway, version 1.
+        let p = Plan::new(&c, Some("garage"), &DoorChoice::Auto, Some(1)).unwrap();
+        assert!(p.nodes.is_empty() && p.v2.is_none() && p.endpoint == "garage");
+        let plain = creds();
+        let p = Plan::new(&plain, None, &DoorChoice::Auto, Some(1)).unwrap();
+        assert!(p.nodes.is_empty() && p.v2.is_none() && p.endpoint.is_empty());
+        let e = Plan::new(&plain, None, &DoorChoice::Node, None)
+            .err()
+            .unwrap();
+        assert!(e.to_string().contains("no access tool"), "{e}");
+    }
+
+    #[test]
+    fn advertisements_are_recognised_by_service_and_tag() {
+        let c = creds_with_tool();
+        let plan = Plan::new(&c, None, &DoorChoice::Auto, None).unwrap();
+        let v1: HashSet<Uuid> = [uuid(proto::SERVICE_UUID)].into();
+        let v2u: HashSet<Uuid> = [uuid(v2::SERVICE_UUID)].into();
+        let mut node = vec![0x02];
+        node.extend_from_slice(&v2::door_tag(&plan.nodes[0].id));
+        let gateway = proto::adv_data(&c.gateway_id).to_vec();
+        assert_eq!(recognise(&plan, &v2u, Some(&node)), Some(Heard::Node(0)));
+        assert_eq!(recognise(&plan, &v1, Some(&gateway)), Some(Heard::Gateway));
+        assert_eq!(recognise(&plan, &v1, Some(&node)), None);
+        assert_eq!(recognise(&plan, &v2u, Some(&gateway)), None);
+        node[5] ^= 1;
+        assert_eq!(recognise(&plan, &v2u, Some(&node)), None);
+        assert_eq!(recognise(&plan, &v2u, None), None);
+        let only_nodes = Plan::new(&c, None, &DoorChoice::Node, None).unwrap();
+        assert_eq!(recognise(&only_nodes, &v1, Some(&gateway)), None);
+    }
+
+    #[test]
+    fn v2_attempts_are_what_the_door_decrypts_and_only_its_answers_count() {
+        let door_id: v2::DoorId = [0x3d; 16];
+        let phone = v2::parse_secret_key(&[0x11; 32]).unwrap();
+        let door = v2::parse_secret_key(&[0x22; 32]).unwrap();
+        let phone_side = v2::PeerSecret::derive(&phone, &door_public(0x22), &door_id).unwrap();
+        let door_side =
+            v2::PeerSecret::derive(&door, &v2::public_key_bytes(&phone.public_key()), &door_id)
+                .unwrap();
+        let challenge = v2::Challenge {
+            door_id,
+            nonce: [7; 16],
+            door_time: 1_767_225_600,
+        };
+        let endpoint = v2::EndpointId::new("front-door").unwrap();
+        let a = V2Attempt::new(&phone_side, &door_id, &challenge, [9; 16], endpoint, 42).unwrap();
+        let keys = door_side.session(&[7; 16], &door_id);
+        let body = v2::Request::open(&a.frame, &keys, &[7; 16]).unwrap();
+        assert_eq!(
+            (body.tool_id, body.phone_time, body.endpoint),
+            ([9; 16], 42, endpoint)
+        );
+        assert_eq!(
+            v2::Request::hint(&a.frame).unwrap(),
+            door_side.hint(&[7; 16])
+        );
+
+        let sealed =
+            v2::ResultFrame::seal(proto::Status::Granted, Some(5), &keys, &[7; 16]).unwrap();
+        let v = a.check(&sealed).unwrap();
+        assert!(v.authenticated && v.status == proto::Status::Granted && v.door_time == Some(5));
+        let denial = v2::ResultFrame::plain(proto::Status::UnknownTool, &[7; 16]).unwrap();
+        assert!(!a.check(&denial).unwrap().authenticated);
+        // Never believed: a plain GRANTED, another attempt's answer, a forgery, garbage.
+        let mut plain_grant = denial;
+        plain_grant[18] = proto::Status::Granted.code();
+        assert!(a.check(&plain_grant).is_none());
+        let theirs = v2::ResultFrame::seal(proto::Status::Granted, None, &keys, &[8; 16]).unwrap();
+        assert!(a.check(&theirs).is_none());
+        let forger = v2::PeerSecret::from_shared(&[1; 32], &door_id).session(&[7; 16], &door_id);
+        let forged =
+            v2::ResultFrame::seal(proto::Status::Granted, None, &forger, &[7; 16]).unwrap();
+        assert!(a.check(&forged).is_none());
+        assert!(a.check(&[2, 3, 0]).is_none());
+    }
+
+    #[test]
+    fn a_node_wins_over_the_gateway_within_the_window() {
+        let t0 = Instant::now();
+        let mut pick = Pick::new(true);
+        assert_eq!(
+            pick.heard(Heard::Gateway, t0),
+            Verdict::WaitUntil(t0 + NODE_WINDOW)
+        );
+        // Heard again: the window is not extended.
+        let later = t0 + Duration::from_millis(300);
+        assert_eq!(pick.heard(Heard::Gateway, later), Verdict::Ignore);
+        assert_eq!(pick.heard(Heard::Node(0), later), Verdict::Take);
+        // No node wanted: the gateway at once; a node is always taken at once.
+        assert_eq!(Pick::new(false).heard(Heard::Gateway, t0), Verdict::Take);
+        assert_eq!(Pick::new(true).heard(Heard::Node(1), t0), Verdict::Take);
     }
 
     #[test]

@@ -68,6 +68,20 @@ struct RunArgs {
     /// Erase credentials and key pair, then start unprovisioned.
     #[arg(long)]
     factory_reset: bool,
+    /// Bluetooth adapter of the BLE door (default: the first one BlueZ lists). Without BlueZ
+    /// or an adapter the door's BLE is off (one log line) and the node works over Wi-Fi.
+    #[arg(long, value_name = "hciN", value_parser = parse_adapter)]
+    ble_adapter: Option<String>,
+}
+
+/// `hci` followed by a number: what BlueZ names adapters.
+fn parse_adapter(s: &str) -> Result<String, String> {
+    match s.strip_prefix("hci") {
+        Some(n) if !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit()) => {
+            Ok(s.to_owned())
+        }
+        _ => Err("expected an adapter name such as hci0".into()),
+    }
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -139,8 +153,12 @@ async fn run(state_dir: PathBuf, args: RunArgs, label: label::Label) -> anyhow::
         ws: net::Ws,
         ap: net::Ap(listener),
         rng: clock::OsRng,
-        // BLE: off until the bluer adapter is plugged in here (issue 10, Linux BLE adapter).
-        radio: latchkey_node_core::board::NoRadio,
+        // The door's radio (issue 10): it registers when the core starts it, once the node has
+        // an id; without BlueZ it logs that BLE is off and the node goes on over Wi-Fi.
+        radio: latchkey_node::ble::BluezRadio::new(latchkey_node::ble::BleConfig::new(
+            args.ble_adapter,
+            &label.ssid(),
+        )),
     };
     let config = Config {
         kind: match args.kind {
@@ -170,4 +188,21 @@ async fn shutdown() {
         () = term => {}
     }
     tracing::info!("shutting down");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ble_adapter_names_are_checked() {
+        assert_eq!(parse_adapter("hci0").as_deref(), Ok("hci0"));
+        assert_eq!(parse_adapter("hci12").as_deref(), Ok("hci12"));
+        for bad in ["", "hci", "hci-1", "eth0", "hci0/dev", "hci1234"] {
+            assert!(parse_adapter(bad).is_err(), "{bad:?}");
+        }
+        assert!(Cli::try_parse_from(["latchkey-node", "--ble-adapter", "wlan0"]).is_err());
+        let cli = Cli::try_parse_from(["latchkey-node", "--ble-adapter", "hci1"]).unwrap();
+        assert_eq!(cli.run.ble_adapter.as_deref(), Some("hci1"));
+    }
 }
