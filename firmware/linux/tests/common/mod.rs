@@ -107,8 +107,14 @@ impl Gateway {
         format!("http://{}", self.addr)
     }
 
-    /// Stops the gateway (open sessions close with 1001) and starts it again on the same port.
+    /// Stops the gateway (open sessions drop, as in a crash) and starts it again on the same port.
     pub async fn restart(mut self) -> Self {
+        self.stop().await;
+        self.resume().await
+    }
+
+    /// Stops the gateway: open sessions drop, as in a crash; connections are refused.
+    pub async fn stop(&mut self) {
         self.state.kill.send_modify(|g| *g += 1);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -117,6 +123,10 @@ impl Gateway {
             task.abort();
             let _ = task.await;
         }
+    }
+
+    /// Serves again, on the same port, after [`Gateway::stop`].
+    pub async fn resume(self) -> Self {
         Self::serve(self.state.clone(), self.addr).await
     }
 
