@@ -8,13 +8,17 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use embedded_storage_async::nor_flash::{
-    ErrorType, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
+    ErrorType, MultiwriteNorFlash, NorFlash, NorFlashError, NorFlashErrorKind, ReadNorFlash,
 };
 
 /// Erase page size, as the ESP32-C3's flash.
 pub const PAGE: u32 = 4096;
-/// Pages in the credentials file (sequential-storage needs at least two).
-pub const PAGES: u32 = 4;
+/// Pages of the core's map (credentials, key pair, grants: up to 2 × 12 pages of grant blob).
+pub const MAP_PAGES: u32 = 40;
+/// Pages of the decision ring (256 entries of 84 bytes with headers, ~48 a page, and slack).
+pub const RING_PAGES: u32 = 8;
+/// Pages in the flash file.
+pub const PAGES: u32 = MAP_PAGES + RING_PAGES;
 
 /// The file-backed flash.
 pub struct FileFlash {
@@ -53,9 +57,15 @@ impl FileFlash {
         Ok(Self { file })
     }
 
-    /// The range the core's store uses: the whole file.
+    /// The range of the core's map: the start of the file (where a node made before the
+    /// decision ring kept its credentials).
     pub fn range() -> core::ops::Range<u32> {
-        0..PAGE * PAGES
+        0..PAGE * MAP_PAGES
+    }
+
+    /// The range of the core's decision ring: the end of the file.
+    pub fn ring_range() -> core::ops::Range<u32> {
+        PAGE * MAP_PAGES..PAGE * PAGES
     }
 }
 
@@ -80,6 +90,10 @@ impl ReadNorFlash for FileFlash {
         (PAGE * PAGES) as usize
     }
 }
+
+// A write ANDs into the file's bits (as NOR does), so a word may be written twice: what the
+// decision ring's pops need.
+impl MultiwriteNorFlash for FileFlash {}
 
 impl NorFlash for FileFlash {
     const WRITE_SIZE: usize = 4;

@@ -135,8 +135,12 @@ async fn run(state_dir: PathBuf, args: RunArgs, label: label::Label) -> anyhow::
         (None, None) => wifi::AnyWifi::Host(wifi::HostWifi),
     };
     let flash = flash::FileFlash::open(&state_dir.join("flash.bin"))?;
-    let store = FlashStore::new(flash, flash::FileFlash::range())
-        .map_err(|e| anyhow::anyhow!("flash: {e}"))?;
+    let store = FlashStore::new(
+        flash,
+        flash::FileFlash::range(),
+        flash::FileFlash::ring_range(),
+    )
+    .map_err(|e| anyhow::anyhow!("flash: {e}"))?;
     let listener = tokio::net::TcpListener::bind(args.ap_listen).await?;
     // One machine-readable line, so a supervisor (or a test) finds the bound port.
     println!("ap_api=http://{}", listener.local_addr()?);
@@ -149,12 +153,13 @@ async fn run(state_dir: PathBuf, args: RunArgs, label: label::Label) -> anyhow::
         ws: net::Ws,
         ap: net::Ap(listener),
         rng: clock::OsRng,
+        // The door's radio (issue 10): it registers when the core starts it, once the node has
+        // an id; without BlueZ it logs that BLE is off and the node goes on over Wi-Fi.
+        radio: latchkey_node::ble::BluezRadio::new(latchkey_node::ble::BleConfig::new(
+            args.ble_adapter,
+            &label.ssid(),
+        )),
     };
-    // The door's radio; it registers when the core starts it (once the node has an id).
-    let _radio = latchkey_node::ble::BluezRadio::new(latchkey_node::ble::BleConfig::new(
-        args.ble_adapter,
-        &label.ssid(),
-    ));
     let config = Config {
         kind: match args.kind {
             KindArg::Door => Kind::Door,

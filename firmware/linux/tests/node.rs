@@ -9,17 +9,8 @@ mod common;
 
 use std::sync::atomic::Ordering;
 
-use common::{Gateway, Node, Out, BAD_TOKEN, NODE_ID, NODE_KEY, TOKEN};
+use common::{online, Gateway, Node, Out, BAD_TOKEN, NODE_ID, NODE_KEY, TOKEN};
 use serde_json::{json, Value};
-
-/// Provisions a fresh node and waits for its first status frame.
-async fn online(node: &Node, gw: &Gateway) -> (usize, Value) {
-    assert_eq!(node.provision(gw, "right-pass", TOKEN).await.status(), 202);
-    node.wait_log("register: registered").await;
-    let status = gw.next_of("status").await;
-    node.wait_log("node offline → online").await;
-    status
-}
 
 fn pulses(relay_log: &str) -> Vec<(String, u64)> {
     relay_log

@@ -125,7 +125,9 @@ pub trait WsConnector {
     async fn connect(&mut self, url: &str, node_key: &str) -> Result<Self::Conn, ConnectError>;
 }
 
-/// One WebSocket connection; the board answers pings itself and caps frames at 16 KiB.
+/// One WebSocket connection; the board answers pings itself and caps incoming messages at
+/// [`crate::session::MAX_FRAME`] (64 KiB: a `grants` frame of 256 grants is ~51 KB). The node
+/// sends frames of at most [`crate::session::MAX_SEND_FRAME`] (16 KiB).
 pub trait WsConn {
     /// Sends a text frame.
     async fn send_text(&mut self, text: &str) -> Result<(), NetError>;
@@ -150,7 +152,7 @@ pub trait ApListener {
 }
 
 /// Everything a board hands to [`crate::run`].
-pub struct Board<S, R, C, W, H, N, A, G> {
+pub struct Board<S, R, C, W, H, N, A, G, D> {
     /// Persistent state ([`crate::storage::FlashStore`] over the board's flash and range).
     pub store: S,
     /// The relay output.
@@ -167,6 +169,8 @@ pub struct Board<S, R, C, W, H, N, A, G> {
     pub ap: A,
     /// The CSPRNG.
     pub rng: G,
+    /// The door's BLE radio ([`NoRadio`] on a board without one).
+    pub radio: D,
 }
 
 /// A BLE connection as the board's radio numbers it (any value unique among live connections;
@@ -216,4 +220,23 @@ pub trait DoorRadio {
     /// Notifies `value` on the Result characteristic to `conn` (a board whose stack notifies
     /// every subscriber, as BlueZ does, may do that: results carry their nonce).
     async fn notify(&mut self, conn: ConnId, value: &[u8]);
+}
+
+/// A board without a BLE radio (or with BLE off): never yields an event. The node still
+/// keeps its grants; only the door service is not offered.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoRadio;
+
+impl DoorRadio for NoRadio {
+    async fn start(&mut self, _door_tag: [u8; 5]) -> Result<(), HardwareError> {
+        Ok(())
+    }
+
+    async fn next(&mut self) -> DoorEvent {
+        core::future::pending().await
+    }
+
+    async fn reply_read(&mut self, _conn: ConnId, _value: &[u8]) {}
+
+    async fn notify(&mut self, _conn: ConnId, _value: &[u8]) {}
 }

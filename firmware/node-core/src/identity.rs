@@ -53,6 +53,11 @@ impl Identity {
         out
     }
 
+    /// The private key, for the door's ECDH with phones (PROTOCOL.md §15).
+    pub fn door_key(&self) -> p256::SecretKey {
+        self.secret.clone()
+    }
+
     /// The public key as SEC1 uncompressed (65 bytes), standard base64 with padding.
     pub fn public_base64(&self) -> String {
         let point = self.secret.public_key().to_sec1_point(false);

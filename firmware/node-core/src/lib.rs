@@ -9,7 +9,10 @@
 //! - [`register`]: redeeming the provisioning token at the gateway (NODES.md §3.2);
 //! - [`session`] and [`backoff`]: the gateway session (NODES.md §5);
 //! - [`relay`]: the relay pulse with its deadline;
-//! - [`storage`]: credentials on NOR flash through sequential-storage;
+//! - [`grants`], [`door`] and [`ring`]: the offline door (protocol v2, NODES.md §8): the
+//!   verified grant set kept in flash, the BLE door service, the decision ring and its upload;
+//! - [`storage`]: credentials, grants and the decision ring on NOR flash through
+//!   sequential-storage;
 //! - [`identity`] and [`setup_code`]: the node's P-256 key pair and the label's setup code.
 //!
 //! JSON is `serde_json` over `alloc` (not serde-json-core): bodies carry escaped strings and
@@ -25,15 +28,20 @@ extern crate alloc;
 pub mod ap;
 pub mod backoff;
 pub mod board;
+pub mod door;
+pub mod grants;
 pub mod identity;
 pub mod lifecycle;
 pub mod provision;
 pub mod register;
 pub mod relay;
+pub mod ring;
 mod run;
 pub mod session;
 pub mod setup_code;
 pub mod storage;
+#[cfg(test)]
+mod test_support;
 pub mod time;
 
 pub use run::{run, Config, RunError};

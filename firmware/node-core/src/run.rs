@@ -1,4 +1,4 @@
-//! The one entry point every board calls: [`run`]. Three sub-loops joined in one future, nothing
+//! The one entry point every board calls: [`run`]. Four sub-loops joined in one future, nothing
 //! spawned, no `Send` bounds (mini-redis's `run(listener, shutdown)` signature, trouble's
 //! board-agnostic app body):
 //!
@@ -6,11 +6,15 @@
 //!   provisioning request, join Wi-Fi, register, hold the gateway session with reconnects;
 //! - the **AP server** serves [`crate::ap::router`] on [`crate::ap::WORKERS`] connections at a
 //!   time while the access point is up, and drops connections otherwise;
-//! - the **relay driver** releases the relay at its deadline.
+//! - the **relay driver** releases the relay at its deadline;
+//! - the **door** starts the BLE radio once the node is registered and serves the door service
+//!   v2 from its grants, with or without a gateway session (NODES.md §8); every decision goes to
+//!   the decision ring, which the controller's session uploads.
 //!
-//! Shared state lives in `RefCell`s that are never borrowed across an `.await`. Flash writes are
-//! awaited by the controller alone, never raced against a timer (a cancelled write could leave a
-//! half-written item for the next boot to repair). Errors from the radio or the network are
+//! Shared state lives in `RefCell`s that are never borrowed across an `.await`. The store sits
+//! behind an async mutex shared by the controller and the door; flash writes are never raced
+//! against a timer (a cancelled write could leave a half-written item for the next boot to
+//! repair). Errors from the radio or the network are
 //! logged and retried after a documented wait; only a flash that cannot be read at boot ends
 //! `run` with an error.
 
@@ -22,23 +26,27 @@ use core::convert::Infallible;
 use core::future::Future;
 
 use embassy_futures::join::join;
-use embassy_futures::select::{select, select3, Either, Either3};
+use embassy_futures::select::{select, select4, Either, Either4};
 use embassy_sync::blocking_mutex::raw::NoopRawMutex;
+use embassy_sync::mutex::Mutex;
 use embassy_sync::signal::Signal;
 use zeroize::Zeroizing;
 
 use crate::ap::{self, ApShared};
 use crate::backoff::Backoff;
 use crate::board::{
-    ApListener, Board, Clock, ConnectError, HttpClient, Relay, Rng, Wifi, WifiError, WsConn,
-    WsConnector, WsMessage,
+    ApListener, Board, Clock, ConnectError, DoorRadio, HttpClient, Relay, Rng, Wifi, WifiError,
+    WsConn, WsConnector, WsMessage,
 };
+use crate::door::{Door, DoorAction};
+use crate::grants::{self, GrantStore};
 use crate::identity::Identity;
 use crate::lifecycle::{Event, Failure, Lifecycle, State};
 use crate::register::{self, Step};
 use crate::relay::{RelayEffect, RelayEvent, RelayTimer};
+use crate::ring::DecisionRing;
 use crate::session::{Session, SessionEffect, SessionEvent};
-use crate::storage::{CredentialStore, StoreError};
+use crate::storage::{CredentialStore, Credentials, DecisionStore, GrantBlobStore, StoreError};
 use crate::time::{Instant, WallClock};
 use crate::Kind;
 
@@ -87,13 +95,13 @@ impl core::fmt::Display for RunError {
 }
 
 /// Runs the node until `shutdown` completes (the relay is released on the way out).
-pub async fn run<S, R, C, W, H, N, A, G>(
-    board: Board<S, R, C, W, H, N, A, G>,
+pub async fn run<S, R, C, W, H, N, A, G, D>(
+    board: Board<S, R, C, W, H, N, A, G, D>,
     config: &Config,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), RunError>
 where
-    S: CredentialStore,
+    S: CredentialStore + GrantBlobStore + DecisionStore,
     R: Relay,
     C: Clock,
     W: Wifi,
@@ -101,6 +109,7 @@ where
     N: WsConnector,
     A: ApListener,
     G: Rng,
+    D: DoorRadio,
 {
     let Board {
         mut store,
@@ -111,6 +120,7 @@ where
         ws,
         ap,
         mut rng,
+        mut radio,
     } = board;
     // Make sure the relay starts released whatever the pin's reset state.
     let mut relay = relay;
@@ -130,6 +140,18 @@ where
         }
         Err(e) => return Err(e.into()),
     };
+    let mut door = DoorShared {
+        door_key: identity.door_key(),
+        grants: None,
+        ring: boot_ring(&mut store).await?,
+        wall: WallClock::default(),
+        online: false,
+    };
+    if let Some(c) = &credentials {
+        if let Some(grants) = open_grants(c, identity.door_key(), &mut store).await {
+            door.install(grants);
+        }
+    }
     let shared = RefCell::new(ApShared {
         lifecycle: Lifecycle::boot(credentials),
         networks: Vec::new(),
@@ -149,20 +171,26 @@ where
         accepted: Signal::new(),
         ap_up: Cell::new(false),
         ap_ready: [Signal::new(), Signal::new()],
+        door: RefCell::new(door),
+        door_ready: Signal::new(),
+        decided: Signal::new(),
     };
+    let store = Mutex::new(store);
+    let rng = RefCell::new(rng);
     let mut parts = Parts {
-        store,
+        store: &store,
         wifi,
         http,
         ws,
-        rng,
+        rng: &rng,
     };
     let outcome = select(
         shutdown,
-        select3(
+        select4(
             controller(&ctx, config, &mut parts),
             join(serve_ap(&ctx, &ap, 0), serve_ap(&ctx, &ap, 1)),
             drive_relay(&ctx),
+            serve_door(&ctx, &mut radio, &store, &rng),
         ),
     )
     .await;
@@ -171,10 +199,80 @@ where
     }
     match outcome {
         Either::First(()) => Ok(()),
-        Either::Second(Either3::First(Err(e))) => Err(e),
-        Either::Second(Either3::First(Ok(never))) => match never {},
-        Either::Second(Either3::Second((never, _)) | Either3::Third(never)) => match never {},
+        Either::Second(Either4::First(Err(e))) => Err(e),
+        Either::Second(Either4::First(Ok(never))) => match never {},
+        Either::Second(
+            Either4::Second((never, _)) | Either4::Third(never) | Either4::Fourth(never),
+        ) => match never {},
     }
+}
+
+/// The decision ring as stored; an unreadable ring starts empty (its entries are lost).
+async fn boot_ring(store: &mut impl DecisionStore) -> Result<DecisionRing, RunError> {
+    let meta = unless_corrupt(store.ring_meta().await, "decision ring bookkeeping")?;
+    let entries = unless_corrupt(store.ring_entries().await, "decision ring")?;
+    let ring = DecisionRing::boot(&entries, meta);
+    if !ring.is_empty() {
+        log::info!("decision ring: {} decisions to upload", ring.len());
+    }
+    Ok(ring)
+}
+
+/// A stored item that cannot be decoded is logged and replaced by its default (an empty ring,
+/// numbering from the newest stored entry); a flash that fails ends `run`.
+fn unless_corrupt<T: Default>(read: Result<T, StoreError>, what: &str) -> Result<T, RunError> {
+    match read {
+        Err(StoreError::Corrupt) => {
+            log::error!("{what} unreadable; starting without it");
+            Ok(T::default())
+        }
+        other => Ok(other?),
+    }
+}
+
+/// The door's side of the shared state: grants, ring, wall time, and whether a gateway session
+/// is up (a decision made without one is marked offline).
+struct DoorShared {
+    door_key: p256::SecretKey,
+    grants: Option<GrantStore>,
+    ring: DecisionRing,
+    wall: WallClock,
+    online: bool,
+}
+
+impl DoorShared {
+    /// Takes the grant store of a registered node into use; the wall clock's floor rises to its
+    /// snapshot's `issued_at`, the time itself stays unknown until a `hello`.
+    fn install(&mut self, grants: GrantStore) {
+        let issued = i64::try_from(grants.set().issued_at()).unwrap_or(i64::MAX);
+        self.wall.raise_floor(issued, Instant::default());
+        self.grants = Some(grants);
+    }
+}
+
+/// Opens the grant store of a registered node and re-applies the stored grants (NODES.md §8).
+async fn open_grants(
+    credentials: &Credentials,
+    door_key: p256::SecretKey,
+    store: &mut impl GrantBlobStore,
+) -> Option<GrantStore> {
+    let Some(mut grants) = GrantStore::new(credentials, door_key) else {
+        log::error!("door: stored node id or gateway key unreadable; door off");
+        return None;
+    };
+    match store.grant_blob().await {
+        Ok(Some(blob)) => match grants.boot(&blob) {
+            Ok(applied) => log::info!(
+                "door: {} stored grants re-applied ({} ECDH)",
+                applied.grants,
+                applied.new_keys
+            ),
+            Err(e) => log::error!("door: stored grants refused ({e}); none held"),
+        },
+        Ok(None) => {}
+        Err(e) => log::error!("door: stored grants unreadable ({e}); none held"),
+    }
+    Some(grants)
 }
 
 async fn load_identity(
@@ -216,6 +314,12 @@ struct Ctx<'a, C, R> {
     ap_up: Cell<bool>,
     /// Raised when `ap_up` becomes true, one per AP worker (a `Signal` wakes one waiter).
     ap_ready: [Signal<NoopRawMutex, ()>; ap::WORKERS],
+    /// Grants, decision ring, wall time.
+    door: RefCell<DoorShared>,
+    /// The grant store exists (the node is registered): the door may start.
+    door_ready: Signal<NoopRawMutex, ()>,
+    /// A decision was recorded: the session uploads it.
+    decided: Signal<NoopRawMutex, ()>,
 }
 
 impl<C: Clock, R: Relay> Ctx<'_, C, R> {
@@ -259,12 +363,18 @@ impl<C: Clock, R: Relay> Ctx<'_, C, R> {
     }
 }
 
-struct Parts<S, W, H, N, G> {
-    store: S,
+struct Parts<'a, S, W, H, N, G> {
+    store: &'a Mutex<NoopRawMutex, S>,
     wifi: W,
     http: H,
     ws: N,
-    rng: G,
+    rng: &'a RefCell<G>,
+}
+
+impl<S, W, H, N, G: Rng> Parts<'_, S, W, H, N, G> {
+    fn random(&self) -> u32 {
+        self.rng.borrow_mut().next_u32()
+    }
 }
 
 async fn drive_relay<C: Clock, R: Relay>(ctx: &Ctx<'_, C, R>) -> Infallible {
@@ -339,18 +449,17 @@ async fn serve_ap<C: Clock, R: Relay, A: ApListener>(
 async fn controller<C, R, S, W, H, N, G>(
     ctx: &Ctx<'_, C, R>,
     config: &Config,
-    parts: &mut Parts<S, W, H, N, G>,
+    parts: &mut Parts<'_, S, W, H, N, G>,
 ) -> Result<Infallible, RunError>
 where
     C: Clock,
     R: Relay,
-    S: CredentialStore,
+    S: CredentialStore + GrantBlobStore + DecisionStore,
     W: Wifi,
     H: HttpClient,
     N: WsConnector,
     G: Rng,
 {
-    let mut wall = WallClock::default();
     // Whether the station is on the home network (after `join`, or rejoined after a reboot).
     let mut station_up = false;
     let mut rejoin = Backoff::default();
@@ -364,12 +473,12 @@ where
             State::Online | State::Offline if !station_up => {
                 station_up = rejoin_stored(ctx, &mut parts.wifi).await;
                 if !station_up {
-                    let ms = rejoin.next_delay_ms(parts.rng.next_u32());
+                    let ms = rejoin.next_delay_ms(parts.random());
                     log::info!("wifi: rejoining in {ms} ms");
                     ctx.sleep_ms(u64::from(ms)).await;
                 }
             }
-            State::Online | State::Offline => hold_session(ctx, config, parts, &mut wall).await?,
+            State::Online | State::Offline => hold_session(ctx, config, parts).await?,
             State::Revoked => {
                 log::warn!("node revoked by the gateway; a factory reset is the way out");
                 core::future::pending::<()>().await;
@@ -468,12 +577,12 @@ async fn join_network<C: Clock, R: Relay>(
 async fn register<C, R, S, W, H, N, G>(
     ctx: &Ctx<'_, C, R>,
     config: &Config,
-    parts: &mut Parts<S, W, H, N, G>,
+    parts: &mut Parts<'_, S, W, H, N, G>,
 ) -> Result<(), RunError>
 where
     C: Clock,
     R: Relay,
-    S: CredentialStore,
+    S: CredentialStore + GrantBlobStore,
     H: HttpClient,
     G: Rng,
 {
@@ -491,11 +600,17 @@ where
     loop {
         log::info!("register: posting to {url}");
         let answer = parts.http.post_json(&url, &body).await;
-        let random = parts.rng.next_u32();
+        let random = parts.random();
         match attempts.next(&req, answer.as_ref().map_err(|e| *e), random) {
             Step::Registered(credentials) => {
                 // Stored before anything reports success (NODES.md §3.2).
-                if let Err(e) = parts.store.save_credentials(&credentials).await {
+                let saved = parts
+                    .store
+                    .lock()
+                    .await
+                    .save_credentials(&credentials)
+                    .await;
+                if let Err(e) = saved {
                     log::error!("register: cannot store credentials: {e}");
                     ctx.event(Event::RegisterFailed(failure(
                         "STORAGE",
@@ -504,6 +619,15 @@ where
                     return Ok(());
                 }
                 log::info!("register: registered as {}", credentials.node_id);
+                let door_key = ctx.door.borrow().door_key.clone();
+                let grants = {
+                    let mut store = parts.store.lock().await;
+                    open_grants(&credentials, door_key, &mut *store).await
+                };
+                if let Some(grants) = grants {
+                    ctx.door.borrow_mut().install(grants);
+                    ctx.door_ready.signal(());
+                }
                 ctx.event(Event::Registered(credentials));
                 return Ok(());
             }
@@ -532,13 +656,12 @@ enum SessionEnd {
 async fn hold_session<C, R, S, W, H, N, G>(
     ctx: &Ctx<'_, C, R>,
     config: &Config,
-    parts: &mut Parts<S, W, H, N, G>,
-    wall: &mut WallClock,
+    parts: &mut Parts<'_, S, W, H, N, G>,
 ) -> Result<(), RunError>
 where
     C: Clock,
     R: Relay,
-    S: CredentialStore,
+    S: CredentialStore + GrantBlobStore + DecisionStore,
     N: WsConnector,
     G: Rng,
 {
@@ -557,7 +680,12 @@ where
         let end = match connected {
             Either::First(Ok(mut conn)) => {
                 let started = ctx.clock.now();
-                let end = session(ctx, config, &mut conn, wall).await;
+                let end = session(ctx, config, &mut conn, parts.store).await;
+                {
+                    let mut door = ctx.door.borrow_mut();
+                    door.online = false;
+                    door.ring.disconnected();
+                }
                 ctx.event(Event::SessionDown);
                 backoff.session_ended(ctx.clock.now().millis_since(started));
                 end
@@ -576,50 +704,71 @@ where
             ctx.event(Event::Revoked);
             let revoked = ctx.shared.borrow().lifecycle.credentials().cloned();
             if let Some(c) = revoked {
-                parts.store.save_credentials(&c).await?;
+                parts.store.lock().await.save_credentials(&c).await?;
             }
             return Ok(());
         }
-        let ms = backoff.next_delay_ms(parts.rng.next_u32());
+        let ms = backoff.next_delay_ms(parts.random());
         log::info!("session: reconnecting in {ms} ms");
         ctx.sleep_ms(u64::from(ms)).await;
     }
 }
 
-async fn session<C: Clock, R: Relay>(
+/// Sends one frame within [`SEND_TIMEOUT_MS`]; `false` when the session must end.
+async fn send<C: Clock, R: Relay>(ctx: &Ctx<'_, C, R>, conn: &mut impl WsConn, text: &str) -> bool {
+    let deadline = ctx.clock.now() + SEND_TIMEOUT_MS;
+    match select(conn.send_text(text), ctx.clock.sleep_until(deadline)).await {
+        Either::First(Ok(())) => true,
+        Either::First(Err(_)) => false,
+        Either::Second(()) => {
+            log::warn!("session: gateway not reading; reconnecting");
+            false
+        }
+    }
+}
+
+async fn session<C: Clock, R: Relay, S: GrantBlobStore + DecisionStore>(
     ctx: &Ctx<'_, C, R>,
     config: &Config,
     conn: &mut impl WsConn,
-    wall: &mut WallClock,
+    store: &Mutex<NoopRawMutex, S>,
 ) -> SessionEnd {
     let relay_active = ctx.relay.borrow().timer.is_active();
     let mut s = Session::new(config.kind, relay_active, ctx.clock.now());
     // A change signalled before this session is already in `relay_active`.
     ctx.relay_changed.reset();
     loop {
-        let event = select3(
+        let event = select4(
             conn.recv(),
             ctx.clock.sleep_until(s.next_deadline()),
             ctx.relay_changed.wait(),
+            ctx.decided.wait(),
         )
         .await;
         let now = ctx.clock.now();
         let was_up = s.is_up();
-        let mut effects = match event {
-            Either3::First(WsMessage::Text(text)) => s.on(SessionEvent::Text(&text), now, wall),
-            Either3::First(WsMessage::Activity) => s.on(SessionEvent::Activity, now, wall),
-            Either3::First(WsMessage::Close(code)) => {
-                log::info!("session: closed by the gateway ({code:?})");
-                return if code == Some(4403) {
-                    SessionEnd::Revoked
-                } else {
-                    SessionEnd::Closed
-                };
+        let mut effects = {
+            let mut door = ctx.door.borrow_mut();
+            let wall = &mut door.wall;
+            match event {
+                Either4::First(WsMessage::Text(text)) => s.on(SessionEvent::Text(&text), now, wall),
+                Either4::First(WsMessage::Activity) => s.on(SessionEvent::Activity, now, wall),
+                Either4::First(WsMessage::Close(code)) => {
+                    log::info!("session: closed by the gateway ({code:?})");
+                    return if code == Some(4403) {
+                        SessionEnd::Revoked
+                    } else {
+                        SessionEnd::Closed
+                    };
+                }
+                Either4::Second(()) => s.on(SessionEvent::Tick, now, wall),
+                Either4::Third(active) => s.on(SessionEvent::RelayChanged(active), now, wall),
+                // Uploaded below.
+                Either4::Fourth(()) => Vec::new(),
             }
-            Either3::Second(()) => s.on(SessionEvent::Tick, now, wall),
-            Either3::Third(active) => s.on(SessionEvent::RelayChanged(active), now, wall),
         };
         if !was_up && s.is_up() {
+            ctx.door.borrow_mut().online = true;
             ctx.event(Event::SessionUp);
         }
         while !effects.is_empty() {
@@ -627,29 +776,140 @@ async fn session<C: Clock, R: Relay>(
             for effect in effects {
                 match effect {
                     SessionEffect::Send(text) => {
-                        let deadline = ctx.clock.now() + SEND_TIMEOUT_MS;
-                        match select(conn.send_text(&text), ctx.clock.sleep_until(deadline)).await {
-                            Either::First(Ok(())) => {}
-                            Either::First(Err(_)) => return SessionEnd::Closed,
-                            Either::Second(()) => {
-                                log::warn!("session: gateway not reading; reconnecting");
-                                return SessionEnd::Closed;
-                            }
+                        if !send(ctx, conn, &text).await {
+                            return SessionEnd::Closed;
                         }
                     }
                     SessionEffect::Pulse { id, ms } => {
                         let ok = ctx.pulse(ms, now);
                         log::info!("session: command {id} unlock {ms} ms: ok={ok}");
-                        more.extend(s.on(SessionEvent::PulseDone { id, ok }, now, wall));
+                        let mut door = ctx.door.borrow_mut();
+                        more.extend(s.on(SessionEvent::PulseDone { id, ok }, now, &mut door.wall));
                     }
                     SessionEffect::Close => {
                         log::warn!("session: gateway silent for 60 s; reconnecting");
                         conn.close(1001).await;
                         return SessionEnd::Closed;
                     }
+                    SessionEffect::Grants { snapshot, pulse_ms } => {
+                        let ack = apply_grants(ctx, store, &snapshot, pulse_ms).await;
+                        more.push(SessionEffect::Send(ack));
+                    }
+                    SessionEffect::DecisionsAck { up_to } => {
+                        let writes = ctx.door.borrow_mut().ring.ack(up_to);
+                        writes.store(&mut *store.lock().await).await;
+                    }
                 }
             }
             effects = more;
         }
+        if s.is_up() {
+            let upload = ctx.door.borrow_mut().ring.upload();
+            if let Some(frame) = upload {
+                if !send(ctx, conn, &frame).await {
+                    return SessionEnd::Closed;
+                }
+            }
+        }
     }
 }
+
+/// Applies a `grants` frame, persists what was applied, and returns the `grants_ack`.
+async fn apply_grants<C: Clock, R: Relay, S: GrantBlobStore>(
+    ctx: &Ctx<'_, C, R>,
+    store: &Mutex<NoopRawMutex, S>,
+    snapshot: &str,
+    pulse_ms: Option<u64>,
+) -> String {
+    let outcome = {
+        let mut door = ctx.door.borrow_mut();
+        let door = &mut *door;
+        let Some(grants) = door.grants.as_mut() else {
+            // No usable node id or gateway key: nothing can be verified.
+            return grants::Outcome::Refused {
+                version: 0,
+                why: grants::Refusal::BadSnapshot,
+            }
+            .ack();
+        };
+        let outcome = grants.apply_frame(snapshot, pulse_ms);
+        let issued = i64::try_from(grants.set().issued_at()).unwrap_or(i64::MAX);
+        door.wall.raise_floor(issued, ctx.clock.now());
+        outcome
+    };
+    let mut store = store.lock().await;
+    grants::store_outcome(&outcome, &mut *store).await;
+    drop(store);
+    outcome.ack()
+}
+
+/// The door: waits for the grant store (a registered node), starts the radio, then serves its
+/// events for ever, online or not.
+async fn serve_door<C, R, S, D, G>(
+    ctx: &Ctx<'_, C, R>,
+    radio: &mut D,
+    store: &Mutex<NoopRawMutex, S>,
+    rng: &RefCell<G>,
+) -> Infallible
+where
+    C: Clock,
+    R: Relay,
+    S: DecisionStore,
+    D: DoorRadio,
+    G: Rng,
+{
+    loop {
+        let tag = ctx.door.borrow().grants.as_ref().map(GrantStore::door_tag);
+        let Some(tag) = tag else {
+            ctx.door_ready.wait().await;
+            continue;
+        };
+        match radio.start(tag).await {
+            Ok(()) => break,
+            Err(_) => {
+                log::error!("door: the radio does not start; retrying");
+                ctx.sleep_ms(RADIO_RETRY_MS).await;
+            }
+        }
+    }
+    log::info!("door: BLE door service v2 up");
+    let mut door = Door::default();
+    loop {
+        let event = radio.next().await;
+        let now = ctx.clock.now();
+        let actions = {
+            let shared = ctx.door.borrow();
+            let Some(grants) = shared.grants.as_ref() else {
+                continue;
+            };
+            door.on(
+                event,
+                grants,
+                now,
+                shared.wall.now(now),
+                &mut *rng.borrow_mut(),
+                |ms| ctx.pulse(ms, now),
+            )
+        };
+        for action in actions {
+            match action {
+                DoorAction::Reply { conn, value } => radio.reply_read(conn, &value).await,
+                DoorAction::Notify { conn, value } => radio.notify(conn, &value).await,
+                DoorAction::Record(record) => {
+                    log::info!("door: {}", record.status.as_str());
+                    let writes = {
+                        let mut shared = ctx.door.borrow_mut();
+                        let offline = !shared.online;
+                        shared.ring.record(record, offline)
+                    };
+                    writes.store(&mut *store.lock().await).await;
+                    ctx.decided.signal(());
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "run_tests.rs"]
+mod tests;

@@ -11,6 +11,11 @@
 //!  nothing received for 60 s ──▶ Close (reconnect after the backoff, see `backoff`)
 //! ```
 //!
+//! The offline door's frames (NODES.md §5.1) pass through as effects: `grants` becomes
+//! [`SessionEffect::Grants`] (the caller applies, persists and answers `grants_ack`),
+//! `decisions_ack` becomes [`SessionEffect::DecisionsAck`]; the caller sends `decisions` frames
+//! from its ring once the session is up. Gateway frames may be up to [`MAX_FRAME`] (64 KiB).
+//!
 //! The caller feeds [`SessionEvent`]s with the monotonic `now`, performs the returned
 //! [`SessionEffect`]s, and sends [`SessionEvent::Tick`] at [`Session::next_deadline`]. A pulse's
 //! outcome comes back as [`SessionEvent::PulseDone`], which answers the command.
@@ -27,8 +32,11 @@ use crate::Kind;
 
 /// A session that receives nothing (no frame, no ping) for this long is closed.
 pub const LIVENESS_MS: u64 = 60_000;
-/// Largest text frame the node accepts or sends.
-pub const MAX_FRAME: usize = 16 * 1024;
+/// Largest text frame the node accepts from the gateway (a `grants` frame of 256 grants is
+/// 51,4xx bytes); the board's WebSocket caps incoming messages at this.
+pub const MAX_FRAME: usize = 64 * 1024;
+/// Largest text frame the node sends (the gateway refuses node frames over 16 KiB).
+pub const MAX_SEND_FRAME: usize = 16 * 1024;
 
 /// Inputs of the session machine.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +72,19 @@ pub enum SessionEffect {
     },
     /// Close the connection (liveness timeout) and reconnect after the backoff.
     Close,
+    /// A `grants` frame: apply the snapshot (base64) and answer `grants_ack`
+    /// ([`crate::grants::GrantStore::apply_frame`]).
+    Grants {
+        /// The snapshot, standard base64 (empty when the field was missing: refused).
+        snapshot: String,
+        /// The relay pulse for the node's own grants, as sent.
+        pulse_ms: Option<u64>,
+    },
+    /// A `decisions_ack`: the gateway committed every decision up to this `seq`.
+    DecisionsAck {
+        /// The highest acknowledged `seq`.
+        up_to: u64,
+    },
 }
 
 /// A command refused before it reached the relay.
@@ -83,6 +104,11 @@ struct Incoming<'a> {
     command: Option<&'a str>,
     #[serde(default)]
     pulse_ms: Option<serde_json::Value>,
+    // Owned: JSON may escape the base64 `/` as `\/`, which a borrowed `&str` cannot hold.
+    #[serde(default)]
+    snapshot: Option<String>,
+    #[serde(default, rename = "upTo")]
+    up_to: Option<serde_json::Value>,
 }
 
 #[derive(Serialize)]
@@ -202,6 +228,17 @@ impl Session {
                 vec![self.status(now)]
             }
             "command" => self.command(&f),
+            "grants" => vec![SessionEffect::Grants {
+                snapshot: f.snapshot.unwrap_or_default(),
+                pulse_ms: f.pulse_ms.as_ref().and_then(serde_json::Value::as_u64),
+            }],
+            "decisions_ack" => match f.up_to.as_ref().and_then(serde_json::Value::as_u64) {
+                Some(up_to) => vec![SessionEffect::DecisionsAck { up_to }],
+                None => {
+                    log::warn!("decisions_ack without an upTo ignored");
+                    Vec::new()
+                }
+            },
             // Unknown types are ignored (forward compatibility), as is the gateway's `error`.
             other => {
                 log::debug!("gateway frame type {other} ignored");
@@ -410,7 +447,7 @@ mod tests {
             .is_empty());
         let fx = s.on(SessionEvent::Text(r#"{"type":"hello"}"#), at(2), &mut wall);
         assert_eq!(sent(&fx)[0]["relay"], "active");
-        assert_eq!(wall, WallClock::Unknown);
+        assert!(!wall.is_known());
         assert!(s
             .on(SessionEvent::RelayChanged(true), at(3), &mut wall)
             .is_empty());
@@ -432,5 +469,49 @@ mod tests {
             s.on(SessionEvent::Tick, at(160_000), &mut wall),
             [SessionEffect::Close]
         );
+    }
+
+    #[test]
+    fn grants_and_decisions_ack_frames_become_effects_and_frames_up_to_64_kib_are_read() {
+        let (mut s, mut wall) = up();
+        let fx = s.on(
+            SessionEvent::Text(r#"{"type":"grants","snapshot":"AhI\/+w==","pulse_ms":1500}"#),
+            at(3_000),
+            &mut wall,
+        );
+        assert_eq!(
+            fx,
+            [SessionEffect::Grants {
+                snapshot: String::from("AhI/+w=="),
+                pulse_ms: Some(1500)
+            }]
+        );
+        let fx = s.on(
+            SessionEvent::Text(r#"{"type":"decisions_ack","upTo":17}"#),
+            at(3_000),
+            &mut wall,
+        );
+        assert_eq!(fx, [SessionEffect::DecisionsAck { up_to: 17 }]);
+        for bad in [
+            r#"{"type":"decisions_ack"}"#,
+            r#"{"type":"decisions_ack","upTo":-1}"#,
+        ] {
+            assert!(s
+                .on(SessionEvent::Text(bad), at(3_000), &mut wall)
+                .is_empty());
+        }
+        // A 60 KB grants frame is read; one over 64 KiB is not.
+        let big = alloc::format!(r#"{{"type":"grants","snapshot":"{}"}}"#, "A".repeat(60_000));
+        assert!(matches!(
+            s.on(SessionEvent::Text(&big), at(3_000), &mut wall)[..],
+            [SessionEffect::Grants { .. }]
+        ));
+        let huge = alloc::format!(
+            r#"{{"type":"grants","snapshot":"{}"}}"#,
+            "A".repeat(MAX_FRAME)
+        );
+        assert!(s
+            .on(SessionEvent::Text(&huge), at(3_000), &mut wall)
+            .is_empty());
     }
 }

@@ -24,6 +24,9 @@ pub const NODE_ID: &str = "550e8400-e29b-41d4-a716-446655440000";
 pub const TOKEN: &str = "prov_GoodGoodGoodGoodGoodGoodGoodGoodGoodGoodGoo";
 pub const BAD_TOKEN: &str = "prov_BadBadBadBadBadBadBadBadBadBadBadBadBadBadB";
 pub const NODE_KEY: &str = "node_KeyKeyKeyKeyKeyKeyKeyKeyKeyKeyKeyKeyKeyKeyK";
+/// The gateway's Ed25519 public key: that of the PROTOCOL.md §24 vectors' seed (32 × `0x44`), so a
+/// test signs snapshots with `latchkey_proto::v2::vectors::GATEWAY_SEED`.
+pub const GATEWAY_PUBKEY: &str = "11l5O7wTooGagnx2rbb7qKSa7gB/SfLQmS2ZuCWtLEg=";
 /// A guard against hangs, never a pass/fail timer.
 pub const PATIENCE: Duration = Duration::from_secs(20);
 
@@ -104,8 +107,14 @@ impl Gateway {
         format!("http://{}", self.addr)
     }
 
-    /// Stops the gateway (open sessions close with 1001) and starts it again on the same port.
+    /// Stops the gateway (open sessions drop, as in a crash) and starts it again on the same port.
     pub async fn restart(mut self) -> Self {
+        self.stop().await;
+        self.resume().await
+    }
+
+    /// Stops the gateway: open sessions drop, as in a crash; connections are refused.
+    pub async fn stop(&mut self) {
         self.state.kill.send_modify(|g| *g += 1);
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
@@ -114,6 +123,10 @@ impl Gateway {
             task.abort();
             let _ = task.await;
         }
+    }
+
+    /// Serves again, on the same port, after [`Gateway::stop`].
+    pub async fn resume(self) -> Self {
         Self::serve(self.state.clone(), self.addr).await
     }
 
@@ -162,7 +175,7 @@ async fn register(State(s): State<Arc<GwState>>, Json(body): Json<Value>) -> Res
         Json(json!({
             "node_key": NODE_KEY,
             "gateway_id": "gw-test",
-            "gateway_pubkey": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=",
+            "gateway_pubkey": GATEWAY_PUBKEY,
             "ws_url": format!("ws://{addr}/ws"),
         })),
     )
@@ -224,6 +237,15 @@ async fn session(s: Arc<GwState>, mut socket: WebSocket, n: usize) {
             },
         }
     }
+}
+
+/// Provisions a fresh node and waits for its first status frame.
+pub async fn online(node: &Node, gw: &Gateway) -> (usize, Value) {
+    assert_eq!(node.provision(gw, "right-pass", TOKEN).await.status(), 202);
+    node.wait_log("register: registered").await;
+    let status = gw.next_of("status").await;
+    node.wait_log("node offline → online").await;
+    status
 }
 
 /// A running `latchkey-node` process.
