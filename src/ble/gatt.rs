@@ -19,6 +19,7 @@ use latchkey_proto::{
 };
 
 use super::door::{peer_path, Door, Request};
+use super::door_v2::DoorV2;
 
 /// Our limit on each registration call (bluer's own is 120 s).
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,9 +39,9 @@ impl std::fmt::Debug for Registration {
     }
 }
 
-/// The GATT application: one primary service with the Challenge, Auth and Result
-/// characteristics (PROTOCOL.md §3).
-pub fn application(door: &Arc<Door>) -> Application {
+/// The GATT application: the version-1 service with the Challenge, Auth and Result
+/// characteristics (PROTOCOL.md §3), then the version-2 service (§16).
+pub fn application(door: &Arc<Door>, v2: &Arc<DoorV2>) -> Application {
     let enc = door.require_encryption();
     let reader = door.clone();
     let challenge = Characteristic {
@@ -107,12 +108,88 @@ pub fn application(door: &Arc<Door>) -> Application {
     };
 
     Application {
-        services: vec![Service {
-            uuid: Uuid::from_u128(SERVICE_UUID),
-            primary: true,
-            characteristics: vec![challenge, auth, result],
+        services: vec![
+            Service {
+                uuid: Uuid::from_u128(SERVICE_UUID),
+                primary: true,
+                characteristics: vec![challenge, auth, result],
+                ..Default::default()
+            },
+            service_v2(v2, enc),
+        ],
+        ..Default::default()
+    }
+}
+
+/// The Door service v2 (PROTOCOL.md §16): Challenge (read, notify), Request (write with
+/// response), Result (notify).
+fn service_v2(door: &Arc<DoorV2>, enc: bool) -> Service {
+    use latchkey_proto::v2;
+    let reader = door.clone();
+    let challenge = Characteristic {
+        uuid: Uuid::from_u128(v2::CHALLENGE_UUID),
+        read: Some(CharacteristicRead {
+            read: true,
+            encrypt_authenticated_read: enc,
+            fun: Box::new(move |req| {
+                let door = reader.clone();
+                async move {
+                    door.read_challenge(&Request {
+                        peer: peer_path(&req.adapter_name, req.device_address),
+                        offset: req.offset,
+                    })
+                    .await
+                }
+                .boxed()
+            }),
             ..Default::default()
-        }],
+        }),
+        // As in version 1: notify-capable, never notified (BlueZ would send it to everyone).
+        notify: Some(CharacteristicNotify {
+            notify: true,
+            method: CharacteristicNotifyMethod::Fun(Box::new(|_| async {}.boxed())),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let writer = door.clone();
+    let request = Characteristic {
+        uuid: Uuid::from_u128(v2::REQUEST_UUID),
+        write: Some(CharacteristicWrite {
+            write: true,
+            encrypt_authenticated_write: enc,
+            method: CharacteristicWriteMethod::Fun(Box::new(move |value, req| {
+                let door = writer.clone();
+                async move {
+                    let r = Request {
+                        peer: peer_path(&req.adapter_name, req.device_address),
+                        offset: req.offset,
+                    };
+                    door.write_request(value, &r, req.op_type, req.prepare_authorize)
+                }
+                .boxed()
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    let subscriber = door.clone();
+    let result = Characteristic {
+        uuid: Uuid::from_u128(v2::RESULT_UUID),
+        notify: Some(CharacteristicNotify {
+            notify: true,
+            method: CharacteristicNotifyMethod::Fun(Box::new(move |notifier| {
+                let door = subscriber.clone();
+                async move { door.result_subscribed(notifier).await }.boxed()
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Service {
+        uuid: Uuid::from_u128(v2::SERVICE_UUID),
+        primary: true,
+        characteristics: vec![challenge, request, result],
         ..Default::default()
     }
 }
@@ -157,6 +234,7 @@ pub async fn register(
     session: &bluer::Session,
     adapter_name: &str,
     door: &Arc<Door>,
+    v2: &Arc<DoorV2>,
 ) -> Result<Registration, String> {
     let adapter = session
         .adapter(adapter_name)
@@ -167,7 +245,7 @@ pub async fn register(
     }
     let app = within(
         "registering the GATT application",
-        adapter.serve_gatt_application(application(door)),
+        adapter.serve_gatt_application(application(door, v2)),
     )
     .await?;
     let adv = within(

@@ -80,6 +80,67 @@ pub fn check_batch(entries: &[Entry]) -> Result<(), &'static str> {
     Ok(())
 }
 
+/// Which door decided a v2 request.
+#[derive(Debug, Clone, Copy)]
+pub enum DoorKind<'a> {
+    Node { id: &'a NodeId, seq: u64 },
+    Gateway,
+}
+
+/// One v2 decision as `access.granted` / `access.denied` records it, the same for a node's
+/// uploaded entries and the gateway's own door.
+#[derive(Debug, Clone, Copy)]
+pub struct Access<'a> {
+    pub status: Status,
+    /// The tool's device and its name, when the tool is known.
+    pub device: Option<&'a (crate::registry::DeviceId, String)>,
+    pub tool_id: Option<&'a str>,
+    pub endpoint: Option<&'a str>,
+    pub phone_time: Option<u64>,
+    pub door_time: Option<u64>,
+    pub door: DoorKind<'a>,
+    pub offline: bool,
+    /// Why a granted endpoint's action failed (`ACTION_FAILED`).
+    pub detail: Option<&'a str>,
+}
+
+/// Appends the `access.*` event of a v2 decision.
+pub fn append_access(
+    tx: &Transaction<'_>,
+    a: &Access<'_>,
+    origin: &str,
+    now_ms: i64,
+) -> Result<i64, StoreError> {
+    let topic = if a.status == Status::Granted {
+        "access.granted"
+    } else {
+        "access.denied"
+    };
+    let (door, node_id, seq) = match a.door {
+        DoorKind::Node { id, seq } => ("node", Some(id), Some(seq)),
+        DoorKind::Gateway => ("gateway", None, None),
+    };
+    let mut data = json!({
+        "deviceId": a.device.map(|d| &d.0),
+        "deviceName": a.device.map(|d| &d.1),
+        "endpoint": a.endpoint,
+        "reason": a.status.as_str(),
+        "transport": "ble",
+        "protocol": 2,
+        "door": door,
+        "nodeId": node_id,
+        "toolId": a.tool_id,
+        "offline": a.offline,
+        "seq": seq,
+        "doorTime": a.door_time,
+        "phoneTime": a.phone_time,
+    });
+    if let Some(d) = a.detail {
+        data["detail"] = json!(d);
+    }
+    events::append(tx, topic, &data, origin, now_ms)
+}
+
 /// Records the entries above the node's mark and raises it; `lost` (the node's ring dropped
 /// entries) becomes one `node.decisions_lost`, unless the frame is a resend of entries all
 /// recorded already. Returns the `upTo` to acknowledge.
@@ -110,27 +171,18 @@ pub fn record(
             Some(t) => tools::owner(tx, t)?,
             None => None,
         };
-        let topic = if e.status == Status::Granted {
-            "access.granted"
-        } else {
-            "access.denied"
+        let record = Access {
+            status: e.status,
+            device: owner.as_ref(),
+            tool_id: e.tool_id.as_deref(),
+            endpoint: e.endpoint.as_deref(),
+            phone_time: e.phone_time,
+            door_time: e.door_time,
+            door: DoorKind::Node { id: node, seq: e.seq },
+            offline: e.offline,
+            detail: None,
         };
-        let data = json!({
-            "deviceId": owner.as_ref().map(|o| &o.0),
-            "deviceName": owner.as_ref().map(|o| &o.1),
-            "endpoint": e.endpoint,
-            "reason": e.status.as_str(),
-            "transport": "ble",
-            "protocol": 2,
-            "door": "node",
-            "nodeId": node,
-            "toolId": e.tool_id,
-            "offline": e.offline,
-            "seq": e.seq,
-            "doorTime": e.door_time,
-            "phoneTime": e.phone_time,
-        });
-        events::append(tx, topic, &data, &origin, now_ms)?;
+        append_access(tx, &record, &origin, now_ms)?;
         mark = e.seq;
     }
     if lost > 0 && (entries.is_empty() || !fresh.is_empty()) {

@@ -48,6 +48,8 @@ pub enum GrantsError {
     Db(#[from] rusqlite::Error),
     #[error(transparent)]
     Key(#[from] NodeError),
+    #[error(transparent)]
+    Random(#[from] crate::secret::RandomError),
     #[error("grant encoding: {0}")]
     Proto(String),
 }

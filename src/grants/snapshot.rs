@@ -331,6 +331,26 @@ pub fn gateway(
     })
 }
 
+/// Whether an event that may change grants ([`super::TRIGGERS`]) was committed after `seq`,
+/// and the log's latest seq (the point a rebuild now is current to).
+pub fn changed_since(conn: &rusqlite::Connection, seq: i64) -> Result<(bool, i64), StoreError> {
+    let latest = crate::events::latest_seq(conn)?;
+    let topics = super::TRIGGERS
+        .iter()
+        .map(|t| format!("'{t}'"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let changed: bool = conn.query_row(
+        &format!(
+            "SELECT EXISTS(SELECT 1 FROM events WHERE seq > ?1 AND seq <= ?2
+             AND topic IN ({topics}))"
+        ),
+        params![seq, latest],
+        |r| r.get(0),
+    )?;
+    Ok((changed, latest))
+}
+
 /// The gateway's door id: its `gatewayId` (32 hex digits) decoded.
 pub fn gateway_door_id(gateway_id: &str) -> DoorId {
     data_encoding::HEXLOWER
