@@ -111,9 +111,15 @@ impl DoorV2 {
             Ok(Ok(g)) => match held.set.apply(&g.snapshot, &g.gateway_key, &g.door_key) {
                 Ok(applied) => {
                     held.built = Some(latest);
-                    tracing::debug!(grants = applied.grants, new_keys = applied.new_keys, "BLE v2 grants rebuilt");
+                    tracing::debug!(
+                        grants = applied.grants,
+                        new_keys = applied.new_keys,
+                        "BLE v2 grants rebuilt"
+                    );
                 }
-                Err(e) => tracing::warn!(error = ?e, "BLE v2: the gateway's own grants do not apply"),
+                Err(e) => {
+                    tracing::warn!(error = ?e, "BLE v2: the gateway's own grants do not apply")
+                }
             },
             Ok(Err(e)) => tracing::warn!(error = %e, "BLE v2: cannot build the grants"),
             Err(e) => tracing::warn!(error = %e, "BLE v2: cannot build the grants"),
@@ -211,14 +217,20 @@ impl DoorV2 {
                     Some(t) => tools::owner(c, t)?,
                     None => None,
                 };
-                Ok((owner, crate::nodes::doors::endpoints(c, &st.config.endpoints)?))
+                Ok((
+                    owner,
+                    crate::nodes::doors::endpoints(c, &st.config.endpoints)?,
+                ))
             })
             .await;
         let (owner, endpoints) = match looked_up {
             Ok(v) => v,
             Err(e) => {
                 tracing::error!(error = %e, "BLE v2 attempt could not be decided");
-                return decision.reply(Status::ActionFailed, Some(now)).as_bytes().to_vec();
+                return decision
+                    .reply(Status::ActionFailed, Some(now))
+                    .as_bytes()
+                    .to_vec();
             }
         };
         let mut status = decision.status;

@@ -178,7 +178,10 @@ pub fn record(
             endpoint: e.endpoint.as_deref(),
             phone_time: e.phone_time,
             door_time: e.door_time,
-            door: DoorKind::Node { id: node, seq: e.seq },
+            door: DoorKind::Node {
+                id: node,
+                seq: e.seq,
+            },
             offline: e.offline,
             detail: None,
         };

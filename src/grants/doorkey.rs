@@ -18,14 +18,20 @@ fn from_seed(seed: &[u8; 32]) -> Result<p256::SecretKey, StoreError> {
 }
 
 /// The door key, if one was made.
-pub fn secret(conn: &Connection, master: &MasterKey) -> Result<Option<p256::SecretKey>, StoreError> {
+pub fn secret(
+    conn: &Connection,
+    master: &MasterKey,
+) -> Result<Option<p256::SecretKey>, StoreError> {
     open_seed(conn, master, META_KEY, AAD)?
         .map(|s| from_seed(&s))
         .transpose()
 }
 
 /// The door key, made and sealed on first use (inside the caller's write transaction).
-pub fn get_or_create(tx: &Transaction<'_>, master: &MasterKey) -> Result<p256::SecretKey, NodeError> {
+pub fn get_or_create(
+    tx: &Transaction<'_>,
+    master: &MasterKey,
+) -> Result<p256::SecretKey, NodeError> {
     // A scalar must be 1 ≤ d < n: draw again in the (2^-32) case it is not.
     let seed = seed_or_create(tx, master, META_KEY, AAD, |s| parse_secret_key(s).is_ok())?;
     Ok(from_seed(&seed)?)
@@ -46,7 +52,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = crate::store::Store::open(&dir.path().join("db.sqlite")).unwrap();
         let master = MasterKey::from_bytes([5; 32]);
-        assert!(store.read_blocking(|c| secret(c, &master)).unwrap().is_none());
+        assert!(store
+            .read_blocking(|c| secret(c, &master))
+            .unwrap()
+            .is_none());
         let a = store
             .write_blocking(|tx| Ok(get_or_create(tx, &master).map(|k| public(&k))))
             .unwrap()

@@ -81,9 +81,7 @@ fn grants_for(
         grants.sort_by(|a, b| b.expires.cmp(&a.expires));
         grants.truncate(GRANT_CAPACITY);
     }
-    grants.sort_by(|a, b| {
-        (a.tool_id, a.endpoint.as_str()).cmp(&(b.tool_id, b.endpoint.as_str()))
-    });
+    grants.sort_by(|a, b| (a.tool_id, a.endpoint.as_str()).cmp(&(b.tool_id, b.endpoint.as_str())));
     grants
 }
 
@@ -162,20 +160,21 @@ pub fn refresh(
     now: UnixTime,
     now_ms: i64,
 ) -> Result<Option<NodeSnapshot>, GrantsError> {
-    let is_door: bool = tx
-        .query_row(
-            "SELECT EXISTS(SELECT 1 FROM nodes WHERE id = ?1 AND kind = 'door'
+    let is_door: bool = tx.query_row(
+        "SELECT EXISTS(SELECT 1 FROM nodes WHERE id = ?1 AND kind = 'door'
              AND registered_at IS NOT NULL AND revoked_at IS NULL)",
-            [node.as_str()],
-            |r| r.get(0),
-        )?;
+        [node.as_str()],
+        |r| r.get(0),
+    )?;
     if !is_door {
         return Ok(None);
     }
     let endpoints = doors::endpoints(tx, config)?;
     let mine: Vec<&Endpoint> = endpoints
         .iter()
-        .filter(|e| matches!(&e.action, ActionConfig::Node { node_id, .. } if node_id == node.as_str()))
+        .filter(
+            |e| matches!(&e.action, ActionConfig::Node { node_id, .. } if node_id == node.as_str()),
+        )
         .collect();
     let pulse_ms = mine
         .iter()
@@ -216,14 +215,35 @@ pub fn refresh(
             .iter()
             .any(|g| !still(g) && i64::try_from(g.expires).unwrap_or(i64::MAX) > now);
         if removed {
-            return sign_and_store(tx, node, &key, grants, prev_version, epoch + 1, pulse_ms, now, now_ms)
-                .map(Some);
+            return sign_and_store(
+                tx,
+                node,
+                &key,
+                grants,
+                prev_version,
+                epoch + 1,
+                pulse_ms,
+                now,
+                now_ms,
+            )
+            .map(Some);
         }
     }
     for g in &mut grants {
         g.epoch = prev_epoch;
     }
-    sign_and_store(tx, node, &key, grants, prev_version, prev_epoch, pulse_ms, now, now_ms).map(Some)
+    sign_and_store(
+        tx,
+        node,
+        &key,
+        grants,
+        prev_version,
+        prev_epoch,
+        pulse_ms,
+        now,
+        now_ms,
+    )
+    .map(Some)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -381,19 +401,17 @@ mod tests {
 
     #[test]
     fn at_most_256_grants_keeping_the_latest_expiries_in_a_fixed_order() {
-        let tools: Vec<_> = (1..=200u8).map(|i| tool(i, 10_000 + i64::from(i))).collect();
-        let two = |_: &DeviceId| {
-            vec![
-                EndpointId::new("a").unwrap(),
-                EndpointId::new("b").unwrap(),
-            ]
-        };
+        let tools: Vec<_> = (1..=200u8)
+            .map(|i| tool(i, 10_000 + i64::from(i)))
+            .collect();
+        let two = |_: &DeviceId| vec![EndpointId::new("a").unwrap(), EndpointId::new("b").unwrap()];
         let g = grants_for(&tools, &[9; 16], 3, two);
         assert_eq!(g.len(), GRANT_CAPACITY);
         // 400 grants, 256 kept: those of tools 73..=200 (the latest expiries).
         assert!(g.iter().all(|g| g.expires >= 10_073));
-        assert!(g.windows(2).all(|w| (w[0].tool_id, w[0].endpoint.as_str())
-            < (w[1].tool_id, w[1].endpoint.as_str())));
+        assert!(g.windows(2).all(
+            |w| (w[0].tool_id, w[0].endpoint.as_str()) < (w[1].tool_id, w[1].endpoint.as_str())
+        ));
         assert!(g.iter().all(|g| g.epoch == 3 && g.node_id == [9; 16]));
     }
 }

@@ -96,10 +96,7 @@ fn tool_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Tool> {
         id: r.get(0)?,
         device_id: DeviceId::parse(&r.get::<_, String>(1)?)
             .unwrap_or_else(|| DeviceId::from_bytes([0; 16])),
-        pubkey: pubkey
-            .as_slice()
-            .try_into()
-            .unwrap_or([0; PUBLIC_KEY_LEN]),
+        pubkey: pubkey.as_slice().try_into().unwrap_or([0; PUBLIC_KEY_LEN]),
         issued_at: r.get(3)?,
         expires_at: r.get(4)?,
     })
@@ -402,9 +399,9 @@ mod tests {
         assert!(PhoneKey::parse(&pk, &hash).is_ok());
         let msg = |r: Result<PhoneKey, GrantsError>| r.unwrap_err().to_string();
         assert!(msg(PhoneKey::parse("!!", &hash)).starts_with("pubkey"));
-        assert!(msg(PhoneKey::parse(&BASE64.encode([4u8; 33]), &hash)).starts_with("pubkey"));
+        assert!(msg(PhoneKey::parse(&BASE64.encode(&[4u8; 33]), &hash)).starts_with("pubkey"));
         // 65 bytes, right prefix, not on the curve.
-        let off = BASE64.encode([4u8; 65]);
+        let off = BASE64.encode(&[4u8; 65]);
         assert!(msg(PhoneKey::parse(&off, &hash)).contains("on the curve"));
         assert!(msg(PhoneKey::parse(&pk, &hash.to_uppercase())).starts_with("hash"));
         let mut wrong = hash.clone().into_bytes();

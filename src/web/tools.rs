@@ -59,10 +59,13 @@ async fn small_json<T: DeserializeOwned>(req: Request, state: &AppState) -> Resu
 }
 
 fn throttle(state: &AppState, device: &DeviceId) -> Result<(), ApiError> {
-    state.tool_limit.reserve(device, state.now()).map_err(|retry| {
-        state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-        ApiError::rate_limited(retry)
-    })
+    state
+        .tool_limit
+        .reserve(device, state.now())
+        .map_err(|retry| {
+            state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
+            ApiError::rate_limited(retry)
+        })
 }
 
 /// The tool as the phone sees it, inside the caller's write transaction (which makes the
