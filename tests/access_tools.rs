@@ -347,26 +347,32 @@ async fn fake_node(gw: &Gateway, http: &reqwest::Client) -> Fake {
 /// A verified snapshot: (version, epoch, issued_at, grants).
 type Snap = (u64, u32, u64, Vec<v2::Grant>);
 
-/// The next `grants` frame, verified as a node does (signature under `gateway_pubkey`, its id).
-async fn grants(ws: &mut node::Ws, f: &Fake) -> (Snap, Value) {
-    loop {
-        let frame = node::recv(ws).await;
-        if frame["type"] != "grants" {
-            continue;
-        }
-        let bytes = BASE64
-            .decode(frame["snapshot"].as_str().unwrap().as_bytes())
-            .unwrap();
-        let door_id = *uuid::Uuid::parse_str(&f.creds.node_id).unwrap().as_bytes();
-        let v = v2::verify_snapshot(&bytes, &f.gateway_key, &door_id).expect("a valid snapshot");
-        let snap = (
-            v.header.version,
-            v.header.epoch,
-            v.header.issued_at,
-            v.grants().collect(),
-        );
-        return (snap, frame);
-    }
+/// A `grants` frame, verified as a node does (signature under `gateway_pubkey`, its id).
+fn verify(frame: &Value, f: &Fake) -> Snap {
+    assert_eq!(frame["type"], "grants", "{frame}");
+    let bytes = BASE64
+        .decode(frame["snapshot"].as_str().unwrap().as_bytes())
+        .unwrap();
+    let door_id = *uuid::Uuid::parse_str(&f.creds.node_id).unwrap().as_bytes();
+    let v = v2::verify_snapshot(&bytes, &f.gateway_key, &door_id).expect("a valid snapshot");
+    (
+        v.header.version,
+        v.header.epoch,
+        v.header.issued_at,
+        v.grants().collect(),
+    )
+}
+
+/// The session's first snapshot (right after `hello`).
+async fn session(f: &Fake) -> (node::Ws, Snap, Value) {
+    let (ws, _, frame) = node::session_with_grants(&f.creds).await;
+    let snap = verify(&frame, f);
+    (ws, snap, frame)
+}
+
+/// The next `grants` frame, verified.
+async fn grants(ws: &mut node::Ws, f: &Fake) -> Snap {
+    verify(&node::recv(ws).await, f)
 }
 
 #[tokio::test]
@@ -374,8 +380,7 @@ async fn a_node_gets_signed_grants_after_hello_and_after_every_change() {
     let gw = Gateway::start().await;
     let http = reqwest::Client::new();
     let f = fake_node(&gw, &http).await;
-    let (mut ws, _) = node::session(&f.creds).await;
-    let ((v0, e0, _, g0), frame) = grants(&mut ws, &f).await;
+    let (mut ws, (v0, e0, _, g0), frame) = session(&f).await;
     assert!(g0.is_empty());
     assert_eq!(frame["pulse_ms"], 3000);
     assert!(
@@ -392,7 +397,7 @@ async fn a_node_gets_signed_grants_after_hello_and_after_every_change() {
     assert_eq!(node_door["nodeId"], f.creds.node_id.as_str());
     assert_eq!(node_door["doorId"], f.creds.node_id.replace('-', ""));
     assert_eq!(node_door["pubkey"], node::PUBKEY);
-    let ((v1, e1, issued, g1), _) = grants(&mut ws, &f).await;
+    let (v1, e1, issued, g1) = grants(&mut ws, &f).await;
     assert!(v1 > v0);
     assert_eq!(e1, e0);
     assert_eq!(issued, u64::try_from(T0).unwrap());
@@ -433,14 +438,14 @@ async fn a_node_gets_signed_grants_after_hello_and_after_every_change() {
     // A refresh: a new snapshot, same epoch, a later expiry.
     gw.clock.advance(3600);
     refresh(&gw, &http, &dev, &tool["accessToolId"]).await;
-    let ((v2_, e2, _, g2), _) = grants(&mut ws, &f).await;
+    let (v2_, e2, _, g2) = grants(&mut ws, &f).await;
     assert!(v2_ > v1);
     assert_eq!(e2, e1);
     assert_eq!(g2[0].expires, 1_768_300_800 + 3600 + 604_800);
 
     // Revoking the device removes the grant and raises the epoch.
     revoke(&gw, &http, &dev).await;
-    let ((v3, e3, _, g3), _) = grants(&mut ws, &f).await;
+    let (v3, e3, _, g3) = grants(&mut ws, &f).await;
     assert!(v3 > v2_);
     assert_eq!(e3, e2 + 1);
     assert!(g3.is_empty());
@@ -454,8 +459,7 @@ async fn a_cli_revoke_reaches_the_node() {
     let f = fake_node(&gw, &http).await;
     let dev = gw.pair(&http, "Pixel").await;
     register(&gw, &http, &dev, &phone_key(0x11)).await;
-    let (mut ws, _) = node::session(&f.creds).await;
-    let ((_, e0, _, g0), _) = grants(&mut ws, &f).await;
+    let (mut ws, (_, e0, _, g0), _) = session(&f).await;
     assert_eq!(g0.len(), 1);
 
     // `latchkey devices revoke` in its own process, on the running gateway's data dir.
@@ -476,7 +480,7 @@ async fn a_cli_revoke_reaches_the_node() {
     .await
     .unwrap();
     assert!(out.status.success(), "{}", daemon::stderr(&out));
-    let ((_, e1, _, g1), _) = grants(&mut ws, &f).await;
+    let (_, e1, _, g1) = grants(&mut ws, &f).await;
     assert!(g1.is_empty());
     assert_eq!(e1, e0 + 1);
 }
@@ -488,8 +492,7 @@ async fn decisions_become_access_events_exactly_once() {
     let f = fake_node(&gw, &http).await;
     let dev = gw.pair(&http, "Pixel").await;
     let (_, tool) = register(&gw, &http, &dev, &phone_key(0x11)).await;
-    let (mut ws, _) = node::session(&f.creds).await;
-    grants(&mut ws, &f).await;
+    let (mut ws, _, _) = session(&f).await;
 
     let frame = json!({"type":"decisions","lost":2,"entries":[
         {"seq":1,"status":"GRANTED","toolId":tool["accessToolId"],"endpoint":"front-door",
