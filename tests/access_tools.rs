@@ -443,13 +443,56 @@ async fn a_node_gets_signed_grants_after_hello_and_after_every_change() {
     assert_eq!(e2, e1);
     assert_eq!(g2[0].expires, 1_768_300_800 + 3600 + 604_800);
 
-    // Revoking the device removes the grant and raises the epoch.
-    revoke(&gw, &http, &dev).await;
+    // Renaming the node's endpoint: the grant moves to the new id, and the old one is void.
+    let r = http
+        .patch(gw.url(&format!("/api/nodes/{}", f.creds.node_id)))
+        .bearer_auth(&gw.admin_token)
+        .json(&json!({"endpoint": "porch"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
     let (v3, e3, _, g3) = grants(&mut ws, &f).await;
     assert!(v3 > v2_);
     assert_eq!(e3, e2 + 1);
-    assert!(g3.is_empty());
+    assert_eq!(g3.len(), 1);
+    assert_eq!(g3[0].endpoint, EndpointId::new("porch").unwrap());
+
+    // Revoking the device removes the grant and raises the epoch.
+    revoke(&gw, &http, &dev).await;
+    let (v4, e4, _, g4) = grants(&mut ws, &f).await;
+    assert!(v4 > v3);
+    assert_eq!(e4, e3 + 1);
+    assert!(g4.is_empty());
     node::bye(&mut ws).await;
+}
+
+/// Time rules on the manual clock: a tool that expired stays a day (a node whose clock runs a
+/// little behind says `TOOL_EXPIRED`), then leaves the next snapshot without raising the
+/// epoch (nothing was revoked).
+#[tokio::test]
+async fn expired_tools_leave_the_snapshot_a_day_later_without_a_new_epoch() {
+    let gw = Gateway::start().await;
+    let http = reqwest::Client::new();
+    let f = fake_node(&gw, &http).await;
+    let old = gw.pair(&http, "Old phone").await;
+    register(&gw, &http, &old, &phone_key(0x11)).await;
+    let (mut ws, (_, e0, _, g0), _) = session(&f).await;
+    assert_eq!(g0.len(), 1);
+
+    // 7 days and 23 hours later the old tool has expired, but less than a day ago.
+    gw.clock.advance(604_800 + 23 * 3600);
+    let new = gw.pair(&http, "New phone").await;
+    register(&gw, &http, &new, &phone_key(0x22)).await;
+    let (_, e1, _, g1) = grants(&mut ws, &f).await;
+    assert_eq!((g1.len(), e1), (2, e0));
+
+    // Another two hours: it is a day past its expiry, and gone at the next change.
+    gw.clock.advance(2 * 3600);
+    register(&gw, &http, &new, &phone_key(0x22)).await;
+    let (_, e2, _, g2) = grants(&mut ws, &f).await;
+    assert_eq!((g2.len(), e2), (1, e0));
+    assert_eq!(BASE64.encode(&g2[0].phone_key), phone_key(0x22).pubkey);
 }
 
 #[tokio::test]
@@ -633,40 +676,20 @@ async fn the_gateways_own_door_speaks_v2() {
         .unwrap()
         .as_bytes();
 
-    let r = unlock_v2(
-        &d,
-        "AA:00:00:00:00:01",
-        &k.secret,
-        &door_key,
-        tool_id,
-        "front",
-    )
-    .await;
+    let phone = "AA:00:00:00:00:01";
+    let attempt = async |address, key, endpoint| {
+        unlock_v2(&d, address, key, &door_key, tool_id, endpoint).await
+    };
+    let r = attempt(phone, &k.secret, "front").await;
     assert_eq!(
         (r.status, r.authenticated, r.door_time),
         (Status::Granted, true, Some(d.now()))
     );
-    let r = unlock_v2(
-        &d,
-        "AA:00:00:00:00:01",
-        &k.secret,
-        &door_key,
-        tool_id,
-        "garage",
-    )
-    .await;
+    let r = attempt(phone, &k.secret, "garage").await;
     assert_eq!((r.status, r.authenticated), (Status::EndpointDenied, true));
     // A phone without a tool: no grant's hint matches, a plain answer.
     let stranger = phone_key(0x44);
-    let r = unlock_v2(
-        &d,
-        "AA:00:00:00:00:02",
-        &stranger.secret,
-        &door_key,
-        tool_id,
-        "front",
-    )
-    .await;
+    let r = attempt("AA:00:00:00:00:02", &stranger.secret, "front").await;
     assert_eq!((r.status, r.authenticated), (Status::UnknownTool, false));
 
     let events = d.access_events().await;
@@ -699,14 +722,6 @@ async fn the_gateways_own_door_speaks_v2() {
 
     // Revoked: the next attempt no longer finds the grant.
     revoke(&d.gw, &d.http, &dev).await;
-    let r = unlock_v2(
-        &d,
-        "AA:00:00:00:00:01",
-        &k.secret,
-        &door_key,
-        tool_id,
-        "front",
-    )
-    .await;
+    let r = attempt(phone, &k.secret, "front").await;
     assert_eq!((r.status, r.authenticated), (Status::UnknownTool, false));
 }

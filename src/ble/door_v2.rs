@@ -19,9 +19,8 @@ use bluer::gatt::WriteOp;
 use tokio::sync::{Mutex, Semaphore};
 
 use latchkey_proto::v2::{decide, Challenge, GrantSet, IssuedChallenge, Status};
-use latchkey_proto::MAX_ATT_PAYLOAD;
 
-use super::door::{Door, Request};
+use super::door::{Door, Request, Results};
 use crate::access::action::Grantee;
 use crate::grants::decisions::{append_access, Access, DoorKind};
 use crate::grants::{snapshot, tools};
@@ -46,7 +45,7 @@ pub struct DoorV2 {
     v1: Arc<Door>,
     held: Mutex<Held>,
     challenges: std::sync::Mutex<HashMap<String, Live>>,
-    result: Mutex<Option<CharacteristicNotifier>>,
+    result: Results,
     inflight: Arc<Semaphore>,
 }
 
@@ -65,7 +64,7 @@ impl DoorV2 {
                 built: None,
             }),
             challenges: std::sync::Mutex::new(HashMap::new()),
-            result: Mutex::new(None),
+            result: Results::default(),
             inflight: Arc::new(Semaphore::new(super::door::MAX_INFLIGHT)),
         }
     }
@@ -172,16 +171,7 @@ impl DoorV2 {
         op: WriteOp,
         prepare_authorize: bool,
     ) -> ReqResult<()> {
-        if req.offset != 0 || prepare_authorize || op != WriteOp::Request {
-            return Err(ReqError::NotPermitted);
-        }
-        if value.len() > MAX_ATT_PAYLOAD {
-            return Err(ReqError::InvalidValueLength);
-        }
-        let permit = self.inflight.clone().try_acquire_owned().map_err(|_| {
-            tracing::warn!(peer = %req.peer, "too many BLE attempts at once; write refused");
-            ReqError::InProgress
-        })?;
+        let permit = super::door::accept_write(&self.inflight, &value, req, op, prepare_authorize)?;
         let taken = self.challenges().remove(&req.peer).map(|l| l.challenge);
         let door = self.clone();
         let peer = req.peer.clone();
@@ -189,7 +179,7 @@ impl DoorV2 {
             // Let the write's reply leave first: it is the ATT Write Response.
             tokio::task::yield_now().await;
             let frame = door.attempt(&value, taken, &peer).await;
-            door.notify_result(frame).await;
+            door.result.notify(frame).await;
             drop(permit);
         });
         Ok(())
@@ -295,20 +285,9 @@ impl DoorV2 {
         decision.reply(status, Some(now)).as_bytes().to_vec()
     }
 
-    /// Result `StartNotify` (see `Door::result_subscribed`: the newest notifier serves all).
+    /// Result `StartNotify` (see [`Results`]).
     pub async fn result_subscribed(&self, notifier: CharacteristicNotifier) {
-        *self.result.lock().await = Some(notifier);
-    }
-
-    async fn notify_result(&self, frame: Vec<u8>) {
-        let mut guard = self.result.lock().await;
-        let Some(n) = guard.as_mut() else {
-            tracing::debug!("v2 result not sent: nobody subscribed to the Result characteristic");
-            return;
-        };
-        if n.notify(frame).await.is_err() {
-            *guard = None;
-        }
+        self.result.subscribed(notifier).await;
     }
 
     /// A peer disconnected: its challenge is discarded.
@@ -319,6 +298,6 @@ impl DoorV2 {
     /// BlueZ or the adapter went away.
     pub async fn reset(&self) {
         self.challenges().clear();
-        *self.result.lock().await = None;
+        self.result.clear().await;
     }
 }

@@ -7,15 +7,16 @@ use std::time::Duration;
 
 use bluer::adv::{Advertisement, AdvertisementHandle, Type as AdvType};
 use bluer::gatt::local::{
-    Application, ApplicationHandle, Characteristic, CharacteristicNotify,
+    Application, ApplicationHandle, Characteristic, CharacteristicNotifier, CharacteristicNotify,
     CharacteristicNotifyMethod, CharacteristicRead, CharacteristicWrite, CharacteristicWriteMethod,
-    Service,
+    ReqResult, Service,
 };
+use bluer::gatt::WriteOp;
 use bluer::Uuid;
 use futures_util::FutureExt;
 
 use latchkey_proto::{
-    adv_data, ADV_COMPANY_ID, AUTH_UUID, CHALLENGE_UUID, RESULT_UUID, SERVICE_UUID,
+    adv_data, v2, ADV_COMPANY_ID, AUTH_UUID, CHALLENGE_UUID, RESULT_UUID, SERVICE_UUID,
 };
 
 use super::door::{peer_path, Door, Request};
@@ -40,156 +41,129 @@ impl std::fmt::Debug for Registration {
 }
 
 /// The GATT application: the version-1 service with the Challenge, Auth and Result
-/// characteristics (PROTOCOL.md §3), then the version-2 service (§16).
+/// characteristics (PROTOCOL.md §3), then the version-2 service with Challenge, Request and
+/// Result (§16). Both have the same shape; only the door behind them differs.
 pub fn application(door: &Arc<Door>, v2: &Arc<DoorV2>) -> Application {
     let enc = door.require_encryption();
-    let reader = door.clone();
-    let challenge = Characteristic {
-        uuid: Uuid::from_u128(CHALLENGE_UUID),
-        read: Some(CharacteristicRead {
-            read: true,
-            encrypt_authenticated_read: enc,
-            fun: Box::new(move |req| {
-                let door = reader.clone();
-                async move {
-                    door.read_challenge(&Request {
-                        peer: peer_path(&req.adapter_name, req.device_address),
-                        offset: req.offset,
-                    })
-                }
-                .boxed()
-            }),
-            ..Default::default()
+    let (reader, writer, subscriber) = (door.clone(), door.clone(), door.clone());
+    let v1_service = service(
+        SERVICE_UUID,
+        challenge(CHALLENGE_UUID, enc, move |r| {
+            let door = reader.clone();
+            async move { door.read_challenge(&r) }
         }),
-        // Notify-capable as the protocol says; a BlueZ gateway never notifies challenges,
-        // because BlueZ would send them to every subscriber (PROTOCOL.md §7.1).
-        notify: Some(CharacteristicNotify {
-            notify: true,
-            method: CharacteristicNotifyMethod::Fun(Box::new(|_| async {}.boxed())),
-            ..Default::default()
+        write(AUTH_UUID, enc, move |value, r, op, prep| {
+            writer.write_auth(value, &r, op, prep)
         }),
-        ..Default::default()
-    };
-
-    let writer = door.clone();
-    let auth = Characteristic {
-        uuid: Uuid::from_u128(AUTH_UUID),
-        write: Some(CharacteristicWrite {
-            write: true,
-            encrypt_authenticated_write: enc,
-            method: CharacteristicWriteMethod::Fun(Box::new(move |value, req| {
-                let door = writer.clone();
-                async move {
-                    let r = Request {
-                        peer: peer_path(&req.adapter_name, req.device_address),
-                        offset: req.offset,
-                    };
-                    door.write_auth(value, &r, req.op_type, req.prepare_authorize)
-                }
-                .boxed()
-            })),
-            ..Default::default()
+        result(RESULT_UUID, move |n| {
+            let door = subscriber.clone();
+            async move { door.result_subscribed(n).await }
         }),
-        ..Default::default()
-    };
-
-    let subscriber = door.clone();
-    let result = Characteristic {
-        uuid: Uuid::from_u128(RESULT_UUID),
-        notify: Some(CharacteristicNotify {
-            notify: true,
-            method: CharacteristicNotifyMethod::Fun(Box::new(move |notifier| {
-                let door = subscriber.clone();
-                async move { door.result_subscribed(notifier).await }.boxed()
-            })),
-            ..Default::default()
+    );
+    let (reader, writer, subscriber) = (v2.clone(), v2.clone(), v2.clone());
+    let v2_service = service(
+        v2::SERVICE_UUID,
+        challenge(v2::CHALLENGE_UUID, enc, move |r| {
+            let door = reader.clone();
+            async move { door.read_challenge(&r).await }
         }),
-        ..Default::default()
-    };
-
+        write(v2::REQUEST_UUID, enc, move |value, r, op, prep| {
+            writer.write_request(value, &r, op, prep)
+        }),
+        result(v2::RESULT_UUID, move |n| {
+            let door = subscriber.clone();
+            async move { door.result_subscribed(n).await }
+        }),
+    );
     Application {
-        services: vec![
-            Service {
-                uuid: Uuid::from_u128(SERVICE_UUID),
-                primary: true,
-                characteristics: vec![challenge, auth, result],
-                ..Default::default()
-            },
-            service_v2(v2, enc),
-        ],
+        services: vec![v1_service, v2_service],
         ..Default::default()
     }
 }
 
-/// The Door service v2 (PROTOCOL.md §16): Challenge (read, notify), Request (write with
-/// response), Result (notify).
-fn service_v2(door: &Arc<DoorV2>, enc: bool) -> Service {
-    use latchkey_proto::v2;
-    let reader = door.clone();
-    let challenge = Characteristic {
-        uuid: Uuid::from_u128(v2::CHALLENGE_UUID),
+fn service(
+    uuid: u128,
+    challenge: Characteristic,
+    write: Characteristic,
+    result: Characteristic,
+) -> Service {
+    Service {
+        uuid: Uuid::from_u128(uuid),
+        primary: true,
+        characteristics: vec![challenge, write, result],
+        ..Default::default()
+    }
+}
+
+/// Challenge: `read` (answered by `read`) and `notify`. Notify-capable as the protocol says; a
+/// BlueZ gateway never notifies challenges, because BlueZ would send them to every subscriber
+/// (PROTOCOL.md §7.1).
+fn challenge<F, Fut>(uuid: u128, enc: bool, read: F) -> Characteristic
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ReqResult<Vec<u8>>> + Send + 'static,
+{
+    Characteristic {
+        uuid: Uuid::from_u128(uuid),
         read: Some(CharacteristicRead {
             read: true,
             encrypt_authenticated_read: enc,
             fun: Box::new(move |req| {
-                let door = reader.clone();
-                async move {
-                    door.read_challenge(&Request {
-                        peer: peer_path(&req.adapter_name, req.device_address),
-                        offset: req.offset,
-                    })
-                    .await
-                }
+                read(Request {
+                    peer: peer_path(&req.adapter_name, req.device_address),
+                    offset: req.offset,
+                })
                 .boxed()
             }),
             ..Default::default()
         }),
-        // As in version 1: notify-capable, never notified (BlueZ would send it to everyone).
         notify: Some(CharacteristicNotify {
             notify: true,
             method: CharacteristicNotifyMethod::Fun(Box::new(|_| async {}.boxed())),
             ..Default::default()
         }),
         ..Default::default()
-    };
-    let writer = door.clone();
-    let request = Characteristic {
-        uuid: Uuid::from_u128(v2::REQUEST_UUID),
+    }
+}
+
+/// Auth (v1) or Request (v2): `write` with response, answered at once by `write`.
+fn write<F>(uuid: u128, enc: bool, write: F) -> Characteristic
+where
+    F: Fn(Vec<u8>, Request, WriteOp, bool) -> ReqResult<()> + Send + Sync + 'static,
+{
+    let write = Arc::new(write);
+    Characteristic {
+        uuid: Uuid::from_u128(uuid),
         write: Some(CharacteristicWrite {
             write: true,
             encrypt_authenticated_write: enc,
             method: CharacteristicWriteMethod::Fun(Box::new(move |value, req| {
-                let door = writer.clone();
-                async move {
-                    let r = Request {
-                        peer: peer_path(&req.adapter_name, req.device_address),
-                        offset: req.offset,
-                    };
-                    door.write_request(value, &r, req.op_type, req.prepare_authorize)
-                }
-                .boxed()
+                let r = Request {
+                    peer: peer_path(&req.adapter_name, req.device_address),
+                    offset: req.offset,
+                };
+                let write = write.clone();
+                async move { write(value, r, req.op_type, req.prepare_authorize) }.boxed()
             })),
             ..Default::default()
         }),
         ..Default::default()
-    };
-    let subscriber = door.clone();
-    let result = Characteristic {
-        uuid: Uuid::from_u128(v2::RESULT_UUID),
+    }
+}
+
+/// Result: `notify`, each subscription handed to `subscribed`.
+fn result<F, Fut>(uuid: u128, subscribed: F) -> Characteristic
+where
+    F: Fn(CharacteristicNotifier) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    Characteristic {
+        uuid: Uuid::from_u128(uuid),
         notify: Some(CharacteristicNotify {
             notify: true,
-            method: CharacteristicNotifyMethod::Fun(Box::new(move |notifier| {
-                let door = subscriber.clone();
-                async move { door.result_subscribed(notifier).await }.boxed()
-            })),
+            method: CharacteristicNotifyMethod::Fun(Box::new(move |n| subscribed(n).boxed())),
             ..Default::default()
         }),
-        ..Default::default()
-    };
-    Service {
-        uuid: Uuid::from_u128(v2::SERVICE_UUID),
-        primary: true,
-        characteristics: vec![challenge, request, result],
         ..Default::default()
     }
 }

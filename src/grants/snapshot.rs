@@ -78,7 +78,7 @@ fn grants_for(
             kept = GRANT_CAPACITY,
             "a door's grants exceed its capacity: the ones expiring first are left out"
         );
-        grants.sort_by(|a, b| b.expires.cmp(&a.expires));
+        grants.sort_by_key(|g| std::cmp::Reverse(g.expires));
         grants.truncate(GRANT_CAPACITY);
     }
     grants.sort_by(|a, b| (a.tool_id, a.endpoint.as_str()).cmp(&(b.tool_id, b.endpoint.as_str())));
