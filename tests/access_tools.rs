@@ -595,8 +595,68 @@ async fn decisions_become_access_events_exactly_once() {
     assert_eq!(gw.events("access.").await.len(), 3);
 }
 
+fn v2_uuid(u: u128) -> String {
+    door::uuid(u)
+}
+
+/// A connection to the gateway's v2 service, subscribed to its Result.
+async fn v2_link(d: &door::Door, address: &str) -> latchkey_bluez_standin::Link {
+    let link = d.adapter.connect(address, 185).await.expect("connect");
+    link.subscribe(&v2_uuid(v2::RESULT_UUID)).await.unwrap();
+    link
+}
+
+/// Reads a challenge (one ATT operation) and checks it is the gateway's door's.
+async fn v2_challenge(d: &door::Door, link: &latchkey_bluez_standin::Link) -> v2::Challenge {
+    let c = link.read(&v2_uuid(v2::CHALLENGE_UUID), 0).await.unwrap();
+    let challenge = v2::Challenge::decode(&c).unwrap();
+    let door_id = latchkey::grants::snapshot::gateway_door_id(&d.gw.state.gateway_id);
+    assert_eq!(challenge.door_id, door_id);
+    assert_eq!(challenge.door_time, d.now());
+    challenge
+}
+
+/// The phone's request for `challenge` (PROTOCOL.md §21 step 4), with its session keys.
+fn v2_request(
+    d: &door::Door,
+    challenge: &v2::Challenge,
+    key: &p256::SecretKey,
+    door_key: &[u8],
+    tool_id: [u8; 16],
+    endpoint: &str,
+) -> ([u8; Request::LEN], v2::SessionKeys) {
+    let secret = PeerSecret::derive(key, door_key, &challenge.door_id).unwrap();
+    let keys = secret.session(&challenge.nonce, &challenge.door_id);
+    let body = RequestBody {
+        tool_id,
+        phone_time: d.now(),
+        endpoint: EndpointId::new(endpoint).unwrap(),
+    };
+    let hint = secret.hint(&challenge.nonce);
+    (
+        Request::seal(&body, &keys, &hint, &challenge.nonce).unwrap(),
+        keys,
+    )
+}
+
+/// Writes `frame` and returns the first Result notification carrying `nonce` (BlueZ notifies
+/// every subscriber; a phone skips the others).
+async fn v2_write(link: &latchkey_bluez_standin::Link, frame: &[u8], nonce: &[u8; 16]) -> Vec<u8> {
+    link.drain_notifications().await;
+    link.write(&v2_uuid(v2::REQUEST_UUID), frame).await.unwrap();
+    loop {
+        let r = link
+            .notification(&v2_uuid(v2::RESULT_UUID), door::WAIT)
+            .await
+            .expect("a result");
+        if r.get(2..18) == Some(&nonce[..]) {
+            return r;
+        }
+    }
+}
+
 /// One v2 unlock at the gateway's door (PROTOCOL.md §21): read the challenge, seal the request,
-/// write it, wait for the result with this challenge's nonce and open it.
+/// write it, open the result.
 async fn unlock_v2(
     d: &door::Door,
     address: &str,
@@ -605,41 +665,11 @@ async fn unlock_v2(
     tool_id: [u8; 16],
     endpoint: &str,
 ) -> v2::VerifiedResult {
-    let uuid = |u: u128| door::uuid(u);
-    let link = d.adapter.connect(address, 185).await.expect("connect");
-    link.subscribe(&uuid(v2::RESULT_UUID)).await.unwrap();
-    let c = link.read(&uuid(v2::CHALLENGE_UUID), 0).await.unwrap();
-    let challenge = v2::Challenge::decode(&c).unwrap();
-    let door_id = latchkey::grants::snapshot::gateway_door_id(&d.gw.state.gateway_id);
-    assert_eq!(challenge.door_id, door_id);
-    assert_eq!(challenge.door_time, d.now());
-    let secret = PeerSecret::derive(key, door_key, &door_id).unwrap();
-    let keys = secret.session(&challenge.nonce, &door_id);
-    let body = RequestBody {
-        tool_id,
-        phone_time: d.now(),
-        endpoint: EndpointId::new(endpoint).unwrap(),
-    };
-    let frame = Request::seal(
-        &body,
-        &keys,
-        &secret.hint(&challenge.nonce),
-        &challenge.nonce,
-    )
-    .unwrap();
-    link.drain_notifications().await;
-    link.write(&uuid(v2::REQUEST_UUID), &frame).await.unwrap();
-    loop {
-        let r = link
-            .notification(&uuid(v2::RESULT_UUID), door::WAIT)
-            .await
-            .expect("a result");
-        match ResultFrame::open(&r, &keys, &challenge.nonce) {
-            Ok(v) => return v,
-            Err(v2::Error::NonceMismatch) => continue,
-            Err(e) => panic!("result: {e:?}"),
-        }
-    }
+    let link = v2_link(d, address).await;
+    let challenge = v2_challenge(d, &link).await;
+    let (frame, keys) = v2_request(d, &challenge, key, door_key, tool_id, endpoint);
+    let r = v2_write(&link, &frame, &challenge.nonce).await;
+    ResultFrame::open(&r, &keys, &challenge.nonce).expect("the door's answer")
 }
 
 #[tokio::test]
@@ -719,6 +749,28 @@ async fn the_gateways_own_door_speaks_v2() {
         )
     );
     assert_eq!(events[2].1["deviceId"], Value::Null);
+
+    // Single-use and 30 s (the manual clock): a replayed request and one answering a challenge
+    // older than 30 s are refused with a plain NONCE_INVALID.
+    let link = v2_link(&d, phone).await;
+    let challenge = v2_challenge(&d, &link).await;
+    let (frame, keys) = v2_request(&d, &challenge, &k.secret, &door_key, tool_id, "front");
+    let r = v2_write(&link, &frame, &challenge.nonce).await;
+    let r = ResultFrame::open(&r, &keys, &challenge.nonce).unwrap();
+    assert_eq!(r.status, Status::Granted);
+    let replayed = v2_write(&link, &frame, &[0; 16]).await;
+    assert_eq!(
+        replayed,
+        ResultFrame::plain(Status::NonceInvalid, &[0; 16]).unwrap()
+    );
+    let challenge = v2_challenge(&d, &link).await;
+    let (frame, _) = v2_request(&d, &challenge, &k.secret, &door_key, tool_id, "front");
+    d.gw.clock.advance(31);
+    let late = v2_write(&link, &frame, &challenge.nonce).await;
+    assert_eq!(
+        late,
+        ResultFrame::plain(Status::NonceInvalid, &challenge.nonce).unwrap()
+    );
 
     // Revoked: the next attempt no longer finds the grant.
     revoke(&d.gw, &d.http, &dev).await;

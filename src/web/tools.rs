@@ -31,15 +31,15 @@ pub fn routes() -> Router<AppState> {
         .route("/device/refresh", post(refresh))
 }
 
+/// Unknown fields are ignored, as in the other JSON bodies (a newer phone may send more).
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RegisterBody {
     pubkey: String,
     hash: String,
 }
 
 #[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[serde(rename_all = "camelCase")]
 struct RefreshBody {
     access_tool_id: String,
 }
