@@ -413,5 +413,22 @@ mod tests {
             |w| (w[0].tool_id, w[0].endpoint.as_str()) < (w[1].tool_id, w[1].endpoint.as_str())
         ));
         assert!(g.iter().all(|g| g.epoch == 3 && g.node_id == [9; 16]));
+
+        // Signed, the full set fits the session's 64 KiB frame (NODES.md §5).
+        let key = ed25519_dalek::SigningKey::from_bytes(&[4; 32]);
+        let header = SnapshotHeader {
+            node_id: [9; 16],
+            version: 1,
+            epoch: 3,
+            issued_at: 1_000,
+        };
+        let bytes = sign(&header, &g, &key).unwrap();
+        assert_eq!(bytes.len(), 38_504);
+        let text = data_encoding::BASE64.encode(&bytes);
+        assert_eq!(text.len(), 51_340);
+        let frame = serde_json::json!({"type": "grants", "snapshot": text, "pulse_ms": 3000});
+        let frame = frame.to_string();
+        assert!(frame.len() <= 64 * 1024);
+        assert!(verify_snapshot(&bytes, &key.verifying_key(), &[9; 16]).is_ok());
     }
 }
