@@ -66,6 +66,8 @@ pub struct FileConfig {
     pub ble: BleFile,
     #[serde(default)]
     pub http: HttpFile,
+    #[serde(default)]
+    pub access: AccessFile,
     #[serde(default, rename = "endpoint")]
     pub endpoints: Vec<EndpointConfig>,
 }
@@ -95,6 +97,13 @@ pub struct BleFile {
     pub require_encryption: Option<bool>,
     /// Which BlueZ adapter to serve on (`hci0`, …); default: `hci0` if present, else the first.
     pub adapter: Option<String>,
+}
+
+/// `[access]`: offline access tools.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccessFile {
+    pub tool_lifetime_secs: Option<u64>,
 }
 
 /// `[http]`: the listener's timeouts and connection caps.
@@ -256,6 +265,8 @@ pub struct Config {
     pub publish_rate: u32,
     pub publish_burst: u32,
     pub http: HttpLimits,
+    /// How long an access tool lasts from its issue or refresh (`[access] tool_lifetime_secs`).
+    pub tool_lifetime_secs: u64,
     pub endpoints: Vec<EndpointConfig>,
     /// systemd's `$CREDENTIALS_DIRECTORY`, where `latchkey.key` may live.
     pub credentials_dir: Option<PathBuf>,
@@ -285,6 +296,7 @@ impl std::fmt::Debug for Config {
             .field("publish_rate", &self.publish_rate)
             .field("publish_burst", &self.publish_burst)
             .field("http", &self.http)
+            .field("tool_lifetime_secs", &self.tool_lifetime_secs)
             .field("endpoints", &self.endpoints.len())
             .finish_non_exhaustive()
     }
@@ -355,6 +367,10 @@ impl Config {
             publish_rate: file.events.publish_rate.unwrap_or(DEFAULT_PUBLISH_RATE),
             publish_burst: file.events.publish_burst.unwrap_or(DEFAULT_PUBLISH_BURST),
             http: HttpLimits::from_file(&file.http),
+            tool_lifetime_secs: file
+                .access
+                .tool_lifetime_secs
+                .unwrap_or(crate::grants::tools::DEFAULT_LIFETIME_SECS),
             endpoints: file.endpoints,
             credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
             clock: Arc::new(SystemClock),
@@ -383,6 +399,7 @@ impl Config {
             publish_rate: DEFAULT_PUBLISH_RATE,
             publish_burst: DEFAULT_PUBLISH_BURST,
             http: HttpLimits::default(),
+            tool_lifetime_secs: crate::grants::tools::DEFAULT_LIFETIME_SECS,
             endpoints: Vec::new(),
             credentials_dir: None,
             clock,
@@ -391,6 +408,11 @@ impl Config {
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
+        if !crate::grants::tools::LIFETIME_RANGE.contains(&self.tool_lifetime_secs) {
+            return Err(ConfigError::Invalid(
+                "access.tool_lifetime_secs must be between 3600 and 7776000".into(),
+            ));
+        }
         if !(30..=86_400).contains(&self.pair_token_ttl_secs) {
             return Err(ConfigError::Invalid(
                 "pairing.token_ttl_secs must be between 30 and 86400".into(),

@@ -15,6 +15,7 @@ pub mod config;
 pub mod crypto;
 pub mod datadir;
 pub mod events;
+pub mod grants;
 pub mod listener;
 pub mod names;
 pub mod net;
@@ -51,6 +52,8 @@ pub use datadir::{check_data_dir, open_store, DB_FILE};
 const LOGIN_GLOBAL_PER_MINUTE: usize = 30;
 /// argon2 runs at once: each takes 19 MiB, and the Pi has a few hundred to spare at most.
 const PASSWORD_CHECKS: usize = 2;
+/// `POST /device/register` and `/device/refresh` per device and minute, together.
+const TOOL_REQUESTS_PER_MINUTE: usize = 10;
 /// Shutdown must finish well inside systemd's and the contract's 5 s.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
@@ -136,6 +139,7 @@ pub fn build_state(config: Config, port: u16) -> anyhow::Result<AppState> {
         password_checks: tokio::sync::Semaphore::new(PASSWORD_CHECKS),
         ws_devices: slots::Slots::new(config.http.ws_per_device, usize::MAX),
         pair_limit: ratelimit::RateLimiter::new(10, 60),
+        tool_limit: ratelimit::RateLimiter::new(TOOL_REQUESTS_PER_MINUTE, 60),
         publish_budget: budget::Budgets::new(config.publish_rate, config.publish_burst),
         metrics: Metrics::default(),
         shutdown: CancellationToken::new(),
@@ -177,7 +181,7 @@ pub async fn serve(
     );
     state
         .nodes
-        .watch_revocations(state.bus.subscribe(), state.shutdown.clone());
+        .watch_events(state.bus.subscribe(), state.shutdown.clone());
     ble::start(&state).await?;
 
     let app = web::router(state.clone(), ws::routes());

@@ -121,7 +121,8 @@ pub enum RevokeOutcome {
     NotFound,
 }
 
-/// Marks a device revoked and records `device.revoked`; revoking twice changes nothing.
+/// Marks a device revoked, voids its access tool, and records `device.revoked`; revoking
+/// twice changes nothing.
 pub fn revoke(
     tx: &Transaction<'_>,
     id: &DeviceId,
@@ -135,6 +136,8 @@ pub fn revoke(
     if changed == 0 {
         return unchanged_revoke(tx, "devices", id.as_str());
     }
+    // Its access tool goes with it: the doors' holders rebuild their grants on these events.
+    crate::grants::tools::void_for_device(tx, id, now, origin)?;
     events::append(
         tx,
         "device.revoked",

@@ -42,6 +42,8 @@ pub struct App {
     pub ws_devices: Slots<DeviceId>,
     /// 10 unknown pair tokens per minute per client address.
     pub pair_limit: RateLimiter<IpAddr>,
+    /// Access-tool requests (register + refresh) per device and minute.
+    pub tool_limit: RateLimiter<DeviceId>,
     /// Publishes per device (or admin credential), across all its sockets.
     pub publish_budget: Budgets<String>,
     pub metrics: Metrics,

@@ -25,7 +25,8 @@ async fn registers_the_service_and_advertises() {
     assert!(d.adapter.powered(), "the gateway powers the adapter on");
 
     let app = &d.app;
-    assert_eq!(app.services.len(), 1);
+    // Version 1's service first; version 2's (tests/access_tools.rs) after it.
+    assert_eq!(app.services.len(), 2);
     assert_eq!(app.services[0].uuid, uuid(SERVICE_UUID));
     assert!(app.services[0].primary);
     let flags = |u: String| {

@@ -125,7 +125,7 @@ async fn ble_on_fails_without_an_adapter_and_auto_waits_for_one() {
         .wait_application(0, Duration::from_secs(10))
         .await
         .expect("auto mode registers when an adapter appears");
-    assert_eq!(app.services.len(), 1);
+    assert_eq!(app.services.len(), 2, "door service v1 and v2");
     terminate(&child);
     let (code, err) = tokio::task::spawn_blocking(move || exited(child))
         .await

@@ -40,6 +40,11 @@ impl Gate {
         }
     }
 
+    /// The endpoint actions (shared with the v2 door, so pulses of one GPIO line never overlap).
+    pub fn actions(&self) -> &Actions {
+        &self.actions
+    }
+
     /// Decides one auth write and answers it.
     pub async fn attempt(
         &self,

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bluer::gatt::local::{CharacteristicNotifier, ReqError, ReqResult};
 use bluer::gatt::WriteOp;
-use tokio::sync::{Mutex, Semaphore};
+use tokio::sync::{Mutex, OwnedSemaphorePermit, Semaphore};
 
 use latchkey_proto::{Challenge, MAX_ATT_PAYLOAD};
 
@@ -33,11 +33,64 @@ pub fn peer_path(adapter: &str, address: bluer::Address) -> String {
     )
 }
 
+/// What both versions' attempt writes must be: one write request (with response) at offset 0,
+/// at most one ATT payload, while fewer than [`MAX_INFLIGHT`] attempts are being decided.
+/// Returns the permit the attempt holds until it is answered.
+pub fn accept_write(
+    inflight: &Arc<Semaphore>,
+    value: &[u8],
+    req: &Request,
+    op: WriteOp,
+    prepare_authorize: bool,
+) -> ReqResult<OwnedSemaphorePermit> {
+    if req.offset != 0 || prepare_authorize || op != WriteOp::Request {
+        return Err(ReqError::NotPermitted);
+    }
+    if value.len() > MAX_ATT_PAYLOAD {
+        return Err(ReqError::InvalidValueLength);
+    }
+    inflight.clone().try_acquire_owned().map_err(|_| {
+        tracing::warn!(peer = %req.peer, "too many BLE attempts at once; write refused");
+        ReqError::InProgress
+    })
+}
+
+/// A Result characteristic's subscription. bluetoothd calls `StartNotify` for every peer that
+/// enables notifications (older versions: for the first only) and `StopNotify` only when the
+/// last one leaves (src/gatt-database.c, `ccc_write_cb`); a notification reaches every
+/// subscribed peer. bluer ends the previous notifier at each call, so the newest one is kept,
+/// and any live one serves everybody.
+#[derive(Default)]
+pub struct Results(Mutex<Option<CharacteristicNotifier>>);
+
+impl Results {
+    pub async fn subscribed(&self, notifier: CharacteristicNotifier) {
+        *self.0.lock().await = Some(notifier);
+    }
+
+    /// Sends `frame` to every subscriber (dropped, with a debug line, when there is none).
+    pub async fn notify(&self, frame: Vec<u8>) {
+        let mut guard = self.0.lock().await;
+        let Some(n) = guard.as_mut() else {
+            tracing::debug!("result not sent: nobody subscribed to the Result characteristic");
+            return;
+        };
+        if n.notify(frame).await.is_err() {
+            tracing::debug!("result not sent: the Result subscription ended");
+            *guard = None;
+        }
+    }
+
+    pub async fn clear(&self) {
+        *self.0.lock().await = None;
+    }
+}
+
 pub struct Door {
     state: AppState,
     gate: Gate,
     challenges: Challenges,
-    result: Mutex<Option<CharacteristicNotifier>>,
+    result: Results,
     inflight: Arc<Semaphore>,
 }
 
@@ -47,7 +100,7 @@ impl Door {
             gate: Gate::new(state.clone()),
             state,
             challenges: Challenges::default(),
-            result: Mutex::new(None),
+            result: Results::default(),
             inflight: Arc::new(Semaphore::new(MAX_INFLIGHT)),
         }
     }
@@ -93,16 +146,7 @@ impl Door {
         op: WriteOp,
         prepare_authorize: bool,
     ) -> ReqResult<()> {
-        if req.offset != 0 || prepare_authorize || op != WriteOp::Request {
-            return Err(ReqError::NotPermitted);
-        }
-        if value.len() > MAX_ATT_PAYLOAD {
-            return Err(ReqError::InvalidValueLength);
-        }
-        let permit = self.inflight.clone().try_acquire_owned().map_err(|_| {
-            tracing::warn!(peer = %req.peer, "too many BLE attempts at once; write refused");
-            ReqError::InProgress
-        })?;
+        let permit = accept_write(&self.inflight, &value, req, op, prepare_authorize)?;
         let now = self.state.now();
         let nonce = self.challenges.take(&req.peer, now);
         let door = self.clone();
@@ -117,25 +161,13 @@ impl Door {
         Ok(())
     }
 
-    /// Result `StartNotify`. bluetoothd calls it for every peer that enables notifications
-    /// (older versions: for the first only) and `StopNotify` only when the last one leaves
-    /// (src/gatt-database.c, `ccc_write_cb`); a notification reaches every subscribed peer.
-    /// bluer ends the previous notifier at each call, so the newest one is kept, and any
-    /// live one serves everybody.
+    /// Result `StartNotify` (see [`Results`]).
     pub async fn result_subscribed(&self, notifier: CharacteristicNotifier) {
-        *self.result.lock().await = Some(notifier);
+        self.result.subscribed(notifier).await;
     }
 
     async fn notify_result(&self, frame: Vec<u8>) {
-        let mut guard = self.result.lock().await;
-        let Some(n) = guard.as_mut() else {
-            tracing::debug!("result not sent: nobody subscribed to the Result characteristic");
-            return;
-        };
-        if n.notify(frame).await.is_err() {
-            tracing::debug!("result not sent: the Result subscription ended");
-            *guard = None;
-        }
+        self.result.notify(frame).await;
     }
 
     /// A peer disconnected: its nonce is discarded.
@@ -146,7 +178,7 @@ impl Door {
     /// BlueZ or the adapter went away: every connection and subscription with it.
     pub async fn reset(&self) {
         self.challenges.clear();
-        *self.result.lock().await = None;
+        self.result.clear().await;
     }
 
     pub fn gate(&self) -> &Gate {

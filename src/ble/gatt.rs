@@ -7,18 +7,20 @@ use std::time::Duration;
 
 use bluer::adv::{Advertisement, AdvertisementHandle, Type as AdvType};
 use bluer::gatt::local::{
-    Application, ApplicationHandle, Characteristic, CharacteristicNotify,
+    Application, ApplicationHandle, Characteristic, CharacteristicNotifier, CharacteristicNotify,
     CharacteristicNotifyMethod, CharacteristicRead, CharacteristicWrite, CharacteristicWriteMethod,
-    Service,
+    ReqResult, Service,
 };
+use bluer::gatt::WriteOp;
 use bluer::Uuid;
 use futures_util::FutureExt;
 
 use latchkey_proto::{
-    adv_data, ADV_COMPANY_ID, AUTH_UUID, CHALLENGE_UUID, RESULT_UUID, SERVICE_UUID,
+    adv_data, v2, ADV_COMPANY_ID, AUTH_UUID, CHALLENGE_UUID, RESULT_UUID, SERVICE_UUID,
 };
 
 use super::door::{peer_path, Door, Request};
+use super::door_v2::DoorV2;
 
 /// Our limit on each registration call (bluer's own is 120 s).
 const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -38,81 +40,130 @@ impl std::fmt::Debug for Registration {
     }
 }
 
-/// The GATT application: one primary service with the Challenge, Auth and Result
-/// characteristics (PROTOCOL.md §3).
-pub fn application(door: &Arc<Door>) -> Application {
+/// The GATT application: the version-1 service with the Challenge, Auth and Result
+/// characteristics (PROTOCOL.md §3), then the version-2 service with Challenge, Request and
+/// Result (§16). Both have the same shape; only the door behind them differs.
+pub fn application(door: &Arc<Door>, v2: &Arc<DoorV2>) -> Application {
     let enc = door.require_encryption();
-    let reader = door.clone();
-    let challenge = Characteristic {
-        uuid: Uuid::from_u128(CHALLENGE_UUID),
+    let (reader, writer, subscriber) = (door.clone(), door.clone(), door.clone());
+    let v1_service = service(
+        SERVICE_UUID,
+        challenge(CHALLENGE_UUID, enc, move |r| {
+            let door = reader.clone();
+            async move { door.read_challenge(&r) }
+        }),
+        write(AUTH_UUID, enc, move |value, r, op, prep| {
+            writer.write_auth(value, &r, op, prep)
+        }),
+        result(RESULT_UUID, move |n| {
+            let door = subscriber.clone();
+            async move { door.result_subscribed(n).await }
+        }),
+    );
+    let (reader, writer, subscriber) = (v2.clone(), v2.clone(), v2.clone());
+    let v2_service = service(
+        v2::SERVICE_UUID,
+        challenge(v2::CHALLENGE_UUID, enc, move |r| {
+            let door = reader.clone();
+            async move { door.read_challenge(&r).await }
+        }),
+        write(v2::REQUEST_UUID, enc, move |value, r, op, prep| {
+            writer.write_request(value, &r, op, prep)
+        }),
+        result(v2::RESULT_UUID, move |n| {
+            let door = subscriber.clone();
+            async move { door.result_subscribed(n).await }
+        }),
+    );
+    Application {
+        services: vec![v1_service, v2_service],
+        ..Default::default()
+    }
+}
+
+fn service(
+    uuid: u128,
+    challenge: Characteristic,
+    write: Characteristic,
+    result: Characteristic,
+) -> Service {
+    Service {
+        uuid: Uuid::from_u128(uuid),
+        primary: true,
+        characteristics: vec![challenge, write, result],
+        ..Default::default()
+    }
+}
+
+/// Challenge: `read` (answered by `read`) and `notify`. Notify-capable as the protocol says; a
+/// BlueZ gateway never notifies challenges, because BlueZ would send them to every subscriber
+/// (PROTOCOL.md §7.1).
+fn challenge<F, Fut>(uuid: u128, enc: bool, read: F) -> Characteristic
+where
+    F: Fn(Request) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ReqResult<Vec<u8>>> + Send + 'static,
+{
+    Characteristic {
+        uuid: Uuid::from_u128(uuid),
         read: Some(CharacteristicRead {
             read: true,
             encrypt_authenticated_read: enc,
             fun: Box::new(move |req| {
-                let door = reader.clone();
-                async move {
-                    door.read_challenge(&Request {
-                        peer: peer_path(&req.adapter_name, req.device_address),
-                        offset: req.offset,
-                    })
-                }
+                read(Request {
+                    peer: peer_path(&req.adapter_name, req.device_address),
+                    offset: req.offset,
+                })
                 .boxed()
             }),
             ..Default::default()
         }),
-        // Notify-capable as the protocol says; a BlueZ gateway never notifies challenges,
-        // because BlueZ would send them to every subscriber (PROTOCOL.md §7.1).
         notify: Some(CharacteristicNotify {
             notify: true,
             method: CharacteristicNotifyMethod::Fun(Box::new(|_| async {}.boxed())),
             ..Default::default()
         }),
         ..Default::default()
-    };
+    }
+}
 
-    let writer = door.clone();
-    let auth = Characteristic {
-        uuid: Uuid::from_u128(AUTH_UUID),
+/// Auth (v1) or Request (v2): `write` with response, answered at once by `write`.
+fn write<F>(uuid: u128, enc: bool, write: F) -> Characteristic
+where
+    F: Fn(Vec<u8>, Request, WriteOp, bool) -> ReqResult<()> + Send + Sync + 'static,
+{
+    let write = Arc::new(write);
+    Characteristic {
+        uuid: Uuid::from_u128(uuid),
         write: Some(CharacteristicWrite {
             write: true,
             encrypt_authenticated_write: enc,
             method: CharacteristicWriteMethod::Fun(Box::new(move |value, req| {
-                let door = writer.clone();
-                async move {
-                    let r = Request {
-                        peer: peer_path(&req.adapter_name, req.device_address),
-                        offset: req.offset,
-                    };
-                    door.write_auth(value, &r, req.op_type, req.prepare_authorize)
-                }
-                .boxed()
+                let r = Request {
+                    peer: peer_path(&req.adapter_name, req.device_address),
+                    offset: req.offset,
+                };
+                let write = write.clone();
+                async move { write(value, r, req.op_type, req.prepare_authorize) }.boxed()
             })),
             ..Default::default()
         }),
         ..Default::default()
-    };
+    }
+}
 
-    let subscriber = door.clone();
-    let result = Characteristic {
-        uuid: Uuid::from_u128(RESULT_UUID),
+/// Result: `notify`, each subscription handed to `subscribed`.
+fn result<F, Fut>(uuid: u128, subscribed: F) -> Characteristic
+where
+    F: Fn(CharacteristicNotifier) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    Characteristic {
+        uuid: Uuid::from_u128(uuid),
         notify: Some(CharacteristicNotify {
             notify: true,
-            method: CharacteristicNotifyMethod::Fun(Box::new(move |notifier| {
-                let door = subscriber.clone();
-                async move { door.result_subscribed(notifier).await }.boxed()
-            })),
+            method: CharacteristicNotifyMethod::Fun(Box::new(move |n| subscribed(n).boxed())),
             ..Default::default()
         }),
-        ..Default::default()
-    };
-
-    Application {
-        services: vec![Service {
-            uuid: Uuid::from_u128(SERVICE_UUID),
-            primary: true,
-            characteristics: vec![challenge, auth, result],
-            ..Default::default()
-        }],
         ..Default::default()
     }
 }
@@ -157,6 +208,7 @@ pub async fn register(
     session: &bluer::Session,
     adapter_name: &str,
     door: &Arc<Door>,
+    v2: &Arc<DoorV2>,
 ) -> Result<Registration, String> {
     let adapter = session
         .adapter(adapter_name)
@@ -167,7 +219,7 @@ pub async fn register(
     }
     let app = within(
         "registering the GATT application",
-        adapter.serve_gatt_application(application(door)),
+        adapter.serve_gatt_application(application(door, v2)),
     )
     .await?;
     let adv = within(

@@ -13,6 +13,7 @@
 
 pub mod bus;
 pub mod door;
+pub mod door_v2;
 pub mod gatt;
 mod timedate;
 
@@ -28,6 +29,7 @@ use crate::config::BleMode;
 use crate::state::AppState;
 use bus::BusEvent;
 use door::Door;
+use door_v2::DoorV2;
 use gatt::Registration;
 
 #[derive(Debug, thiserror::Error)]
@@ -125,9 +127,11 @@ pub async fn start(state: &AppState) -> Result<(), BleError> {
     spawn_housekeeping(state.clone());
 
     let door = Arc::new(Door::new(state.clone()));
+    let v2 = Arc::new(DoorV2::new(state.clone(), door.clone()));
     let mut sup = Supervisor {
         state: state.clone(),
         door,
+        v2,
         session,
         conn,
         reg: None,
@@ -160,6 +164,7 @@ enum Retry {
 struct Supervisor {
     state: AppState,
     door: Arc<Door>,
+    v2: Arc<DoorV2>,
     session: bluer::Session,
     conn: zbus::Connection,
     reg: Option<Registration>,
@@ -172,7 +177,7 @@ impl Supervisor {
             .map_err(|r| self.waiting(r))?;
         let name = bus::choose_adapter(&adapters, self.state.config.ble_adapter.as_deref())
             .map_err(|r| self.waiting(r))?;
-        match gatt::register(&self.session, &name, &self.door).await {
+        match gatt::register(&self.session, &name, &self.door, &self.v2).await {
             Ok(reg) => {
                 self.reg = Some(reg);
                 let n = self.state.ble.registrations.fetch_add(1, Ordering::Relaxed) + 1;
@@ -214,6 +219,7 @@ impl Supervisor {
             drop(reg);
         }
         self.door.reset().await;
+        self.v2.reset().await;
         self.state.ble.set(BleState::Waiting {
             reason: reason.to_owned(),
         });
@@ -259,6 +265,7 @@ impl Supervisor {
                         }
                         BusEvent::PeerGone(p) => {
                             self.door.peer_gone(&p);
+                            self.v2.peer_gone(&p);
                             self.state.ble.disconnects.fetch_add(1, Ordering::Relaxed);
                         }
                         _ => {}

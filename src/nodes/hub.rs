@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -70,6 +70,7 @@ struct Entry {
     commands: mpsc::Sender<Command>,
     replaced: CancellationToken,
     revoked: CancellationToken,
+    grants: Arc<Notify>,
 }
 
 /// What a new session gets from [`NodeHub::attach`].
@@ -78,10 +79,12 @@ pub struct Attached {
     pub commands: mpsc::Receiver<Command>,
     /// Cancelled when a newer session of the same node attaches.
     pub replaced: CancellationToken,
-    /// Cancelled when the node is revoked (see [`NodeHub::watch_revocations`]).
+    /// Cancelled when the node is revoked (see [`NodeHub::watch_events`]).
     pub revoked: CancellationToken,
     /// The session this one replaced: it is gone once this sender's `closed()` resolves.
     pub previous: Option<mpsc::Sender<Command>>,
+    /// Woken when the node's grants may have changed (see [`NodeHub::watch_events`]).
+    pub grants: Arc<Notify>,
 }
 
 pub struct NodeHub {
@@ -138,6 +141,7 @@ impl NodeHub {
         let serial = self.next.fetch_add(1, Ordering::Relaxed);
         let replaced = CancellationToken::new();
         let revoked = CancellationToken::new();
+        let grants = Arc::new(Notify::new());
         let old = self.sessions().insert(
             id.clone(),
             Entry {
@@ -145,6 +149,7 @@ impl NodeHub {
                 commands: tx,
                 replaced: replaced.clone(),
                 revoked: revoked.clone(),
+                grants: grants.clone(),
             },
         );
         let previous = old.map(|e| {
@@ -157,6 +162,7 @@ impl NodeHub {
             replaced,
             revoked,
             previous,
+            grants,
         }
     }
 
@@ -167,11 +173,22 @@ impl NodeHub {
         }
     }
 
-    /// Follows the event log for `node.revoked` (written by the API, the page or the CLI in
-    /// another process) and cuts the node's session off. One task for every session, rather than
-    /// every session waking for every event. A session checks the registry itself right after it
-    /// attaches, so a revocation committed before that is not missed either.
-    pub fn watch_revocations(
+    /// Tells every session that its node's grants may have changed: each re-checks its own
+    /// (a wake-up is remembered until the session gets to it; several coalesce into one).
+    pub fn grants_changed(&self) {
+        for e in self.sessions().values() {
+            e.grants.notify_one();
+        }
+    }
+
+    /// Follows the event log (written by the API, the page or the CLI in another process):
+    /// `node.revoked` cuts the node's session off; a change of what doors honour
+    /// ([`crate::grants::is_trigger`]) makes every session re-check its grants, so a node
+    /// has its new snapshot well within the 2 s CONTRACT §6 allows. One task for every
+    /// session, rather than every session waking for every event. A session checks the
+    /// registry itself right after it attaches, so a change committed before that is not
+    /// missed either.
+    pub fn watch_events(
         self: &Arc<Self>,
         mut bus: broadcast::Receiver<Arc<Event>>,
         shutdown: CancellationToken,
@@ -184,15 +201,20 @@ impl NodeHub {
                     r = bus.recv() => r,
                 };
                 match r {
-                    Ok(ev) if ev.topic == "node.revoked" => {
-                        let id = ev.data_json()["nodeId"].as_str().and_then(NodeId::parse);
-                        if let Some(id) = id {
-                            hub.revoke(&id);
+                    Ok(ev) => {
+                        if ev.topic == "node.revoked" {
+                            let id = ev.data_json()["nodeId"].as_str().and_then(NodeId::parse);
+                            if let Some(id) = id {
+                                hub.revoke(&id);
+                            }
+                        }
+                        if crate::grants::is_trigger(&ev.topic) {
+                            hub.grants_changed();
                         }
                     }
-                    Ok(_) => {}
                     // Events went by unseen: ask the registry about every connected node.
                     Err(broadcast::error::RecvError::Lagged(_)) => {
+                        hub.grants_changed();
                         match hub.store.read(super::list).await {
                             Ok(all) => all
                                 .iter()

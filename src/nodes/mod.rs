@@ -129,8 +129,19 @@ pub struct Node {
     pub revoked: bool,
     /// The endpoint id a door node is opened by.
     pub endpoint: Option<String>,
+    /// Its offline-access grants: the snapshot signed last and what the node applied.
+    pub grants: Option<GrantsState>,
     #[serde(skip)]
     pub last_seen_unix: Option<UnixTime>,
+}
+
+/// `"grants": {"version","count","applied"}` of a node (NODES.md §5): the version and grant
+/// count of the snapshot the gateway signed last, and the version the node said it applied.
+#[derive(Debug, Clone, Copy, Serialize, PartialEq, Eq)]
+pub struct GrantsState {
+    pub version: u64,
+    pub count: u64,
+    pub applied: Option<u64>,
 }
 
 impl Node {
@@ -147,7 +158,10 @@ impl Node {
 }
 
 const NODE_COLUMNS: &str = "id, name, room, household_id, kind, firmware, registered_at, \
-                            revoked_at, last_seen, online, endpoint_id";
+                            revoked_at, last_seen, online, endpoint_id, \
+                            g.version, g.grant_count, g.applied_version";
+/// Nodes with their grants state (migration 5), if any.
+const NODE_FROM: &str = "nodes LEFT JOIN node_grants g ON g.node_id = nodes.id";
 
 fn node_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Node> {
     let registered: Option<i64> = r.get(6)?;
@@ -170,13 +184,27 @@ fn node_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Node> {
         registered_at: registered.map(rfc3339),
         revoked: revoked.is_some(),
         endpoint: r.get(10)?,
+        grants: r.get::<_, Option<i64>>(11)?.map(|version| GrantsState {
+            version: u64::try_from(version).unwrap_or(0),
+            count: r
+                .get::<_, Option<i64>>(12)
+                .ok()
+                .flatten()
+                .and_then(|c| u64::try_from(c).ok())
+                .unwrap_or(0),
+            applied: r
+                .get::<_, Option<i64>>(13)
+                .ok()
+                .flatten()
+                .and_then(|v| u64::try_from(v).ok()),
+        }),
         last_seen_unix: last_seen,
     })
 }
 
 pub fn list(conn: &Connection) -> Result<Vec<Node>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT {NODE_COLUMNS} FROM nodes ORDER BY created_at, rowid"
+        "SELECT {NODE_COLUMNS} FROM {NODE_FROM} ORDER BY created_at, nodes.rowid"
     ))?;
     let rows = stmt.query_map([], node_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
@@ -185,7 +213,7 @@ pub fn list(conn: &Connection) -> Result<Vec<Node>, StoreError> {
 pub fn get(conn: &Connection, id: &NodeId) -> Result<Option<Node>, StoreError> {
     Ok(conn
         .query_row(
-            &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE id = ?1"),
+            &format!("SELECT {NODE_COLUMNS} FROM {NODE_FROM} WHERE id = ?1"),
             [id.as_str()],
             node_from_row,
         )
@@ -196,7 +224,7 @@ pub fn get(conn: &Connection, id: &NodeId) -> Result<Option<Node>, StoreError> {
 pub fn by_key_hash(conn: &Connection, hash: &TokenHash) -> Result<Option<Node>, StoreError> {
     Ok(conn
         .query_row(
-            &format!("SELECT {NODE_COLUMNS} FROM nodes WHERE key_hash = ?1"),
+            &format!("SELECT {NODE_COLUMNS} FROM {NODE_FROM} WHERE key_hash = ?1"),
             [hash.as_bytes()],
             node_from_row,
         )

@@ -17,37 +17,66 @@ const AAD: &str = "latchkey/meta/gateway_signing_key";
 
 /// The signing key, if one was made.
 pub fn signing_key(conn: &Connection, master: &MasterKey) -> Result<Option<SigningKey>, NodeError> {
-    let Some(hex) = store::meta_get(conn, META_KEY)? else {
-        return Ok(None);
-    };
-    let sealed = data_encoding::HEXLOWER
-        .decode(hex.as_bytes())
-        .map_err(|_| StoreError::Corrupt("the gateway signing key"))?;
-    let seed = master
-        .open(&sealed, AAD)
-        .map_err(|_| StoreError::Corrupt("the gateway signing key does not open"))?;
-    let seed: Zeroizing<[u8; 32]> = Zeroizing::new(
-        <[u8; 32]>::try_from(seed.expose())
-            .map_err(|_| StoreError::Corrupt("the gateway signing key"))?,
-    );
-    Ok(Some(SigningKey::from_bytes(&seed)))
+    Ok(open_seed(conn, master, META_KEY, AAD)?.map(|seed| SigningKey::from_bytes(&seed)))
 }
 
 /// The signing key, made and sealed on first use (inside the caller's write transaction, so
 /// two processes cannot both make one).
 pub fn get_or_create(tx: &Transaction<'_>, master: &MasterKey) -> Result<SigningKey, NodeError> {
-    if let Some(k) = signing_key(tx, master)? {
-        return Ok(k);
+    let seed = seed_or_create(tx, master, META_KEY, AAD, |_| true)?;
+    Ok(SigningKey::from_bytes(&seed))
+}
+
+/// A 32-byte secret kept sealed under the master key in `meta` under `key` (bound to it by
+/// `aad`), if one was made. Shared by the gateway's keys (this one, the door key of
+/// `crate::grants::doorkey`).
+pub(crate) fn open_seed(
+    conn: &Connection,
+    master: &MasterKey,
+    key: &str,
+    aad: &str,
+) -> Result<Option<Zeroizing<[u8; 32]>>, StoreError> {
+    let Some(hex) = store::meta_get(conn, key)? else {
+        return Ok(None);
+    };
+    let sealed = data_encoding::HEXLOWER
+        .decode(hex.as_bytes())
+        .map_err(|_| StoreError::Corrupt("a sealed gateway key"))?;
+    let seed = master
+        .open(&sealed, aad)
+        .map_err(|_| StoreError::Corrupt("a sealed gateway key does not open"))?;
+    Ok(Some(Zeroizing::new(
+        <[u8; 32]>::try_from(seed.expose())
+            .map_err(|_| StoreError::Corrupt("a sealed gateway key"))?,
+    )))
+}
+
+/// [`open_seed`], or a new secret from the OS CSPRNG (drawn again until `valid` accepts it),
+/// sealed and stored inside the caller's write transaction.
+pub(crate) fn seed_or_create(
+    tx: &Transaction<'_>,
+    master: &MasterKey,
+    key: &str,
+    aad: &str,
+    valid: impl Fn(&[u8; 32]) -> bool,
+) -> Result<Zeroizing<[u8; 32]>, NodeError> {
+    if let Some(seed) = open_seed(tx, master, key, aad)? {
+        return Ok(seed);
     }
-    let seed = Zeroizing::new(random_array::<32>()?);
+    let seed = loop {
+        let s = Zeroizing::new(random_array::<32>()?);
+        if valid(&s) {
+            break s;
+        }
+    };
     let sealed = master
-        .seal(seed.as_slice(), AAD)
+        .seal(seed.as_slice(), aad)
         .map_err(|_| NodeError::Seal)?;
     tx.execute(
         "INSERT INTO meta (key, value) VALUES (?1, ?2)",
-        [META_KEY, &data_encoding::HEXLOWER.encode(&sealed)],
+        [key, &data_encoding::HEXLOWER.encode(&sealed)],
     )?;
-    Ok(SigningKey::from_bytes(&seed))
+    Ok(seed)
 }
 
 /// The public half, 32 bytes (what `gateway_pubkey` carries, base64).

@@ -140,6 +140,39 @@ const MIGRATIONS: &[&str] = &[
     ) STRICT;
     CREATE INDEX provisioning_tokens_node ON provisioning_tokens(node_id);
     "#,
+    // 5: offline access (issue 10): each device's phone key, its access tools (at most one
+    // live per device, enforced by the partial unique index too), and per node the grants
+    // state: the last signed snapshot with its version and revocation epoch, what the node
+    // said it applied, and the highest decision seq recorded from it.
+    r#"
+    CREATE TABLE phone_keys (
+        device_id     TEXT PRIMARY KEY REFERENCES devices(id),
+        pubkey        BLOB NOT NULL,
+        registered_at INTEGER NOT NULL
+    ) STRICT;
+
+    CREATE TABLE access_tools (
+        id         TEXT PRIMARY KEY,
+        device_id  TEXT NOT NULL REFERENCES devices(id),
+        pubkey     BLOB NOT NULL,
+        issued_at  INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        voided_at  INTEGER
+    ) STRICT;
+    CREATE UNIQUE INDEX access_tools_live ON access_tools(device_id) WHERE voided_at IS NULL;
+
+    CREATE TABLE node_grants (
+        node_id         TEXT PRIMARY KEY REFERENCES nodes(id),
+        version         INTEGER NOT NULL DEFAULT 0,
+        epoch           INTEGER NOT NULL DEFAULT 0,
+        snapshot        BLOB,
+        pulse_ms        INTEGER NOT NULL DEFAULT 0,
+        grant_count     INTEGER NOT NULL DEFAULT 0,
+        applied_version INTEGER,
+        applied_count   INTEGER,
+        decisions_seq   INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

@@ -203,12 +203,27 @@ async fn me(
         .await?;
     // The device's fresh entry and the doors it may open (configured ones and registered door
     // nodes) in one read, so a phone learns the endpoint ids its auth frames name (PROTOCOL.md §8).
-    let config = state.config.endpoints.clone();
-    let (fresh, all) = state
+    let st = state.clone();
+    let (fresh, all, access_tool) = state
         .store
         .read(move |c| {
             let fresh = registry::get(c, &device.device_id)?;
-            Ok((fresh, crate::nodes::doors::endpoints(c, &config)?))
+            let all = crate::nodes::doors::endpoints(c, &st.config.endpoints)?;
+            // The live tool, described as register and refresh answer it (so a phone can
+            // re-read it); its door key exists since the tool's issue made it.
+            let tool = crate::grants::tools::live_for_device(c, &device.device_id)?;
+            let door = crate::grants::doorkey::secret(c, &st.master)?;
+            let view = match (tool, door) {
+                (Some(t), Some(k)) => Some(crate::grants::tools::view(
+                    c,
+                    &t,
+                    &all,
+                    &st.gateway_id,
+                    &crate::grants::doorkey::public(&k),
+                )?),
+                _ => None,
+            };
+            Ok((fresh, all, view))
         })
         .await?;
     let device = fresh.ok_or_else(|| ApiError::not_found("no such device"))?;
@@ -219,15 +234,22 @@ async fn me(
             name: e.name.clone(),
         })
         .collect();
-    Ok(axum::Json(Me { device, endpoints }).into_response())
+    Ok(axum::Json(Me {
+        device,
+        endpoints,
+        access_tool,
+    })
+    .into_response())
 }
 
-/// `GET /api/me`: the device's registry entry and the endpoints it may open.
+/// `GET /api/me`: the device's registry entry, the endpoints it may open, its access tool.
 #[derive(Serialize)]
 struct Me {
     #[serde(flatten)]
     device: registry::Device,
     endpoints: Vec<MeEndpoint>,
+    #[serde(rename = "accessTool")]
+    access_tool: Option<crate::grants::tools::ToolView>,
 }
 
 #[derive(Serialize)]

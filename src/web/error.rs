@@ -147,6 +147,18 @@ impl From<PairError> for ApiError {
     }
 }
 
+impl From<crate::grants::GrantsError> for ApiError {
+    fn from(e: crate::grants::GrantsError) -> Self {
+        use crate::grants::GrantsError as G;
+        match e {
+            G::BadRequest(m) => Self::bad_request(m),
+            G::NotFound => Self::not_found("no such access tool"),
+            G::Revoked => Self::device_revoked(),
+            other => Self::internal(&other),
+        }
+    }
+}
+
 impl From<NodeError> for ApiError {
     fn from(e: NodeError) -> Self {
         match e {

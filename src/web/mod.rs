@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod metrics;
 pub mod nodes;
+pub mod tools;
 pub mod ui;
 
 use axum::extract::{DefaultBodyLimit, Path};
@@ -76,6 +77,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .merge(ui::routes())
         .merge(activity::routes())
         .merge(nodes::routes())
+        .merge(tools::routes())
         .merge(extra)
         .route("/static/{file}", get(asset))
         .fallback(|| async { ApiError::not_found("no such resource") })

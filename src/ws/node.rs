@@ -21,6 +21,7 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 use super::session::{close, BadFrames};
+use crate::grants::{self, decisions, decisions::Entry};
 use crate::nodes::{self, hub::Attached, NodeId, OfflineReason};
 use crate::state::AppState;
 
@@ -86,7 +87,7 @@ impl Stop {
 }
 
 #[derive(Deserialize)]
-#[serde(tag = "type", rename_all = "lowercase")]
+#[serde(tag = "type", rename_all = "snake_case")]
 enum NodeFrame {
     Status {
         #[serde(default)]
@@ -98,9 +99,39 @@ enum NodeFrame {
         #[serde(default)]
         error: Option<String>,
     },
+    /// The node applied (or refused) a `grants` snapshot.
+    GrantsAck {
+        version: u64,
+        ok: bool,
+        #[serde(default)]
+        grants: Option<u64>,
+        #[serde(default)]
+        error: Option<String>,
+    },
+    /// Its decision log, oldest first.
+    Decisions {
+        entries: Vec<DecisionEntry>,
+        #[serde(default)]
+        lost: u64,
+        #[serde(default)]
+        unrecognised: u64,
+    },
     /// Unknown types are ignored (forward compatibility).
     #[serde(other)]
     Other,
+}
+
+/// One entry of a `decisions` frame as sent (checked by `grants::decisions::Entry::check`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct DecisionEntry {
+    seq: u64,
+    status: String,
+    tool_id: Option<String>,
+    endpoint: Option<String>,
+    phone_time: Option<u64>,
+    door_time: Option<u64>,
+    offline: bool,
 }
 
 fn text(v: serde_json::Value) -> Message {
@@ -137,6 +168,8 @@ struct Session {
     firmware: Option<String>,
     last_touch: i64,
     bad: BadFrames,
+    /// Version of the last `grants` frame sent on this session.
+    grants_sent: Option<u64>,
 }
 
 async fn serve(socket: WebSocket, state: AppState, id: NodeId) {
@@ -153,6 +186,7 @@ async fn serve(socket: WebSocket, state: AppState, id: NodeId) {
         firmware: None,
         last_touch: 0,
         bad: BadFrames::new(),
+        grants_sent: None,
     };
     let stop = s.run().await;
     s.finish(stop).await;
@@ -193,6 +227,7 @@ impl Session {
             "now": now,
         });
         self.send(text(hello)).await?;
+        self.push_grants().await?;
 
         let every = self.state.nodes.ping_every();
         let mut ticker = tokio::time::interval_at(Instant::now() + every, every);
@@ -200,6 +235,7 @@ impl Session {
         let shutdown = self.state.shutdown.clone();
         let replaced = self.attached.replaced.clone();
         let revoked = self.attached.revoked.clone();
+        let grants = self.attached.grants.clone();
         loop {
             tokio::select! {
                 biased;
@@ -211,6 +247,7 @@ impl Session {
                     // The hub let go of this session: a newer one took its place.
                     None => return Err(Stop::Replaced),
                 },
+                _ = grants.notified() => self.push_grants().await?,
                 _ = ticker.tick() => self.heartbeat().await?,
                 m = self.socket.recv() => self.on_message(m).await?,
             }
@@ -222,6 +259,123 @@ impl Session {
             Ok(Ok(())) => Ok(()),
             Ok(Err(_)) => Err(Stop::Gone),
             Err(_) => Err(Stop::Close(close::POLICY, "too slow")),
+        }
+    }
+
+    /// Sends the node's snapshot when it is not the one this session sent last (always once
+    /// after `hello`); re-signs it first if the registry changed (`grants::snapshot::refresh`).
+    async fn push_grants(&mut self) -> Result<(), Stop> {
+        let (id, st) = (self.id.clone(), self.state.clone());
+        let (now, now_ms) = (self.state.now(), self.state.clock.now_ms());
+        let snapshot = self
+            .state
+            .store
+            .write(move |tx| {
+                Ok(grants::snapshot::refresh(
+                    tx,
+                    &st.master,
+                    &st.config.endpoints,
+                    &id,
+                    now,
+                    now_ms,
+                ))
+            })
+            .await;
+        let snapshot = match snapshot {
+            Ok(Ok(Some(s))) => s,
+            Ok(Ok(None)) => return Ok(()),
+            Ok(Err(e)) => {
+                tracing::warn!(node_id = %self.id, error = %e, "cannot build a node's grants");
+                return Ok(());
+            }
+            Err(e) => {
+                tracing::warn!(node_id = %self.id, error = %e, "cannot build a node's grants");
+                return Ok(());
+            }
+        };
+        if self.grants_sent == Some(snapshot.version) {
+            return Ok(());
+        }
+        let frame = json!({
+            "type": "grants",
+            "snapshot": data_encoding::BASE64.encode(&snapshot.bytes),
+            "pulse_ms": snapshot.pulse_ms,
+        });
+        self.send(text(frame)).await?;
+        self.grants_sent = Some(snapshot.version);
+        tracing::debug!(
+            node_id = %self.id,
+            version = snapshot.version,
+            epoch = snapshot.epoch,
+            grants = snapshot.count,
+            "grants sent"
+        );
+        Ok(())
+    }
+
+    async fn on_grants_ack(&mut self, version: u64, ok: bool, count: u64, error: Option<String>) {
+        if !ok {
+            // Logged, not audited (NODES.md §5): the node keeps its previous grants.
+            tracing::warn!(
+                node_id = %self.id,
+                version,
+                error = %error_code(error),
+                "the node refused its grants"
+            );
+            return;
+        }
+        let id = self.id.clone();
+        let r = self
+            .state
+            .store
+            .write(move |tx| grants::snapshot::record_ack(tx, &id, version, count))
+            .await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "could not record a node's grants ack");
+        }
+    }
+
+    /// Records a `decisions` frame and acknowledges it; `Err` is the `BAD_FRAME` message.
+    async fn on_decisions(
+        &mut self,
+        entries: Vec<DecisionEntry>,
+        counts: decisions::Counts,
+    ) -> Result<Result<(), &'static str>, Stop> {
+        let checked: Result<Vec<Entry>, _> = entries
+            .into_iter()
+            .map(|e| {
+                Entry::check(
+                    e.seq,
+                    &e.status,
+                    e.tool_id.as_deref(),
+                    e.endpoint.as_deref(),
+                    e.phone_time,
+                    e.door_time,
+                    e.offline,
+                )
+            })
+            .collect();
+        let checked = match checked.and_then(|c| decisions::check_batch(&c).map(|()| c)) {
+            Ok(c) => c,
+            Err(m) => return Ok(Err(m)),
+        };
+        let (id, now_ms) = (self.id.clone(), self.state.clock.now_ms());
+        let recorded = self
+            .state
+            .store
+            .write(move |tx| decisions::record(tx, &id, &checked, counts, now_ms))
+            .await;
+        match recorded {
+            Ok(up_to) => {
+                self.send(text(json!({ "type": "decisions_ack", "upTo": up_to })))
+                    .await?;
+                Ok(Ok(()))
+            }
+            // Not acknowledged: the node sends them again on its next session.
+            Err(e) => {
+                tracing::warn!(node_id = %self.id, error = %e, "could not record decisions");
+                Ok(Ok(()))
+            }
         }
     }
 
@@ -280,10 +434,7 @@ impl Session {
         let problem = match msg {
             Message::Text(t) if t.len() > MAX_FRAME => Some("frame over 16 KiB"),
             Message::Text(t) => match serde_json::from_str::<NodeFrame>(t.as_str()) {
-                Ok(f) => {
-                    self.on_frame(f).await;
-                    None
-                }
+                Ok(f) => self.on_frame(f).await?,
                 Err(_) => Some("not a valid frame (JSON object with a known type's fields)"),
             },
             Message::Binary(_) => Some("frames are JSON text"),
@@ -299,8 +450,26 @@ impl Session {
         Ok(())
     }
 
-    async fn on_frame(&mut self, f: NodeFrame) {
+    /// Handles a well-formed frame; `Ok(Some(message))` when its content is not acceptable.
+    async fn on_frame(&mut self, f: NodeFrame) -> Result<Option<&'static str>, Stop> {
         match f {
+            NodeFrame::GrantsAck {
+                version,
+                ok,
+                grants,
+                error,
+            } => {
+                self.on_grants_ack(version, ok, grants.unwrap_or(0), error)
+                    .await;
+            }
+            NodeFrame::Decisions {
+                entries,
+                lost,
+                unrecognised,
+            } => {
+                let counts = decisions::Counts { lost, unrecognised };
+                return Ok(self.on_decisions(entries, counts).await?.err());
+            }
             NodeFrame::Result { id, ok, error } => {
                 // A late answer (after the gateway gave up) finds nobody waiting.
                 if let Some(reply) = self.pending.remove(&id) {
@@ -328,6 +497,7 @@ impl Session {
             }
             NodeFrame::Other => {}
         }
+        Ok(None)
     }
 
     /// Says goodbye with the right close code and records the node offline.

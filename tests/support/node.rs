@@ -153,8 +153,15 @@ pub async fn send(ws: &mut Ws, v: Value) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
 }
 
-/// Connects and does what a node does first: read `hello`, send `status`. Returns hello.
+/// Connects and does what a node does first: read `hello`, send `status`. Returns hello. The
+/// `grants` frame the gateway sends a door node right after `hello` is read and left aside.
 pub async fn session(creds: &Creds) -> (Ws, Value) {
+    let (ws, hello, _) = session_with_grants(creds).await;
+    (ws, hello)
+}
+
+/// [`session`], returning the first `grants` frame too (NODES.md §5).
+pub async fn session_with_grants(creds: &Creds) -> (Ws, Value, Value) {
     let mut ws = connect(&creds.ws_url, &creds.node_key)
         .await
         .expect("upgrade");
@@ -165,7 +172,9 @@ pub async fn session(creds: &Creds) -> (Ws, Value) {
         json!({"type":"status","kind":"door","firmware":"0.1.0","relay":"idle","uptime":5}),
     )
     .await;
-    (ws, hello)
+    let grants = recv(&mut ws).await;
+    assert_eq!(grants["type"], "grants", "{grants}");
+    (ws, hello, grants)
 }
 
 /// How a scripted node answers commands.

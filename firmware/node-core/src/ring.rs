@@ -165,6 +165,7 @@ impl AckWrites {
 struct InFlight {
     up_to: u64,
     lost: u32,
+    unrecognised: u32,
 }
 
 /// The ring's RAM mirror and upload state. A stored entry that does not decode is kept as
@@ -174,6 +175,8 @@ pub struct DecisionRing {
     entries: VecDeque<Option<Entry>>,
     next_seq: u64,
     lost: u32,
+    /// Attempts that matched no grant since the last acknowledged upload (RAM only).
+    unrecognised: u32,
     in_flight: Option<InFlight>,
 }
 
@@ -191,6 +194,7 @@ impl DecisionRing {
             entries,
             next_seq: meta.seq_floor.max(last.saturating_add(1)).max(1),
             lost: meta.lost,
+            unrecognised: 0,
             in_flight: None,
         }
     }
@@ -216,6 +220,18 @@ impl DecisionRing {
             seq_floor: self.next_seq,
             lost: self.lost,
         }
+    }
+
+    /// Counts an attempt that matched no grant (a plain result). Such attempts are not stored:
+    /// anyone in radio range can make them, and storing each would let a stranger push real
+    /// decisions out of the ring and wear the flash. The count rides along with the next upload.
+    pub fn note_unrecognised(&mut self) {
+        self.unrecognised = self.unrecognised.saturating_add(1);
+    }
+
+    /// Unrecognised attempts not yet reported.
+    pub fn unrecognised(&self) -> u32 {
+        self.unrecognised
     }
 
     /// Records a decision; returns what to write.
@@ -254,16 +270,19 @@ impl DecisionRing {
             kind: &'static str,
             entries: Vec<Wire<'a>>,
             lost: u32,
+            unrecognised: u32,
         }
         let frame = Frame {
             kind: "decisions",
             entries: batch.iter().map(|e| Wire::of(e)).collect(),
             lost: self.lost,
+            unrecognised: self.unrecognised,
         };
         let text = serde_json::to_string(&frame).ok()?;
         self.in_flight = Some(InFlight {
             up_to,
             lost: self.lost,
+            unrecognised: self.unrecognised,
         });
         Some(text)
     }
@@ -281,6 +300,7 @@ impl DecisionRing {
         if let Some(sent) = self.in_flight.take() {
             if up_to >= sent.up_to {
                 self.lost = self.lost.saturating_sub(sent.lost);
+                self.unrecognised = self.unrecognised.saturating_sub(sent.unrecognised);
             }
         }
         AckWrites {
@@ -454,11 +474,22 @@ mod tests {
             assert_eq!(third["entries"][0]["offline"], false);
             ring.ack(41).store(&mut store).await;
             assert!(ring.upload().is_none());
+            // Attempts that matched no grant are counted, not stored, and go with the next upload.
+            ring.note_unrecognised();
+            ring.note_unrecognised();
+            assert!(ring.upload().is_none(), "a count alone sends nothing");
+            let writes = ring.record(granted(60), false);
+            writes.store(&mut store).await;
+            let fourth = frame(&mut ring);
+            assert_eq!((seqs(&fourth), fourth["unrecognised"].clone()), (vec![42], json!(2)));
+            ring.note_unrecognised();
+            ring.ack(42).store(&mut store).await;
+            assert_eq!(ring.unrecognised(), 1, "only what was reported is cleared");
             // Acknowledged entries are gone from flash; the numbering goes on after a restart.
             let (mut store, mut ring) = reboot(store).await;
             assert!(ring.is_empty());
             ring.record(unknown(), true).store(&mut store).await;
-            assert_eq!(seqs(&frame(&mut ring)), [42]);
+            assert_eq!(seqs(&frame(&mut ring)), [43]);
         });
     }
 

@@ -895,6 +895,11 @@ where
             match action {
                 DoorAction::Reply { conn, value } => radio.reply_read(conn, &value).await,
                 DoorAction::Notify { conn, value } => radio.notify(conn, &value).await,
+                DoorAction::Record(record) if record.tool_id.is_none() => {
+                    // No grant matched: a stranger, a revoked phone or noise (NODES.md §8).
+                    log::info!("door: {} (unrecognised)", record.status.as_str());
+                    ctx.door.borrow_mut().ring.note_unrecognised();
+                }
                 DoorAction::Record(record) => {
                     log::info!("door: {}", record.status.as_str());
                     let writes = {
