@@ -534,6 +534,7 @@ pub fn write_credentials(path: &Path, addr: SocketAddr, gateway_id: &str) -> Cre
         name: "v2 phone".into(),
         phone_key: None,
         access_tool: None,
+        vehicle_keys: Vec::new(),
     };
     c.save(path).expect("save credentials");
     c

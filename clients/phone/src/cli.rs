@@ -49,6 +49,9 @@ pub enum PhoneCmd {
         /// Which door: auto, gateway, node (any node of the endpoint) or a node id
         #[arg(long, default_value = "auto", value_name = "auto|gateway|node|NODE_ID")]
         door: unlock::DoorChoice,
+        /// Open this vehicle with its vehicle key (`phone pair-vehicle`), offline
+        #[arg(long, value_name = "VEHICLE_ID", conflicts_with_all = ["endpoint", "endpoint_id", "door"])]
+        vehicle: Option<uuid::Uuid>,
         /// Refresh the access tool first when it expires within this many seconds
         #[arg(long, value_name = "SECS", default_value_t = tool::DEFAULT_REFRESH_WITHIN)]
         refresh_within: u64,
@@ -59,6 +62,28 @@ pub enum PhoneCmd {
         #[arg(long)]
         json: bool,
         /// Stage timeouts in seconds: scan, connect, challenge, server
+        #[arg(long, value_delimiter = ',', value_name = "S,S,S,S")]
+        timeouts: Option<Vec<f64>>,
+        #[command(flatten)]
+        creds: CredentialsArg,
+    },
+    /// Pair with a vehicle over Bluetooth LE and get its vehicle key from the gateway (seed
+    /// 000): scan, connect, read its pairing challenge, approve, open a pairing session at the
+    /// gateway, write the gateway's answer to the vehicle, store the key
+    #[command(after_help = PAIR_VEHICLE_HELP)]
+    PairVehicle {
+        /// The vehicle's node id
+        vehicle_id: uuid::Uuid,
+        /// Approve key issuance without asking (needed when stdin is not a terminal)
+        #[arg(long)]
+        yes: bool,
+        /// Print the pairing context (seed 000's PairingContext, step, steps) as JSON
+        #[arg(long)]
+        json: bool,
+        /// Bluetooth adapter [default: the system's default]
+        #[arg(long)]
+        adapter: Option<String>,
+        /// Stage timeouts in seconds: scan, connect, challenge, server [default: 10,15,10,15]
         #[arg(long, value_delimiter = ',', value_name = "S,S,S,S")]
         timeouts: Option<Vec<f64>>,
         #[command(flatten)]
@@ -115,6 +140,25 @@ Exit status 2: usage error. Exit status 1: any other failure, with one line on s
   PROTOCOL                  the gateway or the node answered something unexpected
 A token that expires before it is sent (checked against its expires_at, with a 2-minute margin)
 is refreshed for the same node id without asking.";
+
+/// `phone pair-vehicle`'s codes.
+const PAIR_VEHICLE_HELP: &str = "\
+Stages (on stderr, and in --json as step/steps): idle, scanning, deviceSelected, connecting,
+challenge, registering, completing, completed, or error. On success the key is stored in the
+credentials and its id printed on stdout (or the JSON). Exit status 1 on failure, with
+`latchkey: CODE: message` on stderr:
+  TIMEOUT_SCAN       the vehicle was not heard (scan timeout)
+  TIMEOUT_CONNECT    the vehicle did not accept the connection (connect timeout)
+  TIMEOUT_CHALLENGE  the vehicle did not hand out its pairing challenge (challenge timeout)
+  TIMEOUT_SERVER     the gateway or the vehicle did not answer (server timeout)
+  DECLINED           key issuance was not approved (no terminal and no --yes, or answered no)
+  NO_VEHICLE         the device heard is not that vehicle, or offers no pairing service
+  SERVER             the gateway refused (its code follows, e.g. PAIRING_SESSION_EXPIRED)
+  VEHICLE_REFUSED    the vehicle refused the gateway's pairing response
+  NO_PHONE_KEY       the phone has no registered phone key (no access tool from the gateway)
+  BLUETOOTH, BLUETOOTH_OFF, PROTOCOL, CANCELLED (SIGINT/SIGTERM)
+Every exit stops the scan, disconnects, and cancels the gateway's pairing session unless the
+vehicle accepted the key.";
 
 /// The node's setup access point, where the node serves its AP API (docs/NODES.md §4).
 pub const DEFAULT_NODE_URL: &str = "http://192.168.4.1";
@@ -198,6 +242,7 @@ pub fn run(cmd: PhoneCmd) -> anyhow::Result<()> {
                 endpoint,
                 endpoint_id,
                 door,
+                vehicle,
                 refresh_within,
                 adapter,
                 json,
@@ -207,11 +252,27 @@ pub fn run(cmd: PhoneCmd) -> anyhow::Result<()> {
                 let how = UnlockArgs {
                     endpoint: endpoint.or(endpoint_id),
                     door,
+                    vehicle,
                     refresh_within,
                     adapter,
                     json,
                 };
                 unlock(how, timeouts, &creds.path()).await
+            }
+            PhoneCmd::PairVehicle {
+                vehicle_id,
+                yes,
+                json,
+                adapter,
+                timeouts,
+                creds,
+            } => {
+                let how = PairVehicleArgs {
+                    yes,
+                    json,
+                    adapter,
+                };
+                pair_vehicle(vehicle_id, how, timeouts, &creds.path()).await
             }
             PhoneCmd::Listen { since, creds } => listen(&creds.path(), since).await,
             PhoneCmd::Publish { topic, data, creds } => publish(&creds.path(), &topic, data).await,
@@ -329,15 +390,49 @@ async fn choose_step(path: &Path) -> u64 {
 struct UnlockArgs {
     endpoint: Option<String>,
     door: unlock::DoorChoice,
+    vehicle: Option<uuid::Uuid>,
     refresh_within: u64,
     adapter: Option<String>,
     json: bool,
 }
 
-/// Gives the credentials a phone key, then registers or refreshes its access tool as needed,
-/// within `limit`, saving what changed. Best effort: a gateway that does not answer leaves
-/// the stored tool in place (opening a door offline is the point), with a line on stderr.
+/// Gives the credentials a phone key, then registers or refreshes its access tool and
+/// refreshes its vehicle keys as needed, within `limit` each, saving what changed. Best
+/// effort: a gateway that does not answer leaves the stored tool and keys in place (opening a
+/// door offline is the point), with a line on stderr.
 async fn keep_tool(creds: &mut Credentials, path: &Path, within: u64, limit: Duration) {
+    keep_access_tool(creds, path, within, limit).await;
+    if creds.vehicle_keys.is_empty() {
+        return;
+    }
+    let done = tokio::time::timeout(
+        limit,
+        crate::vehicle::maintain(creds, crate::clock::unix_now(), within, limit),
+    )
+    .await;
+    // Whatever was refreshed or dropped before a failure is kept.
+    let upkept = match done {
+        Ok(Ok(u)) => Some(u),
+        Ok(Err(e)) => {
+            eprintln!("latchkey: vehicle keys not refreshed ({e}); going on with the stored ones");
+            None
+        }
+        Err(_) => {
+            eprintln!(
+                "latchkey: vehicle keys not refreshed (no answer within {} s); going on with the stored ones",
+                limit.as_secs()
+            );
+            None
+        }
+    };
+    if upkept.is_none_or(|u| u != crate::vehicle::Upkept::default()) {
+        if let Err(e) = creds.save(path) {
+            eprintln!("latchkey: cannot keep the vehicle keys: {e}");
+        }
+    }
+}
+
+async fn keep_access_tool(creds: &mut Credentials, path: &Path, within: u64, limit: Duration) {
     match tool::ensure_key(creds) {
         Ok(false) => {}
         Ok(true) => {
@@ -400,7 +495,10 @@ async fn unlock(how: UnlockArgs, given: Option<Vec<f64>>, path: &Path) -> anyhow
     } else {
         unlock::next_step(credentials::load_step(path), unix_now())
     };
-    let plan = unlock::Plan::new(&creds, how.endpoint.as_deref(), &how.door, step);
+    let plan = match &how.vehicle {
+        Some(v) => unlock::Plan::vehicle(&creds, v, crate::clock::unix_now()),
+        None => unlock::Plan::new(&creds, how.endpoint.as_deref(), &how.door, step),
+    };
     let plan = match plan {
         Ok(p) => p,
         Err(e) => return report_error(&e, how.json, Duration::ZERO),
@@ -533,4 +631,100 @@ async fn publish(path: &Path, topic: &str, data: serde_json::Value) -> anyhow::R
     let seq = super::sync::publish(path, topic, data).await?;
     println!("{seq}");
     Ok(())
+}
+
+/// `phone pair-vehicle`'s choices.
+struct PairVehicleArgs {
+    yes: bool,
+    json: bool,
+    adapter: Option<String>,
+}
+
+/// How long the approval prompt waits for an answer: the gateway's session is not open yet,
+/// but the vehicle's challenge lives 120 s and the gateway accepts it for as long.
+const APPROVAL_LIMIT: Duration = Duration::from_secs(60);
+
+/// "Approve key issuance?" on the terminal: `true` only for a yes typed there. No terminal,
+/// no answer within [`APPROVAL_LIMIT`], or end of input: not approved.
+async fn ask_approval(vehicle: uuid::Uuid) -> bool {
+    use std::io::{BufRead, IsTerminal, Read, Write};
+    if !std::io::stdin().is_terminal() {
+        eprintln!("latchkey: Approve key issuance? (no terminal to ask on; --yes approves)");
+        return false;
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    // A plain thread, not spawn_blocking: an unanswered prompt must not keep the runtime
+    // (and the process) alive after the timeout.
+    std::thread::spawn(move || {
+        let mut stderr = std::io::stderr();
+        let _ = write!(
+            stderr,
+            "Approve key issuance? (vehicle {vehicle}) [y/N] "
+        );
+        let _ = stderr.flush();
+        let mut line = String::new();
+        let read = std::io::stdin().lock().take(64).read_line(&mut line);
+        let _ = tx.send(read.is_ok() && matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes"));
+    });
+    tokio::time::timeout(APPROVAL_LIMIT, rx)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or(false)
+}
+
+async fn pair_vehicle(
+    vehicle: uuid::Uuid,
+    how: PairVehicleArgs,
+    given: Option<Vec<f64>>,
+    path: &Path,
+) -> anyhow::Result<()> {
+    use crate::pair_vehicle;
+    let mut creds = Credentials::load(path)?;
+    let limits = timeouts(given)?;
+    // The phone key must be registered (the gateway checks it): register or refresh first.
+    keep_tool(&mut creds, path, tool::DEFAULT_REFRESH_WITHIN, tool::UNLOCK_HTTP_TIMEOUT).await;
+    let session = bluer::Session::new()
+        .await
+        .context("cannot reach BlueZ on the system D-Bus")?;
+    let adapter = match how.adapter.as_deref() {
+        Some(name) => session.adapter(name)?,
+        None => session
+            .default_adapter()
+            .await
+            .context("no Bluetooth adapter")?,
+    };
+    let setup = pair_vehicle::Setup {
+        creds: &creds,
+        vehicle,
+        timeouts: limits,
+    };
+    let yes = how.yes;
+    let (ctx, result) = pair_vehicle::pair(
+        &adapter,
+        &setup,
+        || async move { yes || ask_approval(vehicle).await },
+        |ctx| eprintln!("latchkey: pair-vehicle: {}", ctx.step.as_str()),
+        async {
+            match stop_signal() {
+                Ok(stop) => stop.await,
+                Err(_) => std::future::pending().await,
+            }
+        },
+    )
+    .await;
+    let stored = match result {
+        Ok(keys) => {
+            let keys = pair_vehicle::usable_keys(keys, &vehicle);
+            crate::vehicle::store_keys(&mut creds, &vehicle, keys);
+            creds.save(path).map_err(anyhow::Error::from)
+        }
+        Err(e) => Err(anyhow::anyhow!("{}: {e}", e.code())),
+    };
+    if how.json {
+        println!("{}", ctx.to_json());
+    } else if let (Ok(()), Some(key)) = (&stored, &ctx.result) {
+        println!("{}", key.key_id);
+    }
+    stored
 }

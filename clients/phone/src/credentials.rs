@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::secret::{SecretBytes, SecretString};
 use crate::tool::AccessTool;
+use crate::vehicle::VehicleKey;
 
 /// Largest credentials file we read; ours are a few hundred bytes.
 const MAX_FILE: u64 = 64 * 1024;
@@ -37,6 +38,9 @@ pub struct Credentials {
     /// The access tool the gateway issued for that key (public data), when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub access_tool: Option<AccessTool>,
+    /// Vehicle keys (`phone pair-vehicle`), public data like the tool.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vehicle_keys: Vec<VehicleKey>,
 }
 
 impl std::fmt::Debug for Credentials {
@@ -256,6 +260,7 @@ pub(crate) mod tests_support {
             name: "Pixel".into(),
             phone_key: None,
             access_tool: None,
+            vehicle_keys: Vec::new(),
         }
     }
 }

@@ -8,11 +8,13 @@ pub mod cli;
 pub mod clock;
 pub mod credentials;
 pub mod pair;
+pub mod pair_vehicle;
 pub mod provisioning;
 pub mod secret;
 pub mod sync;
 pub mod sync_client;
 pub mod tool;
 pub mod unlock;
+pub mod vehicle;
 
 pub use credentials::Credentials;

@@ -181,6 +181,7 @@ pub async fn redeem(
         name: name.to_owned(),
         phone_key: None,
         access_tool: None,
+        vehicle_keys: Vec::new(),
     })
 }
 

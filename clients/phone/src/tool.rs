@@ -151,6 +151,16 @@ impl AccessTool {
         Ok(Some((endpoint.id.clone(), doors)))
     }
 
+    /// The gateway's own door (its P-256 door key), from whichever endpoint lists it: what a
+    /// vehicle pairing's approval is sealed to.
+    pub fn gateway_door(&self) -> Option<Door> {
+        self.endpoints
+            .iter()
+            .flat_map(|e| e.doors.iter())
+            .filter(|d| d.kind == DoorKind::Gateway)
+            .find_map(|d| decode_door(d).ok())
+    }
+
     /// Checks an answer of the gateway: a UUID tool id, our key, an expiry, doors that decode.
     fn check(&self, ours: &v2::PublicKeyBytes) -> Result<(), ToolError> {
         let bad = |what: &str| ToolError::Protocol(format!("{what} in the access tool"));
@@ -172,7 +182,7 @@ impl AccessTool {
     }
 }
 
-fn decode_key(b64: &str) -> Option<v2::PublicKeyBytes> {
+pub(crate) fn decode_key(b64: &str) -> Option<v2::PublicKeyBytes> {
     let bytes = data_encoding::BASE64.decode(b64.as_bytes()).ok()?;
     v2::parse_public_key(&bytes).ok()?;
     bytes.try_into().ok()
@@ -311,15 +321,16 @@ pub async fn maintain(
     Ok(done)
 }
 
-/// The device-authenticated tool endpoints of one gateway.
-struct Api {
+/// The device-authenticated endpoints of one gateway (access tools, vehicle keys, pairing
+/// sessions), each request bounded by the client's timeout.
+pub(crate) struct Api {
     http: reqwest::Client,
-    base: String,
+    pub(crate) base: String,
     auth: reqwest::header::HeaderValue,
 }
 
 impl Api {
-    fn new(creds: &Credentials, timeout: Duration) -> Result<Self, ToolError> {
+    pub(crate) fn new(creds: &Credentials, timeout: Duration) -> Result<Self, ToolError> {
         let base = creds.base_url();
         let http = reqwest::Client::builder()
             .timeout(timeout)
@@ -348,34 +359,59 @@ impl Api {
             .await
     }
 
-    async fn post(
+    async fn post<T: serde::de::DeserializeOwned>(
         &self,
         path: &str,
         body: serde_json::Value,
         expect: u16,
-    ) -> Result<AccessTool, ToolError> {
+    ) -> Result<T, ToolError> {
+        let a = self.call(reqwest::Method::POST, path, Some(body)).await?;
+        expected(path, a, expect)
+    }
+
+    /// One request; the answer whatever its status.
+    ///
+    /// # Errors
+    /// [`ToolError::Unreachable`] when no answer came (refused, timed out, cut).
+    pub(crate) async fn call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<crate::provisioning::Answer, ToolError> {
         let unreachable = |e| ToolError::Unreachable {
             url: self.base.clone(),
             reason: reason(e),
         };
-        let resp = self
+        let mut req = self
             .http
-            .post(format!("{}{path}", self.base))
-            .header(reqwest::header::AUTHORIZATION, self.auth.clone())
-            .json(&body)
-            .send()
-            .await
-            .map_err(unreachable)?;
-        let a = answer(resp).await.map_err(unreachable)?;
-        match a.status {
-            s if s == expect => serde_json::from_value(a.body).map_err(|e| {
-                ToolError::Protocol(format!("{path}: {}", e.to_string().replace('"', "'")))
-            }),
-            404 => Err(ToolError::NotFound),
-            _ => {
-                let (code, message) = error_of(&a);
-                Err(ToolError::Refused { code, message })
-            }
+            .request(method, format!("{}{path}", self.base))
+            .header(reqwest::header::AUTHORIZATION, self.auth.clone());
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let resp = req.send().await.map_err(unreachable)?;
+        answer(resp).await.map_err(unreachable)
+    }
+}
+
+/// The body of an answer with status `expect`, else the refusal (404 as [`ToolError::NotFound`]).
+///
+/// # Errors
+/// [`ToolError::Protocol`] for a body that does not decode, the refusal otherwise.
+pub(crate) fn expected<T: serde::de::DeserializeOwned>(
+    path: &str,
+    a: crate::provisioning::Answer,
+    expect: u16,
+) -> Result<T, ToolError> {
+    match a.status {
+        s if s == expect => serde_json::from_value(a.body).map_err(|e| {
+            ToolError::Protocol(format!("{path}: {}", e.to_string().replace('"', "'")))
+        }),
+        404 => Err(ToolError::NotFound),
+        _ => {
+            let (code, message) = error_of(&a);
+            Err(ToolError::Refused { code, message })
         }
     }
 }

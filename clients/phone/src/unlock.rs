@@ -35,6 +35,7 @@ use futures_util::stream::BoxStream;
 use futures_util::StreamExt;
 use latchkey_proto as proto;
 use latchkey_proto::v2;
+use latchkey_proto::v2::pairing;
 
 use super::Credentials;
 use crate::tool::{self, Door, DoorKind};
@@ -46,6 +47,8 @@ pub enum Stage {
     DeviceSelected,
     Connecting,
     Challenge,
+    /// Pairing a vehicle only: the gateway's pairing session (`phone pair-vehicle`).
+    Registering,
     Completing,
     Completed,
     Error,
@@ -59,6 +62,7 @@ impl Stage {
             Stage::DeviceSelected => "deviceSelected",
             Stage::Connecting => "connecting",
             Stage::Challenge => "challenge",
+            Stage::Registering => "registering",
             Stage::Completing => "completing",
             Stage::Completed => "completed",
             Stage::Error => "error",
@@ -306,15 +310,57 @@ impl Plan {
         Ok(plan)
     }
 
+    /// The vehicle `vehicle` with its stored key (`phone unlock --vehicle`): that node only,
+    /// the key's tool id, the endpoint `vehicle`.
+    ///
+    /// # Errors
+    /// [`UnlockError::NoDoor`] without a live key for it, [`UnlockError::Credentials`]
+    /// without a phone key.
+    pub fn vehicle(creds: &Credentials, vehicle: &uuid::Uuid, now: i64) -> Result<Plan, UnlockError> {
+        let key = crate::vehicle::key_for(creds, vehicle, now)
+            .ok_or_else(|| {
+                UnlockError::NoDoor(format!(
+                    "no live vehicle key for {vehicle}: pair with `latchkey phone pair-vehicle {vehicle}`"
+                ))
+            })?
+            .usable()
+            .map_err(|e| UnlockError::Credentials(e.to_string()))?;
+        let phone = tool::secret_key(creds).map_err(|e| UnlockError::Credentials(e.to_string()))?;
+        let endpoint = v2::EndpointId::new(crate::vehicle::ENDPOINT)
+            .map_err(|e| UnlockError::Credentials(e.to_string()))?;
+        Ok(Plan {
+            endpoint: crate::vehicle::ENDPOINT.to_owned(),
+            gateway_id: creds.gateway_id.clone(),
+            gateway: false,
+            gateway_v2: None,
+            nodes: vec![Door {
+                kind: DoorKind::Node,
+                id: key.door_id,
+                node_id: Some(vehicle.to_string()),
+                public: key.public,
+            }],
+            v2: Some(V2Creds {
+                tool_id: key.key_id,
+                key: phone,
+                endpoint,
+            }),
+            step: None,
+        })
+    }
+
     /// The manufacturer data node `i` advertises.
     fn node_adv(&self, i: usize) -> Option<[u8; 1 + v2::DOOR_TAG_LEN]> {
-        let d = self.nodes.get(i)?;
-        let mut data = [NODE_ADV_FORMAT; 1 + v2::DOOR_TAG_LEN];
-        for (dst, src) in data.iter_mut().skip(1).zip(v2::door_tag(&d.id)) {
-            *dst = src;
-        }
-        Some(data)
+        self.nodes.get(i).map(|d| node_adv(&d.id))
     }
+}
+
+/// The manufacturer data a node (door or vehicle) advertises: `02 ‖ door tag`.
+pub(crate) fn node_adv(id: &v2::DoorId) -> [u8; 1 + v2::DOOR_TAG_LEN] {
+    let mut data = [NODE_ADV_FORMAT; 1 + v2::DOOR_TAG_LEN];
+    for (dst, src) in data.iter_mut().skip(1).zip(v2::door_tag(id)) {
+        *dst = src;
+    }
+    data
 }
 
 /// The door found, as seed 000's `device` context plus which door it is.
@@ -482,11 +528,11 @@ fn uuid(u: u128) -> Uuid {
     Uuid::from_u128(u)
 }
 
-async fn within<T>(
+pub(crate) async fn within<T, E>(
     limit: Duration,
-    on_timeout: UnlockError,
-    fut: impl std::future::Future<Output = Result<T, UnlockError>>,
-) -> Result<T, UnlockError> {
+    on_timeout: E,
+    fut: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
     tokio::time::timeout(limit, fut)
         .await
         .unwrap_or(Err(on_timeout))
@@ -530,7 +576,7 @@ struct Session {
 
 /// The door chosen by the scan.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Heard {
+pub(crate) enum Heard {
     Gateway,
     Node(usize),
 }
@@ -875,7 +921,8 @@ fn recognise(plan: &Plan, uuids: &HashSet<Uuid>, data: Option<&Vec<u8>>) -> Opti
     .then_some(Heard::Gateway)
 }
 
-type DeviceInfo = (String, Option<String>, Option<i16>);
+/// A device heard: its address, name and RSSI (seed 000's `device`).
+pub(crate) type DeviceInfo = (String, Option<String>, Option<i16>);
 
 /// What to do with a door just heard.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -920,11 +967,24 @@ async fn scan(
     adapter: &bluer::Adapter,
     plan: &Plan,
 ) -> Result<(bluer::Address, DeviceInfo, Heard), UnlockError> {
+    scan_for(adapter, !plan.nodes.is_empty(), |uuids, data| {
+        recognise(plan, uuids, data)
+    })
+    .await
+}
+
+/// The scan itself: `recognise` says which door an advertisement is; `nodes_wanted` whether
+/// the gateway waits [`NODE_WINDOW`] for a node.
+pub(crate) async fn scan_for(
+    adapter: &bluer::Adapter,
+    nodes_wanted: bool,
+    recognise: impl Fn(&HashSet<Uuid>, Option<&Vec<u8>>) -> Option<Heard>,
+) -> Result<(bluer::Address, DeviceInfo, Heard), UnlockError> {
     adapter.set_discovery_filter(filter()).await?;
     // With changes: a remembered device becomes a candidate when it is heard again (RSSI).
     let mut events = adapter.discover_devices_with_changes().await?;
     let mut gateway: Option<(bluer::Address, DeviceInfo)> = None;
-    let mut pick = Pick::new(!plan.nodes.is_empty());
+    let mut pick = Pick::new(nodes_wanted);
     // Armed when the gateway is heard; until then it never fires.
     let window = tokio::time::sleep(Duration::from_secs(86_400));
     tokio::pin!(window);
@@ -946,7 +1006,7 @@ async fn scan(
             .manufacturer_data()
             .await?
             .and_then(|mut m| m.remove(&proto::ADV_COMPANY_ID));
-        let Some(heard) = recognise(plan, &uuids, data.as_ref()) else {
+        let Some(heard) = recognise(&uuids, data.as_ref()) else {
             continue;
         };
         let info = (
@@ -974,7 +1034,7 @@ async fn scan(
 /// Waits until the discovery session of `scan` has stopped. bluer stops it from a task once
 /// the stream is dropped; setting the filter waits for that, and fails while it is still
 /// running.
-async fn stop_scan(adapter: &bluer::Adapter) {
+pub(crate) async fn stop_scan(adapter: &bluer::Adapter) {
     let _ = tokio::time::timeout(CLEANUP_LIMIT, async {
         while adapter.set_discovery_filter(filter()).await.is_err() {
             tokio::time::sleep(Duration::from_millis(5)).await;
@@ -990,21 +1050,49 @@ struct Chars {
     result: bluer::gatt::remote::Characteristic,
 }
 
-/// The door services found on a connected device.
-#[derive(Default)]
-struct Gatt {
-    v1: Option<Chars>,
-    v2: Option<Chars>,
+/// A vehicle's pairing service (issue 12 spec §1): Pairing Challenge (read) and Pairing
+/// Response (write with response).
+pub(crate) struct PairingChars {
+    pub(crate) challenge: bluer::gatt::remote::Characteristic,
+    pub(crate) response: bluer::gatt::remote::Characteristic,
 }
 
-async fn connect(device: &bluer::Device) -> Result<Gatt, UnlockError> {
+/// The door services found on a connected device.
+#[derive(Default)]
+pub(crate) struct Gatt {
+    v1: Option<Chars>,
+    v2: Option<Chars>,
+    pub(crate) pairing: Option<PairingChars>,
+}
+
+/// Connects (unless connected) and finds the door services and a vehicle's pairing service.
+pub(crate) async fn connect(device: &bluer::Device) -> Result<Gatt, UnlockError> {
     if !device.is_connected().await? {
         device.connect().await?;
     }
     let mut gatt = Gatt::default();
     // `services()` waits for ServicesResolved.
     for service in device.services().await? {
-        let (wanted, slot) = match service.uuid().await?.as_u128() {
+        let uuid = service.uuid().await?.as_u128();
+        if uuid == pairing::SERVICE_UUID.as_u128() {
+            let (mut challenge, mut response) = (None, None);
+            for c in service.characteristics().await? {
+                let u = c.uuid().await?;
+                if u == pairing::CHALLENGE_UUID {
+                    challenge = Some(c);
+                } else if u == pairing::RESPONSE_UUID {
+                    response = Some(c);
+                }
+            }
+            if let (Some(challenge), Some(response)) = (challenge, response) {
+                gatt.pairing = Some(PairingChars {
+                    challenge,
+                    response,
+                });
+            }
+            continue;
+        }
+        let (wanted, slot) = match uuid {
             proto::SERVICE_UUID => (
                 [proto::CHALLENGE_UUID, proto::AUTH_UUID, proto::RESULT_UUID],
                 &mut gatt.v1,
@@ -1034,7 +1122,7 @@ async fn connect(device: &bluer::Device) -> Result<Gatt, UnlockError> {
             });
         }
     }
-    if gatt.v1.is_none() && gatt.v2.is_none() {
+    if gatt.v1.is_none() && gatt.v2.is_none() && gatt.pairing.is_none() {
         return Err(UnlockError::NoService);
     }
     Ok(gatt)
@@ -1057,6 +1145,7 @@ mod tests {
             name: "p".into(),
             phone_key: None,
             access_tool: None,
+            vehicle_keys: Vec::new(),
         }
     }
 
