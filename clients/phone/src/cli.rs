@@ -267,11 +267,7 @@ pub fn run(cmd: PhoneCmd) -> anyhow::Result<()> {
                 timeouts,
                 creds,
             } => {
-                let how = PairVehicleArgs {
-                    yes,
-                    json,
-                    adapter,
-                };
+                let how = PairVehicleArgs { yes, json, adapter };
                 pair_vehicle(vehicle_id, how, timeouts, &creds.path()).await
             }
             PhoneCmd::Listen { since, creds } => listen(&creds.path(), since).await,
@@ -657,10 +653,7 @@ async fn ask_approval(vehicle: uuid::Uuid) -> bool {
     // (and the process) alive after the timeout.
     std::thread::spawn(move || {
         let mut stderr = std::io::stderr();
-        let _ = write!(
-            stderr,
-            "Approve key issuance? (vehicle {vehicle}) [y/N] "
-        );
+        let _ = write!(stderr, "Approve key issuance? (vehicle {vehicle}) [y/N] ");
         let _ = stderr.flush();
         let mut line = String::new();
         let read = std::io::stdin().lock().take(64).read_line(&mut line);
@@ -683,7 +676,13 @@ async fn pair_vehicle(
     let mut creds = Credentials::load(path)?;
     let limits = timeouts(given)?;
     // The phone key must be registered (the gateway checks it): register or refresh first.
-    keep_tool(&mut creds, path, tool::DEFAULT_REFRESH_WITHIN, tool::UNLOCK_HTTP_TIMEOUT).await;
+    keep_tool(
+        &mut creds,
+        path,
+        tool::DEFAULT_REFRESH_WITHIN,
+        tool::UNLOCK_HTTP_TIMEOUT,
+    )
+    .await;
     let session = bluer::Session::new()
         .await
         .context("cannot reach BlueZ on the system D-Bus")?;

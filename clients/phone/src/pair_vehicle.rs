@@ -30,7 +30,7 @@ use crate::Credentials;
 
 /// The ATT MTU the phone needs: the 183-byte Pairing Response in one write (spec §1: the 185
 /// phones request).
-pub const MIN_MTU: u16 = 185;
+pub const MIN_MTU: usize = 185;
 /// How long cleanup (stopping the scan, disconnecting, cancelling the session) may take.
 const CLEANUP_LIMIT: Duration = Duration::from_secs(5);
 
@@ -244,7 +244,12 @@ pub async fn pair<F: std::future::Future<Output = bool>>(
     (ctx, result)
 }
 
-async fn cleanup(adapter: &bluer::Adapter, setup: &Setup<'_>, held: &mut Held, ctx: &mut PairingContext) {
+async fn cleanup(
+    adapter: &bluer::Adapter,
+    setup: &Setup<'_>,
+    held: &mut Held,
+    ctx: &mut PairingContext,
+) {
     if held.scanning {
         unlock::stop_scan(adapter).await;
     }
@@ -363,7 +368,9 @@ async fn run<F: std::future::Future<Output = bool>>(
     let api = Pairing::new(setup.creds, t.server).map_err(server)?;
     let rssi = ctx.device.as_ref().and_then(|d| d.rssi).unwrap_or(-127);
     let session = unlock::within(t.server, PairError::TimeoutServer("the gateway"), async {
-        api.create(&setup.vehicle, &frame, rssi).await.map_err(server)
+        api.create(&setup.vehicle, &frame, rssi)
+            .await
+            .map_err(server)
     })
     .await?;
     let session_id = uuid::Uuid::try_parse(&session.session_id)
@@ -382,7 +389,9 @@ async fn run<F: std::future::Future<Output = bool>>(
     })
     .await?;
     let key = completed.key;
-    let usable = key.usable().map_err(|e| PairError::Protocol(e.to_string()))?;
+    let usable = key
+        .usable()
+        .map_err(|e| PairError::Protocol(e.to_string()))?;
     if !key.is_for(&setup.vehicle) || usable.door_id != vehicle_id {
         return Err(PairError::Protocol(
             "the gateway issued a key for another vehicle".into(),

@@ -316,7 +316,11 @@ impl Plan {
     /// # Errors
     /// [`UnlockError::NoDoor`] without a live key for it, [`UnlockError::Credentials`]
     /// without a phone key.
-    pub fn vehicle(creds: &Credentials, vehicle: &uuid::Uuid, now: i64) -> Result<Plan, UnlockError> {
+    pub fn vehicle(
+        creds: &Credentials,
+        vehicle: &uuid::Uuid,
+        now: i64,
+    ) -> Result<Plan, UnlockError> {
         let key = crate::vehicle::key_for(creds, vehicle, now)
             .ok_or_else(|| {
                 UnlockError::NoDoor(format!(
@@ -1074,10 +1078,10 @@ pub(crate) async fn connect(device: &bluer::Device) -> Result<Gatt, UnlockError>
     // `services()` waits for ServicesResolved.
     for service in device.services().await? {
         let uuid = service.uuid().await?.as_u128();
-        if uuid == pairing::SERVICE_UUID.as_u128() {
+        if uuid == pairing::SERVICE_UUID {
             let (mut challenge, mut response) = (None, None);
             for c in service.characteristics().await? {
-                let u = c.uuid().await?;
+                let u = c.uuid().await?.as_u128();
                 if u == pairing::CHALLENGE_UUID {
                     challenge = Some(c);
                 } else if u == pairing::RESPONSE_UUID {

@@ -90,7 +90,11 @@ impl VehicleKey {
 
 /// The stored key for `vehicle` that is still live at `now` and decodes (the latest expiry
 /// wins should there be several).
-pub fn key_for<'a>(creds: &'a Credentials, vehicle: &uuid::Uuid, now: i64) -> Option<&'a VehicleKey> {
+pub fn key_for<'a>(
+    creds: &'a Credentials,
+    vehicle: &uuid::Uuid,
+    now: i64,
+) -> Option<&'a VehicleKey> {
     creds
         .vehicle_keys
         .iter()
@@ -132,7 +136,10 @@ pub async fn maintain(
     let due: Vec<String> = creds
         .vehicle_keys
         .iter()
-        .filter(|k| k.expires_at().is_none_or(|e| e.saturating_sub(now) <= within))
+        .filter(|k| {
+            k.expires_at()
+                .is_none_or(|e| e.saturating_sub(now) <= within)
+        })
         .map(|k| k.key_id.clone())
         .collect();
     let mut done = Upkept::default();
@@ -295,13 +302,31 @@ mod tests {
     fn keys_decode_and_bad_ones_are_refused() {
         let k = key("2026-12-27T12:00:00Z");
         let u = k.usable().unwrap();
-        assert_eq!(u.door_id, uuid::Uuid::parse_str(VEHICLE).unwrap().into_bytes());
+        assert_eq!(
+            u.door_id,
+            uuid::Uuid::parse_str(VEHICLE).unwrap().into_bytes()
+        );
         let bad = [
-            VehicleKey { door_id: "00".repeat(16), ..k.clone() },
-            VehicleKey { endpoint: "front-door".into(), ..k.clone() },
-            VehicleKey { pubkey: data_encoding::BASE64.encode(&[4u8; 65]), ..k.clone() },
-            VehicleKey { key_id: "x".into(), ..k.clone() },
-            VehicleKey { expires_on: "soon".into(), ..k.clone() },
+            VehicleKey {
+                door_id: "00".repeat(16),
+                ..k.clone()
+            },
+            VehicleKey {
+                endpoint: "front-door".into(),
+                ..k.clone()
+            },
+            VehicleKey {
+                pubkey: data_encoding::BASE64.encode(&[4u8; 65]),
+                ..k.clone()
+            },
+            VehicleKey {
+                key_id: "x".into(),
+                ..k.clone()
+            },
+            VehicleKey {
+                expires_on: "soon".into(),
+                ..k.clone()
+            },
         ];
         for b in bad {
             assert!(matches!(b.usable(), Err(ToolError::Protocol(_))), "{b:?}");
