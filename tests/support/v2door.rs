@@ -6,6 +6,12 @@
 //! gateway** serving `POST /device/register` and `POST /device/refresh` in spec A's JSON,
 //! which pushes a signed snapshot to its doors on every change, as the real gateway does over
 //! the node session.
+//!
+//! Issue 12: a **test vehicle** ([`Kind::Vehicle`]: a node advertisement, the door service and
+//! the Vehicle pairing service of spec §1, deciding with `latchkey_proto::v2::pairing`), and
+//! the fake gateway's pairing sessions (spec §2: `POST /pairing-sessions`, `…/complete`,
+//! `DELETE …`, `GET /device/keys`; [`FakeGateway::with_vehicle`]). That gateway never pushes to
+//! the vehicle (a car in a garage): the vehicle learns its key from the BLE pairing response.
 #![allow(dead_code)]
 
 use std::collections::HashMap;
@@ -17,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::post;
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use bluer::adv::{Advertisement, AdvertisementHandle, Type as AdvType};
 use bluer::gatt::local::{
@@ -30,7 +36,7 @@ use futures_util::FutureExt;
 use latchkey_bluez_standin::Adapter;
 use latchkey_phone::secret::SecretString;
 use latchkey_phone::Credentials;
-use latchkey_proto::v2::{self, ed25519_dalek, p256, GrantSet, IssuedChallenge, Status};
+use latchkey_proto::v2::{self, ed25519_dalek, p256, pairing, GrantSet, IssuedChallenge, Status};
 use serde_json::{json, Value};
 
 pub const DEVICE_KEY: &str = "dev_v2testdevicekey";
@@ -53,6 +59,8 @@ fn random32() -> [u8; 32] {
 pub enum Behaviour {
     /// As PROTOCOL.md §20 says.
     Honest,
+    /// A vehicle that refuses every pairing response (an ATT error).
+    RefusePairing,
     /// A plain `GRANTED` for the request's nonce (what a spoofer would send).
     PlainGranted,
     /// A sealed `GRANTED` under keys of another secret (a forger without the door's key).
@@ -64,6 +72,8 @@ pub enum Kind {
     Node,
     /// The gateway's own door: advertised as version 1 (UUID + gateway tag), version 2 in GATT.
     Gateway,
+    /// A vehicle node: advertised as a node, with the pairing service besides the door service.
+    Vehicle,
 }
 
 /// The deciding part of a test door.
@@ -84,13 +94,29 @@ pub struct DoorCore {
     pub decisions: Mutex<Vec<Status>>,
     /// Challenges read.
     pub challenges_read: AtomicU32,
+    /// A vehicle's live pairing nonces, per connection (peer), with when each was read.
+    pairing_nonces: Mutex<HashMap<String, (latchkey_proto::Nonce, Instant)>>,
+    /// Pairing responses accepted.
+    pub pairings: AtomicU32,
+    /// The gateway's signing key, for a vehicle only: the proto's `GrantSet` takes grants only
+    /// as a signed snapshot, so the test vehicle re-signs its set with the accepted grant
+    /// added — after verifying the response under the gateway's public key as a vehicle does.
+    resign: Option<ed25519_dalek::SigningKey>,
 }
 
 impl DoorCore {
     fn new(kind: Kind, gateway_key: ed25519_dalek::VerifyingKey) -> Arc<DoorCore> {
+        Self::with_resign(kind, gateway_key, None)
+    }
+
+    fn with_resign(
+        kind: Kind,
+        gateway_key: ed25519_dalek::VerifyingKey,
+        resign: Option<ed25519_dalek::SigningKey>,
+    ) -> Arc<DoorCore> {
         let id: v2::DoorId = random32()[..16].try_into().expect("16 bytes");
         let name = match kind {
-            Kind::Node => uuid::Uuid::from_bytes(id).to_string(),
+            Kind::Node | Kind::Vehicle => uuid::Uuid::from_bytes(id).to_string(),
             Kind::Gateway => data_encoding::HEXLOWER.encode(&id),
         };
         let key = loop {
@@ -112,7 +138,85 @@ impl DoorCore {
             started: Instant::now(),
             decisions: Mutex::new(Vec::new()),
             challenges_read: AtomicU32::new(0),
+            pairing_nonces: Mutex::new(HashMap::new()),
+            pairings: AtomicU32::new(0),
+            resign,
         })
+    }
+
+    /// Pairing responses this vehicle accepted.
+    pub fn pairings(&self) -> u32 {
+        self.pairings.load(Ordering::SeqCst)
+    }
+
+    /// The tool ids of the grants held.
+    pub fn grant_tools(&self) -> Vec<v2::ToolId> {
+        self.set
+            .lock()
+            .unwrap()
+            .grants()
+            .map(|g| g.tool_id)
+            .collect()
+    }
+
+    /// Pairing Challenge read: a fresh nonce for this connection, signed by the node key.
+    fn read_pairing_challenge(&self, peer: String) -> Vec<u8> {
+        let mut nonce = [0u8; 16];
+        getrandom::fill(&mut nonce).expect("OS randomness");
+        let frame = pairing::PairingChallenge {
+            vehicle_id: self.id,
+            nonce,
+            timestamp: unix_now(),
+        }
+        .sign(&self.key);
+        self.pairing_nonces
+            .lock()
+            .unwrap()
+            .insert(peer, (nonce, Instant::now()));
+        frame.to_vec()
+    }
+
+    /// Pairing Response written: spec §1's checks in order, then the grant is held.
+    fn write_pairing_response(&self, peer: &str, frame: &[u8]) -> Result<(), String> {
+        if *self.behaviour.lock().unwrap() == Behaviour::RefusePairing {
+            return Err("refused by behaviour".into());
+        }
+        let response = pairing::PairingResponse::verify(frame, &self.id, &self.gateway_key)
+            .map_err(|e| e.to_string())?;
+        let live = self.pairing_nonces.lock().unwrap().get(peer).copied();
+        match live {
+            Some((n, at)) if n == response.nonce && at.elapsed() < Duration::from_secs(120) => {}
+            _ => return Err("no live pairing nonce for this connection".into()),
+        }
+        let mut set = self.set.lock().unwrap();
+        if response.epoch < set.epoch() {
+            return Err("stale epoch".into());
+        }
+        let grant = response.grant(&self.id).map_err(|e| e.to_string())?;
+        let mut grants: Vec<v2::Grant> = set
+            .grants()
+            .filter(|g| g.tool_id != grant.tool_id)
+            .map(|g| v2::Grant {
+                epoch: response.epoch,
+                ..*g
+            })
+            .collect();
+        grants.push(grant);
+        let header = v2::SnapshotHeader {
+            node_id: self.id,
+            version: set.version() + 1,
+            epoch: response.epoch,
+            issued_at: unix_now(),
+        };
+        let signing = self.resign.as_ref().ok_or("not a vehicle")?;
+        let mut buf = vec![0u8; v2::snapshot_len(grants.len())];
+        let n =
+            v2::encode_snapshot(&header, &grants, signing, &mut buf).map_err(|e| e.to_string())?;
+        set.apply(&buf[..n], &self.gateway_key, &self.key)
+            .map_err(|e| e.to_string())?;
+        self.pairing_nonces.lock().unwrap().remove(peer);
+        self.pairings.fetch_add(1, Ordering::SeqCst);
+        Ok(())
     }
 
     pub fn set_behaviour(&self, b: Behaviour) {
@@ -158,7 +262,9 @@ impl DoorCore {
         self.decisions.lock().unwrap().push(status);
         let nonce = challenge.map(|c| *c.nonce()).unwrap_or([0; 16]);
         match *self.behaviour.lock().unwrap() {
-            Behaviour::Honest => decision.reply(status, Some(now)).as_bytes().to_vec(),
+            Behaviour::Honest | Behaviour::RefusePairing => {
+                decision.reply(status, Some(now)).as_bytes().to_vec()
+            }
             Behaviour::PlainGranted => {
                 let mut f = vec![v2::VERSION, v2::KIND_PLAIN_RESULT];
                 f.extend_from_slice(&nonce);
@@ -248,20 +354,76 @@ fn application(door: &Arc<DoorCore>) -> Application {
         }),
         ..Default::default()
     };
+    let mut services = vec![Service {
+        uuid: Uuid::from_u128(v2::SERVICE_UUID),
+        primary: true,
+        characteristics: vec![challenge, request, result],
+        ..Default::default()
+    }];
+    if door.kind == Kind::Vehicle {
+        services.push(pairing_service(door));
+    }
     Application {
-        services: vec![Service {
-            uuid: Uuid::from_u128(v2::SERVICE_UUID),
-            primary: true,
-            characteristics: vec![challenge, request, result],
+        services,
+        ..Default::default()
+    }
+}
+
+/// The Vehicle pairing service (spec §1).
+fn pairing_service(door: &Arc<DoorCore>) -> Service {
+    let reader = door.clone();
+    let challenge = Characteristic {
+        uuid: Uuid::from_u128(pairing::CHALLENGE_UUID),
+        read: Some(CharacteristicRead {
+            read: true,
+            fun: Box::new(move |req| {
+                let door = reader.clone();
+                async move {
+                    if req.offset != 0 {
+                        return Err(ReqError::InvalidOffset);
+                    }
+                    Ok(door.read_pairing_challenge(peer_of(&req.adapter_name, req.device_address)))
+                }
+                .boxed()
+            }),
             ..Default::default()
-        }],
+        }),
+        ..Default::default()
+    };
+    let writer = door.clone();
+    let response = Characteristic {
+        uuid: Uuid::from_u128(pairing::RESPONSE_UUID),
+        write: Some(CharacteristicWrite {
+            write: true,
+            method: CharacteristicWriteMethod::Fun(Box::new(move |value, req| {
+                let door = writer.clone();
+                async move {
+                    if req.offset != 0 || value.len() != pairing::RESPONSE_LEN {
+                        return Err(ReqError::NotPermitted);
+                    }
+                    door.write_pairing_response(
+                        &peer_of(&req.adapter_name, req.device_address),
+                        &value,
+                    )
+                    .map_err(|_| ReqError::Failed)
+                }
+                .boxed()
+            })),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    Service {
+        uuid: Uuid::from_u128(pairing::SERVICE_UUID),
+        primary: true,
+        characteristics: vec![challenge, response],
         ..Default::default()
     }
 }
 
 fn advertisement(door: &DoorCore) -> Advertisement {
     let (service, data) = match door.kind {
-        Kind::Node => {
+        Kind::Node | Kind::Vehicle => {
             let mut data = vec![0x02];
             data.extend_from_slice(&v2::door_tag(&door.id));
             (v2::SERVICE_UUID, data)
@@ -299,10 +461,23 @@ impl TestDoor {
         area: &str,
         gateway_key: ed25519_dalek::VerifyingKey,
     ) -> TestDoor {
+        Self::serve(DoorCore::new(kind, gateway_key), area).await
+    }
+
+    /// A test vehicle trusting the gateway key `signing` (see [`DoorCore`]'s `resign`).
+    pub async fn vehicle(area: &str, signing: &ed25519_dalek::SigningKey) -> TestDoor {
+        let core = DoorCore::with_resign(
+            Kind::Vehicle,
+            signing.verifying_key(),
+            Some(signing.clone()),
+        );
+        Self::serve(core, area).await
+    }
+
+    async fn serve(core: Arc<DoorCore>, area: &str) -> TestDoor {
         let shared = latchkey_bluez_standin::shared().expect("private bus and stand-in");
         let adapter = shared.new_adapter().await.expect("adapter");
         adapter.set_area(area);
-        let core = DoorCore::new(kind, gateway_key);
         let session = bluer::Session::new()
             .await
             .expect("bluer on the private bus");
@@ -347,6 +522,44 @@ struct GwState {
     version: Mutex<u64>,
     pub registered: AtomicU32,
     pub refreshed: AtomicU32,
+    pairing: Option<PairingGw>,
+}
+
+/// How the fake gateway's pairing endpoints answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GwMode {
+    /// As spec §2 says.
+    Honest,
+    /// `…/complete` never answers (TIMEOUT_SERVER at the phone).
+    StallComplete,
+    /// `…/complete` answers 410 `PAIRING_SESSION_EXPIRED`.
+    Expired,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionState {
+    Open,
+    Completed,
+    Cancelled,
+}
+
+struct PairingSession {
+    challenge: Vec<u8>,
+    nonce: latchkey_proto::Nonce,
+    state: SessionState,
+}
+
+/// The pairing side of the fake gateway: one vehicle, the gateway's door key.
+struct PairingGw {
+    vehicle: Arc<DoorCore>,
+    door_id: v2::DoorId,
+    door_key: p256::SecretKey,
+    mode: Mutex<GwMode>,
+    sessions: Mutex<HashMap<uuid::Uuid, PairingSession>>,
+    /// Vehicle keys issued (key JSON, with the key's expiry as a number for refresh).
+    keys: Mutex<Vec<(Value, u64)>>,
+    deletes: AtomicU32,
+    key_refreshes: AtomicU32,
 }
 
 /// The gateway's side of spec A, for the phone's tests.
@@ -377,10 +590,54 @@ impl FakeGateway {
             version: Mutex::new(0),
             registered: AtomicU32::new(0),
             refreshed: AtomicU32::new(0),
+            pairing: None,
         });
+        Self::serve(state).await
+    }
+
+    /// A gateway for one `vehicle` (spec §2): its tool lists no door but the gateway's own
+    /// (whose key seals the approval), and it never pushes to the vehicle.
+    pub async fn with_vehicle(
+        signing: ed25519_dalek::SigningKey,
+        vehicle: Arc<DoorCore>,
+        lifetime: u64,
+    ) -> FakeGateway {
+        let door_key = loop {
+            if let Ok(k) = v2::parse_secret_key(&random32()) {
+                break k;
+            }
+        };
+        let state = Arc::new(GwState {
+            signing,
+            doors: Vec::new(),
+            endpoint: "front-door".into(),
+            lifetime,
+            tool: Mutex::new(None),
+            version: Mutex::new(0),
+            registered: AtomicU32::new(0),
+            refreshed: AtomicU32::new(0),
+            pairing: Some(PairingGw {
+                vehicle,
+                door_id: random32()[..16].try_into().expect("16 bytes"),
+                door_key,
+                mode: Mutex::new(GwMode::Honest),
+                sessions: Mutex::new(HashMap::new()),
+                keys: Mutex::new(Vec::new()),
+                deletes: AtomicU32::new(0),
+                key_refreshes: AtomicU32::new(0),
+            }),
+        });
+        Self::serve(state).await
+    }
+
+    async fn serve(state: Arc<GwState>) -> FakeGateway {
         let app = Router::new()
             .route("/device/register", post(register))
             .route("/device/refresh", post(refresh))
+            .route("/pairing-sessions", post(create_session))
+            .route("/pairing-sessions/{id}/complete", post(complete_session))
+            .route("/pairing-sessions/{id}", delete(cancel_session))
+            .route("/device/keys", get(device_keys))
             .with_state(state.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -408,6 +665,233 @@ impl FakeGateway {
     pub fn stop(&self) {
         self.server.abort();
     }
+
+    fn pairing(&self) -> &PairingGw {
+        self.state
+            .pairing
+            .as_ref()
+            .expect("a gateway with a vehicle")
+    }
+
+    pub fn set_mode(&self, mode: GwMode) {
+        *self.pairing().mode.lock().unwrap() = mode;
+    }
+
+    /// Every pairing session's state, in no order.
+    pub fn sessions(&self) -> Vec<SessionState> {
+        let sessions = self.pairing().sessions.lock().unwrap();
+        sessions.values().map(|s| s.state).collect()
+    }
+
+    /// `DELETE /pairing-sessions/…` requests received.
+    pub fn deletes(&self) -> u32 {
+        self.pairing().deletes.load(Ordering::SeqCst)
+    }
+
+    /// Vehicle keys issued.
+    pub fn keys_issued(&self) -> usize {
+        self.pairing().keys.lock().unwrap().len()
+    }
+
+    /// `/device/refresh` requests for a vehicle key.
+    pub fn key_refreshes(&self) -> u32 {
+        self.pairing().key_refreshes.load(Ordering::SeqCst)
+    }
+}
+
+fn session_id(id: &str) -> Option<uuid::Uuid> {
+    uuid::Uuid::try_parse(id).ok()
+}
+
+async fn create_session(
+    State(s): State<Arc<GwState>>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let Some(p) = s.pairing.as_ref().filter(|_| authorised(&headers)) else {
+        return error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    };
+    if s.tool.lock().unwrap().is_none() {
+        return error(StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    }
+    if body["vehicleId"].as_str() != Some(p.vehicle.name.as_str()) {
+        return error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    }
+    let frame = body["nonce"]
+        .as_str()
+        .and_then(|n| data_encoding::BASE64.decode(n.as_bytes()).ok())
+        .unwrap_or_default();
+    let Ok(challenge) = pairing::PairingChallenge::verify(&frame, &p.vehicle.public) else {
+        return error(StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    };
+    let hex = data_encoding::HEXLOWER.encode(&challenge.vehicle_id);
+    if challenge.vehicle_id != p.vehicle.id || body["deviceId"].as_str() != Some(hex.as_str()) {
+        return error(StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    }
+    if !body["rssi"]
+        .as_i64()
+        .is_some_and(|r| (-127..=20).contains(&r))
+    {
+        return error(StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    }
+    let id = uuid::Uuid::new_v4();
+    p.sessions.lock().unwrap().insert(
+        id,
+        PairingSession {
+            challenge: frame,
+            nonce: challenge.nonce,
+            state: SessionState::Open,
+        },
+    );
+    let expires = i64::try_from(unix_now() + 60).expect("time");
+    (
+        StatusCode::CREATED,
+        Json(json!({ "sessionId": id.to_string(),
+                     "expiresAt": latchkey_phone::clock::rfc3339(expires) })),
+    )
+}
+
+async fn complete_session(
+    State(s): State<Arc<GwState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+    Json(body): Json<Value>,
+) -> (StatusCode, Json<Value>) {
+    let Some(p) = s.pairing.as_ref().filter(|_| authorised(&headers)) else {
+        return error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    };
+    let mode = *p.mode.lock().unwrap();
+    match mode {
+        GwMode::Honest => {}
+        GwMode::StallComplete => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        GwMode::Expired => return error(StatusCode::GONE, "PAIRING_SESSION_EXPIRED"),
+    }
+    let Some(sid) = session_id(&id) else {
+        return error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    };
+    let Some(phone_key) = s.tool.lock().unwrap().as_ref().map(|t| t.phone_key) else {
+        return error(StatusCode::BAD_REQUEST, "BAD_REQUEST");
+    };
+    let b64 = |field: &str| {
+        body[field]
+            .as_str()
+            .and_then(|v| data_encoding::BASE64.decode(v.as_bytes()).ok())
+            .unwrap_or_default()
+    };
+    let (sealed, signature) = (b64("encryptedResponse"), b64("signature"));
+    let mut sessions = p.sessions.lock().unwrap();
+    let Some(session) = sessions.get_mut(&sid) else {
+        return error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    };
+    if session.state != SessionState::Open {
+        return error(StatusCode::GONE, "PAIRING_SESSION_USED");
+    }
+    let sid_bytes = sid.into_bytes();
+    let proven = pairing::verify_completion(
+        &phone_key,
+        &sid_bytes,
+        &session.challenge,
+        &sealed,
+        &signature,
+    )
+    .and_then(|()| {
+        pairing::open_approval(
+            &p.door_key,
+            &phone_key,
+            &sid_bytes,
+            &session.challenge,
+            &sealed,
+        )
+    });
+    if proven.is_err() {
+        return error(StatusCode::FORBIDDEN, "FORBIDDEN");
+    }
+    session.state = SessionState::Completed;
+    let now = unix_now();
+    let key_id = uuid::Uuid::new_v4();
+    let (not_before, expires) = (now - 60, now + s.lifetime);
+    let response = pairing::PairingResponse {
+        nonce: session.nonce,
+        key_id: key_id.into_bytes(),
+        not_before,
+        expires,
+        epoch: 1,
+        phone_key,
+    }
+    .sign(&p.vehicle.id, &s.signing);
+    let key = vehicle_key(p, key_id, not_before, expires);
+    let mut keys = p.keys.lock().unwrap();
+    // Re-pairing voids the device's previous key for the vehicle.
+    keys.clear();
+    keys.push((key.clone(), expires));
+    (
+        StatusCode::OK,
+        Json(json!({ "key": key,
+                     "bleResponsePayload": data_encoding::BASE64.encode(&response) })),
+    )
+}
+
+fn vehicle_key(p: &PairingGw, key_id: uuid::Uuid, issued: u64, expires: u64) -> Value {
+    let rfc = |t: u64| latchkey_phone::clock::rfc3339(i64::try_from(t).expect("time"));
+    json!({
+        "keyId": key_id.to_string(),
+        "vehicleId": p.vehicle.name,
+        "deviceId": "00000000-0000-4000-8000-000000000000",
+        "issuedOn": rfc(issued),
+        "expiresOn": rfc(expires),
+        "endpoint": "vehicle",
+        "doorId": data_encoding::HEXLOWER.encode(&p.vehicle.id),
+        "pubkey": data_encoding::BASE64.encode(&p.vehicle.public),
+    })
+}
+
+async fn cancel_session(
+    State(s): State<Arc<GwState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+    headers: HeaderMap,
+) -> (StatusCode, Json<Value>) {
+    let Some(p) = s.pairing.as_ref().filter(|_| authorised(&headers)) else {
+        return error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    };
+    p.deletes.fetch_add(1, Ordering::SeqCst);
+    let Some(sid) = session_id(&id) else {
+        return error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    };
+    let mut sessions = p.sessions.lock().unwrap();
+    let Some(session) = sessions.get_mut(&sid) else {
+        return error(StatusCode::NOT_FOUND, "NOT_FOUND");
+    };
+    if session.state == SessionState::Open {
+        session.state = SessionState::Cancelled;
+    }
+    (
+        StatusCode::OK,
+        Json(json!({ "sessionId": id, "cancelled": true })),
+    )
+}
+
+async fn device_keys(
+    State(s): State<Arc<GwState>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<HashMap<String, String>>,
+) -> (StatusCode, Json<Value>) {
+    let Some(p) = s.pairing.as_ref().filter(|_| authorised(&headers)) else {
+        return error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    };
+    let keys: Vec<Value> = p
+        .keys
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(k, _)| k.clone())
+        .filter(|k| {
+            q.get("vehicleId")
+                .is_none_or(|v| k["vehicleId"] == v.as_str())
+        })
+        .collect();
+    (StatusCode::OK, Json(json!({ "keys": keys })))
 }
 
 fn authorised(h: &HeaderMap) -> bool {
@@ -448,13 +932,20 @@ fn issue(s: &GwState, t: &Issued) -> Value {
         d.apply(&buf[..n]);
         let mut door = json!({
             "doorId": data_encoding::HEXLOWER.encode(&d.id),
-            "kind": match d.kind { Kind::Node => "node", Kind::Gateway => "gateway" },
+            "kind": match d.kind { Kind::Node | Kind::Vehicle => "node", Kind::Gateway => "gateway" },
             "pubkey": data_encoding::BASE64.encode(&d.public),
         });
         if d.kind == Kind::Node {
             door["nodeId"] = json!(d.name);
         }
         doors.push(door);
+    }
+    if let Some(p) = s.pairing.as_ref() {
+        doors.push(json!({
+            "doorId": data_encoding::HEXLOWER.encode(&p.door_id),
+            "kind": "gateway",
+            "pubkey": data_encoding::BASE64.encode(&v2::public_key_bytes(&p.door_key.public_key())),
+        }));
     }
     let rfc = |t: u64| latchkey_phone::clock::rfc3339(i64::try_from(t).expect("time"));
     json!({
@@ -508,6 +999,25 @@ async fn refresh(
 ) -> (StatusCode, Json<Value>) {
     if !authorised(&headers) {
         return error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
+    }
+    if let Some(p) = s.pairing.as_ref() {
+        let mut keys = p.keys.lock().unwrap();
+        if let Some((key, expires)) = keys
+            .iter_mut()
+            .find(|(k, _)| k["keyId"] == body["accessToolId"])
+        {
+            p.key_refreshes.fetch_add(1, Ordering::SeqCst);
+            *expires = unix_now() + s.lifetime + 60;
+            let rfc = latchkey_phone::clock::rfc3339(i64::try_from(*expires).expect("time"));
+            key["expiresOn"] = json!(rfc);
+            return (
+                StatusCode::OK,
+                Json(
+                    json!({ "accessToolId": key["keyId"], "issuedOn": key["issuedOn"],
+                             "expiresOn": key["expiresOn"] }),
+                ),
+            );
+        }
     }
     let current = s.tool.lock().unwrap().clone();
     let Some(mut t) = current.filter(|t| body["accessToolId"] == t.tool_id.to_string()) else {

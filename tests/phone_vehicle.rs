@@ -1,0 +1,275 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+//! The reference phone's vehicle pairing (issue 12 spec §3): `latchkey phone pair-vehicle` and
+//! `phone unlock --vehicle` as child processes, on the stand-in's simulated radio, against a
+//! test vehicle (tests/support/v2door.rs: the door service and the Vehicle pairing service,
+//! deciding with `latchkey_proto::v2::pairing`) and a fake gateway serving spec §2's pairing
+//! sessions, which never pushes to the vehicle: what the vehicle knows, it learnt over BLE.
+
+mod common;
+#[path = "support/phone.rs"]
+mod phone;
+#[path = "support/v2door.rs"]
+mod v2door;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use latchkey_bluez_standin::{Adapter, Withhold};
+use latchkey_phone::Credentials;
+use latchkey_proto::v2::{pairing, Status};
+use serde_json::Value;
+
+use phone::Out;
+use v2door::{Behaviour, FakeGateway, GwMode, SessionState, TestDoor};
+
+const MONTH: u64 = 30 * 86_400;
+
+/// A vehicle in `area`, a fake gateway for it, a phone adapter in range and the phone's
+/// credentials for that gateway (no key, no tool yet).
+struct Garage {
+    radio: Adapter,
+    bus: String,
+    vehicle: TestDoor,
+    gw: FakeGateway,
+    path: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Garage {
+    async fn start(area: &str) -> Garage {
+        let shared = latchkey_bluez_standin::shared().unwrap();
+        let radio = shared.new_adapter().await.unwrap();
+        radio.set_area(area);
+        radio.set_powered(true);
+        let signing = v2door::signing_key();
+        let vehicle = TestDoor::vehicle(area, &signing).await;
+        let gw = FakeGateway::with_vehicle(signing, vehicle.core.clone(), MONTH).await;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("phone.json");
+        v2door::write_credentials(&path, gw.addr, &"ab".repeat(16));
+        Garage {
+            radio,
+            bus: shared.bus.address.clone(),
+            vehicle,
+            gw,
+            path,
+            _dir: dir,
+        }
+    }
+
+    fn id(&self) -> &str {
+        &self.vehicle.core.name
+    }
+
+    /// `phone COMMAND --adapter A --json ARGS…`, then seed 000's cleanup whatever the
+    /// outcome: the phone's radio idle, nothing merely abandoned.
+    async fn run(&self, command: &str, args: &[&str]) -> (Out, Value) {
+        let mut all = vec![command, "--adapter", self.radio.name(), "--json"];
+        all.extend_from_slice(args);
+        let out = phone::phone(Some(&self.bus), &self.path, &all).await;
+        let json = serde_json::from_str(out.stdout.trim()).unwrap_or(Value::Null);
+        let r = self.radio.radio();
+        assert!(r.is_idle(), "the phone's radio: {r:?}");
+        assert_eq!(r.stats.abandoned_sessions, 0, "{r:?}");
+        (out, json)
+    }
+
+    async fn pair(&self, args: &[&str]) -> (Out, Value) {
+        let mut all = vec![self.id()];
+        all.extend_from_slice(args);
+        self.run("pair-vehicle", &all).await
+    }
+
+    /// A pairing that fails with `code` at stage `last` (the step before `error`).
+    async fn fails(&self, args: &[&str], code: &str, last: &str) -> Value {
+        let (out, json) = self.pair(args).await;
+        assert_eq!(out.code, 1, "{}", out.all());
+        assert!(
+            out.reason().starts_with(&format!("latchkey: {code}: ")),
+            "{}",
+            out.all()
+        );
+        assert_eq!(json["step"], "error", "{json}");
+        assert_eq!(json["error"]["code"], code, "{json}");
+        let steps = json["steps"].as_array().unwrap();
+        assert_eq!(steps[steps.len() - 2], last, "{json}");
+        assert!(json["result"].is_null(), "{json}");
+        assert!(stored_keys(&self.path).is_empty());
+        assert!(
+            out.stderr.contains("latchkey: pair-vehicle: error"),
+            "{}",
+            out.stderr
+        );
+        json
+    }
+}
+
+fn stored_keys(path: &Path) -> Vec<latchkey_phone::vehicle::VehicleKey> {
+    Credentials::load(path).unwrap().vehicle_keys
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn approved_pairing_stores_the_key_that_opens_the_vehicle_offline() {
+    let g = Garage::start("veh-story").await;
+
+    let (out, json) = g.pair(&["--yes"]).await;
+    assert_eq!(out.code, 0, "{}", out.all());
+    let steps: Vec<&str> = json["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        steps,
+        [
+            "idle",
+            "scanning",
+            "deviceSelected",
+            "connecting",
+            "challenge",
+            "registering",
+            "completing",
+            "completed"
+        ]
+    );
+    for s in &steps {
+        assert!(
+            out.stderr
+                .contains(&format!("latchkey: pair-vehicle: {s}\n")),
+            "{}",
+            out.stderr
+        );
+    }
+    // Seed 000's PairingContext.
+    assert_eq!(json["step"], "completed", "{json}");
+    assert_eq!(json["vehicleId"], g.id(), "{json}");
+    assert!(json["device"]["id"].is_string(), "{json}");
+    assert!(json["device"]["rssi"].is_i64(), "{json}");
+    let challenge = data_encoding::BASE64
+        .decode(json["challenge"].as_str().unwrap().as_bytes())
+        .unwrap();
+    assert_eq!(challenge.len(), pairing::CHALLENGE_LEN);
+    assert!(json["sessionId"].is_string(), "{json}");
+    assert!(json["error"].is_null(), "{json}");
+    let key_id = json["result"]["keyId"].as_str().unwrap().to_owned();
+    assert_eq!(json["result"]["endpoint"], "vehicle", "{json}");
+
+    // Both sides: the session completed and not cancelled, the vehicle holds the grant.
+    assert_eq!(g.gw.sessions(), [SessionState::Completed]);
+    assert_eq!(g.gw.deletes(), 0);
+    assert_eq!(g.vehicle.core.pairings(), 1);
+    let key_bytes = uuid::Uuid::parse_str(&key_id).unwrap().into_bytes();
+    assert_eq!(g.vehicle.core.grant_tools(), [key_bytes]);
+    // Listed and stored, 0600, no secret printed.
+    let keys = stored_keys(&g.path);
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].key_id, key_id);
+    let mode = std::fs::metadata(&g.path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let creds = Credentials::load(&g.path).unwrap();
+    phone::assert_no_secrets(&creds, &out.all());
+    assert!(!out
+        .all()
+        .contains(creds.phone_key.as_ref().unwrap().expose()));
+
+    // The upkeep refreshes the vehicle key through /device/refresh like the general tool.
+    let within = (MONTH + 3600).to_string();
+    let (out, json) = g
+        .run(
+            "unlock",
+            &["--vehicle", g.id(), "--refresh-within", &within],
+        )
+        .await;
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(json["status"], "GRANTED", "{json}");
+    assert_eq!(g.gw.key_refreshes(), 1);
+    let refreshed = stored_keys(&g.path);
+    assert!(
+        refreshed[0].expires_at() > keys[0].expires_at(),
+        "{refreshed:?}"
+    );
+
+    // The gateway gone: the vehicle opens with the stored key (version 2, endpoint vehicle).
+    g.gw.stop();
+    let (out, json) = g.run("unlock", &["--vehicle", g.id()]).await;
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(json["status"], "GRANTED", "{json}");
+    assert_eq!(json["verified"], true, "{json}");
+    assert_eq!(json["protocol"], 2, "{json}");
+    assert_eq!(json["endpoint"], "vehicle", "{json}");
+    assert_eq!(json["door"]["kind"], "node", "{json}");
+    assert_eq!(json["door"]["id"], g.id(), "{json}");
+    assert_eq!(g.vehicle.core.decisions(), [Status::Granted; 2]);
+
+    // A vehicle the phone holds no key for: refused before the radio is touched.
+    let other = uuid::Uuid::new_v4().to_string();
+    let (out, json) = g.run("unlock", &["--vehicle", &other]).await;
+    assert_ne!(out.code, 0);
+    assert_eq!(json["code"], "NO_DOOR", "{json}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_stage_times_out_with_its_code_and_cleans_up() {
+    let g = Garage::start("veh-timeouts").await;
+    let quick = ["--yes", "--timeouts", "1,1,1,1"];
+    let a = &g.vehicle.adapter;
+
+    a.withhold(Withhold::Device, true);
+    g.fails(&quick, "TIMEOUT_SCAN", "scanning").await;
+    a.withhold(Withhold::Device, false);
+
+    a.withhold(Withhold::Connection, true);
+    g.fails(&quick, "TIMEOUT_CONNECT", "connecting").await;
+    a.withhold(Withhold::Connection, false);
+
+    a.withhold(Withhold::Challenge, true);
+    g.fails(&quick, "TIMEOUT_CHALLENGE", "challenge").await;
+    a.withhold(Withhold::Challenge, false);
+    // No session was opened before the gateway was involved.
+    assert!(g.gw.sessions().is_empty());
+
+    // The gateway stalls on completion: the session is cancelled on the way out.
+    g.gw.set_mode(GwMode::StallComplete);
+    let json = g.fails(&quick, "TIMEOUT_SERVER", "registering").await;
+    assert!(json["sessionId"].is_string(), "{json}");
+    assert_eq!(json["cancelled"], true, "{json}");
+    assert_eq!(g.gw.sessions(), [SessionState::Cancelled]);
+    assert_eq!(g.gw.deletes(), 1);
+    assert_eq!(g.gw.keys_issued(), 0);
+    assert_eq!(g.vehicle.core.pairings(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_terminal_or_yes_key_issuance_is_declined() {
+    let g = Garage::start("veh-declined").await;
+    // stdin is not a terminal (the harness gives /dev/null) and there is no --yes.
+    let json = g.fails(&[], "DECLINED", "challenge").await;
+    assert!(json["challenge"].is_string(), "{json}");
+    assert!(json["sessionId"].is_null(), "{json}");
+    assert!(g.gw.sessions().is_empty(), "no session was created");
+    assert_eq!(g.gw.deletes(), 0);
+    assert_eq!(g.vehicle.core.pairings(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_by_the_gateway_or_the_vehicle_cancel_the_session() {
+    let g = Garage::start("veh-refused").await;
+
+    // The gateway answers 410: SERVER with its code, and the session is cancelled.
+    g.gw.set_mode(GwMode::Expired);
+    let json = g.fails(&["--yes"], "SERVER", "registering").await;
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("PAIRING_SESSION_EXPIRED"), "{json}");
+    assert_eq!(g.gw.sessions(), [SessionState::Cancelled]);
+    assert_eq!(g.gw.deletes(), 1);
+
+    // The vehicle refuses the gateway's response: VEHICLE_REFUSED, and DELETE is sent.
+    g.gw.set_mode(GwMode::Honest);
+    g.vehicle.core.set_behaviour(Behaviour::RefusePairing);
+    let json = g.fails(&["--yes"], "VEHICLE_REFUSED", "completing").await;
+    assert!(json["sessionId"].is_string(), "{json}");
+    assert_eq!(g.gw.deletes(), 2);
+    assert_eq!(g.gw.keys_issued(), 1);
+    assert!(g.vehicle.core.grant_tools().is_empty());
+}
