@@ -28,9 +28,12 @@ use crate::unlock::{self, Heard, Stage, Timeouts, UnlockError};
 use crate::vehicle::{Pairing, VehicleKey};
 use crate::Credentials;
 
-/// The ATT MTU the phone needs: the 183-byte Pairing Response in one write (spec §1: the 185
-/// phones request).
+/// The ATT MTU the phone needs for the 183-byte Pairing Response (spec §1: the 185 phones
+/// request). An ATT write request carries MTU − 3 = 182 bytes at 185, so BlueZ sends this one
+/// as a long write (prepare + execute), which the vehicle's GATT server receives as one value.
 pub const MIN_MTU: usize = 185;
+/// What bluer subtracts from the ATT MTU it reports (`Characteristic::mtu`).
+const BLUER_MTU_MARGIN: usize = 5;
 /// How long cleanup (stopping the scan, disconnecting, cancelling the session) may take.
 const CLEANUP_LIMIT: Duration = Duration::from_secs(5);
 
@@ -120,9 +123,6 @@ impl From<bluer::Error> for PairError {
 /// with the gateway's code.
 fn server(e: ToolError) -> PairError {
     match e {
-        ToolError::Unreachable { reason, .. } if reason.contains("timed out") => {
-            PairError::TimeoutServer("the gateway")
-        }
         ToolError::Unreachable { url, reason } => PairError::Server {
             code: "GATEWAY_UNREACHABLE".into(),
             message: format!("the gateway at {url} does not answer ({reason})"),
@@ -330,8 +330,9 @@ async fn run<F: std::future::Future<Output = bool>>(
         let chars = gatt.pairing.ok_or_else(|| {
             PairError::NoVehicle("the device offers no vehicle pairing service".into())
         })?;
-        // Older BlueZ does not show the MTU: then trust it.
-        if let Ok(mtu) = chars.response.mtu().await {
+        // Older BlueZ does not show the MTU: then trust it. bluer reports the ATT MTU less 5
+        // (its workaround for BlueZ dropping a full packet's tail): add it back.
+        if let Ok(mtu) = chars.response.mtu().await.map(|m| m + BLUER_MTU_MARGIN) {
             if mtu < MIN_MTU {
                 return Err(PairError::Protocol(format!(
                     "the ATT MTU is {mtu}, below the {MIN_MTU} the pairing response needs"
@@ -358,14 +359,14 @@ async fn run<F: std::future::Future<Output = bool>>(
         )));
     }
     ctx.challenge = Some(data_encoding::BASE64.encode(&frame));
-    on_stage(ctx);
     if !approve().await {
         return Err(PairError::Declined(""));
     }
 
     ctx.enter(Stage::Registering);
     on_stage(ctx);
-    let api = Pairing::new(setup.creds, t.server).map_err(server)?;
+    // The stage's own limit (below) decides TIMEOUT_SERVER; the client's is a backstop.
+    let api = Pairing::new(setup.creds, t.server + CLEANUP_LIMIT).map_err(server)?;
     let rssi = ctx.device.as_ref().and_then(|d| d.rssi).unwrap_or(-127);
     let session = unlock::within(t.server, PairError::TimeoutServer("the gateway"), async {
         api.create(&setup.vehicle, &frame, rssi)
@@ -377,7 +378,6 @@ async fn run<F: std::future::Future<Output = bool>>(
         .map_err(|_| PairError::Protocol("the sessionId is not a UUID".into()))?;
     held.session = Some(session_id);
     ctx.session_id = Some(session_id.to_string());
-    on_stage(ctx);
     let sid = session_id.into_bytes();
     let sealed = pairing::seal_approval(&phone, &gateway_door.public, &sid, &frame)
         .map_err(|e| PairError::Protocol(format!("sealing the approval: {e}")))?;

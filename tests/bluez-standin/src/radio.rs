@@ -26,7 +26,10 @@
 //! connections, answers to reads or its notifications. [`Adapter::radio`] reports what is
 //! open; [`Standin::serve_control`] exports the same controls as `org.latchkey.Sim1`.
 //!
-//! Not simulated: descriptors (the CCCD is written by `StartNotify`), pairing, long writes,
+//! A write request longer than MTU − 3 is a long write (prepare, execute) delivered to the
+//! application as one value, as bluetoothd does ([`Link::write_with`]).
+//!
+//! Not simulated: descriptors (the CCCD is written by `StartNotify`), pairing, long reads,
 //! signal strength changes, BR/EDR.
 
 use std::borrow::Cow;
