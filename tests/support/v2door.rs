@@ -292,10 +292,15 @@ fn peer_of(adapter: &str, address: bluer::Address) -> String {
     format!("{adapter}/{address}")
 }
 
-fn application(door: &Arc<DoorCore>) -> Application {
+/// A read-only challenge characteristic: `read` answers each read at offset 0, per peer.
+fn challenge_characteristic(
+    uuid: u128,
+    door: &Arc<DoorCore>,
+    read: fn(&DoorCore, String) -> Vec<u8>,
+) -> Characteristic {
     let reader = door.clone();
-    let challenge = Characteristic {
-        uuid: Uuid::from_u128(v2::CHALLENGE_UUID),
+    Characteristic {
+        uuid: Uuid::from_u128(uuid),
         read: Some(CharacteristicRead {
             read: true,
             fun: Box::new(move |req| {
@@ -304,14 +309,18 @@ fn application(door: &Arc<DoorCore>) -> Application {
                     if req.offset != 0 {
                         return Err(ReqError::InvalidOffset);
                     }
-                    Ok(door.read_challenge(peer_of(&req.adapter_name, req.device_address)))
+                    Ok(read(&door, peer_of(&req.adapter_name, req.device_address)))
                 }
                 .boxed()
             }),
             ..Default::default()
         }),
         ..Default::default()
-    };
+    }
+}
+
+fn application(door: &Arc<DoorCore>) -> Application {
+    let challenge = challenge_characteristic(v2::CHALLENGE_UUID, door, DoorCore::read_challenge);
     let writer = door.clone();
     let request = Characteristic {
         uuid: Uuid::from_u128(v2::REQUEST_UUID),
@@ -371,25 +380,11 @@ fn application(door: &Arc<DoorCore>) -> Application {
 
 /// The Vehicle pairing service (spec §1).
 fn pairing_service(door: &Arc<DoorCore>) -> Service {
-    let reader = door.clone();
-    let challenge = Characteristic {
-        uuid: Uuid::from_u128(pairing::CHALLENGE_UUID),
-        read: Some(CharacteristicRead {
-            read: true,
-            fun: Box::new(move |req| {
-                let door = reader.clone();
-                async move {
-                    if req.offset != 0 {
-                        return Err(ReqError::InvalidOffset);
-                    }
-                    Ok(door.read_pairing_challenge(peer_of(&req.adapter_name, req.device_address)))
-                }
-                .boxed()
-            }),
-            ..Default::default()
-        }),
-        ..Default::default()
-    };
+    let challenge = challenge_characteristic(
+        pairing::CHALLENGE_UUID,
+        door,
+        DoorCore::read_pairing_challenge,
+    );
     let writer = door.clone();
     let response = Characteristic {
         uuid: Uuid::from_u128(pairing::RESPONSE_UUID),

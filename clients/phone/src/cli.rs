@@ -499,16 +499,7 @@ async fn unlock(how: UnlockArgs, given: Option<Vec<f64>>, path: &Path) -> anyhow
         Ok(p) => p,
         Err(e) => return report_error(&e, how.json, Duration::ZERO),
     };
-    let session = bluer::Session::new()
-        .await
-        .context("cannot reach BlueZ on the system D-Bus")?;
-    let adapter = match how.adapter.as_deref() {
-        Some(name) => session.adapter(name)?,
-        None => session
-            .default_adapter()
-            .await
-            .context("no Bluetooth adapter")?,
-    };
+    let (_session, adapter) = bluetooth(how.adapter.as_deref()).await?;
     let started = std::time::Instant::now();
     let result = unlock::unlock(
         &adapter,
@@ -592,6 +583,21 @@ async fn unlock(how: UnlockArgs, given: Option<Vec<f64>>, path: &Path) -> anyhow
     } else {
         bail!("access denied: {status}")
     }
+}
+
+/// The BlueZ session and the adapter `name` (default: the system's).
+async fn bluetooth(name: Option<&str>) -> anyhow::Result<(bluer::Session, bluer::Adapter)> {
+    let session = bluer::Session::new()
+        .await
+        .context("cannot reach BlueZ on the system D-Bus")?;
+    let adapter = match name {
+        Some(name) => session.adapter(name)?,
+        None => session
+            .default_adapter()
+            .await
+            .context("no Bluetooth adapter")?,
+    };
+    Ok((session, adapter))
 }
 
 fn ms(d: Duration) -> f64 {
@@ -683,16 +689,7 @@ async fn pair_vehicle(
         tool::UNLOCK_HTTP_TIMEOUT,
     )
     .await;
-    let session = bluer::Session::new()
-        .await
-        .context("cannot reach BlueZ on the system D-Bus")?;
-    let adapter = match how.adapter.as_deref() {
-        Some(name) => session.adapter(name)?,
-        None => session
-            .default_adapter()
-            .await
-            .context("no Bluetooth adapter")?,
-    };
+    let (_session, adapter) = bluetooth(how.adapter.as_deref()).await?;
     let setup = pair_vehicle::Setup {
         creds: &creds,
         vehicle,

@@ -451,3 +451,53 @@ pub fn usable_keys(keys: Vec<VehicleKey>, vehicle: &uuid::Uuid) -> Vec<VehicleKe
         .filter(|k| k.is_for(vehicle) && k.usable().is_ok())
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gateway_failures_keep_the_gateway_code() {
+        let e = server(ToolError::Refused {
+            code: "PAIRING_SESSION_EXPIRED".into(),
+            message: "expired".into(),
+        });
+        assert_eq!(e.code(), "SERVER");
+        assert_eq!(e.server_code(), Some("PAIRING_SESSION_EXPIRED"));
+        assert!(e.to_string().contains("PAIRING_SESSION_EXPIRED"), "{e}");
+        assert_eq!(server(ToolError::NotFound).server_code(), Some("NOT_FOUND"));
+        let down = server(ToolError::Unreachable {
+            url: "http://127.0.0.1:1".into(),
+            reason: "refused".into(),
+        });
+        assert_eq!(down.server_code(), Some("GATEWAY_UNREACHABLE"));
+        assert_eq!(
+            PairError::from(UnlockError::TimeoutChallenge).code(),
+            "TIMEOUT_CHALLENGE"
+        );
+        assert_eq!(PairError::from(UnlockError::NoService).code(), "NO_VEHICLE");
+    }
+
+    #[test]
+    fn the_context_shows_seed_000_fields_and_every_step() {
+        let v = uuid::Uuid::parse_str("3d9a5c1e-7b2f-4c80-9e41-5a6b7c8d9e0f").unwrap();
+        let mut ctx = PairingContext::new(v);
+        ctx.enter(Stage::Scanning);
+        ctx.device = Some(Device {
+            id: "00:AA:00:00:00:02".into(),
+            name: None,
+            rssi: Some(-48),
+        });
+        ctx.error = Some(("TIMEOUT_CONNECT".into(), "late".into()));
+        ctx.enter(Stage::Error);
+        let j = ctx.to_json();
+        assert_eq!(j["step"], "error");
+        assert_eq!(j["steps"], json!(["idle", "scanning", "error"]));
+        assert_eq!(j["vehicleId"], v.to_string());
+        assert_eq!(j["device"]["rssi"], -48);
+        assert_eq!(j["error"]["code"], "TIMEOUT_CONNECT");
+        for field in ["challenge", "sessionId", "result"] {
+            assert!(j[field].is_null(), "{field}: {j}");
+        }
+    }
+}
