@@ -273,3 +273,46 @@ async fn refusals_by_the_gateway_or_the_vehicle_cancel_the_session() {
     assert_eq!(g.gw.keys_issued(), 1);
     assert!(g.vehicle.core.grant_tools().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_pairing_cancels_its_session() {
+    let g = Garage::start("veh-interrupted").await;
+    g.gw.set_mode(GwMode::StallComplete);
+    let mut c = phone::latchkey(Some(&g.bus));
+    c.arg("phone")
+        .args(["pair-vehicle", g.id(), "--yes", "--json"])
+        .args(["--adapter", g.radio.name()])
+        .arg("--credentials")
+        .arg(&g.path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = c.spawn().unwrap();
+    // Waits for the session the stalled completion holds open (a hang guard, not a timer).
+    let asked = tokio::time::timeout(phone::HANG, async {
+        while g.gw.sessions().is_empty() {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    assert!(asked.is_ok(), "no pairing session was opened");
+    let pid = i32::try_from(child.id().unwrap()).unwrap();
+    // SAFETY: signalling our own child process.
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+    }
+    let o = tokio::time::timeout(phone::HANG, child.wait_with_output())
+        .await
+        .expect("the phone hung after SIGINT")
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stdout}{stderr}");
+    let json: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(json["error"]["code"], "CANCELLED", "{json}");
+    assert_eq!(json["cancelled"], true, "{json}");
+    assert_eq!(g.gw.sessions(), [SessionState::Cancelled]);
+    assert_eq!(g.gw.deletes(), 1);
+    let r = g.radio.radio();
+    assert!(r.is_idle(), "the phone's radio: {r:?}");
+    assert_eq!(r.stats.abandoned_sessions, 0, "{r:?}");
+}
