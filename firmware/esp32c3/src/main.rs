@@ -28,6 +28,7 @@ use latchkey_node_core::storage::CredentialStore;
 use latchkey_node_core::{setup_code, Config};
 use static_cell::{ConstStaticCell, StaticCell};
 
+use crate::panel::Code;
 use crate::board::{AP_ADDR, AP_SOCKETS, AP_TCP, STA_SOCKETS, STA_TCP, TCP_RX, TCP_TX};
 
 esp_bootloader_esp_idf::esp_app_desc!();
@@ -118,9 +119,13 @@ async fn main(spawner: Spawner) {
     let Ok(accept) = net::Ap::bind(ap_tcp).await else {
         return fatal("AP listener").await;
     };
-    let Some(store) = flash::store(flash) else {
+    let Some(mut store) = flash::store(flash) else {
         return fatal("store range").await;
     };
+    // A revoked node makes no adapter call the LED could follow: say so from the start.
+    if let Ok(Some(credentials)) = store.credentials().await {
+        panel::show(if credentials.revoked { Code::Revoked } else { Code::Busy });
+    }
     let board = Board {
         store,
         relay: relay::GpioRelay::new(pins.relay),

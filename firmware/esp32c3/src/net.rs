@@ -373,9 +373,7 @@ impl WsSession {
                         self.rx.head_len = 0;
                         continue;
                     }
-                    Err(edge_ws::Error::Incomplete(more)) => {
-                        more.max(FrameHeader::MIN_LEN - self.rx.head_len.min(FrameHeader::MIN_LEN))
-                    }
+                    Err(edge_ws::Error::Incomplete(more)) => more,
                     Err(_) => return Err(NetError),
                 };
                 let got = self.fill(need).await?;
