@@ -16,33 +16,19 @@ mod relay;
 mod wifi;
 
 use embassy_executor::Spawner;
-use embassy_net::{Ipv4Cidr, StackResources, StaticConfigV4};
 use esp_backtrace as _;
 use esp_hal::clock::CpuClock;
 use esp_hal::rng::{Trng, TrngSource};
 use esp_hal::timer::timg::TimerGroup;
-use esp_radio::ble::controller::BleConnector;
-use esp_radio::wifi::{Interface, WifiController};
 use latchkey_node_core::board::Board;
 use latchkey_node_core::storage::CredentialStore;
 use latchkey_node_core::{setup_code, Config};
-use static_cell::{ConstStaticCell, StaticCell};
+use static_cell::StaticCell;
 
 use crate::panel::Code;
-use crate::board::{AP_ADDR, AP_SOCKETS, AP_TCP, STA_SOCKETS, STA_TCP, TCP_RX, TCP_TX};
 
 esp_bootloader_esp_idf::esp_app_desc!();
 
-static STA_RESOURCES: StaticCell<StackResources<STA_SOCKETS>> = StaticCell::new();
-static AP_RESOURCES: StaticCell<StackResources<AP_SOCKETS>> = StaticCell::new();
-// Built in place (const): 12 KiB each would not fit on the stack on the way to a static.
-static STA_BUFFERS: ConstStaticCell<edge_nal_embassy::TcpBuffers<STA_TCP, TCP_TX, TCP_RX>> =
-    ConstStaticCell::new(edge_nal_embassy::TcpBuffers::new());
-static AP_BUFFERS: ConstStaticCell<edge_nal_embassy::TcpBuffers<AP_TCP, TCP_TX, TCP_RX>> =
-    ConstStaticCell::new(edge_nal_embassy::TcpBuffers::new());
-static STA_TCP_STACK: StaticCell<edge_nal_embassy::Tcp<'static>> = StaticCell::new();
-static AP_TCP_STACK: StaticCell<edge_nal_embassy::Tcp<'static>> = StaticCell::new();
-static AP_ACCEPT: StaticCell<edge_nal_embassy::TcpAccept<'static>> = StaticCell::new();
 static FLASH: StaticCell<esp_storage::FlashStorage<'static>> = StaticCell::new();
 
 #[esp_rtos::main]
@@ -62,6 +48,8 @@ async fn main(spawner: Spawner) {
     let mut rng = clock::TrngRng(trng.clone());
 
     let pins = board::pins!(p);
+    // The relay's pin is driven released before anything else can take time.
+    let relay = relay::GpioRelay::new(pins.relay);
     spawner.spawn(panel::led_task(pins.led).unwrap_or_else(|_| fatal_now()));
     spawner.spawn(panel::button_task(pins.button).unwrap_or_else(|_| fatal_now()));
 
@@ -70,53 +58,16 @@ async fn main(spawner: Spawner) {
         return fatal("label page unreadable").await;
     };
 
-    // Wi-Fi: two embassy-net stacks on the one radio (station and setup access point).
-    let Ok(wifi_controller) = WifiController::new(p.WIFI, Default::default()) else {
+    let seed = u64::from(trng.random()) << 32 | u64::from(trng.random());
+    let Ok((sta, ap)) = wifi::start(&spawner, p.WIFI, seed) else {
         return fatal("Wi-Fi init").await;
     };
-    let seed = u64::from(trng.random()) << 32 | u64::from(trng.random());
-    let (sta, sta_runner) = embassy_net::new(
-        Interface::station(),
-        embassy_net::Config::dhcpv4(Default::default()),
-        STA_RESOURCES.init(StackResources::new()),
-        seed,
-    );
-    let (ap, ap_runner) = embassy_net::new(
-        Interface::access_point(),
-        embassy_net::Config::ipv4_static(StaticConfigV4 {
-            address: Ipv4Cidr::new(AP_ADDR, 24),
-            gateway: Some(AP_ADDR),
-            dns_servers: Default::default(),
-        }),
-        AP_RESOURCES.init(StackResources::new()),
-        seed.rotate_left(17),
-    );
-    spawner.spawn(net::net_task(sta_runner).unwrap_or_else(|_| fatal_now()));
-    spawner.spawn(net::net_task(ap_runner).unwrap_or_else(|_| fatal_now()));
-    spawner.spawn(net::dhcp_server_task(ap).unwrap_or_else(|_| fatal_now()));
-    spawner.spawn(wifi::wifi_task(wifi_controller, sta).unwrap_or_else(|_| fatal_now()));
-
-    // BLE: the host runs in its own task, idle until the core starts the door service.
-    let Ok(connector) = BleConnector::new(p.BT, Default::default()) else {
+    let Ok(radio) = radio::start(&spawner, p.BT) else {
         return fatal("BLE init").await;
     };
-    // The chip's Bluetooth MAC as a static random address: little-endian on air, two top bits set.
-    let mac = esp_hal::efuse::interface_mac_address(esp_hal::efuse::InterfaceMacAddress::Bluetooth);
-    let mut address = [0u8; 6];
-    for (dst, src) in address.iter_mut().zip(mac.as_bytes().iter().rev()) {
-        *dst = *src;
-    }
-    address[5] |= 0xC0;
-    spawner.spawn(
-        radio::ble_task(radio::BleController::new(connector), address)
-            .unwrap_or_else(|_| fatal_now()),
-    );
-    let radio = radio::EspDoorRadio;
 
-    let sta_tcp =
-        net::StaticTcp(STA_TCP_STACK.init(edge_nal_embassy::Tcp::new(sta, STA_BUFFERS.take())));
-    let ap_tcp = AP_TCP_STACK.init(edge_nal_embassy::Tcp::new(ap, AP_BUFFERS.take()));
-    let Ok(accept) = net::Ap::bind(ap_tcp).await else {
+    let sta_tcp = net::StaticTcp::station(sta);
+    let Ok(ap_listener) = net::Ap::listen(ap).await else {
         return fatal("AP listener").await;
     };
     let Some(mut store) = flash::store(flash) else {
@@ -124,20 +75,25 @@ async fn main(spawner: Spawner) {
     };
     // A revoked node makes no adapter call the LED could follow: say so from the start.
     if let Ok(Some(credentials)) = store.credentials().await {
-        panel::show(if credentials.revoked { Code::Revoked } else { Code::Busy });
+        panel::show(if credentials.revoked {
+            Code::Revoked
+        } else {
+            Code::Busy
+        });
     }
+    // node-core's Board gains its `radio` field on another branch: wiring it is adding
+    // `radio,` to the literal below.
+    let _ = &radio;
     let board = Board {
         store,
-        relay: relay::GpioRelay::new(pins.relay),
+        relay,
         clock: clock::EmbassyClock,
         wifi: wifi::EspWifi::new(),
         http: net::Http::new(sta, sta_tcp),
         ws: net::Ws::new(sta, sta_tcp, trng.clone()),
-        ap: net::Ap::new(AP_ACCEPT.init(accept)),
+        ap: ap_listener,
         rng,
     };
-    // The lead adds `radio,` to the Board literal above once node-core's Board has the field.
-    let _ = &radio;
     let config = Config {
         kind: label.kind,
         setup_ssid: setup_code::ssid(&label.label_id),
@@ -172,7 +128,7 @@ async fn fatal_with(e: impl core::fmt::Display) {
 }
 
 /// A task could not be spawned (its pool is full: a programming error caught at first boot).
-fn fatal_now() -> ! {
+pub fn fatal_now() -> ! {
     log::error!("fatal: task spawn; restarting");
     esp_hal::system::software_reset()
 }

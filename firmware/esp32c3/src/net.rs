@@ -13,7 +13,7 @@ use core::net::{IpAddr, Ipv4Addr, SocketAddr};
 use edge_http::io::client::Connection;
 use edge_http::Method;
 use edge_nal::{TcpAccept as _, TcpBind as _, TcpConnect, TcpShutdown as _, TcpSplit as _};
-use edge_nal_embassy::{Tcp, TcpAccept, TcpError, TcpSocket};
+use edge_nal_embassy::{Tcp, TcpAccept, TcpBuffers, TcpError, TcpSocket};
 use edge_ws::{FrameHeader, FrameType};
 use embassy_net::dns::DnsQueryType;
 use embassy_net::Stack;
@@ -24,7 +24,11 @@ use latchkey_node_core::board::{
 };
 use latchkey_node_core::register::MAX_ANSWER;
 
-use crate::board::{AP_ADDR, AP_PORT, HTTP_TIMEOUT_MS, WS_MAX_IN, WS_MAX_OUT};
+use static_cell::{ConstStaticCell, StaticCell};
+
+use crate::board::{
+    AP_ADDR, AP_PORT, AP_TCP, HTTP_TIMEOUT_MS, STA_TCP, TCP_RX, TCP_TX, WS_MAX_IN, WS_MAX_OUT,
+};
 use crate::panel::{self, Code};
 
 /// Response headers kept from the gateway.
@@ -69,9 +73,25 @@ async fn resolve(stack: Stack<'static>, url: &Url<'_>) -> Result<SocketAddr, Net
     Ok(SocketAddr::new(IpAddr::V4(ip), url.port))
 }
 
+// Built in place (const): 12 KiB each would not fit on the stack on the way to a static.
+static STA_BUFFERS: ConstStaticCell<TcpBuffers<STA_TCP, TCP_TX, TCP_RX>> =
+    ConstStaticCell::new(TcpBuffers::new());
+static AP_BUFFERS: ConstStaticCell<TcpBuffers<AP_TCP, TCP_TX, TCP_RX>> =
+    ConstStaticCell::new(TcpBuffers::new());
+static STA_TCP_STACK: StaticCell<Tcp<'static>> = StaticCell::new();
+static AP_TCP_STACK: StaticCell<Tcp<'static>> = StaticCell::new();
+static AP_ACCEPT: StaticCell<TcpAccept<'static>> = StaticCell::new();
+
 /// The station's TCP factory with a `'static` pool, so connections own their sockets.
 #[derive(Clone, Copy)]
-pub struct StaticTcp(pub &'static Tcp<'static>);
+pub struct StaticTcp(&'static Tcp<'static>);
+
+impl StaticTcp {
+    /// The station's factory (call once).
+    pub fn station(stack: Stack<'static>) -> Self {
+        Self(STA_TCP_STACK.init(Tcp::new(stack, STA_BUFFERS.take())))
+    }
+}
 
 impl TcpConnect for StaticTcp {
     type Error = TcpError;
@@ -506,15 +526,15 @@ pub struct Ap {
 }
 
 impl Ap {
-    /// Listens on port 80 of the access point's address.
-    pub async fn bind(tcp: &'static Tcp<'static>) -> Result<TcpAccept<'static>, TcpError> {
-        tcp.bind(SocketAddr::new(IpAddr::V4(AP_ADDR), AP_PORT))
-            .await
-    }
-
-    /// The listener over a bound acceptor.
-    pub fn new(accept: &'static TcpAccept<'static>) -> Self {
-        Self { accept }
+    /// Listens on port 80 of the access point's address (call once).
+    pub async fn listen(stack: Stack<'static>) -> Result<Self, TcpError> {
+        let tcp: &'static Tcp<'static> = AP_TCP_STACK.init(Tcp::new(stack, AP_BUFFERS.take()));
+        let accept = tcp
+            .bind(SocketAddr::new(IpAddr::V4(AP_ADDR), AP_PORT))
+            .await?;
+        Ok(Self {
+            accept: AP_ACCEPT.init(accept),
+        })
     }
 }
 

@@ -126,6 +126,27 @@ async fn emit(event: DoorEvent) {
     }
 }
 
+/// Starts the BLE controller and host task (idle until the core's first `start`); returns the
+/// core's handle.
+pub fn start(
+    spawner: &embassy_executor::Spawner,
+    bt: esp_hal::peripherals::BT<'static>,
+) -> Result<EspDoorRadio, esp_radio::ble::controller::BleInitError> {
+    let connector = BleConnector::new(bt, Default::default())?;
+    // The chip's Bluetooth MAC as a static random address: little-endian on air, the two top
+    // bits set.
+    let mac = esp_hal::efuse::interface_mac_address(esp_hal::efuse::InterfaceMacAddress::Bluetooth);
+    let mut address = [0u8; 6];
+    for (dst, src) in address.iter_mut().zip(mac.as_bytes().iter().rev()) {
+        *dst = *src;
+    }
+    address[5] |= 0xC0;
+    spawner.spawn(
+        ble_task(BleController::new(connector), address).unwrap_or_else(|_| crate::fatal_now()),
+    );
+    Ok(EspDoorRadio)
+}
+
 /// Runs the BLE host: idle until the core's first `start`, then advertising and serving.
 #[embassy_executor::task]
 pub async fn ble_task(controller: BleController, address: [u8; 6]) {

@@ -9,8 +9,9 @@
 use alloc::string::String;
 use alloc::vec::Vec;
 
+use embassy_executor::Spawner;
 use embassy_futures::select::{select, Either};
-use embassy_net::Stack;
+use embassy_net::{Ipv4Cidr, Stack, StackResources, StaticConfigV4};
 use embassy_sync::blocking_mutex::raw::CriticalSectionRawMutex;
 use embassy_sync::channel::Channel;
 use embassy_time::{with_timeout, Duration, Timer};
@@ -19,12 +20,13 @@ use esp_radio::wifi::scan::ScanConfig;
 use esp_radio::wifi::sta::StationConfig;
 use esp_radio::wifi::{
     AuthenticationMethod, AuthenticationMethodConfig, Config, ConnectionError, DisconnectReason,
-    WifiController,
+    Interface, WifiController,
 };
 use latchkey_node_core::board::{Network, Wifi, WifiError};
+use static_cell::StaticCell;
 use zeroize::Zeroizing;
 
-use crate::board::AP_MAX_STATIONS;
+use crate::board::{AP_ADDR, AP_MAX_STATIONS, AP_SOCKETS, STA_SOCKETS};
 use crate::panel::{self, Code};
 
 /// Longest wait for a DHCP lease after association (node-core bounds the whole join at 30 s).
@@ -54,6 +56,41 @@ enum Answer {
 
 static COMMANDS: Channel<CriticalSectionRawMutex, (u32, Cmd), 1> = Channel::new();
 static ANSWERS: Channel<CriticalSectionRawMutex, (u32, Answer), 1> = Channel::new();
+
+static STA_RESOURCES: StaticCell<StackResources<STA_SOCKETS>> = StaticCell::new();
+static AP_RESOURCES: StaticCell<StackResources<AP_SOCKETS>> = StaticCell::new();
+
+/// Starts the radio's Wi-Fi side: the controller's task, two embassy-net stacks on the one
+/// radio (the station with DHCP, the setup access point at [`AP_ADDR`]) with their runners,
+/// and the access point's DHCP server. Returns the two stacks.
+pub fn start(
+    spawner: &Spawner,
+    wifi: esp_hal::peripherals::WIFI<'static>,
+    seed: u64,
+) -> Result<(Stack<'static>, Stack<'static>), esp_radio::wifi::WifiError> {
+    let controller = WifiController::new(wifi, Default::default())?;
+    let (sta, sta_runner) = embassy_net::new(
+        Interface::station(),
+        embassy_net::Config::dhcpv4(Default::default()),
+        STA_RESOURCES.init(StackResources::new()),
+        seed,
+    );
+    let (ap, ap_runner) = embassy_net::new(
+        Interface::access_point(),
+        embassy_net::Config::ipv4_static(StaticConfigV4 {
+            address: Ipv4Cidr::new(AP_ADDR, 24),
+            gateway: Some(AP_ADDR),
+            dns_servers: Default::default(),
+        }),
+        AP_RESOURCES.init(StackResources::new()),
+        seed.rotate_left(17),
+    );
+    spawner.spawn(crate::net::net_task(sta_runner).unwrap_or_else(|_| crate::fatal_now()));
+    spawner.spawn(crate::net::net_task(ap_runner).unwrap_or_else(|_| crate::fatal_now()));
+    spawner.spawn(crate::net::dhcp_server_task(ap).unwrap_or_else(|_| crate::fatal_now()));
+    spawner.spawn(wifi_task(controller, sta).unwrap_or_else(|_| crate::fatal_now()));
+    Ok((sta, ap))
+}
 
 /// node-core's Wi-Fi handle.
 pub struct EspWifi {
