@@ -16,7 +16,8 @@ cargo build -p latchkey-node-core --target riscv32imc-unknown-none-elf
   cargo clippy --release -- -D warnings
   cargo build --release
 )
-# Flash and static RAM by section, and issue 11's budget (fails the run when over it).
+# Flash and static RAM by section with issue 11's budget lines (printed, not a gate: the image
+# is over its 800 KiB line, docs/PERFORMANCE.md "ESP32-C3 firmware size"; --strict gates).
 scripts/firmware-size.sh --no-build
 # systemd-analyze verify runs in tests/systemd.rs, on a copy of the unit whose ExecStart is the
 # binary just built (the installed path does not exist here).

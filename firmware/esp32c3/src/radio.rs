@@ -191,7 +191,8 @@ pub async fn ble_task(controller: BleController, address: [u8; 6]) {
     .await;
 }
 
-/// Advertises while a slot is free; hands each connection to a slot.
+/// Advertises (restarting on a new tag) and hands each connection to a free slot, waiting for
+/// one when both are busy.
 async fn advertise<'v, 's>(
     peripheral: &mut Peripheral<'v, BleController, DefaultPacketPool>,
     server: &'s DoorServer<'v>,
