@@ -46,6 +46,9 @@ pub const STORE_RANGE: Range<u32> = 0x1F_0000..0x1F_8000;
 /// The `label` partition: the setup code and label id, made on first boot, kept by a factory
 /// reset (the printed label does not change).
 pub const LABEL_RANGE: Range<u32> = 0x1F_8000..0x1F_9000;
+/// The `kind` partition: the node's kind, set at the factory (`espflash write-bin 0x1F9000`
+/// of a file holding `vhcl` makes a vehicle node; erased, it is a door). One image serves both.
+pub const KIND_RANGE: Range<u32> = 0x1F_9000..0x1F_A000;
 /// End of the application partition: the image must fit below the data.
 pub const APP_RANGE: Range<u32> = 0x1_0000..0x1F_0000;
 
@@ -56,7 +59,9 @@ const _: () = assert!((STORE_RANGE.end - STORE_RANGE.start) / FLASH_PAGE >= 2);
 const _: () = assert!(
     LABEL_RANGE.start.is_multiple_of(FLASH_PAGE) && LABEL_RANGE.end.is_multiple_of(FLASH_PAGE)
 );
+const _: () = assert!(KIND_RANGE.start.is_multiple_of(FLASH_PAGE));
 const _: () = assert!(APP_RANGE.end <= STORE_RANGE.start && STORE_RANGE.end <= LABEL_RANGE.start);
+const _: () = assert!(LABEL_RANGE.end <= KIND_RANGE.start);
 
 /// Heap in the main DRAM. Wi-Fi and BLE together take about 128 KiB of it; the node's own
 /// buffers (JSON, picoserve's 2 × 4 KiB, a gateway frame of up to 64 KiB while it is decoded)

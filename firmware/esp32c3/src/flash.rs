@@ -2,11 +2,9 @@
 //! embassy-embedded-hal's `BlockingAsync`: the SPI flash is blocking anyway), and the label.
 //!
 //! The label (setup code and label id, NODES.md §4.1) is made on first boot from the TRNG and
-//! kept in its own page, outside the store, so a factory reset keeps it. The node's kind (door
-//! or vehicle) is stored with it: one image serves both, and the kind is fixed on first boot
-//! from [`FIRST_BOOT_KIND`]. Layout, 32 bytes: the 19-character code, one zero byte, the
-//! 4-character label id, the kind (`door` or `vhcl`), then the marker `LKL1`, written after
-//! the rest: a power cut before the marker leaves an unmarked page, which the
+//! kept in its own page, outside the store, so a factory reset keeps it. Layout, 28 bytes: the
+//! 19-character code, one zero byte, the 4-character label id, then the marker `LKL1`, written
+//! after the rest: a power cut before the marker leaves an unmarked page, which the
 //! next boot erases and fills again. The code is printed on the serial console once, when it
 //! is made (the factory prints the label from that line), and never again.
 
@@ -17,7 +15,7 @@ use latchkey_node_core::storage::FlashStore;
 use latchkey_node_core::{setup_code, Kind};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::board::{LABEL_RANGE, STORE_RANGE};
+use crate::board::{KIND_RANGE, LABEL_RANGE, STORE_RANGE};
 
 /// The store node-core runs on.
 pub type Store<'a> = FlashStore<BlockingAsync<&'a mut FlashStorage<'static>>>;
@@ -27,19 +25,11 @@ pub fn store<'a>(flash: &'a mut FlashStorage<'static>) -> Option<Store<'a>> {
     FlashStore::new(BlockingAsync::new(flash), STORE_RANGE).ok()
 }
 
-/// The kind a node takes on its first boot: door, or vehicle when the image was built with
-/// `LATCHKEY_KIND=vehicle` (docs/FIRMWARE.md).
-pub const FIRST_BOOT_KIND: Kind = match option_env!("LATCHKEY_KIND") {
-    Some(k) if k.len() == 7 && k.as_bytes()[0] == b'v' => Kind::Vehicle,
-    _ => Kind::Door,
-};
-
 const MARKER: [u8; 4] = *b"LKL1";
 const ID_LEN: usize = 4;
-const KIND_AT: usize = setup_code::CODE_LEN + 1 + ID_LEN;
-const KIND_DOOR: [u8; 4] = *b"door";
+const BODY: usize = setup_code::CODE_LEN + 1 + ID_LEN;
+/// The `kind` page's word for a vehicle node.
 const KIND_VEHICLE: [u8; 4] = *b"vhcl";
-const BODY: usize = KIND_AT + 4;
 const RECORD: usize = BODY + MARKER.len();
 // esp-storage writes whole 4-byte words.
 const _: () = assert!(BODY.is_multiple_of(4) && RECORD.is_multiple_of(4));
@@ -50,8 +40,6 @@ pub struct Label {
     pub code: Zeroizing<alloc::string::String>,
     /// Four characters in the SSID.
     pub label_id: alloc::string::String,
-    /// What the relay drives.
-    pub kind: Kind,
 }
 
 /// Why the label page could not be used.
@@ -73,18 +61,13 @@ pub fn load_or_create_label(
     let label = Label {
         code: setup_code::generate(rng),
         label_id: setup_code::generate_label_id(rng),
-        kind: FIRST_BOOT_KIND,
     };
     if label.code.len() != setup_code::CODE_LEN || label.label_id.len() != ID_LEN {
         return Err(LabelError);
     }
     let mut body = Zeroizing::new([0u8; BODY]);
     body[..setup_code::CODE_LEN].copy_from_slice(label.code.as_bytes());
-    body[setup_code::CODE_LEN + 1..KIND_AT].copy_from_slice(label.label_id.as_bytes());
-    body[KIND_AT..].copy_from_slice(match label.kind {
-        Kind::Door => &KIND_DOOR,
-        Kind::Vehicle => &KIND_VEHICLE,
-    });
+    body[setup_code::CODE_LEN + 1..].copy_from_slice(label.label_id.as_bytes());
     flash
         .erase(LABEL_RANGE.start, LABEL_RANGE.end)
         .and_then(|()| flash.write(LABEL_RANGE.start, body.as_ref()))
@@ -93,7 +76,6 @@ pub fn load_or_create_label(
     // The factory's one chance to read the code; it is never logged again.
     esp_println::println!("setup network: {}", setup_code::ssid(&label.label_id));
     esp_println::println!("setup code: {}", label.code.as_str());
-    esp_println::println!("kind: {}", label.kind.as_str());
     body.zeroize();
     Ok(label)
 }
@@ -103,12 +85,7 @@ fn parse(record: &[u8]) -> Option<Label> {
         return None;
     }
     let code = core::str::from_utf8(record.get(..setup_code::CODE_LEN)?).ok()?;
-    let id = core::str::from_utf8(record.get(setup_code::CODE_LEN + 1..KIND_AT)?).ok()?;
-    let kind = match record.get(KIND_AT..BODY)? {
-        k if k == KIND_DOOR => Kind::Door,
-        k if k == KIND_VEHICLE => Kind::Vehicle,
-        _ => return None,
-    };
+    let id = core::str::from_utf8(record.get(setup_code::CODE_LEN + 1..BODY)?).ok()?;
     let id_ok = id.len() == ID_LEN
         && id
             .bytes()
@@ -116,6 +93,23 @@ fn parse(record: &[u8]) -> Option<Label> {
     (setup_code::is_valid(code) && id_ok).then(|| Label {
         code: Zeroizing::new(code.into()),
         label_id: id.into(),
-        kind,
     })
+}
+
+/// The node's kind from the `kind` page: `vhcl` is a vehicle; erased (or anything else, which
+/// is logged) is a door.
+pub fn kind(flash: &mut FlashStorage<'static>) -> Kind {
+    let mut word = [0u8; 4];
+    match flash.read(KIND_RANGE.start, &mut word) {
+        Ok(()) if word == KIND_VEHICLE => Kind::Vehicle,
+        Ok(()) if word == [0xFF; 4] => Kind::Door,
+        Ok(()) => {
+            log::warn!("kind page holds no known kind; a door node");
+            Kind::Door
+        }
+        Err(_) => {
+            log::error!("kind page unreadable; a door node");
+            Kind::Door
+        }
+    }
 }

@@ -57,6 +57,8 @@ async fn main(spawner: Spawner) {
     let Ok(label) = flash::load_or_create_label(flash, &mut rng) else {
         return fatal("label page unreadable").await;
     };
+    let kind = flash::kind(flash);
+    log::info!("node kind: {}", kind.as_str());
 
     let seed = u64::from(trng.random()) << 32 | u64::from(trng.random());
     let Ok((sta, ap)) = wifi::start(&spawner, p.WIFI, seed) else {
@@ -95,7 +97,7 @@ async fn main(spawner: Spawner) {
         rng,
     };
     let config = Config {
-        kind: label.kind,
+        kind,
         setup_ssid: setup_code::ssid(&label.label_id),
         setup_code: label.code,
         factory_reset: false,
