@@ -354,8 +354,8 @@ impl WsSession {
         Ok(())
     }
 
-    /// Reads more bytes into `dst`, from the leftover of the upgrade first. One `read` per
-    /// call: embassy-net's read is cancel-safe, so this is too.
+    /// Up to `want` bytes, from the leftover of the upgrade first, never past what the frame
+    /// needs. One `read` per call: embassy-net's read is cancel-safe, so this is too.
     async fn fill(&mut self, want: usize) -> Result<Vec<u8>, NetError> {
         if !self.rx.pending.is_empty() {
             let n = want.min(self.rx.pending.len());
@@ -434,6 +434,10 @@ impl WsSession {
                 };
                 if message.len() + payload.len() > WS_MAX_IN {
                     log::warn!("ws: message over {WS_MAX_IN} bytes; closing");
+                    return Got::Message(WsMessage::Close(None));
+                }
+                // As for single frames: a message the heap cannot hold ends the session.
+                if message.try_reserve(payload.len()).is_err() {
                     return Got::Message(WsMessage::Close(None));
                 }
                 message.extend_from_slice(&payload);
