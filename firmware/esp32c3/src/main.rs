@@ -6,14 +6,17 @@
 
 extern crate alloc;
 
+mod ap;
 mod board;
 mod clock;
 mod flash;
+mod http;
 mod net;
 mod panel;
 mod radio;
 mod relay;
 mod wifi;
+mod ws;
 
 use embassy_executor::Spawner;
 use esp_backtrace as _;
@@ -69,7 +72,7 @@ async fn main(spawner: Spawner) {
     };
 
     let sta_tcp = net::StaticTcp::station(sta);
-    let Ok(ap_listener) = net::Ap::listen(ap).await else {
+    let Ok(ap_listener) = ap::Ap::listen(ap).await else {
         return fatal("AP listener").await;
     };
     let Some(mut store) = flash::store(flash) else {
@@ -91,8 +94,8 @@ async fn main(spawner: Spawner) {
         relay,
         clock: clock::EmbassyClock,
         wifi: wifi::EspWifi::new(),
-        http: net::Http::new(sta, sta_tcp),
-        ws: net::Ws::new(sta, sta_tcp, trng.clone()),
+        http: http::Http::new(sta, sta_tcp),
+        ws: ws::Ws::new(sta, sta_tcp, trng.clone()),
         ap: ap_listener,
         rng,
     };
