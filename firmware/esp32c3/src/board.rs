@@ -40,9 +40,11 @@ pub const FACTORY_RESET_HOLD_MS: u64 = 5_000;
 
 /// Flash erase page.
 pub const FLASH_PAGE: u32 = 4096;
-/// The `latchkey` partition: credentials and key pair (node-core's `FlashStore`), erased by a
-/// factory reset.
-pub const STORE_RANGE: Range<u32> = 0x1F_0000..0x1F_8000;
+/// The `latchkey` partition: node-core's map (credentials, key pair, and the grant blob in two
+/// slots of up to 12 pages each, NODES.md §8), erased by a factory reset. The Linux node's 40.
+pub const STORE_RANGE: Range<u32> = 0x1C_0000..0x1E_8000;
+/// The `ring` partition: node-core's decision ring (a sequential-storage queue of 8 pages).
+pub const RING_RANGE: Range<u32> = 0x1E_8000..0x1F_0000;
 /// The `label` partition: the setup code and label id, made on first boot, kept by a factory
 /// reset (the printed label does not change).
 pub const LABEL_RANGE: Range<u32> = 0x1F_8000..0x1F_9000;
@@ -50,17 +52,21 @@ pub const LABEL_RANGE: Range<u32> = 0x1F_8000..0x1F_9000;
 /// of a file holding `vhcl` makes a vehicle node; erased, it is a door). One image serves both.
 pub const KIND_RANGE: Range<u32> = 0x1F_9000..0x1F_A000;
 /// End of the application partition: the image must fit below the data.
-pub const APP_RANGE: Range<u32> = 0x1_0000..0x1F_0000;
+pub const APP_RANGE: Range<u32> = 0x1_0000..0x1C_0000;
 
 const _: () = assert!(
     STORE_RANGE.start.is_multiple_of(FLASH_PAGE) && STORE_RANGE.end.is_multiple_of(FLASH_PAGE)
 );
-const _: () = assert!((STORE_RANGE.end - STORE_RANGE.start) / FLASH_PAGE >= 2);
+const _: () = assert!((STORE_RANGE.end - STORE_RANGE.start) / FLASH_PAGE >= 40);
+const _: () = assert!(
+    RING_RANGE.start.is_multiple_of(FLASH_PAGE) && RING_RANGE.end.is_multiple_of(FLASH_PAGE)
+);
+const _: () = assert!(STORE_RANGE.end <= RING_RANGE.start && RING_RANGE.end <= LABEL_RANGE.start);
 const _: () = assert!(
     LABEL_RANGE.start.is_multiple_of(FLASH_PAGE) && LABEL_RANGE.end.is_multiple_of(FLASH_PAGE)
 );
 const _: () = assert!(KIND_RANGE.start.is_multiple_of(FLASH_PAGE));
-const _: () = assert!(APP_RANGE.end <= STORE_RANGE.start && STORE_RANGE.end <= LABEL_RANGE.start);
+const _: () = assert!(APP_RANGE.end <= STORE_RANGE.start);
 const _: () = assert!(LABEL_RANGE.end <= KIND_RANGE.start);
 
 /// Heap in the main DRAM. Wi-Fi and BLE together take about 128 KiB of it; the node's own

@@ -15,14 +15,14 @@ use latchkey_node_core::storage::FlashStore;
 use latchkey_node_core::{setup_code, Kind};
 use zeroize::{Zeroize, Zeroizing};
 
-use crate::board::{KIND_RANGE, LABEL_RANGE, STORE_RANGE};
+use crate::board::{KIND_RANGE, LABEL_RANGE, RING_RANGE, STORE_RANGE};
 
 /// The store node-core runs on.
 pub type Store<'a> = FlashStore<BlockingAsync<&'a mut FlashStorage<'static>>>;
 
-/// node-core's store over the `latchkey` partition.
+/// node-core's store over the `latchkey` and `ring` partitions.
 pub fn store<'a>(flash: &'a mut FlashStorage<'static>) -> Option<Store<'a>> {
-    FlashStore::new(BlockingAsync::new(flash), STORE_RANGE).ok()
+    FlashStore::new(BlockingAsync::new(flash), STORE_RANGE, RING_RANGE).ok()
 }
 
 const MARKER: [u8; 4] = *b"LKL1";

@@ -86,9 +86,6 @@ async fn main(spawner: Spawner) {
             Code::Busy
         });
     }
-    // node-core's Board gains its `radio` field on another branch: wiring it is adding
-    // `radio,` to the literal below.
-    let _ = &radio;
     let board = Board {
         store,
         relay,
@@ -98,6 +95,7 @@ async fn main(spawner: Spawner) {
         ws: ws::Ws::new(sta, sta_tcp, trng.clone()),
         ap: ap_listener,
         rng,
+        radio,
     };
     let config = Config {
         kind,
