@@ -28,7 +28,8 @@ use crate::nodes::{signing, NodeId};
 use crate::registry::DeviceId;
 use crate::store::StoreError;
 use latchkey_proto::v2::pairing::{
-    open_approval, verify_completion, PairingChallenge, PairingResponse, CHALLENGE_LEN,
+    open_approval, verify_completion, PairingChallenge, PairingResponse, APPROVAL_LEN,
+    CHALLENGE_LEN, ECDSA_SIGNATURE_LEN,
 };
 use latchkey_proto::v2::PublicKeyBytes;
 
@@ -70,6 +71,12 @@ impl From<StoreError> for SessionError {
 
 impl From<rusqlite::Error> for SessionError {
     fn from(e: rusqlite::Error) -> Self {
+        Self::Grants(e.into())
+    }
+}
+
+impl From<crate::secret::RandomError> for SessionError {
+    fn from(e: crate::secret::RandomError) -> Self {
         Self::Grants(e.into())
     }
 }
@@ -274,9 +281,6 @@ pub struct Issuer<'a> {
     pub lifetime: u64,
 }
 
-/// The approval is 33 bytes sealed with a 16-byte tag.
-const SEALED_LEN: usize = 49;
-
 /// Completes `device`'s session `id`: checks (in the order of PROTOCOL.md §27.2), then issues
 /// the key in this transaction. A forgery is `Forbidden` and counts against the session
 /// (committed by the caller like any answer): at [`MAX_FAILURES`] the session is `failed`.
@@ -299,7 +303,7 @@ pub fn complete(
     if now >= s.expires_at {
         return Err(SessionError::Expired);
     }
-    if c.encrypted_response.len() != SEALED_LEN || c.signature.len() != 64 {
+    if c.encrypted_response.len() != APPROVAL_LEN || c.signature.len() != ECDSA_SIGNATURE_LEN {
         return Err(SessionError::BadRequest(
             "encryptedResponse must be 49 bytes and signature 64 bytes",
         ));

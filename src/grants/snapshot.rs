@@ -27,9 +27,6 @@ use latchkey_proto::v2::{
     GRANT_CAPACITY,
 };
 
-/// The endpoint id of every vehicle grant (PROTOCOL.md §27).
-pub const VEHICLE_ENDPOINT: &str = "vehicle";
-
 /// Tools that expired up to a day ago still go out: a node whose clock runs a little behind
 /// answers `TOOL_EXPIRED` (which says what happened) rather than `UNKNOWN_TOOL`.
 pub const GRACE_SECS: i64 = 86_400;
@@ -201,7 +198,7 @@ pub fn refresh(
         }
         Some("vehicle") => {
             let live = tools::live(tx, since, Scope::Vehicle(node.as_str()))?;
-            let endpoint = EndpointId::new(VEHICLE_ENDPOINT)?;
+            let endpoint = EndpointId::new(latchkey_proto::v2::pairing::ENDPOINT)?;
             let grants = grants_for(&live, &door_id, 0, |_| vec![endpoint.clone()]);
             (grants, doors::DEFAULT_PULSE_MS)
         }

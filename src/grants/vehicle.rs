@@ -7,7 +7,6 @@ use data_encoding::BASE64;
 use rusqlite::{Connection, OptionalExtension, Transaction};
 use serde::Serialize;
 
-use super::snapshot::VEHICLE_ENDPOINT;
 use super::tools::{self, Tool};
 use crate::clock::{rfc3339, UnixTime};
 use crate::registry::DeviceId;
@@ -82,7 +81,7 @@ pub fn view(tool: &Tool, vehicle_key: &[u8]) -> KeyView {
         device_id: tool.device_id.clone(),
         issued_on: rfc3339(tool.issued_at),
         expires_on: rfc3339(tool.expires_at),
-        endpoint: VEHICLE_ENDPOINT,
+        endpoint: latchkey_proto::v2::pairing::ENDPOINT,
         pubkey: BASE64.encode(vehicle_key),
     }
 }
