@@ -102,13 +102,28 @@ fn throttle(state: &AppState, device: &DeviceId) -> Result<(), ApiError> {
         })
 }
 
+/// Counts sessions opened: reserved before the checks (so a burst cannot all pass), given
+/// back when the request is refused.
 async fn start(
     State(state): State<AppState>,
     AuthedDevice(device): AuthedDevice,
     req: Request,
 ) -> Result<Response, ApiError> {
-    throttle(&state, &device.device_id)?;
-    let body: StartBody = small_json(req, &state).await?;
+    let who = device.device_id.clone();
+    throttle(&state, &who)?;
+    let opened = open_session(&state, device.device_id, req).await;
+    if opened.is_err() {
+        state.pairing_session_limit.release(&who);
+    }
+    opened
+}
+
+async fn open_session(
+    state: &AppState,
+    device: DeviceId,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let body: StartBody = small_json(req, state).await?;
     let rssi = body
         .rssi
         .as_i64()
@@ -126,7 +141,7 @@ async fn start(
     let now = state.now();
     let started = state
         .store
-        .write(move |tx| Ok(pairing_sessions::start(tx, &device.device_id, &req, now)))
+        .write(move |tx| Ok(pairing_sessions::start(tx, &device, &req, now)))
         .await??;
     tracing::info!(session_id = %started.session_id, "vehicle pairing session started");
     Ok((
