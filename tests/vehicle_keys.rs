@@ -823,3 +823,109 @@ async fn five_sessions_a_minute_per_device() {
     gw.clock.advance(61);
     assert_eq!(start(&gw, &http, &p, &v, &v.challenge(7, 0)).await.0, 201);
 }
+
+fn cookie(resp: &reqwest::Response, name: &str) -> String {
+    let v = resp
+        .headers()
+        .get_all(reqwest::header::SET_COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .expect("cookie");
+    v.split(';').next().unwrap().to_owned()
+}
+
+fn csrf_in(html: &str) -> String {
+    let marker = r#"name="csrf" value=""#;
+    let start = html.find(marker).expect("page has a csrf field") + marker.len();
+    html[start..].split('"').next().unwrap().to_owned()
+}
+
+/// The nodes page lists a vehicle's keys with their count and a revoke button that needs the
+/// session's CSRF token.
+#[tokio::test]
+async fn the_nodes_page_lists_a_vehicles_keys_and_revokes_one() {
+    const PASSWORD: &str = "correct horse battery staple";
+    let gw = start_gateway().await;
+    let now = gw.state.now();
+    gw.state
+        .store
+        .write_blocking(|tx| Ok(latchkey::admin::set_password(tx, PASSWORD, now)))
+        .unwrap()
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let v = vehicle(&gw, &http, 0x51).await;
+    let p = phone(&gw, &http, "Pixel", 0x11).await;
+    let k = pair_vehicle(&gw, &http, &p, &v, 1).await["key"].clone();
+    let key_id = k["keyId"].as_str().unwrap();
+
+    let page = http.get(gw.url("/login")).send().await.unwrap();
+    let login_cookie = cookie(&page, "latchkey_login");
+    let csrf = csrf_in(&page.text().await.unwrap());
+    let r = http
+        .post(gw.url("/login"))
+        .header(reqwest::header::COOKIE, login_cookie)
+        .form(&[("password", PASSWORD), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    let session = cookie(&r, "latchkey_session");
+    let nodes_page = || async {
+        http.get(gw.url("/nodes"))
+            .header(reqwest::header::COOKIE, &session)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    };
+    let html = nodes_page().await;
+    assert!(
+        html.contains(&format!(
+            r#"<tr class="vehicle-keys" data-vehicle-id="{}">"#,
+            v.creds.node_id
+        )),
+        "{html}"
+    );
+    assert!(html.contains(r#"<span class="key-count">1</span> live vehicle key"#));
+    assert!(html.contains(&format!(r#"<li data-key-id="{key_id}">Pixel "#)));
+    let action = format!("/nodes/keys/{key_id}/revoke");
+    assert!(html.contains(&format!(r#"action="{action}""#)));
+    let csrf = csrf_in(&html);
+
+    // Without the CSRF token: refused, nothing voided.
+    let r = http
+        .post(gw.url(&action))
+        .header(reqwest::header::COOKIE, &session)
+        .form(&[("csrf", "wrong")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(keys(&gw, &http, &p, "").await.as_array().unwrap().len(), 1);
+    // With it: voided, back to the page, which shows none.
+    let r = http
+        .post(gw.url(&action))
+        .header(reqwest::header::COOKIE, &session)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 303);
+    assert_eq!(r.headers()[reqwest::header::LOCATION], "/nodes");
+    assert!(keys(&gw, &http, &p, "").await.as_array().unwrap().is_empty());
+    let html = nodes_page().await;
+    assert!(html.contains(r#"<span class="key-count">0</span> live vehicle keys"#));
+    assert!(!html.contains(key_id));
+    let voided = gw
+        .events("device.tool")
+        .await
+        .into_iter()
+        .any(|(_, d)| d["accessToolId"] == k["keyId"] && d["action"] == "voided");
+    assert!(voided);
+}

@@ -503,3 +503,112 @@ pub fn expire(tx: &Transaction<'_>, now: UnixTime) -> Result<usize, StoreError> 
     )?;
     Ok(due.len())
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn store() -> (tempfile::TempDir, crate::store::Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("db.sqlite")).unwrap();
+        store
+            .write_blocking(|tx| {
+                tx.execute_batch(
+                    "INSERT INTO devices (id, name, type, key_hash, totp_sealed, paired_at)
+                         VALUES ('d', 'Pixel', 'mobile', x'01', x'02', 0);
+                     INSERT INTO nodes (id, kind, created_at) VALUES ('v', 'vehicle', 0);",
+                )?;
+                Ok(())
+            })
+            .unwrap();
+        (dir, store)
+    }
+
+    fn session(tx: &Transaction<'_>, id: &str, ts: i64, expires: i64, state: &str, ended: i64) {
+        tx.execute(
+            "INSERT INTO pairing_sessions (id, device_id, vehicle_id, challenge, nonce,
+                 challenge_ts, rssi, created_at, expires_at, state, ended_at)
+             VALUES (?1, 'd', 'v', x'00', CAST(?1 AS BLOB), ?2, -60, 0, ?3, ?4, ?5)",
+            params![id, ts, expires, state, ended],
+        )
+        .unwrap();
+    }
+
+    /// Housekeeping: a started session past its expiry becomes `expired` with its event; a
+    /// live one stays; ended sessions go a day later, unless their challenge had no
+    /// timestamp (their nonce must stay used).
+    #[test]
+    fn expiry_marks_started_sessions_and_prunes_old_timestamped_ones() {
+        let (_dir, store) = store();
+        let now = 1_000_000;
+        store
+            .write_blocking(|tx| {
+                session(tx, "due", 0, now, "started", 0);
+                session(tx, "live", 0, now + 1, "started", 0);
+                session(tx, "old-ts", now - 200_000, 0, "cancelled", now - KEEP_ENDED_SECS - 1);
+                session(tx, "old-zero", 0, 0, "completed", now - KEEP_ENDED_SECS - 1);
+                session(tx, "recent-ts", now - 100, 0, "cancelled", now - 10);
+                Ok(())
+            })
+            .unwrap();
+        let n = store.write_blocking(|tx| expire(tx, now)).unwrap();
+        assert_eq!(n, 1);
+        let rows: Vec<(String, String)> = store
+            .read_blocking(|c| {
+                Ok(c.prepare("SELECT id, state FROM pairing_sessions ORDER BY id")?
+                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?)
+            })
+            .unwrap();
+        let want = [
+            ("due", "expired"),
+            ("live", "started"),
+            ("old-zero", "completed"),
+            ("recent-ts", "cancelled"),
+        ];
+        assert_eq!(
+            rows,
+            want.map(|(a, b)| (a.to_owned(), b.to_owned())).to_vec()
+        );
+        let events = store
+            .read_blocking(|c| crate::events::since(c, 0, 100))
+            .unwrap();
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].topic, "vehicle.pairing");
+        let data = events[0].data_json();
+        assert_eq!(data["sessionId"], "due");
+        assert_eq!(data["state"], "expired");
+        assert_eq!(events[0].subject.as_deref(), Some("d"), "device-scoped");
+        // Run again: nothing more to expire until the live one's time comes.
+        assert_eq!(store.write_blocking(|tx| expire(tx, now)).unwrap(), 0);
+        assert_eq!(store.write_blocking(|tx| expire(tx, now + 1)).unwrap(), 1);
+    }
+
+    /// Migration 6: one live tool per (device, vehicle or none).
+    #[test]
+    fn one_live_tool_per_device_and_vehicle() {
+        let (_dir, store) = store();
+        let insert = |id: &str, vehicle: Option<&str>| {
+            store.write_blocking(|tx| {
+                tx.execute(
+                    "INSERT INTO access_tools (id, device_id, pubkey, issued_at, expires_at,
+                         vehicle_id) VALUES (?1, 'd', x'04', 0, 1, ?2)",
+                    params![id, vehicle],
+                )?;
+                Ok(())
+            })
+        };
+        insert("general", None).unwrap();
+        insert("car", Some("v")).unwrap();
+        assert!(insert("general-2", None).is_err());
+        assert!(insert("car-2", Some("v")).is_err());
+        store
+            .write_blocking(|tx| {
+                tx.execute("UPDATE access_tools SET voided_at = 1 WHERE id = 'car'", [])?;
+                Ok(())
+            })
+            .unwrap();
+        insert("car-2", Some("v")).unwrap();
+    }
+}
