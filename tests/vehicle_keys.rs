@@ -35,7 +35,9 @@ struct Vehicle {
 
 impl Vehicle {
     fn door_id(&self) -> [u8; 16] {
-        *uuid::Uuid::parse_str(&self.creds.node_id).unwrap().as_bytes()
+        *uuid::Uuid::parse_str(&self.creds.node_id)
+            .unwrap()
+            .as_bytes()
     }
 
     fn hex(&self) -> String {
@@ -168,7 +170,11 @@ async fn phone(gw: &Gateway, http: &reqwest::Client, name: &str, seed: u8) -> Ph
         .unwrap()
         .iter()
         .find(|d| d["kind"] == "gateway")
-        .map(|d| BASE64.decode(d["pubkey"].as_str().unwrap().as_bytes()).unwrap())
+        .map(|d| {
+            BASE64
+                .decode(d["pubkey"].as_str().unwrap().as_bytes())
+                .unwrap()
+        })
         .unwrap()
         .try_into()
         .unwrap();
@@ -218,8 +224,7 @@ fn session_bytes(session: &Value) -> [u8; 16] {
 /// The completion body `signer` makes for `session` over `frame` (sealed with `sealer`'s key).
 fn completion(sealer: &Phone, signer: &Phone, session: &Value, frame: &[u8]) -> Value {
     let sid = session_bytes(session);
-    let sealed =
-        pairing::seal_approval(&sealer.secret, &sealer.gateway_door, &sid, frame).unwrap();
+    let sealed = pairing::seal_approval(&sealer.secret, &sealer.gateway_door, &sid, frame).unwrap();
     let sig = pairing::sign_completion(&signer.secret, &sid, frame, &sealed);
     json!({"encryptedResponse": BASE64.encode(&sealed), "signature": BASE64.encode(&sig)})
 }
@@ -509,7 +514,8 @@ async fn replayed_foreign_and_stale_challenges_are_refused() {
     bad(status, &e, "nonce");
     let (status, e) = start(&gw, &http, &q, &v, &good[..105]).await;
     bad(status, &e, "nonce");
-    let body = json!({"vehicleId": v.creds.node_id, "deviceId": v.hex(), "nonce": "%%", "rssi": -60});
+    let body =
+        json!({"vehicleId": v.creds.node_id, "deviceId": v.hex(), "nonce": "%%", "rssi": -60});
     let (status, e) = start_body(&gw, &http, &q, body).await;
     bad(status, &e, "nonce");
     // rssi: an integer within −127..20.
@@ -542,7 +548,8 @@ async fn replayed_foreign_and_stale_challenges_are_refused() {
     let (status, e) = start(&gw, &http, &q, &door, &door_frame).await;
     assert_eq!((status, code(&e)), (404, "NOT_FOUND"), "{e}");
     for id in [uuid::Uuid::nil().to_string(), "car".into()] {
-        let body = json!({"vehicleId": id, "deviceId": v.hex(), "nonce": BASE64.encode(&good), "rssi": 0});
+        let body =
+            json!({"vehicleId": id, "deviceId": v.hex(), "nonce": BASE64.encode(&good), "rssi": 0});
         let (status, e) = start_body(&gw, &http, &q, body).await;
         assert_eq!((status, code(&e)), (404, "NOT_FOUND"), "{e}");
     }
@@ -612,7 +619,10 @@ async fn sessions_expire_complete_once_and_refuse_forgeries() {
 
     // Signed by another device's key (sealed with it too, or with the owner's): 403, and
     // the session is still there for its owner.
-    for body in [completion(&q, &q, &s, &frame), completion(&p, &q, &s, &frame)] {
+    for body in [
+        completion(&q, &q, &s, &frame),
+        completion(&p, &q, &s, &frame),
+    ] {
         let (status, e) = complete_body(&gw, &http, &p, &s, body).await;
         assert_eq!((status, code(&e)), (403, "FORBIDDEN"), "{e}");
     }
@@ -621,14 +631,16 @@ async fn sessions_expire_complete_once_and_refuse_forgeries() {
     let mut sealed = pairing::seal_approval(&p.secret, &p.gateway_door, &sid, &frame).unwrap();
     sealed[0] ^= 1;
     let sig = pairing::sign_completion(&p.secret, &sid, &frame, &sealed);
-    let body = json!({"encryptedResponse": BASE64.encode(&sealed), "signature": BASE64.encode(&sig)});
+    let body =
+        json!({"encryptedResponse": BASE64.encode(&sealed), "signature": BASE64.encode(&sig)});
     let (status, e) = complete_body(&gw, &http, &p, &s, body).await;
     assert_eq!((status, code(&e)), (403, "FORBIDDEN"), "{e}");
     // An approval of another challenge: 403.
     let other_frame = v.challenge(99, 0);
     let sealed = pairing::seal_approval(&p.secret, &p.gateway_door, &sid, &other_frame).unwrap();
     let sig = pairing::sign_completion(&p.secret, &sid, &frame, &sealed);
-    let body = json!({"encryptedResponse": BASE64.encode(&sealed), "signature": BASE64.encode(&sig)});
+    let body =
+        json!({"encryptedResponse": BASE64.encode(&sealed), "signature": BASE64.encode(&sig)});
     let (status, e) = complete_body(&gw, &http, &p, &s, body).await;
     assert_eq!((status, code(&e)), (403, "FORBIDDEN"), "{e}");
     // Bad base64 and lengths: 400.
@@ -641,14 +653,20 @@ async fn sessions_expire_complete_once_and_refuse_forgeries() {
         let (status, e) = complete_body(&gw, &http, &p, &s, body.clone()).await;
         assert_eq!((status, code(&e)), (400, "BAD_REQUEST"), "{body} {e}");
     }
-    assert!(keys(&gw, &http, &p, "").await.as_array().unwrap().is_empty());
-    assert!(keys(&gw, &http, &q, "").await.as_array().unwrap().is_empty());
+    assert!(keys(&gw, &http, &p, "")
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty());
+    assert!(keys(&gw, &http, &q, "")
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty());
 
     // The owner completes: 20 at once give exactly one key.
-    let answers = futures_util::future::join_all(
-        (0..20).map(|_| complete(&gw, &http, &p, &s, &frame)),
-    )
-    .await;
+    let answers =
+        futures_util::future::join_all((0..20).map(|_| complete(&gw, &http, &p, &s, &frame))).await;
     let ok = answers.iter().filter(|(st, _)| *st == 200).count();
     let used = answers
         .iter()
@@ -681,7 +699,10 @@ async fn sessions_expire_complete_once_and_refuse_forgeries() {
         .map(|(_, d)| (d["sessionId"].clone(), d["state"].clone()))
         .collect();
     assert_eq!(
-        states.iter().filter(|(id, _)| *id == s["sessionId"]).collect::<Vec<_>>(),
+        states
+            .iter()
+            .filter(|(id, _)| *id == s["sessionId"])
+            .collect::<Vec<_>>(),
         [
             &(s["sessionId"].clone(), json!("started")),
             &(s["sessionId"].clone(), json!("cancelled"))
@@ -751,7 +772,11 @@ async fn revocations_reach_the_vehicle_and_the_admin_sees_keys() {
     assert_eq!(e1, e0 + 1);
     assert_eq!(g1.len(), 1);
     assert_eq!(g1[0].tool_id, tool_id(&kp["keyId"]));
-    assert!(keys(&gw, &http, &q, "").await.as_array().unwrap().is_empty());
+    assert!(keys(&gw, &http, &q, "")
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty());
     let voided = gw
         .events("device.tool")
         .await
@@ -918,7 +943,11 @@ async fn the_nodes_page_lists_a_vehicles_keys_and_revokes_one() {
         .unwrap();
     assert_eq!(r.status(), 303);
     assert_eq!(r.headers()[reqwest::header::LOCATION], "/nodes");
-    assert!(keys(&gw, &http, &p, "").await.as_array().unwrap().is_empty());
+    assert!(keys(&gw, &http, &p, "")
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty());
     let html = nodes_page().await;
     assert!(html.contains(r#"<span class="key-count">0</span> live vehicle keys"#));
     assert!(!html.contains(key_id));

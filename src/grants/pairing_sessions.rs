@@ -150,8 +150,8 @@ pub fn start(
     }
     let vehicle = vehicle::parse_vehicle_id(&req.vehicle_id)
         .ok_or(SessionError::NotFound("no such vehicle"))?;
-    let node_key = vehicle::vehicle_key(tx, &vehicle)?
-        .ok_or(SessionError::NotFound("no such vehicle"))?;
+    let node_key =
+        vehicle::vehicle_key(tx, &vehicle)?.ok_or(SessionError::NotFound("no such vehicle"))?;
     let node_key = PublicKeyBytes::try_from(node_key.as_slice())
         .map_err(|_| SessionError::NotFound("no such vehicle"))?;
     let door_id = snapshot::node_door_id(
@@ -383,8 +383,7 @@ fn issue(
     let vehicle_key = vehicle::vehicle_key(tx, &s.vehicle_id)?
         .ok_or(SessionError::NotFound("no such vehicle"))?;
     let node = NodeId::parse(&s.vehicle_id).ok_or(SessionError::NotFound("no such vehicle"))?;
-    let challenge =
-        PairingChallenge::decode(&s.challenge).map_err(|e| GrantsError::from(e))?;
+    let challenge = PairingChallenge::decode(&s.challenge).map_err(|e| GrantsError::from(e))?;
     // Once, even under a race: only one completion changes the row.
     let claimed = tx.execute(
         "UPDATE pairing_sessions SET state = 'completed', ended_at = ?2
@@ -398,14 +397,7 @@ fn issue(
     if let Some(previous) = vehicle::live_for(tx, device, &s.vehicle_id)? {
         tools::void(tx, &previous, now, &origin)?;
     }
-    let tool: Tool = tools::issue(
-        tx,
-        device,
-        phone,
-        Some(&s.vehicle_id),
-        issuer.lifetime,
-        now,
-    )?;
+    let tool: Tool = tools::issue(tx, device, phone, Some(&s.vehicle_id), issuer.lifetime, now)?;
     tx.execute(
         "UPDATE pairing_sessions SET key_id = ?2 WHERE id = ?1",
         params![s.id, tool.id],
@@ -546,7 +538,14 @@ mod tests {
             .write_blocking(|tx| {
                 session(tx, "due", 0, now, "started", 0);
                 session(tx, "live", 0, now + 1, "started", 0);
-                session(tx, "old-ts", now - 200_000, 0, "cancelled", now - KEEP_ENDED_SECS - 1);
+                session(
+                    tx,
+                    "old-ts",
+                    now - 200_000,
+                    0,
+                    "cancelled",
+                    now - KEEP_ENDED_SECS - 1,
+                );
                 session(tx, "old-zero", 0, 0, "completed", now - KEEP_ENDED_SECS - 1);
                 session(tx, "recent-ts", now - 100, 0, "cancelled", now - 10);
                 Ok(())
@@ -556,9 +555,11 @@ mod tests {
         assert_eq!(n, 1);
         let rows: Vec<(String, String)> = store
             .read_blocking(|c| {
-                Ok(c.prepare("SELECT id, state FROM pairing_sessions ORDER BY id")?
-                    .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?)
+                Ok(
+                    c.prepare("SELECT id, state FROM pairing_sessions ORDER BY id")?
+                        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                        .collect::<Result<_, _>>()?,
+                )
             })
             .unwrap();
         let want = [

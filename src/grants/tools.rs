@@ -217,13 +217,7 @@ pub(crate) fn record(
     if let Some(v) = &tool.vehicle_id {
         data["vehicleId"] = json!(v);
     }
-    events::append(
-        tx,
-        "device.tool",
-        &data,
-        origin,
-        now.saturating_mul(1000),
-    )?;
+    events::append(tx, "device.tool", &data, origin, now.saturating_mul(1000))?;
     Ok(())
 }
 

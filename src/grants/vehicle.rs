@@ -124,8 +124,9 @@ pub fn for_device(
 
 /// Every live key, with its device's and vehicle's names (the admin list), by vehicle.
 pub fn all(conn: &Connection) -> Result<Vec<AdminKeyView>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached(&format!("{KEY_SELECT} ORDER BY n.name, n.id, t.issued_at, t.id"))?;
+    let mut stmt = conn.prepare_cached(&format!(
+        "{KEY_SELECT} ORDER BY n.name, n.id, t.issued_at, t.id"
+    ))?;
     let rows = stmt.query_map([], admin_view_from_row)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

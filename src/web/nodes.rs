@@ -475,7 +475,11 @@ struct RenameForm {
 }
 
 /// A page form's session and CSRF token: `Ok(false)` when there is no session (log in first).
-pub(crate) async fn form_ok(state: &AppState, headers: &HeaderMap, csrf: &str) -> Result<bool, ApiError> {
+pub(crate) async fn form_ok(
+    state: &AppState,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<bool, ApiError> {
     let Some((sid, _)) = session(state, headers).await? else {
         return Ok(false);
     };

@@ -46,7 +46,10 @@ struct RefreshBody {
 
 /// The JSON body, refused past 4 KiB (the body is already read in full by the router's
 /// `read_body`, so its exact size is known).
-pub(crate) async fn small_json<T: DeserializeOwned>(req: Request, state: &AppState) -> Result<T, ApiError> {
+pub(crate) async fn small_json<T: DeserializeOwned>(
+    req: Request,
+    state: &AppState,
+) -> Result<T, ApiError> {
     if req.body().size_hint().lower() > MAX_BODY {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -37,7 +37,10 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/pairing-sessions", post(start))
         .route("/pairing-sessions/{session_id}/complete", post(complete))
-        .route("/pairing-sessions/{session_id}", axum::routing::delete(cancel))
+        .route(
+            "/pairing-sessions/{session_id}",
+            axum::routing::delete(cancel),
+        )
         .route("/device/keys", get(device_keys))
         .route("/api/vehicle-keys", get(admin_list))
         .route("/api/vehicle-keys/{key_id}/revoke", post(admin_revoke))
