@@ -508,7 +508,7 @@ async fn replayed_foreign_and_stale_challenges_are_refused() {
     let (status, e) = start_body(&gw, &http, &q, body).await;
     bad(status, &e, "deviceId");
     // Tampered, truncated, not base64.
-    let mut tampered = good.clone();
+    let mut tampered = good;
     tampered[40] ^= 1;
     let (status, e) = start(&gw, &http, &q, &v, &tampered).await;
     bad(status, &e, "nonce");

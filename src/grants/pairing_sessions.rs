@@ -383,7 +383,7 @@ fn issue(
     let vehicle_key = vehicle::vehicle_key(tx, &s.vehicle_id)?
         .ok_or(SessionError::NotFound("no such vehicle"))?;
     let node = NodeId::parse(&s.vehicle_id).ok_or(SessionError::NotFound("no such vehicle"))?;
-    let challenge = PairingChallenge::decode(&s.challenge).map_err(|e| GrantsError::from(e))?;
+    let challenge = PairingChallenge::decode(&s.challenge).map_err(GrantsError::from)?;
     // Once, even under a race: only one completion changes the row.
     let claimed = tx.execute(
         "UPDATE pairing_sessions SET state = 'completed', ended_at = ?2

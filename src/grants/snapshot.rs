@@ -199,7 +199,7 @@ pub fn refresh(
         Some("vehicle") => {
             let live = tools::live(tx, since, Scope::Vehicle(node.as_str()))?;
             let endpoint = EndpointId::new(latchkey_proto::v2::pairing::ENDPOINT)?;
-            let grants = grants_for(&live, &door_id, 0, |_| vec![endpoint.clone()]);
+            let grants = grants_for(&live, &door_id, 0, |_| vec![endpoint]);
             (grants, doors::DEFAULT_PULSE_MS)
         }
         _ => return Ok(None),
