@@ -1005,13 +1005,8 @@ async fn refresh(
             *expires = unix_now() + s.lifetime + 60;
             let rfc = latchkey_phone::clock::rfc3339(i64::try_from(*expires).expect("time"));
             key["expiresOn"] = json!(rfc);
-            return (
-                StatusCode::OK,
-                Json(
-                    json!({ "accessToolId": key["keyId"], "issuedOn": key["issuedOn"],
-                             "expiresOn": key["expiresOn"] }),
-                ),
-            );
+            // PROTOCOL.md §27.5: the key object.
+            return (StatusCode::OK, Json(key.clone()));
         }
     }
     let current = s.tool.lock().unwrap().clone();

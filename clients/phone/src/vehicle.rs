@@ -180,7 +180,8 @@ pub async fn maintain(
     Ok(done)
 }
 
-/// The part of `/device/refresh`'s answer a vehicle key takes.
+/// The part of `/device/refresh`'s answer (the key object, PROTOCOL.md §27.5) a stored key
+/// takes: its new validity.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Refreshed {
