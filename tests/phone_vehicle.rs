@@ -264,11 +264,13 @@ async fn refusals_by_the_gateway_or_the_vehicle_cancel_the_session() {
     assert_eq!(g.gw.sessions(), [SessionState::Cancelled]);
     assert_eq!(g.gw.deletes(), 1);
 
-    // The vehicle refuses the gateway's response: VEHICLE_REFUSED, and DELETE is sent.
+    // The vehicle refuses the gateway's response: VEHICLE_REFUSED, and DELETE is sent (the
+    // completed session answers 410, PROTOCOL.md §27.2).
     g.gw.set_mode(GwMode::Honest);
     g.vehicle.core.set_behaviour(Behaviour::RefusePairing);
     let json = g.fails(&["--yes"], "VEHICLE_REFUSED", "completing").await;
     assert!(json["sessionId"].is_string(), "{json}");
+    assert_eq!(json["cancelled"], false, "{json}");
     assert_eq!(g.gw.deletes(), 2);
     assert_eq!(g.gw.keys_issued(), 1);
     assert!(g.vehicle.core.grant_tools().is_empty());

@@ -858,8 +858,10 @@ async fn cancel_session(
     let Some(session) = sessions.get_mut(&sid) else {
         return error(StatusCode::NOT_FOUND, "NOT_FOUND");
     };
-    if session.state == SessionState::Open {
-        session.state = SessionState::Cancelled;
+    match session.state {
+        SessionState::Open => session.state = SessionState::Cancelled,
+        SessionState::Completed => return error(StatusCode::GONE, "PAIRING_SESSION_USED"),
+        SessionState::Cancelled => {}
     }
     (
         StatusCode::OK,
