@@ -4,8 +4,12 @@
 //! test vehicle (tests/support/v2door.rs: the door service and the Vehicle pairing service,
 //! deciding with `latchkey_proto::v2::pairing`) and a fake gateway serving spec §2's pairing
 //! sessions, which never pushes to the vehicle: what the vehicle knows, it learnt over BLE.
+//! And once against the real daemon, the test vehicle registered there as a node of kind
+//! `vehicle` and learning its grants from the snapshots of its node session.
 
 mod common;
+#[path = "support/node.rs"]
+mod node;
 #[path = "support/phone.rs"]
 mod phone;
 #[path = "support/v2door.rs"]
@@ -61,17 +65,8 @@ impl Garage {
         &self.vehicle.core.name
     }
 
-    /// `phone COMMAND --adapter A --json ARGS…`, then seed 000's cleanup whatever the
-    /// outcome: the phone's radio idle, nothing merely abandoned.
     async fn run(&self, command: &str, args: &[&str]) -> (Out, Value) {
-        let mut all = vec![command, "--adapter", self.radio.name(), "--json"];
-        all.extend_from_slice(args);
-        let out = phone::phone(Some(&self.bus), &self.path, &all).await;
-        let json = serde_json::from_str(out.stdout.trim()).unwrap_or(Value::Null);
-        let r = self.radio.radio();
-        assert!(r.is_idle(), "the phone's radio: {r:?}");
-        assert_eq!(r.stats.abandoned_sessions, 0, "{r:?}");
-        (out, json)
+        run(&self.bus, &self.path, &self.radio, command, args).await
     }
 
     async fn pair(&self, args: &[&str]) -> (Out, Value) {
@@ -102,6 +97,25 @@ impl Garage {
         );
         json
     }
+}
+
+/// `phone COMMAND --adapter A --json ARGS…`, then seed 000's cleanup whatever the outcome:
+/// the phone's radio idle, nothing merely abandoned.
+async fn run(
+    bus: &str,
+    path: &Path,
+    radio: &Adapter,
+    command: &str,
+    args: &[&str],
+) -> (Out, Value) {
+    let mut all = vec![command, "--adapter", radio.name(), "--json"];
+    all.extend_from_slice(args);
+    let out = phone::phone(Some(bus), path, &all).await;
+    let json = serde_json::from_str(out.stdout.trim()).unwrap_or(Value::Null);
+    let r = radio.radio();
+    assert!(r.is_idle(), "the phone's radio: {r:?}");
+    assert_eq!(r.stats.abandoned_sessions, 0, "{r:?}");
+    (out, json)
 }
 
 fn stored_keys(path: &Path) -> Vec<latchkey_phone::vehicle::VehicleKey> {
@@ -317,4 +331,121 @@ async fn an_interrupted_pairing_cancels_its_session() {
     let r = g.radio.radio();
     assert!(r.is_idle(), "the phone's radio: {r:?}");
     assert_eq!(r.stats.abandoned_sessions, 0, "{r:?}");
+}
+
+/// The next snapshot of a vehicle's node session, applied to the test vehicle.
+async fn apply_next(ws: &mut node::Ws, vehicle: &TestDoor) {
+    let frame = node::recv(ws).await;
+    assert_eq!(frame["type"], "grants", "{frame}");
+    let bytes = data_encoding::BASE64
+        .decode(frame["snapshot"].as_str().unwrap().as_bytes())
+        .unwrap();
+    vehicle.core.apply(&bytes);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pairs_through_the_real_gateway_and_opens_the_vehicle_with_it_stopped() {
+    use latchkey::clock::{Clock, SystemClock};
+    let area = "veh-real";
+    let shared = latchkey_bluez_standin::shared().unwrap();
+    let radio = shared.new_adapter().await.unwrap();
+    radio.set_area(area);
+    radio.set_powered(true);
+    let gw = common::Gateway::start_with(|c| {
+        // An endpoint, so that the phone's tool names the gateway's door (and its key).
+        c.endpoints = vec![latchkey::config::EndpointConfig {
+            id: "front".into(),
+            name: None,
+            devices: None,
+            action: latchkey::config::ActionConfig::None,
+        }];
+        c.clock = std::sync::Arc::new(SystemClock);
+    })
+    .await;
+    let http = reqwest::Client::new();
+
+    // The vehicle registers its own key as a node of kind vehicle, then keeps its session.
+    let key = v2door::random_key();
+    let public = latchkey_proto::v2::public_key_bytes(&key.public_key());
+    let t = node::new_token(&http, &gw.base, &gw.admin_token, "Car").await;
+    let node_id = t["node_id"].as_str().unwrap().to_owned();
+    let r = http
+        .post(gw.url("/api/v0/nodes/register"))
+        .json(&serde_json::json!({
+            "node_id": node_id, "provisioning_token": t["token"],
+            "pubkey": data_encoding::BASE64.encode(&public), "kind": "vehicle", "firmware": "0.1.0",
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let reg: Value = r.json().await.unwrap();
+    let gateway_key: [u8; 32] = data_encoding::BASE64
+        .decode(reg["gateway_pubkey"].as_str().unwrap().as_bytes())
+        .unwrap()
+        .try_into()
+        .unwrap();
+    let gateway_key = latchkey_proto::v2::gateway_key(&gateway_key).unwrap();
+    let id = uuid::Uuid::parse_str(&node_id).unwrap().into_bytes();
+    let vehicle = TestDoor::registered_vehicle(area, id, key, gateway_key).await;
+    let mut ws = node::connect(
+        reg["ws_url"].as_str().unwrap(),
+        reg["node_key"].as_str().unwrap(),
+    )
+    .await
+    .expect("upgrade");
+    assert_eq!(node::recv(&mut ws).await["type"], "hello");
+    node::send(
+        &mut ws,
+        serde_json::json!({"type":"status","kind":"vehicle","firmware":"0.1.0","relay":"idle","uptime":5}),
+    )
+    .await;
+    apply_next(&mut ws, &vehicle).await;
+
+    // The phone pairs with the gateway, then with the vehicle.
+    let dir = tempfile::tempdir().unwrap();
+    let (path, _) = phone::pair(&gw, dir.path(), "car phone", SystemClock.now()).await;
+    let (out, json) = run(
+        &shared.bus.address,
+        &path,
+        &radio,
+        "pair-vehicle",
+        &[&node_id, "--yes"],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(json["step"], "completed", "{json}");
+    let key_id = json["result"]["keyId"].as_str().unwrap().to_owned();
+    assert_eq!(
+        vehicle.core.pairings(),
+        1,
+        "the vehicle accepted the gateway's response"
+    );
+    let keys = stored_keys(&path);
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0].key_id, key_id);
+    assert_eq!(keys[0].vehicle_id, node_id);
+    let creds = Credentials::load(&path).unwrap();
+    assert_eq!(keys[0].device_id, creds.device_id);
+    phone::assert_no_secrets(&creds, &out.all());
+
+    // The online vehicle's next snapshot carries the key; then the gateway goes away.
+    apply_next(&mut ws, &vehicle).await;
+    let key_bytes = uuid::Uuid::parse_str(&key_id).unwrap().into_bytes();
+    assert_eq!(vehicle.core.grant_tools(), [key_bytes]);
+    drop(ws);
+    let _data = gw.stop().await;
+    let (out, json) = run(
+        &shared.bus.address,
+        &path,
+        &radio,
+        "unlock",
+        &["--vehicle", &node_id],
+    )
+    .await;
+    assert_eq!(out.code, 0, "{}", out.all());
+    assert_eq!(json["status"], "GRANTED", "{json}");
+    assert_eq!(json["protocol"], 2, "{json}");
+    assert_eq!(json["endpoint"], "vehicle", "{json}");
+    assert_eq!(vehicle.core.decisions(), [Status::Granted]);
 }
