@@ -128,6 +128,8 @@ impl Door {
                 self.conns.retain(|c| c.id != conn);
                 Vec::new()
             }
+            // The vehicle's pairing service: [`crate::pairing`], not the door's.
+            DoorEvent::PairingChallenge { .. } | DoorEvent::PairingResponse { .. } => Vec::new(),
         }
     }
 
