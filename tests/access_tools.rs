@@ -569,8 +569,15 @@ async fn decisions_become_access_events_exactly_once() {
     assert_eq!(lost.len(), 1);
     assert_eq!(lost[0].1, json!({"nodeId": f.creds.node_id, "count": 2}));
     let strangers = gw.events("node.unrecognised").await;
-    assert_eq!(strangers.len(), 1, "once, not again for the resend: {strangers:?}");
-    assert_eq!(strangers[0].1, json!({"nodeId": f.creds.node_id, "count": 5}));
+    assert_eq!(
+        strangers.len(),
+        1,
+        "once, not again for the resend: {strangers:?}"
+    );
+    assert_eq!(
+        strangers[0].1,
+        json!({"nodeId": f.creds.node_id, "count": 5})
+    );
 
     // Malformed entries: BAD_FRAME, nothing recorded, the session stays.
     for bad in [

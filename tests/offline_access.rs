@@ -99,13 +99,7 @@ async fn the_node_opens_with_the_gateway_stopped_and_reports_once_it_returns() {
     let relay = dir.path().join("relay.log");
 
     // A phone pairs; its first unlock (online, at the gateway's own door) registers its key.
-    let (creds, _) = phone::pair(
-        &d.gw,
-        dir.path(),
-        "phone",
-        SystemClock.now(),
-    )
-    .await;
+    let (creds, _) = phone::pair(&d.gw, dir.path(), "phone", SystemClock.now()).await;
     let (out, json) = unlock(&bus, &creds, &phone_radio, "gateway").await;
     assert_eq!(out.code, 0, "{}", out.all());
     assert_eq!(json["status"], "GRANTED", "{json}");

@@ -61,7 +61,10 @@ pub async fn start(dir: &Path, ble: Option<&Ble<'_>>) -> Node {
         }
         // Never the machine's own bluetoothd.
         None => {
-            cmd.env("DBUS_SYSTEM_BUS_ADDRESS", "unix:path=/nonexistent/latchkey-test");
+            cmd.env(
+                "DBUS_SYSTEM_BUS_ADDRESS",
+                "unix:path=/nonexistent/latchkey-test",
+            );
         }
     }
     let mut child = cmd.spawn().expect("spawn latchkey-node");

@@ -481,7 +481,10 @@ mod tests {
             let writes = ring.record(granted(60), false);
             writes.store(&mut store).await;
             let fourth = frame(&mut ring);
-            assert_eq!((seqs(&fourth), fourth["unrecognised"].clone()), (vec![42], json!(2)));
+            assert_eq!(
+                (seqs(&fourth), fourth["unrecognised"].clone()),
+                (vec![42], json!(2))
+            );
             ring.note_unrecognised();
             ring.ack(42).store(&mut store).await;
             assert_eq!(ring.unrecognised(), 1, "only what was reported is cleared");

@@ -28,17 +28,17 @@ pub const GCM_TAG_LEN: usize = 16;
 pub const GCM_IV: [u8; 12] = [0; 12];
 
 /// Checks the version and kind bytes, then the exact length.
-fn check_frame(frame: &[u8], kind: u8, len: usize) -> Result<(), Error> {
+pub(super) fn check_frame(frame: &[u8], kind: u8, len: usize) -> Result<(), Error> {
     check_header(frame, kind)?;
     check_len(frame, len)
 }
 
-fn u64_at(src: &[u8]) -> u64 {
+pub(super) fn u64_at(src: &[u8]) -> u64 {
     u64::from_be_bytes(copy::<8>(src))
 }
 
 /// AES-256-GCM encryption in place; returns the tag.
-fn seal(key: &[u8; 32], aad: &[u8], buf: &mut [u8]) -> Result<[u8; GCM_TAG_LEN], Error> {
+pub(super) fn seal(key: &[u8; 32], aad: &[u8], buf: &mut [u8]) -> Result<[u8; GCM_TAG_LEN], Error> {
     let cipher = Aes256Gcm::new(&(*key).into());
     let tag = cipher
         .encrypt_inout_detached(&GCM_IV.into(), aad, buf.into())
@@ -47,7 +47,7 @@ fn seal(key: &[u8; 32], aad: &[u8], buf: &mut [u8]) -> Result<[u8; GCM_TAG_LEN],
 }
 
 /// AES-256-GCM decryption in place; the buffer is wiped when the tag does not verify.
-fn open(key: &[u8; 32], aad: &[u8], buf: &mut [u8], tag: &[u8]) -> Result<(), Error> {
+pub(super) fn open(key: &[u8; 32], aad: &[u8], buf: &mut [u8], tag: &[u8]) -> Result<(), Error> {
     let cipher = Aes256Gcm::new(&(*key).into());
     let tag: [u8; GCM_TAG_LEN] = copy(tag);
     cipher

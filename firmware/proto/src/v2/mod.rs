@@ -17,6 +17,7 @@ mod error;
 mod frame;
 mod grant;
 mod keys;
+pub mod pairing;
 #[doc(hidden)]
 pub mod vectors;
 mod wire;
