@@ -34,8 +34,10 @@ use latchkey_proto::v2::{
     ToolId, DOOR_TAG_LEN, GRANT_CAPACITY, MAX_SNAPSHOT_LEN, PUBLIC_KEY_LEN, SIGNATURE_LEN,
     SNAPSHOT_HEADER_LEN,
 };
+use latchkey_proto::Nonce;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::relay::{MAX_PULSE_MS, MIN_PULSE_MS};
@@ -341,16 +343,24 @@ impl GrantStore {
         Ok(applied)
     }
 
-    /// A vehicle's pairing response (issue 12), whose nonce the caller has matched to the
-    /// connection's live one: verified under the gateway's key for this node, then its grant
-    /// added to the set ([`GrantSet::insert`]: this node, an epoch not below the set's, a phone
-    /// key on the curve, `not_before < expires`; the same key again replaces the one held).
-    /// Persist [`GrantStore::blob`] afterwards. On any error nothing changes.
+    /// A vehicle's pairing response (issue 12) for the connection's live `nonce`: verified
+    /// under the gateway's key for this node, its nonce equal to `nonce`, then its grant added
+    /// to the set ([`GrantSet::insert`]: an epoch not below the set's, a phone key on the
+    /// curve, `not_before < expires`; the same key again replaces the one held). Persist
+    /// [`GrantStore::blob`] afterwards. On any error nothing changes.
     ///
     /// # Errors
-    /// The proto's verification error, [`Error::StaleEpoch`], [`Error::TooManyGrants`], …
-    pub fn pair(&mut self, frame: &[u8]) -> Result<(PairingResponse, Applied), Error> {
+    /// The proto's verification error, [`Error::NonceMismatch`], [`Error::StaleEpoch`],
+    /// [`Error::TooManyGrants`].
+    pub fn pair(
+        &mut self,
+        frame: &[u8],
+        nonce: &Nonce,
+    ) -> Result<(PairingResponse, Applied), Error> {
         let response = PairingResponse::verify(frame, self.set.door_id(), &self.gateway)?;
+        if !bool::from(response.nonce.ct_eq(nonce)) {
+            return Err(Error::NonceMismatch);
+        }
         let applied = self.insert(frame, &response, &|_| None)?;
         Ok((response, applied))
     }
