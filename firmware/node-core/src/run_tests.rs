@@ -126,8 +126,10 @@ impl ApListener for Ap {
 /// What the door's radio said back: a challenge read's answer or a notification.
 #[derive(Debug)]
 enum Air {
-    Started([u8; 5]),
+    /// The door tag, and whether the pairing service is served.
+    Started([u8; 5], bool),
     Read(ConnId, Vec<u8>),
+    Written(ConnId, bool),
     Notified(ConnId, Vec<u8>),
 }
 
@@ -137,9 +139,9 @@ struct TestRadio {
 }
 
 impl DoorRadio for TestRadio {
-    async fn start(&mut self, door_tag: [u8; 5]) -> Result<(), HardwareError> {
+    async fn start(&mut self, door_tag: [u8; 5], pairing: bool) -> Result<(), HardwareError> {
         self.air
-            .send(Air::Started(door_tag))
+            .send(Air::Started(door_tag, pairing))
             .map_err(|_| HardwareError)
     }
     async fn next(&mut self) -> DoorEvent {
@@ -153,6 +155,9 @@ impl DoorRadio for TestRadio {
     }
     async fn notify(&mut self, conn: ConnId, value: &[u8]) {
         let _ = self.air.send(Air::Notified(conn, value.to_vec()));
+    }
+    async fn reply_write(&mut self, conn: ConnId, ok: bool) {
+        let _ = self.air.send(Air::Written(conn, ok));
     }
 }
 
@@ -266,10 +271,11 @@ async fn the_door_opens_with_the_gateway_down_and_the_decision_is_uploaded_once_
 
     let script = async {
         // Registered: the door advertises at once, with no gateway.
-        let Air::Started(tag) = next(&mut air).await else {
+        let Air::Started(tag, pairing) = next(&mut air).await else {
             panic!("radio not started")
         };
         assert_eq!(tag, latchkey_proto::v2::door_tag(&DOOR_ID));
+        assert!(!pairing, "a door serves no pairing service");
         // No grants yet, no time: the phone is unknown here (a plain answer).
         let (challenge, r) = open_door(&radio_tx, &mut air, &phone, 1).await;
         assert_eq!(&challenge[34..42], &[0u8; 8], "door_time unknown");

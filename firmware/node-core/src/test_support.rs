@@ -151,11 +151,23 @@ impl Rng for Counter {
 }
 
 /// One unlock attempt as a phone makes it: read a challenge on connection 1, write the request
-/// for `endpoint`, open the result. Returns it with the pulse the door asked for, if any.
+/// for `front-door`, open the result. Returns it with the pulse the door asked for, if any.
 pub fn attempt(
     door: &mut crate::door::Door,
     grants: &GrantStore,
     phone: &Phone,
+    now: crate::time::Instant,
+    wall: Option<crate::time::UnixTime>,
+) -> (VerifiedResult, Option<u32>) {
+    attempt_at(door, grants, phone, "front-door", now, wall)
+}
+
+/// [`attempt`] for `endpoint`.
+pub fn attempt_at(
+    door: &mut crate::door::Door,
+    grants: &GrantStore,
+    phone: &Phone,
+    endpoint: &str,
     now: crate::time::Instant,
     wall: Option<crate::time::UnixTime>,
 ) -> (VerifiedResult, Option<u32>) {
@@ -173,7 +185,7 @@ pub fn attempt(
     let [DoorAction::Reply { value, .. }] = &read[..] else {
         panic!("{read:?}")
     };
-    let (request, keys, nonce) = phone.request(value, "front-door");
+    let (request, keys, nonce) = phone.request(value, endpoint);
     let mut pulse = None;
     let event = DoorEvent::Request {
         conn: 1,
