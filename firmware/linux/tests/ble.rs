@@ -276,7 +276,11 @@ async fn while_the_core_does_not_answer_reads_fail_and_requests_queue_up_to_a_bo
 async fn a_vehicle_serves_the_pairing_service_and_answers_each_write_with_the_cores_verdict() {
     // A door: no pairing service.
     let (door_node, _) = field("pairing-door").await;
-    let _door = door_on(&door_node, BleConfig::new(Some(door_node.name().into()), "n")).await;
+    let _door = door_on(
+        &door_node,
+        BleConfig::new(Some(door_node.name().into()), "n"),
+    )
+    .await;
     let app = door_node.wait_application(0, WAIT).await.unwrap();
     assert_eq!(app.services.len(), 1);
     assert!(app.characteristic(&uuid(pairing::CHALLENGE_UUID)).is_none());
@@ -287,7 +291,9 @@ async fn a_vehicle_serves_the_pairing_service_and_answers_each_write_with_the_co
     let radio = radio_on(&node, config, true).await;
     let app = node.wait_application(0, WAIT).await.unwrap();
     let services: HashSet<_> = app.services.iter().map(|s| s.uuid.clone()).collect();
-    assert!(services.contains(&uuid(SERVICE_UUID)) && services.contains(&uuid(pairing::SERVICE_UUID)));
+    assert!(
+        services.contains(&uuid(SERVICE_UUID)) && services.contains(&uuid(pairing::SERVICE_UUID))
+    );
     let (ch, resp) = (uuid(pairing::CHALLENGE_UUID), uuid(pairing::RESPONSE_UUID));
     let response = app.characteristic(&resp).unwrap();
     assert_eq!(response.flags, vec!["write".to_owned()]);

@@ -485,8 +485,7 @@ struct Parsed<'a> {
 /// Splits a blob of either format; `None` if its layout does not hold.
 fn parse_blob(blob: &[u8]) -> Option<Parsed<'_>> {
     let (&format, rest) = blob.split_first()?;
-    if !(format == BLOB_FORMAT || format == BLOB_FORMAT_1) || blob.len() < BLOB_HEAD + DIGEST_LEN
-    {
+    if !(format == BLOB_FORMAT || format == BLOB_FORMAT_1) || blob.len() < BLOB_HEAD + DIGEST_LEN {
         return None;
     }
     let pulse_ms = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);

@@ -145,7 +145,11 @@ impl Pairing {
             .iter()
             .position(|p| p.conn == conn && now.millis_since(p.issued) <= NONCE_LIFETIME_MS)
             .ok_or(Refused::NoNonce)?;
-        let nonce = self.pending.get(at).map(|p| p.nonce).ok_or(Refused::NoNonce)?;
+        let nonce = self
+            .pending
+            .get(at)
+            .map(|p| p.nonce)
+            .ok_or(Refused::NoNonce)?;
         let grants = grants.ok_or(Refused::NoGrants)?;
         let (response, applied) = grants.pair(frame, &nonce).map_err(|e| match e {
             Error::NonceMismatch => Refused::OtherNonce,
@@ -281,7 +285,12 @@ mod tests {
             None,
             &mut v.rng,
         );
-        assert_eq!(PairingChallenge::verify(&unknown, &door_public()).unwrap().timestamp, 0);
+        assert_eq!(
+            PairingChallenge::verify(&unknown, &door_public())
+                .unwrap()
+                .timestamp,
+            0
+        );
     }
 
     #[test]
@@ -301,8 +310,8 @@ mod tests {
     }
 
     #[test]
-    fn responses_for_another_connection_an_expired_nonce_or_a_bad_frame_are_refused_and_nothing_kept()
-    {
+    fn responses_for_another_connection_an_expired_nonce_or_a_bad_frame_are_refused_and_nothing_kept(
+    ) {
         let phone = Phone::new(0x11);
         let mut v = Vehicle::new();
         let challenge = v.read(1, at(0));
