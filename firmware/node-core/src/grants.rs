@@ -323,7 +323,7 @@ impl GrantStore {
         if !snapshot.is_empty() {
             applied = self
                 .set
-                .apply_with(snapshot, &self.gateway, &self.door_key, &cached)?;
+                .apply_with(snapshot, &self.gateway, &self.door_key, cached)?;
             self.snapshot = snapshot.to_vec();
         }
         for (frame, response) in responses {
