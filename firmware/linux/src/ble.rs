@@ -464,17 +464,43 @@ impl Shared {
         value: Vec<u8>,
         req: CharacteristicWriteRequest,
     ) -> ReqResult<()> {
+        self.queue_write(session, value, req, WriteKind::Request)
+            .map(|_| ())
+    }
+
+    /// A write the core takes ([`check_write`]), queued as its event; its connection.
+    fn queue_write(
+        self: &Arc<Self>,
+        session: &bluer::Session,
+        value: Vec<u8>,
+        req: CharacteristicWriteRequest,
+        kind: WriteKind,
+    ) -> ReqResult<ConnId> {
         let key = check_write(&value, req)?;
+        let what = match kind {
+            WriteKind::Request => "request",
+            WriteKind::Pairing(_) => "pairing response",
+        };
         if self.busy() {
-            tracing::warn!("BLE events pile up; request refused");
+            tracing::warn!("BLE events pile up; {what} refused");
             return Err(ReqError::InProgress);
         }
         let conn = self.conn(&key, session);
-        if !self.push(DoorEvent::Request { conn, value }) {
-            tracing::warn!(conn, "BLE events pile up; request refused");
+        let event = match kind {
+            WriteKind::Request => DoorEvent::Request { conn, value },
+            WriteKind::Pairing(verdict) => {
+                // In place before the core can see the event and answer it.
+                if let Some(p) = lock(&self.peers).map.get_mut(&key) {
+                    p.pending_write = Some(verdict);
+                }
+                DoorEvent::PairingResponse { conn, value }
+            }
+        };
+        if !self.push(event) {
+            tracing::warn!(conn, "BLE events pile up; {what} refused");
             return Err(ReqError::InProgress);
         }
-        Ok(())
+        Ok(conn)
     }
 
     /// Pairing Response `WriteValue`: one write with response at offset 0 of at most
@@ -486,20 +512,8 @@ impl Shared {
         value: Vec<u8>,
         req: CharacteristicWriteRequest,
     ) -> ReqResult<()> {
-        let key = check_write(&value, req)?;
-        if self.busy() {
-            tracing::warn!("BLE events pile up; pairing response refused");
-            return Err(ReqError::InProgress);
-        }
-        let conn = self.conn(&key, session);
         let (tx, rx) = oneshot::channel();
-        if let Some(p) = lock(&self.peers).map.get_mut(&key) {
-            p.pending_write = Some(tx);
-        }
-        if !self.push(DoorEvent::PairingResponse { conn, value }) {
-            tracing::warn!(conn, "BLE events pile up; pairing response refused");
-            return Err(ReqError::InProgress);
-        }
+        let conn = self.queue_write(session, value, req, WriteKind::Pairing(tx))?;
         match tokio::time::timeout(self.write_timeout, rx).await {
             Ok(Ok(true)) => Ok(()),
             Ok(Ok(false)) | Ok(Err(_)) => Err(ReqError::Failed),
@@ -517,6 +531,14 @@ impl Shared {
     async fn subscribed(&self, notifier: CharacteristicNotifier) {
         *self.result.lock().await = Some(notifier);
     }
+}
+
+/// What a write is to the core.
+enum WriteKind {
+    /// A door Request: answered by a Result notification.
+    Request,
+    /// A vehicle's Pairing Response: answered by the verdict sent here.
+    Pairing(oneshot::Sender<bool>),
 }
 
 /// The writes the core takes: a write with response at offset 0 of at most [`MAX_WRITE`]
