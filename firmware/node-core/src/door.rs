@@ -190,12 +190,6 @@ mod tests {
     use latchkey_proto::v2::ResultFrame;
     use proptest::prelude::*;
 
-    fn at(ms: u64) -> Instant {
-        Instant::from_millis(ms)
-    }
-
-    const WALL: Option<UnixTime> = Some(NOW as i64);
-
     struct Bench {
         door: Door,
         grants: GrantStore,

@@ -178,12 +178,6 @@ mod tests {
     use latchkey_proto::v2::pairing::{PairingResponse, ENDPOINT, RESPONSE_LEN};
     use latchkey_proto::v2::{Grant, Status};
 
-    fn at(ms: u64) -> Instant {
-        Instant::from_millis(ms)
-    }
-
-    const WALL: Option<UnixTime> = Some(NOW as i64);
-
     /// A vehicle (the vectors' node) with one door-style grant at epoch 1, snapshot version 1.
     struct Vehicle {
         pairing: Pairing,

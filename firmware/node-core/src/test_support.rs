@@ -28,6 +28,13 @@ pub const OTHER_DOOR: DoorId = [0x77; 16];
 pub const NOW: u64 = vectors::DOOR_TIME;
 /// Grants made by [`grant`] run from `NOW - 600` to `NOW + 7 days`.
 pub const EXPIRES: u64 = NOW + 7 * 86_400;
+/// [`NOW`] as the node's wall clock says it.
+pub const WALL: Option<crate::time::UnixTime> = Some(NOW as i64);
+
+/// Monotonic `ms` since boot.
+pub fn at(ms: u64) -> crate::time::Instant {
+    crate::time::Instant::from_millis(ms)
+}
 
 pub fn gateway() -> SigningKey {
     SigningKey::from_bytes(&vectors::GATEWAY_SEED)
