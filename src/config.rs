@@ -104,6 +104,7 @@ pub struct BleFile {
 #[serde(deny_unknown_fields)]
 pub struct AccessFile {
     pub tool_lifetime_secs: Option<u64>,
+    pub vehicle_key_lifetime_secs: Option<u64>,
 }
 
 /// `[http]`: the listener's timeouts and connection caps.
@@ -267,6 +268,9 @@ pub struct Config {
     pub http: HttpLimits,
     /// How long an access tool lasts from its issue or refresh (`[access] tool_lifetime_secs`).
     pub tool_lifetime_secs: u64,
+    /// How long a vehicle key lasts from its issue or refresh
+    /// (`[access] vehicle_key_lifetime_secs`).
+    pub vehicle_key_lifetime_secs: u64,
     pub endpoints: Vec<EndpointConfig>,
     /// systemd's `$CREDENTIALS_DIRECTORY`, where `latchkey.key` may live.
     pub credentials_dir: Option<PathBuf>,
@@ -297,6 +301,7 @@ impl std::fmt::Debug for Config {
             .field("publish_burst", &self.publish_burst)
             .field("http", &self.http)
             .field("tool_lifetime_secs", &self.tool_lifetime_secs)
+            .field("vehicle_key_lifetime_secs", &self.vehicle_key_lifetime_secs)
             .field("endpoints", &self.endpoints.len())
             .finish_non_exhaustive()
     }
@@ -371,6 +376,10 @@ impl Config {
                 .access
                 .tool_lifetime_secs
                 .unwrap_or(crate::grants::tools::DEFAULT_LIFETIME_SECS),
+            vehicle_key_lifetime_secs: file
+                .access
+                .vehicle_key_lifetime_secs
+                .unwrap_or(crate::grants::vehicle::DEFAULT_LIFETIME_SECS),
             endpoints: file.endpoints,
             credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
             clock: Arc::new(SystemClock),
@@ -400,6 +409,7 @@ impl Config {
             publish_burst: DEFAULT_PUBLISH_BURST,
             http: HttpLimits::default(),
             tool_lifetime_secs: crate::grants::tools::DEFAULT_LIFETIME_SECS,
+            vehicle_key_lifetime_secs: crate::grants::vehicle::DEFAULT_LIFETIME_SECS,
             endpoints: Vec::new(),
             credentials_dir: None,
             clock,
@@ -411,6 +421,11 @@ impl Config {
         if !crate::grants::tools::LIFETIME_RANGE.contains(&self.tool_lifetime_secs) {
             return Err(ConfigError::Invalid(
                 "access.tool_lifetime_secs must be between 3600 and 7776000".into(),
+            ));
+        }
+        if !crate::grants::tools::LIFETIME_RANGE.contains(&self.vehicle_key_lifetime_secs) {
+            return Err(ConfigError::Invalid(
+                "access.vehicle_key_lifetime_secs must be between 3600 and 7776000".into(),
             ));
         }
         if !(30..=86_400).contains(&self.pair_token_ttl_secs) {

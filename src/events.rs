@@ -2,7 +2,7 @@
 //! strictly increasing `seq`, committed before anyone sees it.
 //!
 //! Two kinds share the one sequence. The gateway's own events (topics under `device.`,
-//! `access.`, `node.`, `gateway.`) are the audit log; client publishes are everything else.
+//! `access.`, `node.`, `gateway.`, `vehicle.`) are the audit log; client publishes are everything else.
 //! The pruner keeps them apart (`Retention`, `prune`):
 //! - the audit log keeps its newest `audit` events (and, if set, none older than
 //!   `audit_max_age_ms`); no publish ever counts against it;
@@ -44,10 +44,17 @@ const POLL_INTERVAL: Duration = Duration::from_millis(250);
 const TAIL_BATCH: i64 = 512;
 
 /// Topic prefixes only the gateway may publish under (CONTRACT §4).
-pub const RESERVED_PREFIXES: &[&str] = &["device.", "access.", "node.", "gateway."];
+pub const RESERVED_PREFIXES: &[&str] = &["device.", "access.", "node.", "gateway.", "vehicle."];
 
 pub fn is_reserved(topic: &str) -> bool {
     RESERVED_PREFIXES.iter().any(|p| topic.starts_with(p))
+}
+
+/// Gateway events about one device (its `deviceId`), which that device may see.
+const DEVICE_SCOPED_PREFIXES: &[&str] = &["device.", "access.", "vehicle."];
+
+pub fn is_device_scoped(topic: &str) -> bool {
+    DEVICE_SCOPED_PREFIXES.iter().any(|p| topic.starts_with(p))
 }
 
 /// How often the pruner runs: the log may exceed its bounds by what arrives in this time.
@@ -127,7 +134,7 @@ struct About {
 /// all carry it as `deviceId`; an `access.denied` for a frame that named no known device has
 /// none).
 fn subject_of(topic: &str, data: &str) -> Option<String> {
-    if !(topic.starts_with("device.") || topic.starts_with("access.")) {
+    if !is_device_scoped(topic) {
         return None;
     }
     serde_json::from_str::<About>(data).ok()?.device_id

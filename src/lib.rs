@@ -140,6 +140,7 @@ pub fn build_state(config: Config, port: u16) -> anyhow::Result<AppState> {
         ws_devices: slots::Slots::new(config.http.ws_per_device, usize::MAX),
         pair_limit: ratelimit::RateLimiter::new(10, 60),
         tool_limit: ratelimit::RateLimiter::new(TOOL_REQUESTS_PER_MINUTE, 60),
+        pairing_session_limit: ratelimit::RateLimiter::new(web::vehicles::SESSIONS_PER_MINUTE, 60),
         publish_budget: budget::Budgets::new(config.publish_rate, config.publish_burst),
         metrics: Metrics::default(),
         shutdown: CancellationToken::new(),
@@ -183,6 +184,7 @@ pub async fn serve(
         .nodes
         .watch_events(state.bus.subscribe(), state.shutdown.clone());
     ble::start(&state).await?;
+    web::vehicles::spawn_housekeeping(&state);
 
     let app = web::router(state.clone(), ws::routes());
     let token = state.shutdown.clone();

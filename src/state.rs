@@ -44,6 +44,8 @@ pub struct App {
     pub pair_limit: RateLimiter<IpAddr>,
     /// Access-tool requests (register + refresh) per device and minute.
     pub tool_limit: RateLimiter<DeviceId>,
+    /// `POST /pairing-sessions`: 5 a minute per device.
+    pub pairing_session_limit: RateLimiter<DeviceId>,
     /// Publishes per device (or admin credential), across all its sockets.
     pub publish_budget: Budgets<String>,
     pub metrics: Metrics,

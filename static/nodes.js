@@ -1,5 +1,6 @@
-// The node list follows node.* events live (online/offline, registered, renamed, revoked), and
-// a freshly made provisioning token counts down to its expiry.
+// The node list follows node.* events live (online/offline, registered, renamed, revoked), a
+// vehicle's keys follow device.tool events, and a freshly made provisioning token counts down
+// to its expiry.
 "use strict";
 (function () {
   const card = document.getElementById("node-token");
@@ -54,7 +55,38 @@
     if (n.state !== "registered") return n.state;
     return n.online ? "online" : "offline";
   }
-  function render(nodes) {
+  // A vehicle's live keys, each with its revoke form, in a row under the vehicle's.
+  function keysRow(n, keys) {
+    const tr = document.createElement("tr");
+    tr.className = "vehicle-keys";
+    tr.dataset.vehicleId = n.node_id;
+    const td = document.createElement("td");
+    td.colSpan = 8;
+    const count = document.createElement("span");
+    count.className = "key-count";
+    count.textContent = String(keys.length);
+    td.append(count, " live vehicle key" + (keys.length === 1 ? "" : "s"));
+    if (keys.length > 0) {
+      const ul = document.createElement("ul");
+      ul.className = "keys";
+      for (const k of keys) {
+        const li = document.createElement("li");
+        li.dataset.keyId = k.keyId;
+        const code = document.createElement("code");
+        code.className = "muted";
+        code.textContent = k.keyId;
+        const until = document.createElement("time");
+        until.textContent = k.expiresOn;
+        li.append(k.deviceName + " ", code, ", until ", until,
+          form("/nodes/keys/" + encodeURIComponent(k.keyId) + "/revoke", "revoke-key", [], "Revoke key", true));
+        ul.appendChild(li);
+      }
+      td.appendChild(ul);
+    }
+    tr.appendChild(td);
+    return tr;
+  }
+  function render(nodes, keys) {
     tbody.replaceChildren();
     for (const n of nodes) {
       const tr = document.createElement("tr");
@@ -86,6 +118,9 @@
       }
       tr.appendChild(act);
       tbody.appendChild(tr);
+      if (n.kind === "vehicle" && !n.revoked) {
+        tbody.appendChild(keysRow(n, keys.filter((k) => k.vehicleId === n.node_id)));
+      }
       if (card && card.dataset.nodeId === n.node_id && n.state !== "pending") {
         card.classList.add("done");
         const s = document.getElementById("token-status");
@@ -97,11 +132,12 @@
     const empty = document.getElementById("no-nodes");
     if (empty) empty.hidden = nodes.length > 0;
   }
+  const get = (url) => fetch(url, { credentials: "same-origin" })
+    .then((r) => (r.ok ? r.json() : Promise.reject(r.status)));
   function refresh() {
-    fetch("/api/nodes", { credentials: "same-origin" })
-      .then((r) => (r.ok ? r.json() : Promise.reject(r.status)))
-      .then((j) => render(j.nodes))
+    Promise.all([get("/api/nodes"), get("/api/vehicle-keys")])
+      .then(([n, k]) => render(n.nodes, k.keys))
       .catch(() => {});
   }
-  window.latchkeyLive(["node.*"], refresh);
+  window.latchkeyLive(["node.*", "device.tool"], refresh);
 })();

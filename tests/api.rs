@@ -306,7 +306,7 @@ async fn pairing_flow_matches_the_contract() {
         json!({
             "deviceId": device_id, "name": "Pixel 7", "type": "mobile",
             "pairedAt": "2026-01-13T10:40:00Z", "lastSeen": "2026-01-13T10:41:30Z",
-            "revoked": false, "endpoints": [], "accessTool": null
+            "revoked": false, "endpoints": [], "accessTool": null, "vehicleKeys": []
         })
     );
 

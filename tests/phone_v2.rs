@@ -230,10 +230,11 @@ async fn the_door_is_chosen_by_its_advertisement() {
     assert_eq!(gw.registered(), 1);
 }
 
-/// Without a tool (the gateway issues none: 404 on this branch), and with a tool for a
-/// gateway whose GATT database has no version-2 service, the phone speaks version 1.
+/// At the real gateway: `phone pair` registers the phone's key, so the next unlock speaks
+/// version 2 to the gateway's own door; a phone without a tool (its gateway unreachable over
+/// HTTP, so it cannot register one now) still opens over version 1.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn version_1_at_the_gateway_without_a_tool_or_without_its_v2_service() {
+async fn version_2_at_the_gateway_after_pairing_and_version_1_without_a_tool() {
     let dir = tempfile::tempdir().unwrap();
     let opened = dir.path().join("opened");
     let f = phone::Field::start("v2-fallback", vec![phone::door("front-door", &opened)]).await;
@@ -246,50 +247,31 @@ async fn version_1_at_the_gateway_without_a_tool_or_without_its_v2_service() {
     )
     .await;
     assert_eq!(paired.code, 0, "{}", paired.all());
-    assert!(
-        paired.stderr.contains("issues no access tools"),
-        "{}",
-        paired.stderr
-    );
     let creds = Credentials::load(&path).unwrap();
-    assert!(creds.phone_key.is_some() && creds.access_tool.is_none());
+    assert!(creds.phone_key.is_some() && creds.access_tool.is_some());
 
     let (out, json) = unlock(&f.bus, &path, &f.phone, &[]).await;
     assert_eq!(out.code, 0, "{}", out.all());
     assert_eq!(json["status"], "GRANTED", "{json}");
-    assert_eq!(json["protocol"], 1, "{json}");
+    assert_eq!(json["protocol"], 2, "{json}");
     assert_eq!(json["verified"], true, "{json}");
     assert_eq!(json["door"]["kind"], "gateway", "{json}");
     assert_eq!(json["door"]["id"], creds.gateway_id.as_str(), "{json}");
 
-    // A tool that lists the gateway's door: the gateway offers no version-2 service here.
-    let door_key = latchkey_proto::v2::public_key_bytes(
-        &latchkey_proto::v2::parse_secret_key(&[0x22; 32])
-            .unwrap()
-            .public_key(),
-    );
-    let tool = serde_json::json!({
-        "accessToolId": uuid::Uuid::new_v4().to_string(),
-        "devicePubKey": "",
-        "issuedOn": "2026-01-01T00:00:00Z",
-        "expiresOn": "2099-01-01T00:00:00Z",
-        "endpoints": [{ "id": "front-door", "doors": [{
-            "doorId": creds.gateway_id, "kind": "gateway",
-            "pubkey": data_encoding::BASE64.encode(&door_key) }] }],
-    });
-    let mut with_tool = creds.clone();
-    with_tool.access_tool = Some(serde_json::from_value(tool).unwrap());
-    with_tool.save(&path).unwrap();
-    let (out, json) = unlock(&f.bus, &path, &f.phone, &["--endpoint", "front-door"]).await;
+    // No tool, and nothing answers at the stored address: version 1, over the radio alone.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut without = creds.clone();
+    without.access_tool = None;
+    without.gateway_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    without.save(&path).unwrap();
+    let (out, json) = unlock(&f.bus, &path, &f.phone, &[]).await;
     assert_eq!(out.code, 0, "{}", out.all());
     assert_eq!(json["status"], "GRANTED", "{json}");
     assert_eq!(json["protocol"], 1, "{json}");
     assert_eq!(json["door"]["kind"], "gateway", "{json}");
-    let topics: Vec<String> = f
-        .access_events()
-        .await
-        .into_iter()
-        .map(|(t, _)| t)
-        .collect();
-    assert_eq!(topics, ["access.granted", "access.granted"]);
+    let events = f.access_events().await;
+    let protocols: Vec<Value> = events.iter().map(|(_, d)| d["protocol"].clone()).collect();
+    assert_eq!(events.len(), 2, "{events:?}");
+    assert_eq!(protocols[0], 2, "{events:?}");
 }

@@ -6,14 +6,18 @@
 //! - [`doorkey`]: the gateway's own door key (P-256), sealed under the master key;
 //! - [`snapshot`]: what each door may honour — the grants of a node (versioned, with its
 //!   revocation epoch, signed with the gateway's Ed25519 key) and of the gateway's own door;
-//! - [`decisions`]: a node's uploaded decision log turned into `access.*` events, exactly once.
+//! - [`decisions`]: a node's uploaded decision log turned into `access.*` events, exactly once;
+//! - [`vehicle`]: vehicle keys, tools for one vehicle node (issue 12);
+//! - [`pairing_sessions`]: the one-time sessions a phone gets a vehicle key through.
 //!
 //! Transport-free: callers pass `now`; the web, ws and ble adapters call in.
 
 pub mod decisions;
 pub mod doorkey;
+pub mod pairing_sessions;
 pub mod snapshot;
 pub mod tools;
+pub mod vehicle;
 
 use crate::nodes::NodeError;
 use crate::store::StoreError;

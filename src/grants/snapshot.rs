@@ -1,6 +1,8 @@
-//! What each door honours offline (PROTOCOL.md §19): for a node, one grant per live tool and
-//! per endpoint of that node its device may open, signed as one snapshot with the gateway's
-//! Ed25519 key; for the gateway's own door, the same for every endpoint.
+//! What each door honours offline (PROTOCOL.md §19): for a door node, one grant per live
+//! general tool and per endpoint of that node its device may open, signed as one snapshot with
+//! the gateway's Ed25519 key; for a vehicle node, one grant per live key for that vehicle
+//! (endpoint `vehicle`, PROTOCOL.md §27); for the gateway's own door, the general tools' grants
+//! for every endpoint.
 //!
 //! Per node the registry keeps the last snapshot it signed, its `version` (strictly increasing,
 //! `max(previous + 1, now_ms)`, so it stays above anything sent before a backup restore) and
@@ -11,7 +13,7 @@
 use ed25519_dalek::VerifyingKey;
 use rusqlite::{params, OptionalExtension, Transaction};
 
-use super::tools::{self, Tool};
+use super::tools::{self, Scope, Tool};
 use super::{doorkey, GrantsError};
 use crate::access::endpoint::Endpoint;
 use crate::clock::UnixTime;
@@ -151,7 +153,7 @@ fn stored(tx: &Transaction<'_>, node: &NodeId) -> Result<Option<Stored>, StoreEr
 
 /// The node's snapshot as of now: the stored one if its grants are still what the registry
 /// says, else a newly signed one (stored before it is returned). `None` for a node that is
-/// not a registered, unrevoked door.
+/// not a registered, unrevoked door or vehicle.
 pub fn refresh(
     tx: &Transaction<'_>,
     master: &MasterKey,
@@ -160,35 +162,48 @@ pub fn refresh(
     now: UnixTime,
     now_ms: i64,
 ) -> Result<Option<NodeSnapshot>, GrantsError> {
-    let is_door: bool = tx.query_row(
-        "SELECT EXISTS(SELECT 1 FROM nodes WHERE id = ?1 AND kind = 'door'
-             AND registered_at IS NOT NULL AND revoked_at IS NULL)",
-        [node.as_str()],
-        |r| r.get(0),
-    )?;
-    if !is_door {
-        return Ok(None);
-    }
-    let endpoints = doors::endpoints(tx, config)?;
-    let mine: Vec<&Endpoint> = endpoints
-        .iter()
-        .filter(
-            |e| matches!(&e.action, ActionConfig::Node { node_id, .. } if node_id == node.as_str()),
+    let kind: Option<String> = tx
+        .query_row(
+            "SELECT kind FROM nodes WHERE id = ?1
+             AND registered_at IS NOT NULL AND revoked_at IS NULL",
+            [node.as_str()],
+            |r| r.get(0),
         )
-        .collect();
-    let pulse_ms = mine
-        .iter()
-        .find_map(|e| match e.action {
-            ActionConfig::Node { pulse_ms, .. } => Some(pulse_ms),
-            _ => None,
-        })
-        .filter(|p| PULSE_RANGE.contains(p))
-        .unwrap_or(doors::DEFAULT_PULSE_MS);
+        .optional()?
+        .flatten();
     let door_id = node_door_id(node);
-    let live = tools::live(tx, now.saturating_sub(GRACE_SECS))?;
-    let mut grants = grants_for(&live, &door_id, 0, |device| {
-        endpoint_ids(mine.iter().copied().filter(|e| e.allows(device)))
-    });
+    let since = now.saturating_sub(GRACE_SECS);
+    let (mut grants, pulse_ms) = match kind.as_deref() {
+        Some("door") => {
+            let endpoints = doors::endpoints(tx, config)?;
+            let mine: Vec<&Endpoint> = endpoints
+                .iter()
+                .filter(|e| {
+                    matches!(&e.action, ActionConfig::Node { node_id, .. } if node_id == node.as_str())
+                })
+                .collect();
+            let pulse_ms = mine
+                .iter()
+                .find_map(|e| match e.action {
+                    ActionConfig::Node { pulse_ms, .. } => Some(pulse_ms),
+                    _ => None,
+                })
+                .filter(|p| PULSE_RANGE.contains(p))
+                .unwrap_or(doors::DEFAULT_PULSE_MS);
+            let live = tools::live(tx, since, Scope::General)?;
+            let grants = grants_for(&live, &door_id, 0, |device| {
+                endpoint_ids(mine.iter().copied().filter(|e| e.allows(device)))
+            });
+            (grants, pulse_ms)
+        }
+        Some("vehicle") => {
+            let live = tools::live(tx, since, Scope::Vehicle(node.as_str()))?;
+            let endpoint = EndpointId::new(latchkey_proto::v2::pairing::ENDPOINT)?;
+            let grants = grants_for(&live, &door_id, 0, |_| vec![endpoint]);
+            (grants, doors::DEFAULT_PULSE_MS)
+        }
+        _ => return Ok(None),
+    };
 
     let key = signing::get_or_create(tx, master)?;
     let previous = stored(tx, node)?;
@@ -332,7 +347,7 @@ pub fn gateway(
 ) -> Result<GatewayDoor, GrantsError> {
     let door_id = gateway_door_id(gateway_id);
     let endpoints = doors::endpoints(tx, config)?;
-    let live = tools::live(tx, now.saturating_sub(GRACE_SECS))?;
+    let live = tools::live(tx, now.saturating_sub(GRACE_SECS), Scope::General)?;
     let grants = grants_for(&live, &door_id, 0, |device| {
         endpoint_ids(endpoints.open_to(device))
     });
@@ -394,6 +409,7 @@ mod tests {
                 pubkey: latchkey_proto::v2::public_key_bytes(&sk.public_key()),
                 issued_at: 1_000,
                 expires_at: expires,
+                vehicle_id: None,
             },
             format!("phone {id}"),
         )

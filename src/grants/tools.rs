@@ -1,6 +1,7 @@
 //! Phone keys and access tools (CONTRACT §6, seed 002). A device has one phone key (P-256,
-//! SEC1 uncompressed) and at most one live access tool: the id doors know the phone by, valid
-//! from `issued_at` (the grants' `not_before`) until `expires_at`. Registering the same key
+//! SEC1 uncompressed) and at most one live general access tool: the id doors know the phone
+//! by, valid from `issued_at` (the grants' `not_before`) until `expires_at`. A tool with a
+//! `vehicle_id` is a vehicle key (issue 12, [`super::vehicle`]): at most one live per vehicle. Registering the same key
 //! again refreshes the live tool (an idempotent retry); a new key voids it and issues another.
 //! Every change appends `device.tool` in its transaction, so the event log is what tells the
 //! doors' holders (node sessions, the gateway's door, another process's daemon) to rebuild.
@@ -77,6 +78,8 @@ pub struct Tool {
     pub pubkey: PublicKeyBytes,
     pub issued_at: UnixTime,
     pub expires_at: UnixTime,
+    /// The vehicle node a vehicle key opens; `None` for the general tool.
+    pub vehicle_id: Option<String>,
 }
 
 impl Tool {
@@ -88,9 +91,9 @@ impl Tool {
     }
 }
 
-const TOOL_COLUMNS: &str = "id, device_id, pubkey, issued_at, expires_at";
+pub(crate) const TOOL_COLUMNS: &str = "id, device_id, pubkey, issued_at, expires_at, vehicle_id";
 
-fn tool_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Tool> {
+pub(crate) fn tool_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Tool> {
     let pubkey: Vec<u8> = r.get(2)?;
     Ok(Tool {
         id: r.get(0)?,
@@ -99,15 +102,17 @@ fn tool_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Tool> {
         pubkey: pubkey.as_slice().try_into().unwrap_or([0; PUBLIC_KEY_LEN]),
         issued_at: r.get(3)?,
         expires_at: r.get(4)?,
+        vehicle_id: r.get(5)?,
     })
 }
 
-/// The device's live (not voided) tool, if any.
+/// The device's live (not voided) general tool, if any.
 pub fn live_for_device(conn: &Connection, device: &DeviceId) -> Result<Option<Tool>, StoreError> {
     Ok(conn
         .query_row(
             &format!(
-                "SELECT {TOOL_COLUMNS} FROM access_tools WHERE device_id = ?1 AND voided_at IS NULL"
+                "SELECT {TOOL_COLUMNS} FROM access_tools
+                 WHERE device_id = ?1 AND voided_at IS NULL AND vehicle_id IS NULL"
             ),
             [device.as_str()],
             tool_from_row,
@@ -115,16 +120,53 @@ pub fn live_for_device(conn: &Connection, device: &DeviceId) -> Result<Option<To
         .optional()?)
 }
 
-/// Every live tool of an unrevoked device that expired no earlier than `since`, with the
-/// device's name, oldest first.
-pub fn live(conn: &Connection, since: UnixTime) -> Result<Vec<(Tool, String)>, StoreError> {
+/// The device's live tool `id` (general tool or vehicle key), if any.
+pub fn live_by_id(
+    conn: &Connection,
+    device: &DeviceId,
+    id: &str,
+) -> Result<Option<Tool>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!(
+                "SELECT {TOOL_COLUMNS} FROM access_tools
+                 WHERE id = ?1 AND device_id = ?2 AND voided_at IS NULL"
+            ),
+            [id, device.as_str()],
+            tool_from_row,
+        )
+        .optional()?)
+}
+
+/// Which tools a door honours: the general tools (door nodes, the gateway's door) or one
+/// vehicle's keys.
+#[derive(Debug, Clone, Copy)]
+pub enum Scope<'a> {
+    General,
+    Vehicle(&'a str),
+}
+
+/// Every live tool of `scope` of an unrevoked device that expired no earlier than `since`,
+/// with the device's name, oldest first.
+pub fn live(
+    conn: &Connection,
+    since: UnixTime,
+    scope: Scope<'_>,
+) -> Result<Vec<(Tool, String)>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT t.id, t.device_id, t.pubkey, t.issued_at, t.expires_at, d.name
+        "SELECT t.id, t.device_id, t.pubkey, t.issued_at, t.expires_at, t.vehicle_id, d.name
          FROM access_tools t JOIN devices d ON d.id = t.device_id
          WHERE t.voided_at IS NULL AND d.revoked_at IS NULL AND t.expires_at > ?1
+           AND t.vehicle_id IS ?2
          ORDER BY t.issued_at, t.id",
     )?;
-    let rows = stmt.query_map([since], |r| Ok((tool_from_row(r)?, r.get(5)?)))?;
+    let vehicle = match scope {
+        Scope::General => None,
+        Scope::Vehicle(v) => Some(v),
+    };
+    let rows = stmt.query_map(params![since, vehicle], |r| {
+        Ok((tool_from_row(r)?, r.get(6)?))
+    })?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
@@ -159,29 +201,27 @@ impl Action {
     }
 }
 
-fn record(
+pub(crate) fn record(
     tx: &Transaction<'_>,
     tool: &Tool,
     action: Action,
     origin: &str,
     now: UnixTime,
 ) -> Result<(), StoreError> {
-    events::append(
-        tx,
-        "device.tool",
-        &json!({
-            "deviceId": tool.device_id,
-            "accessToolId": tool.id,
-            "expiresOn": rfc3339(tool.expires_at),
-            "action": action.as_str(),
-        }),
-        origin,
-        now.saturating_mul(1000),
-    )?;
+    let mut data = json!({
+        "deviceId": tool.device_id,
+        "accessToolId": tool.id,
+        "expiresOn": rfc3339(tool.expires_at),
+        "action": action.as_str(),
+    });
+    if let Some(v) = &tool.vehicle_id {
+        data["vehicleId"] = json!(v);
+    }
+    events::append(tx, "device.tool", &data, origin, now.saturating_mul(1000))?;
     Ok(())
 }
 
-fn ensure_active(tx: &Transaction<'_>, device: &DeviceId) -> Result<(), GrantsError> {
+pub(crate) fn ensure_active(tx: &Transaction<'_>, device: &DeviceId) -> Result<(), GrantsError> {
     let revoked: Option<Option<i64>> = tx
         .query_row(
             "SELECT revoked_at FROM devices WHERE id = ?1",
@@ -196,7 +236,7 @@ fn ensure_active(tx: &Transaction<'_>, device: &DeviceId) -> Result<(), GrantsEr
     }
 }
 
-fn origin(device: &DeviceId) -> String {
+pub(crate) fn origin(device: &DeviceId) -> String {
     format!("device:{device}")
 }
 
@@ -233,13 +273,45 @@ pub fn register(
             return extend(tx, tool, lifetime, now);
         }
     }
-    void_for_device(tx, device, now, &origin(device))?;
+    // A new key: every tool naming the old one goes (vehicle keys too); the same key again
+    // only lost its general tool (none is live), and its vehicle keys stay.
+    let same = phone_key(tx, device)?.is_some_and(|k| crate::secret::ct_eq(&k, &key.0));
+    if !same {
+        void_for_device(tx, device, now, &origin(device))?;
+    }
     tx.execute(
         "INSERT INTO phone_keys (device_id, pubkey, registered_at) VALUES (?1, ?2, ?3)
          ON CONFLICT(device_id) DO UPDATE SET pubkey = excluded.pubkey,
                                               registered_at = excluded.registered_at",
         params![device.as_str(), key.0.as_slice(), now],
     )?;
+    issue(tx, device, &key.0, None, lifetime, now)
+}
+
+/// The device's registered phone key, if any.
+pub fn phone_key(
+    conn: &Connection,
+    device: &DeviceId,
+) -> Result<Option<PublicKeyBytes>, StoreError> {
+    let key: Option<Vec<u8>> = conn
+        .query_row(
+            "SELECT pubkey FROM phone_keys WHERE device_id = ?1",
+            [device.as_str()],
+            |r| r.get(0),
+        )
+        .optional()?;
+    Ok(key.and_then(|k| PublicKeyBytes::try_from(k.as_slice()).ok()))
+}
+
+/// Stores a new live tool (the caller voided whatever it replaces), with its event.
+pub(crate) fn issue(
+    tx: &Transaction<'_>,
+    device: &DeviceId,
+    pubkey: &PublicKeyBytes,
+    vehicle_id: Option<&str>,
+    lifetime: u64,
+    now: UnixTime,
+) -> Result<Tool, GrantsError> {
     let id = uuid::Builder::from_random_bytes(crate::secret::random_array::<16>()?)
         .into_uuid()
         .hyphenated()
@@ -247,56 +319,86 @@ pub fn register(
     let tool = Tool {
         id,
         device_id: device.clone(),
-        pubkey: key.0,
+        pubkey: *pubkey,
         issued_at: now,
         expires_at: now.saturating_add(i64::try_from(lifetime).unwrap_or(i64::MAX)),
+        vehicle_id: vehicle_id.map(str::to_owned),
     };
     tx.execute(
-        "INSERT INTO access_tools (id, device_id, pubkey, issued_at, expires_at)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO access_tools (id, device_id, pubkey, issued_at, expires_at, vehicle_id)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
         params![
             tool.id,
             device.as_str(),
-            key.0.as_slice(),
+            pubkey.as_slice(),
             tool.issued_at,
-            tool.expires_at
+            tool.expires_at,
+            tool.vehicle_id,
         ],
     )?;
     record(tx, &tool, Action::Issued, &origin(device), now)?;
     Ok(tool)
 }
 
-/// `POST /device/refresh`: extends this device's tool `id` (an expired one too). Another
-/// device's, an unknown or a voided tool is `NotFound`.
+/// How long each kind of tool lives from an issue or refresh (`[access]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Lifetimes {
+    pub general: u64,
+    pub vehicle: u64,
+}
+
+/// `POST /device/refresh`: extends this device's tool `id` — its general tool or one of its
+/// vehicle keys, an expired one too — by its kind's lifetime. Another device's, an unknown
+/// or a voided tool is `NotFound`.
 pub fn refresh(
     tx: &Transaction<'_>,
     device: &DeviceId,
     id: &str,
-    lifetime: u64,
+    lifetimes: Lifetimes,
     now: UnixTime,
 ) -> Result<Tool, GrantsError> {
     ensure_active(tx, device)?;
-    let tool = live_for_device(tx, device)?
-        .filter(|t| t.id == id)
-        .ok_or(GrantsError::NotFound)?;
+    let tool = live_by_id(tx, device, id)?.ok_or(GrantsError::NotFound)?;
+    let lifetime = match tool.vehicle_id {
+        Some(_) => lifetimes.vehicle,
+        None => lifetimes.general,
+    };
     extend(tx, tool, lifetime, now)
 }
 
-/// Voids the device's live tool (revocation, a new key), with its event.
+/// Voids `tool`, with its event.
+pub(crate) fn void(
+    tx: &Transaction<'_>,
+    tool: &Tool,
+    now: UnixTime,
+    origin: &str,
+) -> Result<(), StoreError> {
+    tx.execute(
+        "UPDATE access_tools SET voided_at = ?2 WHERE id = ?1 AND voided_at IS NULL",
+        params![tool.id, now],
+    )?;
+    record(tx, tool, Action::Voided, origin, now)
+}
+
+/// Voids every live tool of the device — its general tool and its vehicle keys (revocation;
+/// a new phone key, which the old tools' grants no longer name) — each with its event.
 pub fn void_for_device(
     tx: &Transaction<'_>,
     device: &DeviceId,
     now: UnixTime,
     origin: &str,
 ) -> Result<(), StoreError> {
-    let Some(tool) = live_for_device(tx, device)? else {
-        return Ok(());
-    };
-    tx.execute(
-        "UPDATE access_tools SET voided_at = ?2 WHERE id = ?1",
-        params![tool.id, now],
-    )?;
-    record(tx, &tool, Action::Voided, origin, now)
+    let tools: Vec<Tool> = tx
+        .prepare_cached(&format!(
+            "SELECT {TOOL_COLUMNS} FROM access_tools
+             WHERE device_id = ?1 AND voided_at IS NULL ORDER BY issued_at, id"
+        ))?
+        .query_map([device.as_str()], tool_from_row)?
+        .collect::<Result<_, _>>()?;
+    for tool in &tools {
+        void(tx, tool, now, origin)?;
+    }
+    Ok(())
 }
 
 /// Where a tool opens an endpoint with protocol v2.

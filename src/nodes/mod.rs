@@ -232,7 +232,7 @@ pub fn by_key_hash(conn: &Connection, hash: &TokenHash) -> Result<Option<Node>, 
 }
 
 /// Revokes a node (pending or registered): its key stops working, its unused tokens are void,
-/// and `node.revoked` is recorded. Revoking twice changes nothing.
+/// a vehicle's keys are voided, and `node.revoked` is recorded. Revoking twice changes nothing.
 pub fn revoke(
     tx: &Transaction<'_>,
     id: &NodeId,
@@ -251,6 +251,8 @@ pub fn revoke(
          WHERE node_id = ?1 AND used_at IS NULL AND voided_at IS NULL",
         params![id.as_str(), now],
     )?;
+    // A vehicle's keys go with it (they open nothing else).
+    crate::grants::vehicle::void_for_vehicle(tx, id.as_str(), now, origin)?;
     events::append(
         tx,
         "node.revoked",

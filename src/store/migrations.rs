@@ -173,6 +173,35 @@ const MIGRATIONS: &[&str] = &[
         decisions_seq   INTEGER NOT NULL DEFAULT 0
     ) STRICT;
     "#,
+    // 6: vehicle keys (issue 12): an access tool with a `vehicle_id` is a key for that vehicle
+    // node; a device holds at most one live tool per (device, vehicle or none). Pairing
+    // sessions: one per vehicle challenge (its nonce unique, so a challenge opens one session
+    // ever), `state` started → completed | cancelled | failed | expired.
+    r#"
+    ALTER TABLE access_tools ADD COLUMN vehicle_id TEXT REFERENCES nodes(id);
+    DROP INDEX access_tools_live;
+    CREATE UNIQUE INDEX access_tools_live ON access_tools(device_id, COALESCE(vehicle_id, ''))
+        WHERE voided_at IS NULL;
+    CREATE INDEX access_tools_vehicle ON access_tools(vehicle_id) WHERE vehicle_id IS NOT NULL;
+
+    CREATE TABLE pairing_sessions (
+        id         TEXT PRIMARY KEY,
+        device_id  TEXT NOT NULL REFERENCES devices(id),
+        vehicle_id TEXT NOT NULL REFERENCES nodes(id),
+        challenge  BLOB NOT NULL,
+        nonce      BLOB NOT NULL UNIQUE,
+        -- the challenge's timestamp (0: the vehicle's wall time was unknown)
+        challenge_ts INTEGER NOT NULL,
+        rssi       INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        failures   INTEGER NOT NULL DEFAULT 0,
+        state      TEXT NOT NULL DEFAULT 'started',
+        ended_at   INTEGER,
+        key_id     TEXT
+    ) STRICT;
+    CREATE INDEX pairing_sessions_open ON pairing_sessions(expires_at) WHERE state = 'started';
+    "#,
 ];
 
 pub const SCHEMA_VERSION: i64 = MIGRATIONS.len() as i64;

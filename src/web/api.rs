@@ -204,7 +204,7 @@ async fn me(
     // The device's fresh entry and the doors it may open (configured ones and registered door
     // nodes) in one read, so a phone learns the endpoint ids its auth frames name (PROTOCOL.md §8).
     let st = state.clone();
-    let (fresh, all, access_tool) = state
+    let (fresh, all, access_tool, vehicle_keys) = state
         .store
         .read(move |c| {
             let fresh = registry::get(c, &device.device_id)?;
@@ -223,7 +223,8 @@ async fn me(
                 )?),
                 _ => None,
             };
-            Ok((fresh, all, view))
+            let keys = crate::grants::vehicle::for_device(c, &device.device_id, None)?;
+            Ok((fresh, all, view, keys))
         })
         .await?;
     let device = fresh.ok_or_else(|| ApiError::not_found("no such device"))?;
@@ -238,11 +239,13 @@ async fn me(
         device,
         endpoints,
         access_tool,
+        vehicle_keys,
     })
     .into_response())
 }
 
-/// `GET /api/me`: the device's registry entry, the endpoints it may open, its access tool.
+/// `GET /api/me`: the device's registry entry, the endpoints it may open, its access tool and
+/// vehicle keys.
 #[derive(Serialize)]
 struct Me {
     #[serde(flatten)]
@@ -250,6 +253,9 @@ struct Me {
     endpoints: Vec<MeEndpoint>,
     #[serde(rename = "accessTool")]
     access_tool: Option<crate::grants::tools::ToolView>,
+    /// Its live vehicle keys (as `GET /device/keys` lists them).
+    #[serde(rename = "vehicleKeys")]
+    vehicle_keys: Vec<crate::grants::vehicle::KeyView>,
 }
 
 #[derive(Serialize)]

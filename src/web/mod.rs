@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod nodes;
 pub mod tools;
 pub mod ui;
+pub mod vehicles;
 
 use axum::extract::{DefaultBodyLimit, Path};
 use axum::http::{header, HeaderValue};
@@ -78,6 +79,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .merge(activity::routes())
         .merge(nodes::routes())
         .merge(tools::routes())
+        .merge(vehicles::routes())
         .merge(extra)
         .route("/static/{file}", get(asset))
         .fallback(|| async { ApiError::not_found("no such resource") })

@@ -333,6 +333,8 @@ struct NodeRow {
     label: String,
     status: &'static str,
     last_seen: String,
+    /// A vehicle's live keys (PROTOCOL.md §27), each with a revoke button.
+    keys: Vec<crate::grants::vehicle::AdminKeyView>,
 }
 
 /// A token just made on the page, with the QR of its payload for a phone app.
@@ -380,16 +382,24 @@ async fn render_page(
     csrf: String,
     added: Option<Added>,
 ) -> Result<Response, ApiError> {
-    let rows = state
+    let (list, mut keys) = state
         .store
-        .read(nodes::list)
-        .await?
+        .read(|c| Ok((nodes::list(c)?, crate::grants::vehicle::all(c)?)))
+        .await?;
+    let rows = list
         .into_iter()
-        .map(|n| NodeRow {
-            label: n.label().to_owned(),
-            status: status(&n),
-            last_seen: n.last_seen.clone().unwrap_or_else(|| "never".into()),
-            n,
+        .map(|n| {
+            let mine;
+            (mine, keys) = keys
+                .drain(..)
+                .partition(|k| k.key.vehicle_id == n.node_id.as_str());
+            NodeRow {
+                label: n.label().to_owned(),
+                status: status(&n),
+                last_seen: n.last_seen.clone().unwrap_or_else(|| "never".into()),
+                keys: mine,
+                n,
+            }
         })
         .collect();
     let fresh = added.is_some();
@@ -465,7 +475,11 @@ struct RenameForm {
 }
 
 /// A page form's session and CSRF token: `Ok(false)` when there is no session (log in first).
-async fn form_ok(state: &AppState, headers: &HeaderMap, csrf: &str) -> Result<bool, ApiError> {
+pub(crate) async fn form_ok(
+    state: &AppState,
+    headers: &HeaderMap,
+    csrf: &str,
+) -> Result<bool, ApiError> {
     let Some((sid, _)) = session(state, headers).await? else {
         return Ok(false);
     };

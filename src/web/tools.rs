@@ -1,5 +1,5 @@
 //! Access tools over HTTP (CONTRACT §6, docs/PROTOCOL.md §26): `POST /device/register` and
-//! `POST /device/refresh`, device-authenticated, bodies of at most 4 KiB, at most 10 a minute
+//! `POST /device/refresh` (which refreshes vehicle keys too, §27), device-authenticated, bodies of at most 4 KiB, at most 10 a minute
 //! per device for both together.
 
 use std::sync::atomic::Ordering;
@@ -15,7 +15,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 
 use crate::grants::tools::{self, PhoneKey, Tool, ToolView};
-use crate::grants::{doorkey, GrantsError};
+use crate::grants::{doorkey, vehicle, GrantsError};
 use crate::registry::DeviceId;
 use crate::state::AppState;
 use crate::web::api::Json;
@@ -46,7 +46,10 @@ struct RefreshBody {
 
 /// The JSON body, refused past 4 KiB (the body is already read in full by the router's
 /// `read_body`, so its exact size is known).
-async fn small_json<T: DeserializeOwned>(req: Request, state: &AppState) -> Result<T, ApiError> {
+pub(crate) async fn small_json<T: DeserializeOwned>(
+    req: Request,
+    state: &AppState,
+) -> Result<T, ApiError> {
     if req.body().size_hint().lower() > MAX_BODY {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -106,15 +109,24 @@ async fn refresh(
     if body.access_tool_id.len() > 64 {
         return Err(ApiError::not_found("no such access tool"));
     }
-    let (now, lifetime, st) = (state.now(), state.config.tool_lifetime_secs, state.clone());
-    let view = state
+    let lifetimes = tools::Lifetimes {
+        general: state.config.tool_lifetime_secs,
+        vehicle: state.config.vehicle_key_lifetime_secs,
+    };
+    let (now, st) = (state.now(), state.clone());
+    let answer = state
         .store
         .write(move |tx| {
             Ok(
-                tools::refresh(tx, &device.device_id, &body.access_tool_id, lifetime, now)
-                    .and_then(|tool| describe(tx, &st, &tool)),
+                tools::refresh(tx, &device.device_id, &body.access_tool_id, lifetimes, now)
+                    .and_then(|tool| match tool.vehicle_id {
+                        // A vehicle key answers as `GET /device/keys` lists it.
+                        Some(_) => Ok(serde_json::to_value(vehicle::describe(tx, &tool)?)),
+                        None => Ok(serde_json::to_value(describe(tx, &st, &tool)?)),
+                    }),
             )
         })
-        .await??;
-    Ok(axum::Json(view).into_response())
+        .await??
+        .map_err(|e| ApiError::internal(&e))?;
+    Ok(axum::Json(answer).into_response())
 }

@@ -41,7 +41,7 @@ impl Principal {
 
     /// Whether this peer may receive `ev` (CONTRACT §4), live and on replay alike. Admins see
     /// everything. A phone sees every client publish, and of the gateway's own events only the
-    /// `device.*` and `access.*` events about itself: never who else is paired or who opened
+    /// `device.*`, `access.*` and `vehicle.*` events about itself: never who else is paired or who opened
     /// which door, nor `node.*` and `gateway.*` (administration).
     pub fn may_see(&self, ev: &Event) -> bool {
         match self {
@@ -50,9 +50,8 @@ impl Principal {
                 if !is_reserved(&ev.topic) {
                     return true;
                 }
-                let about_devices =
-                    ev.topic.starts_with("device.") || ev.topic.starts_with("access.");
-                about_devices && ev.subject.as_deref() == Some(me.as_str())
+                crate::events::is_device_scoped(&ev.topic)
+                    && ev.subject.as_deref() == Some(me.as_str())
             }
             // A node sees only what is addressed to it (its session frames).
             Principal::Node(_) => false,

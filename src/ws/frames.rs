@@ -147,7 +147,7 @@ fn parse_publish(m: &mut Map<String, Value>) -> Result<ClientFrame, FrameError> 
     if is_reserved(&topic) {
         return Err(FrameError::new(
             code::TOPIC_RESERVED,
-            "topics under device., access., node. and gateway. belong to the gateway",
+            "topics under device., access., node., gateway. and vehicle. belong to the gateway",
         )
         .with_id(&id));
     }

@@ -1,0 +1,5 @@
+//! esp-hal's linker script (it includes the memory map, the ROM functions and the radio's
+//! sections), for the binary only.
+fn main() {
+    println!("cargo::rustc-link-arg-bins=-Tlinkall.x");
+}
