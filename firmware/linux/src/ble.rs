@@ -6,6 +6,10 @@
 //!   request. A peer (adapter, address) gets a [`ConnId`] at its first request, kept until its
 //!   `Device1` reports `Connected = false` or the object goes (watched per peer), or BlueZ or
 //!   the adapter goes: then the core gets [`DoorEvent::Disconnected`].
+//! - A vehicle (`--kind vehicle`) also serves the pairing service (issue 12): Pairing
+//!   Challenge reads go to the core like Challenge reads; a Pairing Response write waits for
+//!   the core's verdict ([`DoorRadio::reply_write`], at most [`WRITE_TIMEOUT`]) and is answered
+//!   with the ATT Write Response or `org.bluez.Error.Failed`.
 //! - Registration: a task registers the application and the advertisement on the adapter and
 //!   registers them again when BlueZ says the adapter was added anew (bluetoothd restarted,
 //!   or the adapter came back). Without a system bus, BlueZ or an adapter the radio says so in
@@ -25,7 +29,7 @@ use bluer::gatt::WriteOp;
 use bluer::{Address, DeviceEvent, DeviceProperty, SessionEvent, Uuid};
 use futures_util::{FutureExt, StreamExt};
 use latchkey_node_core::board::{ConnId, DoorEvent, DoorRadio, HardwareError, MAX_WRITE};
-use latchkey_proto::v2::{CHALLENGE_UUID, REQUEST_UUID, RESULT_UUID, SERVICE_UUID};
+use latchkey_proto::v2::{pairing, CHALLENGE_UUID, REQUEST_UUID, RESULT_UUID, SERVICE_UUID};
 use latchkey_proto::ADV_COMPANY_ID;
 use tokio::sync::{oneshot, watch, Notify};
 use tokio::task::AbortHandle;
@@ -33,6 +37,9 @@ use tokio::time::Instant;
 
 /// How long a challenge read waits for the core's value before BlueZ gets an error.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a Pairing Response write waits for the core's verdict (a signature check, an
+/// ECDH and a flash write) before BlueZ gets an error.
+pub const WRITE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Our limit on each call to BlueZ (bluer's own is 120 s).
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Reads and writes queued for the core; more are refused (the phone retries).
@@ -61,6 +68,8 @@ pub struct BleConfig {
     pub local_name: String,
     /// See [`READ_TIMEOUT`].
     pub read_timeout: Duration,
+    /// See [`WRITE_TIMEOUT`].
+    pub write_timeout: Duration,
 }
 
 impl BleConfig {
@@ -69,6 +78,7 @@ impl BleConfig {
             adapter,
             local_name: local_name.to_owned(),
             read_timeout: READ_TIMEOUT,
+            write_timeout: WRITE_TIMEOUT,
         }
     }
 }
@@ -103,6 +113,7 @@ impl BluezRadio {
                 peers: Mutex::new(Peers::default()),
                 result: tokio::sync::Mutex::new(None),
                 read_timeout: config.read_timeout,
+                write_timeout: config.write_timeout,
             }),
             config,
             tag: None,
@@ -124,7 +135,7 @@ impl BluezRadio {
 impl DoorRadio for BluezRadio {
     /// Never fails: without BlueZ the door is off (one log line) and comes up when BlueZ and an
     /// adapter appear, while the node serves over Wi-Fi.
-    async fn start(&mut self, door_tag: [u8; 5]) -> Result<(), HardwareError> {
+    async fn start(&mut self, door_tag: [u8; 5], pairing: bool) -> Result<(), HardwareError> {
         if let Some(tx) = &self.tag {
             tx.send_replace(door_tag);
             return Ok(());
@@ -147,6 +158,7 @@ impl DoorRadio for BluezRadio {
             shared: self.shared.clone(),
             session,
             tag: rx,
+            pairing,
             state: self.state.clone(),
             reg: None,
             said_off: false,
@@ -171,8 +183,18 @@ impl DoorRadio for BluezRadio {
             .and_then(|p| p.pending.take());
         match pending {
             // The reader may have given up (timeout, disconnect): nothing to do then.
-            Some(tx) => drop(tx.send(value.to_vec())),
+            Some((_, tx)) => drop(tx.send(value.to_vec())),
             None => tracing::debug!(conn, "challenge value for a read nobody waits for"),
+        }
+    }
+
+    async fn reply_write(&mut self, conn: ConnId, ok: bool) {
+        let pending = lock(&self.shared.peers)
+            .by_id(conn)
+            .and_then(|p| p.pending_write.take());
+        match pending {
+            Some(tx) => drop(tx.send(ok)),
+            None => tracing::debug!(conn, "pairing verdict for a write nobody waits for"),
         }
     }
 
@@ -209,12 +231,25 @@ struct PeerKey {
     address: Address,
 }
 
+/// The two characteristics whose reads the core answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ReadKind {
+    /// The door's Challenge.
+    Challenge,
+    /// A vehicle's Pairing Challenge.
+    Pairing,
+}
+
 struct Peer {
     id: ConnId,
-    /// The core's answer to the outstanding challenge read.
-    pending: Option<oneshot::Sender<Vec<u8>>>,
-    /// The last challenge value given to this peer (served for reads at an offset).
+    /// The core's answer to the outstanding read (ATT allows one request at a time per peer).
+    pending: Option<(ReadKind, oneshot::Sender<Vec<u8>>)>,
+    /// The core's verdict on the outstanding Pairing Response write.
+    pending_write: Option<oneshot::Sender<bool>>,
+    /// The last Challenge value given to this peer (served for reads at an offset).
     last: Option<Vec<u8>>,
+    /// The same for the Pairing Challenge.
+    last_pairing: Option<Vec<u8>>,
     active: Instant,
     watcher: Option<AbortHandle>,
 }
@@ -257,6 +292,7 @@ struct Shared {
     /// versions: for the first) and any live session reaches every subscriber.
     result: tokio::sync::Mutex<Option<CharacteristicNotifier>>,
     read_timeout: Duration,
+    write_timeout: Duration,
 }
 
 impl Shared {
@@ -308,7 +344,9 @@ impl Shared {
                 Peer {
                     id,
                     pending: None,
+                    pending_write: None,
                     last: None,
+                    last_pairing: None,
                     active: now,
                     watcher: None,
                 },
@@ -356,12 +394,13 @@ impl Shared {
         *self.result.lock().await = None;
     }
 
-    /// Challenge `ReadValue`: at offset 0 the core's value (within the read timeout); at
-    /// another offset the rest of the last value this peer was given.
+    /// Challenge (or Pairing Challenge) `ReadValue`: at offset 0 the core's value (within the
+    /// read timeout); at another offset the rest of the last value this peer was given.
     async fn read(
         self: &Arc<Self>,
         session: &bluer::Session,
         req: CharacteristicReadRequest,
+        kind: ReadKind,
     ) -> ReqResult<Vec<u8>> {
         let key = PeerKey {
             adapter: req.adapter_name,
@@ -370,7 +409,10 @@ impl Shared {
         let offset = usize::from(req.offset);
         if offset != 0 {
             let mut peers = lock(&self.peers);
-            let last = peers.map.get_mut(&key).and_then(|p| p.last.as_ref());
+            let last = peers.map.get_mut(&key).and_then(|p| match kind {
+                ReadKind::Challenge => p.last.as_ref(),
+                ReadKind::Pairing => p.last_pairing.as_ref(),
+            });
             return last
                 .and_then(|v| v.get(offset..))
                 .map(<[u8]>::to_vec)
@@ -383,16 +425,23 @@ impl Shared {
         let conn = self.conn(&key, session);
         let (tx, rx) = oneshot::channel();
         if let Some(p) = lock(&self.peers).map.get_mut(&key) {
-            p.pending = Some(tx);
+            p.pending = Some((kind, tx));
         }
-        if !self.push(DoorEvent::ReadChallenge { conn }) {
+        let event = match kind {
+            ReadKind::Challenge => DoorEvent::ReadChallenge { conn },
+            ReadKind::Pairing => DoorEvent::PairingChallenge { conn },
+        };
+        if !self.push(event.clone()) {
             tracing::warn!(conn, "BLE events pile up; challenge read refused");
             return Err(ReqError::Failed);
         }
         match tokio::time::timeout(self.read_timeout, rx).await {
             Ok(Ok(value)) => {
                 if let Some(p) = lock(&self.peers).map.get_mut(&key) {
-                    p.last = Some(value.clone());
+                    match kind {
+                        ReadKind::Challenge => p.last = Some(value.clone()),
+                        ReadKind::Pairing => p.last_pairing = Some(value.clone()),
+                    }
                 }
                 Ok(value)
             }
@@ -400,8 +449,7 @@ impl Shared {
             Err(_) => {
                 tracing::warn!(conn, "the door did not answer a challenge read in time");
                 // Not taken yet: withdraw it, so its late answer never meets this peer's next read.
-                lock(&self.queue)
-                    .retain(|ev| !matches!(ev, DoorEvent::ReadChallenge { conn: c } if *c == conn));
+                lock(&self.queue).retain(|ev| *ev != event);
                 Err(ReqError::Failed)
             }
         }
@@ -416,36 +464,101 @@ impl Shared {
         value: Vec<u8>,
         req: CharacteristicWriteRequest,
     ) -> ReqResult<()> {
-        // Commands have no response to carry an error, long and reliable writes arrive in
-        // pieces (type "reliable"): none is a request frame.
-        if req.op_type != WriteOp::Request || req.prepare_authorize {
-            return Err(ReqError::NotPermitted);
-        }
-        if req.offset != 0 {
-            return Err(ReqError::InvalidOffset);
-        }
-        if value.len() > MAX_WRITE {
-            return Err(ReqError::InvalidValueLength);
-        }
-        let key = PeerKey {
-            adapter: req.adapter_name,
-            address: req.device_address,
+        self.queue_write(session, value, req, WriteKind::Request)
+            .map(|_| ())
+    }
+
+    /// A write the core takes ([`check_write`]), queued as its event; its connection.
+    fn queue_write(
+        self: &Arc<Self>,
+        session: &bluer::Session,
+        value: Vec<u8>,
+        req: CharacteristicWriteRequest,
+        kind: WriteKind,
+    ) -> ReqResult<ConnId> {
+        let key = check_write(&value, req)?;
+        let what = match kind {
+            WriteKind::Request => "request",
+            WriteKind::Pairing(_) => "pairing response",
         };
         if self.busy() {
-            tracing::warn!("BLE events pile up; request refused");
+            tracing::warn!("BLE events pile up; {what} refused");
             return Err(ReqError::InProgress);
         }
         let conn = self.conn(&key, session);
-        if !self.push(DoorEvent::Request { conn, value }) {
-            tracing::warn!(conn, "BLE events pile up; request refused");
+        let event = match kind {
+            WriteKind::Request => DoorEvent::Request { conn, value },
+            WriteKind::Pairing(verdict) => {
+                // In place before the core can see the event and answer it.
+                if let Some(p) = lock(&self.peers).map.get_mut(&key) {
+                    p.pending_write = Some(verdict);
+                }
+                DoorEvent::PairingResponse { conn, value }
+            }
+        };
+        if !self.push(event) {
+            tracing::warn!(conn, "BLE events pile up; {what} refused");
             return Err(ReqError::InProgress);
         }
-        Ok(())
+        Ok(conn)
+    }
+
+    /// Pairing Response `WriteValue`: one write with response at offset 0 of at most
+    /// [`MAX_WRITE`] bytes goes to the core, and the ATT answer waits for its verdict (at most
+    /// the write timeout; then, or when refused, `org.bluez.Error.Failed`).
+    async fn pairing_write(
+        self: &Arc<Self>,
+        session: &bluer::Session,
+        value: Vec<u8>,
+        req: CharacteristicWriteRequest,
+    ) -> ReqResult<()> {
+        let (tx, rx) = oneshot::channel();
+        let conn = self.queue_write(session, value, req, WriteKind::Pairing(tx))?;
+        match tokio::time::timeout(self.write_timeout, rx).await {
+            Ok(Ok(true)) => Ok(()),
+            Ok(Ok(false)) | Ok(Err(_)) => Err(ReqError::Failed),
+            Err(_) => {
+                tracing::warn!(conn, "the vehicle did not judge a pairing response in time");
+                // Not taken yet: withdraw it, so it is not kept after the phone heard "failed".
+                lock(&self.queue).retain(
+                    |ev| !matches!(ev, DoorEvent::PairingResponse { conn: c, .. } if *c == conn),
+                );
+                Err(ReqError::Failed)
+            }
+        }
     }
 
     async fn subscribed(&self, notifier: CharacteristicNotifier) {
         *self.result.lock().await = Some(notifier);
     }
+}
+
+/// What a write is to the core.
+enum WriteKind {
+    /// A door Request: answered by a Result notification.
+    Request,
+    /// A vehicle's Pairing Response: answered by the verdict sent here.
+    Pairing(oneshot::Sender<bool>),
+}
+
+/// The writes the core takes: a write with response at offset 0 of at most [`MAX_WRITE`]
+/// bytes; its peer.
+fn check_write(value: &[u8], req: CharacteristicWriteRequest) -> ReqResult<PeerKey> {
+    // Commands have no response to carry an error, long and reliable writes arrive in
+    // pieces (type "reliable"): none is a request frame.
+    if req.op_type != WriteOp::Request || req.prepare_authorize {
+        return Err(ReqError::NotPermitted);
+    }
+    if req.offset != 0 {
+        return Err(ReqError::InvalidOffset);
+    }
+    if value.len() > MAX_WRITE {
+        return Err(ReqError::InvalidValueLength);
+    }
+    Ok(PeerKey {
+        adapter: req.adapter_name,
+        address: req.device_address,
+    })
 }
 
 /// Waits until the peer's `Device1` says it disconnected or its object goes.
@@ -472,20 +585,54 @@ async fn watch_peer(shared: Arc<Shared>, session: bluer::Session, key: PeerKey) 
     shared.gone(&key);
 }
 
-/// The version-2 door service (PROTOCOL.md §16): Challenge read+notify, Request write (with
-/// response), Result notify.
-fn application(shared: &Arc<Shared>, session: &bluer::Session) -> Application {
+/// A read the core answers.
+fn core_read(shared: &Arc<Shared>, session: &bluer::Session, kind: ReadKind) -> CharacteristicRead {
     let (reader, read_session) = (shared.clone(), session.clone());
+    CharacteristicRead {
+        read: true,
+        fun: Box::new(move |req| {
+            let (shared, session) = (reader.clone(), read_session.clone());
+            async move { shared.read(&session, req, kind).await }.boxed()
+        }),
+        ..Default::default()
+    }
+}
+
+/// The vehicle pairing service (issue 12): Pairing Challenge read, Pairing Response write
+/// (with response).
+fn pairing_service(shared: &Arc<Shared>, session: &bluer::Session) -> Service {
     let challenge = Characteristic {
-        uuid: Uuid::from_u128(CHALLENGE_UUID),
-        read: Some(CharacteristicRead {
-            read: true,
-            fun: Box::new(move |req| {
-                let (shared, session) = (reader.clone(), read_session.clone());
-                async move { shared.read(&session, req).await }.boxed()
-            }),
+        uuid: Uuid::from_u128(pairing::CHALLENGE_UUID),
+        read: Some(core_read(shared, session, ReadKind::Pairing)),
+        ..Default::default()
+    };
+    let (writer, write_session) = (shared.clone(), session.clone());
+    let response = Characteristic {
+        uuid: Uuid::from_u128(pairing::RESPONSE_UUID),
+        write: Some(CharacteristicWrite {
+            write: true,
+            method: CharacteristicWriteMethod::Fun(Box::new(move |value, req| {
+                let (shared, session) = (writer.clone(), write_session.clone());
+                async move { shared.pairing_write(&session, value, req).await }.boxed()
+            })),
             ..Default::default()
         }),
+        ..Default::default()
+    };
+    Service {
+        uuid: Uuid::from_u128(pairing::SERVICE_UUID),
+        primary: true,
+        characteristics: vec![challenge, response],
+        ..Default::default()
+    }
+}
+
+/// The version-2 door service (PROTOCOL.md §16): Challenge read+notify, Request write (with
+/// response), Result notify; with `pairing` (a vehicle) the pairing service too.
+fn application(shared: &Arc<Shared>, session: &bluer::Session, pairing: bool) -> Application {
+    let challenge = Characteristic {
+        uuid: Uuid::from_u128(CHALLENGE_UUID),
+        read: Some(core_read(shared, session, ReadKind::Challenge)),
         // Notify-capable as §16 says; BlueZ would send a notified challenge to every
         // subscriber, so this door never notifies one.
         notify: Some(CharacteristicNotify {
@@ -521,13 +668,17 @@ fn application(shared: &Arc<Shared>, session: &bluer::Session) -> Application {
         }),
         ..Default::default()
     };
+    let mut services = vec![Service {
+        uuid: Uuid::from_u128(SERVICE_UUID),
+        primary: true,
+        characteristics: vec![challenge, request, result],
+        ..Default::default()
+    }];
+    if pairing {
+        services.push(pairing_service(shared, session));
+    }
     Application {
-        services: vec![Service {
-            uuid: Uuid::from_u128(SERVICE_UUID),
-            primary: true,
-            characteristics: vec![challenge, request, result],
-            ..Default::default()
-        }],
+        services,
         ..Default::default()
     }
 }
@@ -606,6 +757,8 @@ struct Supervisor {
     shared: Arc<Shared>,
     session: bluer::Session,
     tag: watch::Receiver<[u8; 5]>,
+    /// Whether the GATT application holds the vehicle pairing service.
+    pairing: bool,
     state: watch::Sender<BleState>,
     reg: Option<Registration>,
     /// Whether "BLE is off" was logged since the last registration (one line, not one a retry).
@@ -629,7 +782,11 @@ impl Supervisor {
             }
             let app = within(
                 "registering the GATT application",
-                adapter.serve_gatt_application(application(&self.shared, &self.session)),
+                adapter.serve_gatt_application(application(
+                    &self.shared,
+                    &self.session,
+                    self.pairing,
+                )),
             )
             .await?;
             let tag = *self.tag.borrow_and_update();

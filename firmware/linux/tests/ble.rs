@@ -17,7 +17,9 @@ use futures_util::StreamExt;
 use latchkey_bluez_standin::{Adapter, WriteOptions};
 use latchkey_node::ble::{BleConfig, BluezRadio};
 use latchkey_node_core::board::{DoorEvent, DoorRadio};
-use latchkey_proto::v2::{door_tag, CHALLENGE_UUID, REQUEST_UUID, RESULT_UUID, SERVICE_UUID};
+use latchkey_proto::v2::{
+    door_tag, pairing, CHALLENGE_UUID, REQUEST_UUID, RESULT_UUID, SERVICE_UUID,
+};
 
 use ble_support::{serve, uuid, Door, CHALLENGE, WAIT};
 
@@ -36,8 +38,13 @@ async fn field(area: &str) -> (Adapter, Adapter) {
 
 /// The radio started on `node`, once its application and advertisement are registered.
 async fn door_on(node: &Adapter, config: BleConfig) -> BluezRadio {
+    radio_on(node, config, false).await
+}
+
+/// [`door_on`], with the vehicle pairing service when `pairing`.
+async fn radio_on(node: &Adapter, config: BleConfig, pairing: bool) -> BluezRadio {
     let mut radio = BluezRadio::new(config);
-    radio.start(door_tag(&DOOR_ID)).await.unwrap();
+    radio.start(door_tag(&DOOR_ID), pairing).await.unwrap();
     node.wait_application(0, WAIT).await.unwrap();
     node.wait_advertisement(0, WAIT).await.unwrap();
     radio
@@ -263,4 +270,77 @@ async fn while_the_core_does_not_answer_reads_fail_and_requests_queue_up_to_a_bo
     }
     link.write(&req, &[0xfe]).await.unwrap();
     assert!(matches!(door.event().await, DoorEvent::Request { value, .. } if value == [0xfe]));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_vehicle_serves_the_pairing_service_and_answers_each_write_with_the_cores_verdict() {
+    // A door: no pairing service.
+    let (door_node, _) = field("pairing-door").await;
+    let _door = door_on(
+        &door_node,
+        BleConfig::new(Some(door_node.name().into()), "n"),
+    )
+    .await;
+    let app = door_node.wait_application(0, WAIT).await.unwrap();
+    assert_eq!(app.services.len(), 1);
+    assert!(app.characteristic(&uuid(pairing::CHALLENGE_UUID)).is_none());
+
+    let (node, _) = field("pairing").await;
+    let mut config = BleConfig::new(Some(node.name().into()), "n");
+    config.write_timeout = Duration::from_millis(200);
+    let radio = radio_on(&node, config, true).await;
+    let app = node.wait_application(0, WAIT).await.unwrap();
+    let services: HashSet<_> = app.services.iter().map(|s| s.uuid.clone()).collect();
+    assert!(
+        services.contains(&uuid(SERVICE_UUID)) && services.contains(&uuid(pairing::SERVICE_UUID))
+    );
+    let (ch, resp) = (uuid(pairing::CHALLENGE_UUID), uuid(pairing::RESPONSE_UUID));
+    let response = app.characteristic(&resp).unwrap();
+    assert_eq!(response.flags, vec!["write".to_owned()]);
+
+    // The core silent: the write fails once the wait is over, and is withdrawn. (183 bytes
+    // take an ATT MTU of at least 186: a Write Request carries MTU − 3.)
+    let link = node.connect("10:00:00:00:00:04", 247).await.unwrap();
+    refused(
+        link.write(&resp, &[1u8; 183]).await.unwrap_err(),
+        "org.bluez.Error.Failed",
+    );
+    let mut door = serve(radio);
+    assert_eq!(link.read(&ch, 0).await.unwrap(), CHALLENGE);
+    assert_eq!(link.read(&ch, 40).await.unwrap(), CHALLENGE[40..]);
+    let conn = match door.event().await {
+        DoorEvent::PairingChallenge { conn } => conn,
+        other => panic!("{other:?}"),
+    };
+    // Accepted: the ATT Write Response; refused: an error. Each write reached the core once.
+    link.write(&resp, &[1u8; 183]).await.unwrap();
+    refused(
+        link.write(&resp, &[0u8; 183]).await.unwrap_err(),
+        "org.bluez.Error.Failed",
+    );
+    for first in [1u8, 0] {
+        assert_eq!(
+            door.event().await,
+            DoorEvent::PairingResponse {
+                conn,
+                value: vec![first; 183]
+            }
+        );
+    }
+    refused(
+        link.write_with(
+            &resp,
+            &[1u8; 183],
+            WriteOptions {
+                offset: 0,
+                kind: "command",
+                prepare_authorize: false,
+            },
+        )
+        .await
+        .unwrap_err(),
+        "org.bluez.Error.NotPermitted",
+    );
+    link.disconnect().await.unwrap();
+    assert_eq!(door.event().await, DoorEvent::Disconnected { conn });
 }

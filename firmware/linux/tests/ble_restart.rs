@@ -20,7 +20,7 @@ async fn off_without_bluez_then_up_and_up_again_after_a_restart() {
     // No bluetoothd on the bus: starting is no error, the door is just off.
     let mut radio = BluezRadio::new(BleConfig::new(None, "n"));
     let mut state = radio.state();
-    radio.start([1, 2, 3, 4, 5]).await.unwrap();
+    radio.start([1, 2, 3, 4, 5], false).await.unwrap();
     let off = tokio::time::timeout(WAIT, state.wait_for(|s| matches!(s, BleState::Off(_))))
         .await
         .unwrap()

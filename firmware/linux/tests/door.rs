@@ -5,38 +5,30 @@
 //! process: the node child inherits the process's private bus.
 
 mod common;
+mod v2_phone;
 
-use common::{online, Gateway, Node, NODE_ID};
+use common::{online, Gateway, Node};
 use latchkey_bluez_standin::Standin;
 use latchkey_proto::v2::ed25519_dalek::SigningKey;
 use latchkey_proto::v2::{
     door_tag, encode_snapshot, from_base64, parse_secret_key, public_key_bytes, snapshot_len,
-    to_base64, vectors, Challenge, EndpointId, Grant, PeerSecret, Request, RequestBody,
-    ResultFrame, SnapshotHeader, Status, CHALLENGE_UUID, REQUEST_UUID, RESULT_UUID,
+    to_base64, vectors, EndpointId, Grant, SnapshotHeader, Status,
 };
 use serde_json::json;
+use v2_phone::{node_id, V2Phone, WAIT};
 
-const WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 /// Inside the scripted gateway's hello time (1_764_237_600) and a week after.
 const ISSUED: u64 = 1_764_237_000;
-const PHONE_SECRET: [u8; 32] = [0x11; 32];
-const TOOL: [u8; 16] = [0xa1; 16];
-
-fn uuid(u: u128) -> String {
-    latchkey_proto::UuidText(u).to_string()
-}
-
-fn node_id() -> [u8; 16] {
-    u128::from_str_radix(&NODE_ID.replace('-', ""), 16)
-        .unwrap()
-        .to_be_bytes()
-}
+const PHONE: V2Phone = V2Phone {
+    secret: [0x11; 32],
+    tool: [0xa1; 16],
+};
 
 /// The gateway's `grants` frame: the phone's tool opens `front-door` on this node.
 fn grants_frame() -> String {
-    let phone = parse_secret_key(&PHONE_SECRET).unwrap();
+    let phone = parse_secret_key(&PHONE.secret).unwrap();
     let grant = Grant {
-        tool_id: TOOL,
+        tool_id: PHONE.tool,
         node_id: node_id(),
         endpoint: EndpointId::new("front-door").unwrap(),
         not_before: ISSUED,
@@ -58,39 +50,15 @@ fn grants_frame() -> String {
     json!({"type":"grants","snapshot":snapshot,"pulse_ms":1500}).to_string()
 }
 
-/// A phone's unlock at the door on `hci0` (PROTOCOL.md §21): subscribe, read, write, result.
+/// The phone's unlock of `front-door` on `hci0`.
 async fn unlock(
     hci0: &latchkey_bluez_standin::Adapter,
     door_key: &[u8],
     addr: &str,
 ) -> (Status, bool) {
-    let link = hci0.connect(addr, 185).await.unwrap();
-    link.subscribe(&uuid(RESULT_UUID)).await.unwrap();
-    let challenge = link.read(&uuid(CHALLENGE_UUID), 0).await.unwrap();
-    let c = Challenge::decode(&challenge).unwrap();
-    assert_eq!(c.door_id, node_id());
-    assert!(
-        c.door_time >= ISSUED,
-        "the door knows the time: {}",
-        c.door_time
-    );
-    let phone = parse_secret_key(&PHONE_SECRET).unwrap();
-    let peer = PeerSecret::derive(&phone, door_key, &c.door_id).unwrap();
-    let keys = peer.session(&c.nonce, &c.door_id);
-    let body = RequestBody {
-        tool_id: TOOL,
-        phone_time: c.door_time,
-        endpoint: EndpointId::new("front-door").unwrap(),
-    };
-    let request = Request::seal(&body, &keys, &peer.hint(&c.nonce), &c.nonce).unwrap();
-    link.write(&uuid(REQUEST_UUID), &request).await.unwrap();
-    let result = link
-        .notification(&uuid(RESULT_UUID), WAIT)
+    PHONE
+        .unlock(hci0, door_key, addr, "front-door", ISSUED)
         .await
-        .expect("a result");
-    let r = ResultFrame::open(&result, &keys, &c.nonce).unwrap();
-    link.disconnect().await.unwrap();
-    (r.status, r.authenticated)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

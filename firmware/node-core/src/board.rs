@@ -181,7 +181,8 @@ pub type ConnId = u32;
 /// version-2 request is 83 bytes, PROTOCOL.md §17.2).
 pub const MAX_WRITE: usize = 512;
 
-/// What a central did to the door's GATT service version 2 (PROTOCOL.md §16).
+/// What a central did to the door's GATT service version 2 (PROTOCOL.md §16), or to a
+/// vehicle's pairing service.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DoorEvent {
     /// A central read the Challenge characteristic at offset 0. The core answers with
@@ -199,6 +200,22 @@ pub enum DoorEvent {
         /// The bytes written.
         value: Vec<u8>,
     },
+    /// A central read the vehicle's Pairing Challenge at offset 0 (only a radio started with
+    /// the pairing service sends it). The core answers with [`DoorRadio::reply_read`] for
+    /// `conn`; a read at another offset the board answers itself, as for the Challenge.
+    PairingChallenge {
+        /// The connection.
+        conn: ConnId,
+    },
+    /// A central wrote the vehicle's Pairing Response: a write with response, offset 0, at
+    /// most [`MAX_WRITE`] bytes (the board refuses other writes itself). The core answers with
+    /// [`DoorRadio::reply_write`] for `conn`; the board holds the ATT Write Response until then.
+    PairingResponse {
+        /// The connection.
+        conn: ConnId,
+        /// The bytes written.
+        value: Vec<u8>,
+    },
     /// The connection ended (its challenge dies with it).
     Disconnected {
         /// The connection.
@@ -211,12 +228,18 @@ pub enum DoorEvent {
 pub trait DoorRadio {
     /// Starts (or restarts with new data) connectable advertising with the version-2 service
     /// UUID and manufacturer data `0xFFFF`: `0x02 ‖ door_tag` (PROTOCOL.md §16), and serves the
-    /// GATT service. `door_tag` is `latchkey_proto::v2::door_tag` of the node's id.
-    async fn start(&mut self, door_tag: [u8; 5]) -> Result<(), HardwareError>;
+    /// GATT service. `door_tag` is `latchkey_proto::v2::door_tag` of the node's id. With
+    /// `pairing` (a node of kind vehicle) the GATT database also holds the vehicle pairing
+    /// service (`latchkey_proto::v2::pairing`: Pairing Challenge read, Pairing Response write).
+    async fn start(&mut self, door_tag: [u8; 5], pairing: bool) -> Result<(), HardwareError>;
     /// The next event. Cancel-safe.
     async fn next(&mut self) -> DoorEvent;
-    /// The value for a pending [`DoorEvent::ReadChallenge`] of `conn`.
+    /// The value for a pending [`DoorEvent::ReadChallenge`] or [`DoorEvent::PairingChallenge`]
+    /// of `conn` (a central has one ATT request outstanding at a time).
     async fn reply_read(&mut self, conn: ConnId, value: &[u8]);
+    /// The answer to a pending [`DoorEvent::PairingResponse`] of `conn`: the ATT Write
+    /// Response when `ok`, else an ATT error (an application error, or `Failed` on BlueZ).
+    async fn reply_write(&mut self, conn: ConnId, ok: bool);
     /// Notifies `value` on the Result characteristic to `conn` (a board whose stack notifies
     /// every subscriber, as BlueZ does, may do that: results carry their nonce).
     async fn notify(&mut self, conn: ConnId, value: &[u8]);
@@ -228,7 +251,7 @@ pub trait DoorRadio {
 pub struct NoRadio;
 
 impl DoorRadio for NoRadio {
-    async fn start(&mut self, _door_tag: [u8; 5]) -> Result<(), HardwareError> {
+    async fn start(&mut self, _door_tag: [u8; 5], _pairing: bool) -> Result<(), HardwareError> {
         Ok(())
     }
 
@@ -237,6 +260,8 @@ impl DoorRadio for NoRadio {
     }
 
     async fn reply_read(&mut self, _conn: ConnId, _value: &[u8]) {}
+
+    async fn reply_write(&mut self, _conn: ConnId, _ok: bool) {}
 
     async fn notify(&mut self, _conn: ConnId, _value: &[u8]) {}
 }

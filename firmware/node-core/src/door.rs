@@ -128,6 +128,8 @@ impl Door {
                 self.conns.retain(|c| c.id != conn);
                 Vec::new()
             }
+            // The vehicle's pairing service: [`crate::pairing`], not the door's.
+            DoorEvent::PairingChallenge { .. } | DoorEvent::PairingResponse { .. } => Vec::new(),
         }
     }
 
@@ -187,12 +189,6 @@ mod tests {
     use crate::test_support::*;
     use latchkey_proto::v2::ResultFrame;
     use proptest::prelude::*;
-
-    fn at(ms: u64) -> Instant {
-        Instant::from_millis(ms)
-    }
-
-    const WALL: Option<UnixTime> = Some(NOW as i64);
 
     struct Bench {
         door: Door,

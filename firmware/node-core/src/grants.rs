@@ -4,6 +4,11 @@
 //! A snapshot is verified before anything is kept ([`GrantSet::apply`] replaces the set only
 //! when everything checks); only then is the blob written, and `grants_ack` answered.
 //!
+//! A vehicle (issue 12) also adds grants on its own: each pairing response a phone writes is a
+//! grant signed by the gateway for this node's nonce ([`GrantStore::pair`]). They are kept
+//! with the snapshot, verified again at start, and dropped when the next snapshot replaces the
+//! set (the gateway's snapshot holds every live key).
+//!
 //! The blob also caches each phone's ECDH secret `Z` (PROTOCOL.md §20.4): without it a restart
 //! redoes one P-256 scalar multiplication per phone, about 37–58 s of CPU for 256 phones on an
 //! ESP32-C3, during which a single-threaded node serves nothing. `Z` is as secret as the door
@@ -12,21 +17,27 @@
 //! every later snapshot (known phones keep their secret) and lock that phone out for good.
 //!
 //! ```text
-//! blob = 0x01 ‖ pulse_ms u32 ‖ n u32 ‖ snapshot (n bytes) ‖ Z × k ‖ SHA-256(everything before)
+//! blob = 0x02 ‖ pulse_ms u32 ‖ n u32 ‖ snapshot (n bytes; 0: none yet)
+//!        ‖ m u16 ‖ pairing responses (m × 183 bytes) ‖ Z × k ‖ SHA-256(everything before)
 //! ```
-//! with `k` the distinct phone keys of the snapshot, in the order they first appear.
+//! with `k` the distinct phone keys of the snapshot's grants then of the responses, in the
+//! order they first appear. Format `0x01` (issue 10: no `m` and no responses) is still read.
 
 use alloc::string::String;
 use alloc::vec::Vec;
 
 use data_encoding::{BASE64, HEXLOWER_PERMISSIVE};
 use latchkey_proto::v2::ed25519_dalek::VerifyingKey;
+use latchkey_proto::v2::pairing::{PairingResponse, RESPONSE_LEN};
 use latchkey_proto::v2::{
     door_tag, from_base64, gateway_key, Applied, DoorId, Error, Grant, GrantSet, PublicKeyBytes,
-    DOOR_TAG_LEN, MAX_SNAPSHOT_LEN, PUBLIC_KEY_LEN, SNAPSHOT_HEADER_LEN,
+    ToolId, DOOR_TAG_LEN, GRANT_CAPACITY, MAX_SNAPSHOT_LEN, PUBLIC_KEY_LEN, SIGNATURE_LEN,
+    SNAPSHOT_HEADER_LEN,
 };
+use latchkey_proto::Nonce;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
 use crate::relay::{MAX_PULSE_MS, MIN_PULSE_MS};
@@ -37,7 +48,9 @@ pub const DEFAULT_PULSE_MS: u32 = 3_000;
 /// Longest `snapshot` text a `grants` frame may carry: base64 of the largest snapshot.
 pub const MAX_SNAPSHOT_TEXT: usize = MAX_SNAPSHOT_LEN.div_ceil(3) * 4;
 
-const BLOB_FORMAT: u8 = 1;
+const BLOB_FORMAT: u8 = 2;
+/// Issue 10's blob: no pairing responses.
+const BLOB_FORMAT_1: u8 = 1;
 const BLOB_HEAD: usize = 1 + 4 + 4;
 const DIGEST_LEN: usize = 32;
 
@@ -155,6 +168,17 @@ pub struct GrantStore {
     pulse_ms: u32,
     gateway: VerifyingKey,
     door_key: p256::SecretKey,
+    /// The snapshot applied last (empty: none yet): the blob is written again after a pairing.
+    snapshot: Vec<u8>,
+    /// Pairing responses accepted since that snapshot, oldest first, one per key.
+    paired: Vec<Paired>,
+}
+
+/// An accepted pairing response.
+struct Paired {
+    frame: [u8; RESPONSE_LEN],
+    key_id: ToolId,
+    phone_key: PublicKeyBytes,
 }
 
 impl core::fmt::Debug for GrantStore {
@@ -187,6 +211,8 @@ impl GrantStore {
             pulse_ms: DEFAULT_PULSE_MS,
             gateway,
             door_key,
+            snapshot: Vec::new(),
+            paired: Vec::new(),
         })
     }
 
@@ -232,10 +258,13 @@ impl GrantStore {
                     .and_then(|m| u32::try_from(m).ok())
                     .filter(|m| (MIN_PULSE_MS..=MAX_PULSE_MS).contains(m))
                     .unwrap_or(DEFAULT_PULSE_MS);
+                self.snapshot = bytes.to_vec();
+                // The gateway's snapshot holds every live vehicle key: it replaces them.
+                self.paired.clear();
                 Outcome::Applied {
                     version,
                     applied,
-                    blob: self.blob(bytes),
+                    blob: self.blob(),
                 }
             }
             Err(e) => Outcome::Refused {
@@ -248,13 +277,34 @@ impl GrantStore {
     /// Re-applies a stored blob at start: verified again (a flash that changed under the node
     /// is refused like a forged snapshot), taking `Z` from the cache when the digest holds.
     pub fn boot(&mut self, blob: &[u8]) -> Result<Applied, Error> {
-        let Some((pulse_ms, snapshot, zs, digest_ok)) = parse_blob(blob) else {
+        let Some(parsed) = parse_blob(blob) else {
             return Err(Error::BadLength {
                 expected: BLOB_HEAD + DIGEST_LEN,
                 actual: blob.len(),
             });
         };
-        let keys = distinct_keys(snapshot);
+        let Parsed {
+            pulse_ms,
+            snapshot,
+            paired,
+            zs,
+            digest_ok,
+        } = parsed;
+        // A response that no longer verifies (a flash that changed) is dropped on its own.
+        let responses: Vec<(&[u8], PairingResponse)> = paired
+            .chunks_exact(RESPONSE_LEN)
+            .filter_map(|frame| {
+                match PairingResponse::verify(frame, self.set.door_id(), &self.gateway) {
+                    Ok(r) => Some((frame, r)),
+                    Err(e) => {
+                        log::warn!("grants: a stored pairing response refused ({e})");
+                        None
+                    }
+                }
+            })
+            .collect();
+        let mut keys = distinct_keys(snapshot);
+        add_keys(&mut keys, responses.iter().map(|(_, r)| r.phone_key));
         let cache_ok = digest_ok && zs.len() == keys.len() * 32;
         if !cache_ok {
             log::warn!("grants: cached secrets unusable; recomputing them");
@@ -266,9 +316,25 @@ impl GrantStore {
             let i = keys.iter().position(|k| k == key)?;
             zs.get(i * 32..i * 32 + 32)?.try_into().ok()
         };
-        let applied = self
-            .set
-            .apply_with(snapshot, &self.gateway, &self.door_key, cached)?;
+        let mut applied = Applied {
+            grants: 0,
+            new_keys: 0,
+        };
+        if !snapshot.is_empty() {
+            applied = self
+                .set
+                .apply_with(snapshot, &self.gateway, &self.door_key, cached)?;
+            self.snapshot = snapshot.to_vec();
+        }
+        for (frame, response) in responses {
+            match self.insert(frame, &response, &cached) {
+                Ok(a) => {
+                    applied.grants = a.grants;
+                    applied.new_keys += a.new_keys;
+                }
+                Err(e) => log::warn!("grants: a stored pairing response refused ({e})"),
+            }
+        }
         self.pulse_ms = if (MIN_PULSE_MS..=MAX_PULSE_MS).contains(&pulse_ms) {
             pulse_ms
         } else {
@@ -277,16 +343,80 @@ impl GrantStore {
         Ok(applied)
     }
 
-    /// The blob for the snapshot just applied.
-    fn blob(&self, snapshot: &[u8]) -> Zeroizing<Vec<u8>> {
-        let keys = distinct_keys(snapshot);
+    /// A vehicle's pairing response (issue 12) for the connection's live `nonce`: verified
+    /// under the gateway's key for this node, its nonce equal to `nonce`, then its grant added
+    /// to the set ([`GrantSet::insert`]: an epoch not below the set's, a phone key on the
+    /// curve, `not_before < expires`; the same key again replaces the one held). Persist
+    /// [`GrantStore::blob`] afterwards. On any error nothing changes.
+    ///
+    /// # Errors
+    /// The proto's verification error, [`Error::NonceMismatch`], [`Error::StaleEpoch`],
+    /// [`Error::TooManyGrants`].
+    pub fn pair(
+        &mut self,
+        frame: &[u8],
+        nonce: &Nonce,
+    ) -> Result<(PairingResponse, Applied), Error> {
+        let response = PairingResponse::verify(frame, self.set.door_id(), &self.gateway)?;
+        if !bool::from(response.nonce.ct_eq(nonce)) {
+            return Err(Error::NonceMismatch);
+        }
+        let applied = self.insert(frame, &response, &|_| None)?;
+        Ok((response, applied))
+    }
+
+    fn insert(
+        &mut self,
+        frame: &[u8],
+        response: &PairingResponse,
+        cached: &impl Fn(&PublicKeyBytes) -> Option<[u8; 32]>,
+    ) -> Result<Applied, Error> {
+        let frame: [u8; RESPONSE_LEN] = frame.try_into().map_err(|_| Error::BadLength {
+            expected: RESPONSE_LEN,
+            actual: frame.len(),
+        })?;
+        let known = self.paired.iter().position(|p| p.key_id == response.key_id);
+        // Bounds the blob: the snapshot's grants plus one response per key, 256 in all.
+        let held = snapshot_grants(&self.snapshot) + self.paired.len();
+        if known.is_none() && held >= GRANT_CAPACITY {
+            return Err(Error::TooManyGrants(held + 1));
+        }
+        let grant = response.grant(self.set.door_id())?;
+        let applied = self.set.insert_with(grant, &self.door_key, cached)?;
+        if let Some(i) = known {
+            self.paired.remove(i);
+        }
+        self.paired.push(Paired {
+            frame,
+            key_id: response.key_id,
+            phone_key: response.phone_key,
+        });
+        Ok(applied)
+    }
+
+    /// What to keep in flash for the grants held now: the snapshot, the accepted pairing
+    /// responses, the phones' `Z`.
+    pub fn blob(&self) -> Zeroizing<Vec<u8>> {
+        let snapshot = self.snapshot.as_slice();
+        let mut keys = distinct_keys(snapshot);
+        add_keys(&mut keys, self.paired.iter().map(|p| p.phone_key));
         let mut blob = Zeroizing::new(Vec::with_capacity(
-            BLOB_HEAD + snapshot.len() + keys.len() * 32 + DIGEST_LEN,
+            BLOB_HEAD
+                + snapshot.len()
+                + 2
+                + self.paired.len() * RESPONSE_LEN
+                + keys.len() * 32
+                + DIGEST_LEN,
         ));
         blob.push(BLOB_FORMAT);
         blob.extend_from_slice(&self.pulse_ms.to_be_bytes());
         blob.extend_from_slice(&(snapshot.len() as u32).to_be_bytes());
         blob.extend_from_slice(snapshot);
+        // At most GRANT_CAPACITY (see `insert`): fits a u16.
+        blob.extend_from_slice(&(self.paired.len() as u16).to_be_bytes());
+        for p in &self.paired {
+            blob.extend_from_slice(&p.frame);
+        }
         for key in &keys {
             let z = self
                 .set
@@ -309,38 +439,79 @@ fn snapshot_version(bytes: &[u8]) -> u64 {
         .map_or(0, u64::from_be_bytes)
 }
 
+/// The number of grants in a snapshot's raw layout (0 for none).
+fn snapshot_grants(snapshot: &[u8]) -> usize {
+    snapshot
+        .len()
+        .saturating_sub(SNAPSHOT_HEADER_LEN + SIGNATURE_LEN)
+        / Grant::LEN
+}
+
 /// The distinct phone keys of a snapshot's grants, in the order they first appear (read from
 /// the raw layout; `apply` verifies it).
 fn distinct_keys(snapshot: &[u8]) -> Vec<PublicKeyBytes> {
     let grants = snapshot.get(SNAPSHOT_HEADER_LEN..).unwrap_or_default();
     let mut keys: Vec<PublicKeyBytes> = Vec::new();
-    for grant in grants.chunks_exact(Grant::LEN) {
-        let Some(key) = grant
-            .get(Grant::LEN - PUBLIC_KEY_LEN..)
-            .and_then(|k| PublicKeyBytes::try_from(k).ok())
-        else {
-            continue;
-        };
+    add_keys(
+        &mut keys,
+        grants.chunks_exact(Grant::LEN).filter_map(|grant| {
+            grant
+                .get(Grant::LEN - PUBLIC_KEY_LEN..)
+                .and_then(|k| PublicKeyBytes::try_from(k).ok())
+        }),
+    );
+    keys
+}
+
+/// Appends the keys not yet in `keys`, in order.
+fn add_keys(keys: &mut Vec<PublicKeyBytes>, more: impl Iterator<Item = PublicKeyBytes>) {
+    for key in more {
         if !keys.contains(&key) {
             keys.push(key);
         }
     }
-    keys
 }
 
-/// Splits a blob: pulse, snapshot, cached secrets, whether the digest holds.
-fn parse_blob(blob: &[u8]) -> Option<(u32, &[u8], &[u8], bool)> {
+/// A blob's parts.
+struct Parsed<'a> {
+    pulse_ms: u32,
+    snapshot: &'a [u8],
+    /// The pairing responses, `RESPONSE_LEN` bytes each.
+    paired: &'a [u8],
+    zs: &'a [u8],
+    digest_ok: bool,
+}
+
+/// Splits a blob of either format; `None` if its layout does not hold.
+fn parse_blob(blob: &[u8]) -> Option<Parsed<'_>> {
     let (&format, rest) = blob.split_first()?;
-    if format != BLOB_FORMAT || blob.len() < BLOB_HEAD + DIGEST_LEN {
+    if !(format == BLOB_FORMAT || format == BLOB_FORMAT_1) || blob.len() < BLOB_HEAD + DIGEST_LEN {
         return None;
     }
     let pulse_ms = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?);
     let n = u32::from_be_bytes(rest.get(4..8)?.try_into().ok()?) as usize;
     let body_end = blob.len() - DIGEST_LEN;
-    let snapshot = blob.get(BLOB_HEAD..BLOB_HEAD.checked_add(n)?)?;
-    let zs = blob.get(BLOB_HEAD + n..body_end)?;
+    let snapshot_end = BLOB_HEAD.checked_add(n)?;
+    let snapshot = blob.get(BLOB_HEAD..snapshot_end)?;
+    let (paired, zs_start) = if format == BLOB_FORMAT {
+        let m = usize::from(u16::from_be_bytes(
+            blob.get(snapshot_end..snapshot_end + 2)?.try_into().ok()?,
+        ));
+        let start = snapshot_end + 2;
+        let end = start.checked_add(m.checked_mul(RESPONSE_LEN)?)?;
+        (blob.get(start..end)?, end)
+    } else {
+        (&[][..], snapshot_end)
+    };
+    let zs = blob.get(zs_start..body_end)?;
     let digest_ok = Sha256::digest(blob.get(..body_end)?).as_slice() == blob.get(body_end..)?;
-    Some((pulse_ms, snapshot, zs, digest_ok))
+    Some(Parsed {
+        pulse_ms,
+        snapshot,
+        paired,
+        zs,
+        digest_ok,
+    })
 }
 
 #[cfg(test)]

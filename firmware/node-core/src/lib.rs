@@ -11,6 +11,8 @@
 //! - [`relay`]: the relay pulse with its deadline;
 //! - [`grants`], [`door`] and [`ring`]: the offline door (protocol v2, NODES.md §8): the
 //!   verified grant set kept in flash, the BLE door service, the decision ring and its upload;
+//! - [`pairing`]: a vehicle's pairing service (issue 12): its signed challenge, and the
+//!   gateway's pairing response that adds a vehicle key offline;
 //! - [`storage`]: credentials, grants and the decision ring on NOR flash through
 //!   sequential-storage;
 //! - [`identity`] and [`setup_code`]: the node's P-256 key pair and the label's setup code.
@@ -32,6 +34,7 @@ pub mod door;
 pub mod grants;
 pub mod identity;
 pub mod lifecycle;
+pub mod pairing;
 pub mod provision;
 pub mod register;
 pub mod relay;

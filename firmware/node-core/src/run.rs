@@ -38,10 +38,12 @@ use crate::board::{
     ApListener, Board, Clock, ConnectError, DoorRadio, HttpClient, Relay, Rng, Wifi, WifiError,
     WsConn, WsConnector, WsMessage,
 };
+use crate::board::{ConnId, DoorEvent};
 use crate::door::{Door, DoorAction};
 use crate::grants::{self, GrantStore};
 use crate::identity::Identity;
 use crate::lifecycle::{Event, Failure, Lifecycle, State};
+use crate::pairing::Pairing;
 use crate::register::{self, Step};
 use crate::relay::{RelayEffect, RelayEvent, RelayTimer};
 use crate::ring::DecisionRing;
@@ -190,7 +192,7 @@ where
             controller(&ctx, config, &mut parts),
             join(serve_ap(&ctx, &ap, 0), serve_ap(&ctx, &ap, 1)),
             drive_relay(&ctx),
-            serve_door(&ctx, &mut radio, &store, &rng),
+            serve_door(&ctx, config.kind, &mut radio, &store, &rng),
         ),
     )
     .await;
@@ -814,13 +816,16 @@ async fn session<C: Clock, R: Relay, S: GrantBlobStore + DecisionStore>(
     }
 }
 
-/// Applies a `grants` frame, persists what was applied, and returns the `grants_ack`.
+/// Applies a `grants` frame, persists what was applied, and returns the `grants_ack`. The
+/// store is held from the change to its write, as for a vehicle's pairing, so that the blob
+/// written last is the set held last.
 async fn apply_grants<C: Clock, R: Relay, S: GrantBlobStore>(
     ctx: &Ctx<'_, C, R>,
     store: &Mutex<NoopRawMutex, S>,
     snapshot: &str,
     pulse_ms: Option<u64>,
 ) -> String {
+    let mut store = store.lock().await;
     let outcome = {
         let mut door = ctx.door.borrow_mut();
         let door = &mut *door;
@@ -837,16 +842,16 @@ async fn apply_grants<C: Clock, R: Relay, S: GrantBlobStore>(
         door.wall.raise_floor(issued, ctx.clock.now());
         outcome
     };
-    let mut store = store.lock().await;
     grants::store_outcome(&outcome, &mut *store).await;
     drop(store);
     outcome.ack()
 }
 
-/// The door: waits for the grant store (a registered node), starts the radio, then serves its
-/// events for ever, online or not.
+/// The door: waits for the grant store (a registered node), starts the radio (with the
+/// pairing service on a vehicle), then serves its events for ever, online or not.
 async fn serve_door<C, R, S, D, G>(
     ctx: &Ctx<'_, C, R>,
+    kind: Kind,
     radio: &mut D,
     store: &Mutex<NoopRawMutex, S>,
     rng: &RefCell<G>,
@@ -854,17 +859,18 @@ async fn serve_door<C, R, S, D, G>(
 where
     C: Clock,
     R: Relay,
-    S: DecisionStore,
+    S: DecisionStore + GrantBlobStore,
     D: DoorRadio,
     G: Rng,
 {
+    let vehicle = kind == Kind::Vehicle;
     loop {
         let tag = ctx.door.borrow().grants.as_ref().map(GrantStore::door_tag);
         let Some(tag) = tag else {
             ctx.door_ready.wait().await;
             continue;
         };
-        match radio.start(tag).await {
+        match radio.start(tag, vehicle).await {
             Ok(()) => break,
             Err(_) => {
                 log::error!("door: the radio does not start; retrying");
@@ -872,11 +878,46 @@ where
             }
         }
     }
-    log::info!("door: BLE door service v2 up");
+    if vehicle {
+        log::info!("door: BLE door service v2 and vehicle pairing service up");
+    } else {
+        log::info!("door: BLE door service v2 up");
+    }
     let mut door = Door::default();
+    let mut pairing = Pairing::default();
     loop {
         let event = radio.next().await;
         let now = ctx.clock.now();
+        match event {
+            DoorEvent::PairingChallenge { conn } if vehicle => {
+                let frame = {
+                    let shared = ctx.door.borrow();
+                    let Some(grants) = shared.grants.as_ref() else {
+                        continue;
+                    };
+                    let wall = shared.wall.now(now);
+                    pairing.challenge(
+                        conn,
+                        grants,
+                        &shared.door_key,
+                        now,
+                        wall,
+                        &mut *rng.borrow_mut(),
+                    )
+                };
+                radio.reply_read(conn, &frame).await;
+                continue;
+            }
+            DoorEvent::PairingResponse { conn, value } if vehicle => {
+                let ok = pair(ctx, &mut pairing, conn, &value, store).await;
+                radio.reply_write(conn, ok).await;
+                continue;
+            }
+            // A door's radio serves no pairing service (the board's own timeout answers).
+            DoorEvent::PairingChallenge { .. } | DoorEvent::PairingResponse { .. } => continue,
+            DoorEvent::Disconnected { conn } => pairing.disconnected(conn),
+            DoorEvent::ReadChallenge { .. } | DoorEvent::Request { .. } => {}
+        }
         let actions = {
             let shared = ctx.door.borrow();
             let Some(grants) = shared.grants.as_ref() else {
@@ -911,6 +952,52 @@ where
                     ctx.decided.signal(());
                 }
             }
+        }
+    }
+}
+
+/// A vehicle's pairing response on `conn`: verified, added, persisted; `true` when the key is
+/// kept (the write's answer). The store is held from the change to its write (see
+/// [`apply_grants`]).
+async fn pair<C, R, S>(
+    ctx: &Ctx<'_, C, R>,
+    pairing: &mut Pairing,
+    conn: ConnId,
+    frame: &[u8],
+    store: &Mutex<NoopRawMutex, S>,
+) -> bool
+where
+    C: Clock,
+    R: Relay,
+    S: GrantBlobStore,
+{
+    let mut store = store.lock().await;
+    let outcome = {
+        let mut shared = ctx.door.borrow_mut();
+        let outcome = pairing.respond(conn, frame, shared.grants.as_mut(), ctx.clock.now());
+        outcome.map(|accepted| {
+            let blob = shared.grants.as_ref().map(GrantStore::blob);
+            (accepted, blob)
+        })
+    };
+    match outcome {
+        Ok((accepted, Some(blob))) => {
+            let key = latchkey_proto::UuidText(u128::from_be_bytes(accepted.key_id));
+            if let Err(e) = store.save_grant_blob(&blob).await {
+                // Held until the next restart; the gateway's next snapshot carries it anyway.
+                log::error!("pairing: vehicle key {key} accepted but not stored: {e}");
+                return false;
+            }
+            log::info!(
+                "pairing: vehicle key {key} accepted ({} grants)",
+                accepted.applied.grants
+            );
+            true
+        }
+        Ok((_, None)) => false,
+        Err(why) => {
+            log::warn!("pairing: response refused: {why}");
+            false
         }
     }
 }

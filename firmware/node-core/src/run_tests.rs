@@ -126,8 +126,10 @@ impl ApListener for Ap {
 /// What the door's radio said back: a challenge read's answer or a notification.
 #[derive(Debug)]
 enum Air {
-    Started([u8; 5]),
+    /// The door tag, and whether the pairing service is served.
+    Started([u8; 5], bool),
     Read(ConnId, Vec<u8>),
+    Written(ConnId, bool),
     Notified(ConnId, Vec<u8>),
 }
 
@@ -137,9 +139,9 @@ struct TestRadio {
 }
 
 impl DoorRadio for TestRadio {
-    async fn start(&mut self, door_tag: [u8; 5]) -> Result<(), HardwareError> {
+    async fn start(&mut self, door_tag: [u8; 5], pairing: bool) -> Result<(), HardwareError> {
         self.air
-            .send(Air::Started(door_tag))
+            .send(Air::Started(door_tag, pairing))
             .map_err(|_| HardwareError)
     }
     async fn next(&mut self) -> DoorEvent {
@@ -153,6 +155,9 @@ impl DoorRadio for TestRadio {
     }
     async fn notify(&mut self, conn: ConnId, value: &[u8]) {
         let _ = self.air.send(Air::Notified(conn, value.to_vec()));
+    }
+    async fn reply_write(&mut self, conn: ConnId, ok: bool) {
+        let _ = self.air.send(Air::Written(conn, ok));
     }
 }
 
@@ -197,12 +202,23 @@ async fn open_door(
     phone: &Phone,
     conn: ConnId,
 ) -> (Vec<u8>, latchkey_proto::v2::VerifiedResult) {
+    open_door_at(radio, air, phone, conn, "front-door").await
+}
+
+/// [`open_door`] for `endpoint`.
+async fn open_door_at(
+    radio: &mpsc::UnboundedSender<DoorEvent>,
+    air: &mut mpsc::UnboundedReceiver<Air>,
+    phone: &Phone,
+    conn: ConnId,
+    endpoint: &str,
+) -> (Vec<u8>, latchkey_proto::v2::VerifiedResult) {
     radio.send(DoorEvent::ReadChallenge { conn }).unwrap();
     let Air::Read(c, challenge) = next(air).await else {
         panic!("no challenge")
     };
     assert_eq!(c, conn);
-    let (request, keys, nonce) = phone.request(&challenge, "front-door");
+    let (request, keys, nonce) = phone.request(&challenge, endpoint);
     radio
         .send(DoorEvent::Request {
             conn,
@@ -220,9 +236,32 @@ async fn open_door(
     (challenge, verified)
 }
 
-#[tokio::test]
-async fn the_door_opens_with_the_gateway_down_and_the_decision_is_uploaded_once_it_returns() {
-    // A registered node, as its flash holds it after registration.
+type TestBoard = Board<
+    FlashStore<RamFlash>,
+    PinLog,
+    TokioClock,
+    HomeWifi,
+    NoHttp,
+    ScriptedGateway,
+    Ap,
+    Counter,
+    TestRadio,
+>;
+
+/// The test's ends of a node's board.
+struct Bench {
+    up: watch::Sender<bool>,
+    sessions: mpsc::UnboundedReceiver<(
+        mpsc::UnboundedSender<WsMessage>,
+        mpsc::UnboundedReceiver<String>,
+    )>,
+    radio: mpsc::UnboundedSender<DoorEvent>,
+    air: mpsc::UnboundedReceiver<Air>,
+    pin: PinLog,
+}
+
+/// A registered node of `kind`, as its flash holds it after registration, with the gateway down.
+async fn registered(kind: Kind) -> (TestBoard, Config, Bench) {
     let mut store = FlashStore::new(
         RamFlash::new(40),
         0..(32 * PAGE as u32),
@@ -235,9 +274,9 @@ async fn the_door_opens_with_the_gateway_down_and_the_decision_is_uploaded_once_
     store.save_credentials(&creds).await.unwrap();
 
     let (up_tx, up) = watch::channel(false);
-    let (sessions_tx, mut sessions) = mpsc::unbounded_channel();
+    let (sessions_tx, sessions) = mpsc::unbounded_channel();
     let (radio_tx, events) = mpsc::unbounded_channel();
-    let (air_tx, mut air) = mpsc::unbounded_channel();
+    let (air_tx, air) = mpsc::unbounded_channel();
     let pin = PinLog::default();
     let board = Board {
         store,
@@ -257,19 +296,40 @@ async fn the_door_opens_with_the_gateway_down_and_the_decision_is_uploaded_once_
         },
     };
     let config = Config {
-        kind: Kind::Door,
+        kind,
         setup_ssid: String::from("latchkey-setup-test"),
         setup_code: Zeroizing::new(String::from("code")),
         factory_reset: false,
     };
+    let bench = Bench {
+        up: up_tx,
+        sessions,
+        radio: radio_tx,
+        air,
+        pin,
+    };
+    (board, config, bench)
+}
+
+#[tokio::test]
+async fn the_door_opens_with_the_gateway_down_and_the_decision_is_uploaded_once_it_returns() {
+    let (board, config, bench) = registered(Kind::Door).await;
+    let Bench {
+        up: up_tx,
+        mut sessions,
+        radio: radio_tx,
+        mut air,
+        pin,
+    } = bench;
     let phone = Phone::new(0x11);
 
     let script = async {
         // Registered: the door advertises at once, with no gateway.
-        let Air::Started(tag) = next(&mut air).await else {
+        let Air::Started(tag, pairing) = next(&mut air).await else {
             panic!("radio not started")
         };
         assert_eq!(tag, latchkey_proto::v2::door_tag(&DOOR_ID));
+        assert!(!pairing, "a door serves no pairing service");
         // No grants yet, no time: the phone is unknown here (a plain answer).
         let (challenge, r) = open_door(&radio_tx, &mut air, &phone, 1).await;
         assert_eq!(&challenge[34..42], &[0u8; 8], "door_time unknown");
@@ -332,6 +392,64 @@ async fn the_door_opens_with_the_gateway_down_and_the_decision_is_uploaded_once_
         assert_eq!(d["entries"][0]["seq"], 2);
         assert_eq!(d["entries"][0]["offline"], false);
         assert_eq!(d["unrecognised"], 0, "the count was cleared by the ack");
+    };
+    tokio::select! {
+        r = run(board, &config, core::future::pending()) => panic!("run ended: {r:?}"),
+        () = script => {}
+    }
+}
+
+#[tokio::test]
+async fn a_vehicle_takes_a_pairing_response_offline_then_opens_for_the_new_key() {
+    use latchkey_proto::v2::pairing::{PairingChallenge, PairingResponse, ENDPOINT};
+    let (board, config, mut b) = registered(Kind::Vehicle).await;
+    let phone = Phone::new(0x11);
+    let script = async {
+        let Air::Started(_, pairing) = next(&mut b.air).await else {
+            panic!("radio not started")
+        };
+        assert!(pairing, "a vehicle serves the pairing service");
+        // No gateway has ever said the time: the challenge's timestamp is 0.
+        b.radio
+            .send(DoorEvent::PairingChallenge { conn: 4 })
+            .unwrap();
+        let Air::Read(4, challenge) = next(&mut b.air).await else {
+            panic!("no pairing challenge")
+        };
+        let c = PairingChallenge::verify(&challenge, &door_public()).unwrap();
+        assert_eq!((c.vehicle_id, c.timestamp), (DOOR_ID, 0));
+        let response = PairingResponse {
+            nonce: c.nonce,
+            key_id: phone.tool,
+            not_before: NOW - 600,
+            expires: NOW + 86_400,
+            epoch: 0,
+            phone_key: phone.public(),
+        }
+        .sign(&DOOR_ID, &gateway());
+        for (conn, ok) in [(5, false), (4, true), (4, false)] {
+            b.radio
+                .send(DoorEvent::PairingResponse {
+                    conn,
+                    value: response.to_vec(),
+                })
+                .unwrap();
+            let Air::Written(c, written) = next(&mut b.air).await else {
+                panic!("no write answer")
+            };
+            assert_eq!((c, written), (conn, ok), "conn {conn}");
+        }
+        // The key is held: the phone is known (sealed answer) though the time is not.
+        let (_, r) = open_door_at(&b.radio, &mut b.air, &phone, 6, ENDPOINT).await;
+        assert_eq!((r.status, r.authenticated), (Status::ClockUnknown, true));
+        // The gateway says the time: the vehicle opens.
+        b.up.send(true).unwrap();
+        let (to_node, from_node) = next(&mut b.sessions).await;
+        let mut s = Sess { to_node, from_node };
+        s.hello().await;
+        let (_, r) = open_door_at(&b.radio, &mut b.air, &phone, 7, ENDPOINT).await;
+        assert_eq!((r.status, r.authenticated), (Status::Granted, true));
+        assert_eq!(b.pin.0.borrow().last(), Some(&true), "the relay pulses");
     };
     tokio::select! {
         r = run(board, &config, core::future::pending()) => panic!("run ended: {r:?}"),

@@ -28,6 +28,13 @@ pub const OTHER_DOOR: DoorId = [0x77; 16];
 pub const NOW: u64 = vectors::DOOR_TIME;
 /// Grants made by [`grant`] run from `NOW - 600` to `NOW + 7 days`.
 pub const EXPIRES: u64 = NOW + 7 * 86_400;
+/// [`NOW`] as the node's wall clock says it.
+pub const WALL: Option<crate::time::UnixTime> = Some(NOW as i64);
+
+/// Monotonic `ms` since boot.
+pub fn at(ms: u64) -> crate::time::Instant {
+    crate::time::Instant::from_millis(ms)
+}
 
 pub fn gateway() -> SigningKey {
     SigningKey::from_bytes(&vectors::GATEWAY_SEED)
@@ -151,11 +158,23 @@ impl Rng for Counter {
 }
 
 /// One unlock attempt as a phone makes it: read a challenge on connection 1, write the request
-/// for `endpoint`, open the result. Returns it with the pulse the door asked for, if any.
+/// for `front-door`, open the result. Returns it with the pulse the door asked for, if any.
 pub fn attempt(
     door: &mut crate::door::Door,
     grants: &GrantStore,
     phone: &Phone,
+    now: crate::time::Instant,
+    wall: Option<crate::time::UnixTime>,
+) -> (VerifiedResult, Option<u32>) {
+    attempt_at(door, grants, phone, "front-door", now, wall)
+}
+
+/// [`attempt`] for `endpoint`.
+pub fn attempt_at(
+    door: &mut crate::door::Door,
+    grants: &GrantStore,
+    phone: &Phone,
+    endpoint: &str,
     now: crate::time::Instant,
     wall: Option<crate::time::UnixTime>,
 ) -> (VerifiedResult, Option<u32>) {
@@ -173,7 +192,7 @@ pub fn attempt(
     let [DoorAction::Reply { value, .. }] = &read[..] else {
         panic!("{read:?}")
     };
-    let (request, keys, nonce) = phone.request(value, "front-door");
+    let (request, keys, nonce) = phone.request(value, endpoint);
     let mut pulse = None;
     let event = DoorEvent::Request {
         conn: 1,

@@ -537,3 +537,79 @@ fn the_gateway_cannot_sign_a_snapshot_nodes_would_refuse() {
         "GrantSet { version: 0, epoch: 0, issued_at: 0, grants: 0, .. }"
     );
 }
+
+#[test]
+fn an_inserted_grant_opens_until_the_next_snapshot_and_a_bad_one_changes_nothing() {
+    let mut door = Door::new(2);
+    // A challenge issued before the insert: its hints are recomputed for the new grant.
+    let (issued, frame) = door.challenge(3, 0);
+    let vehicle = grant(7, DOOR_ID, "vehicle", 1);
+    let before = door.set.clone();
+    for (bad, why) in [
+        (grant(7, [0xee; 16], "vehicle", 1), Error::WrongNode),
+        (
+            grant(7, DOOR_ID, "vehicle", 0),
+            Error::StaleEpoch {
+                stored: 1,
+                received: 0,
+            },
+        ),
+        (
+            latchkey_proto::v2::Grant {
+                expires: vehicle.not_before,
+                ..vehicle
+            },
+            Error::EmptyValidity,
+        ),
+        (
+            latchkey_proto::v2::Grant {
+                phone_key: [4; 65],
+                ..vehicle
+            },
+            Error::BadPublicKey,
+        ),
+    ] {
+        assert_eq!(door.set.insert(bad, &door_key()), Err(why));
+        assert_eq!(door.set.len(), before.len());
+    }
+    let applied = door.set.insert(vehicle, &door_key()).unwrap();
+    assert_eq!((applied.grants, applied.new_keys), (3, 1));
+    assert_eq!((door.set.version(), door.set.epoch()), (1, 1));
+    let (request, _, _) = phone_request(7, &door_key(), &frame, tool(7), "vehicle");
+    assert_eq!(
+        decide(&door.set, Some(&issued), &request, 0, Some(NOW)).status,
+        Status::Granted
+    );
+    // The same (tool, endpoint) again replaces it; the phone's secret is kept.
+    let longer = latchkey_proto::v2::Grant {
+        expires: NOW + 30 * DAY,
+        ..vehicle
+    };
+    let applied = door.set.insert(longer, &door_key()).unwrap();
+    assert_eq!((applied.grants, applied.new_keys), (3, 0));
+    // A newer snapshot without it replaces the whole set.
+    let snapshot = door.gateway.snapshot(DOOR_ID, 1, &grants(2, 1));
+    door.set
+        .apply(&snapshot, &door.gateway.public(), &door_key())
+        .unwrap();
+    let (issued, frame) = door.challenge(4, 0);
+    let (request, _, _) = phone_request(7, &door_key(), &frame, tool(7), "vehicle");
+    assert_eq!(
+        decide(&door.set, Some(&issued), &request, 0, Some(NOW)).status,
+        Status::UnknownTool
+    );
+}
+
+#[test]
+fn a_full_set_takes_no_inserted_grant() {
+    let mut door = Door::new(GRANT_CAPACITY as u32);
+    let extra = grant(GRANT_CAPACITY as u32, DOOR_ID, "vehicle", 1);
+    assert_eq!(
+        door.set.insert(extra, &door_key()),
+        Err(Error::TooManyGrants(GRANT_CAPACITY + 1))
+    );
+    // Replacing a held grant is still possible.
+    let held = grant(0, DOOR_ID, "front-door", 1);
+    assert!(door.set.insert(held, &door_key()).is_ok());
+    assert_eq!(door.set.len(), GRANT_CAPACITY);
+}

@@ -1,5 +1,6 @@
-//! Plays the node core against a [`BluezRadio`]: challenge reads get [`CHALLENGE`], requests are
-//! echoed as the Result notification, and every event is handed to the test in order.
+//! Plays the node core against a [`BluezRadio`]: challenge reads (door or pairing) get
+//! [`CHALLENGE`], requests are echoed as the Result notification, pairing responses are
+//! accepted when their first byte is 1, and every event is handed to the test in order.
 #![allow(dead_code)]
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -48,6 +49,11 @@ pub fn serve(mut radio: BluezRadio) -> Door {
             match &ev {
                 DoorEvent::ReadChallenge { conn } => radio.reply_read(*conn, &CHALLENGE).await,
                 DoorEvent::Request { conn, value } => radio.notify(*conn, value).await,
+                DoorEvent::PairingChallenge { conn } => radio.reply_read(*conn, &CHALLENGE).await,
+                // A response starting with 1 is accepted, anything else refused.
+                DoorEvent::PairingResponse { conn, value } => {
+                    radio.reply_write(*conn, value.first() == Some(&1)).await
+                }
                 DoorEvent::Disconnected { .. } => {}
             }
             if tx.send(ev).is_err() {

@@ -130,29 +130,8 @@ impl GrantSet {
         let mut entries: Vec<Entry> = Vec::with_capacity(verified.len());
         let mut new_keys = 0;
         for grant in verified.grants() {
-            let known = entries
-                .iter()
-                .chain(self.entries.iter())
-                .find(|e| e.grant.phone_key == grant.phone_key)
-                .map(|e| e.secret.clone());
-            let secret = match (known, cached(&grant.phone_key)) {
-                (Some(s), _) => s,
-                (None, Some(mut z)) => {
-                    let s = PeerSecret::from_shared(&z, &self.door_id);
-                    z.zeroize();
-                    s
-                }
-                (None, None) => {
-                    new_keys += 1;
-                    PeerSecret::derive(door_key, &grant.phone_key, &self.door_id)?
-                }
-            };
-            let hint = secret.hint_mac();
-            entries.push(Entry {
-                grant,
-                secret,
-                hint,
-            });
+            let entry = self.entry(&entries, grant, door_key, &cached, &mut new_keys)?;
+            entries.push(entry);
         }
         self.entries = entries;
         self.version = header.version;
@@ -162,6 +141,97 @@ impl GrantSet {
         Ok(Applied {
             grants: self.entries.len(),
             new_keys,
+        })
+    }
+
+    /// Adds one grant the node verified on its own (a vehicle's pairing response, issue 12),
+    /// keeping the snapshot's version and epoch: a grant for this door, with an epoch not below
+    /// the set's, a valid phone key and validity. A grant with the same (tool, endpoint)
+    /// replaces the one held; otherwise the set grows, up to [`super::GRANT_CAPACITY`].
+    /// Computes the phone's ECDH secret unless the set or `cached` has it. On any error the
+    /// set is unchanged. The next applied snapshot replaces the whole set, this grant included.
+    ///
+    /// # Errors
+    /// [`Error::WrongNode`], [`Error::StaleEpoch`], [`Error::EmptyValidity`],
+    /// [`Error::BadPublicKey`], [`Error::TooManyGrants`].
+    pub fn insert_with(
+        &mut self,
+        grant: Grant,
+        door_key: &p256::SecretKey,
+        cached: impl Fn(&PublicKeyBytes) -> Option<[u8; 32]>,
+    ) -> Result<Applied, Error> {
+        if grant.node_id != self.door_id {
+            return Err(Error::WrongNode);
+        }
+        if grant.epoch < self.epoch {
+            return Err(Error::StaleEpoch {
+                stored: self.epoch,
+                received: grant.epoch,
+            });
+        }
+        // What a snapshot's grant must pass: canonical endpoint, validity, a point on P-256.
+        Grant::decode(&grant.to_bytes())?;
+        let at = self
+            .entries
+            .iter()
+            .position(|e| e.grant.tool_id == grant.tool_id && e.grant.endpoint == grant.endpoint);
+        if at.is_none() && self.entries.len() >= super::GRANT_CAPACITY {
+            return Err(Error::TooManyGrants(self.entries.len() + 1));
+        }
+        let mut new_keys = 0;
+        let entry = self.entry(&[], grant, door_key, &cached, &mut new_keys)?;
+        match at.and_then(|i| self.entries.get_mut(i)) {
+            Some(held) => *held = entry,
+            None => self.entries.push(entry),
+        }
+        // Challenges issued before recompute their hints (see `decide`).
+        self.generation = self.generation.wrapping_add(1);
+        Ok(Applied {
+            grants: self.entries.len(),
+            new_keys,
+        })
+    }
+
+    /// [`GrantSet::insert_with`] without a cache.
+    ///
+    /// # Errors
+    /// As [`GrantSet::insert_with`].
+    pub fn insert(&mut self, grant: Grant, door_key: &p256::SecretKey) -> Result<Applied, Error> {
+        self.insert_with(grant, door_key, |_| None)
+    }
+
+    /// The entry of `grant`, its secret taken from `fresh` (entries being built), the set, or
+    /// `cached`, else computed (counted in `new_keys`).
+    fn entry(
+        &self,
+        fresh: &[Entry],
+        grant: Grant,
+        door_key: &p256::SecretKey,
+        cached: &impl Fn(&PublicKeyBytes) -> Option<[u8; 32]>,
+        new_keys: &mut usize,
+    ) -> Result<Entry, Error> {
+        let known = fresh
+            .iter()
+            .chain(self.entries.iter())
+            .find(|e| e.grant.phone_key == grant.phone_key)
+            .map(|e| e.secret.clone());
+        let secret = match (known, cached(&grant.phone_key)) {
+            (Some(s), _) => s,
+            (None, Some(mut z)) => {
+                let s = PeerSecret::from_shared(&z, &self.door_id);
+                z.zeroize();
+                s
+            }
+            (None, None) => {
+                *new_keys += 1;
+                PeerSecret::derive(door_key, &grant.phone_key, &self.door_id)?
+            }
+        };
+        let hint = secret.hint_mac();
+        Ok(Entry {
+            grant,
+            secret,
+            hint,
         })
     }
 
