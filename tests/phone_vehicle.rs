@@ -5,7 +5,7 @@
 //! deciding with `latchkey_proto::v2::pairing`) and a fake gateway serving spec §2's pairing
 //! sessions, which never pushes to the vehicle: what the vehicle knows, it learnt over BLE.
 //! And once against the real daemon, the test vehicle registered there as a node of kind
-//! `vehicle` and learning its grants from the snapshots of its node session.
+//! `vehicle`, with its node session's snapshots.
 
 mod common;
 #[path = "support/node.rs"]
@@ -24,7 +24,7 @@ use latchkey_proto::v2::{pairing, Status};
 use serde_json::Value;
 
 use phone::Out;
-use v2door::{Behaviour, FakeGateway, GwMode, SessionState, TestDoor};
+use v2door::{Behaviour, FakeGateway, GwMode, Kind, SessionState, TestDoor};
 
 const MONTH: u64 = 30 * 86_400;
 
@@ -46,7 +46,7 @@ impl Garage {
         radio.set_area(area);
         radio.set_powered(true);
         let signing = v2door::signing_key();
-        let vehicle = TestDoor::vehicle(area, &signing).await;
+        let vehicle = TestDoor::start(Kind::Vehicle, area, signing.verifying_key()).await;
         let gw = FakeGateway::with_vehicle(signing, vehicle.core.clone(), MONTH).await;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("phone.json");
@@ -421,6 +421,8 @@ async fn pairs_through_the_real_gateway_and_opens_the_vehicle_with_it_stopped() 
         1,
         "the vehicle accepted the gateway's response"
     );
+    let key_bytes = uuid::Uuid::parse_str(&key_id).unwrap().into_bytes();
+    assert_eq!(vehicle.core.grant_tools(), [key_bytes], "held from BLE");
     let keys = stored_keys(&path);
     assert_eq!(keys.len(), 1);
     assert_eq!(keys[0].key_id, key_id);
@@ -429,9 +431,8 @@ async fn pairs_through_the_real_gateway_and_opens_the_vehicle_with_it_stopped() 
     assert_eq!(keys[0].device_id, creds.device_id);
     phone::assert_no_secrets(&creds, &out.all());
 
-    // The online vehicle's next snapshot carries the key; then the gateway goes away.
+    // The online vehicle's next snapshot carries the key too; then the gateway goes away.
     apply_next(&mut ws, &vehicle).await;
-    let key_bytes = uuid::Uuid::parse_str(&key_id).unwrap().into_bytes();
     assert_eq!(vehicle.core.grant_tools(), [key_bytes]);
     drop(ws);
     let _data = gw.stop().await;

@@ -107,24 +107,12 @@ pub struct DoorCore {
     pairing_nonces: Mutex<HashMap<String, (latchkey_proto::Nonce, Instant)>>,
     /// Pairing responses accepted.
     pub pairings: AtomicU32,
-    /// The gateway's signing key, for a vehicle only: the proto's `GrantSet` takes grants only
-    /// as a signed snapshot, so the test vehicle re-signs its set with the accepted grant
-    /// added — after verifying the response under the gateway's public key as a vehicle does.
-    resign: Option<ed25519_dalek::SigningKey>,
 }
 
 impl DoorCore {
     fn new(kind: Kind, gateway_key: ed25519_dalek::VerifyingKey) -> Arc<DoorCore> {
-        Self::with_resign(kind, gateway_key, None)
-    }
-
-    fn with_resign(
-        kind: Kind,
-        gateway_key: ed25519_dalek::VerifyingKey,
-        resign: Option<ed25519_dalek::SigningKey>,
-    ) -> Arc<DoorCore> {
         let id: v2::DoorId = random32()[..16].try_into().expect("16 bytes");
-        Self::identified(kind, id, random_key(), gateway_key, resign)
+        Self::identified(kind, id, random_key(), gateway_key)
     }
 
     fn identified(
@@ -132,7 +120,6 @@ impl DoorCore {
         id: v2::DoorId,
         key: p256::SecretKey,
         gateway_key: ed25519_dalek::VerifyingKey,
-        resign: Option<ed25519_dalek::SigningKey>,
     ) -> Arc<DoorCore> {
         let name = match kind {
             Kind::Node | Kind::Vehicle => uuid::Uuid::from_bytes(id).to_string(),
@@ -154,7 +141,6 @@ impl DoorCore {
             challenges_read: AtomicU32::new(0),
             pairing_nonces: Mutex::new(HashMap::new()),
             pairings: AtomicU32::new(0),
-            resign,
         })
     }
 
@@ -207,33 +193,8 @@ impl DoorCore {
             return Err("stale epoch".into());
         }
         let grant = response.grant(&self.id).map_err(|e| e.to_string())?;
-        let mut grants: Vec<v2::Grant> = set
-            .grants()
-            .filter(|g| g.tool_id != grant.tool_id)
-            .map(|g| v2::Grant {
-                epoch: response.epoch,
-                ..*g
-            })
-            .collect();
-        grants.push(grant);
-        let header = v2::SnapshotHeader {
-            node_id: self.id,
-            version: set.version() + 1,
-            epoch: response.epoch,
-            issued_at: unix_now(),
-        };
-        let Some(signing) = self.resign.as_ref() else {
-            // A vehicle online at a real gateway: the snapshot the test applies carries the key.
-            drop(set);
-            self.pairing_nonces.lock().unwrap().remove(peer);
-            self.pairings.fetch_add(1, Ordering::SeqCst);
-            return Ok(());
-        };
-        let mut buf = vec![0u8; v2::snapshot_len(grants.len())];
-        let n =
-            v2::encode_snapshot(&header, &grants, signing, &mut buf).map_err(|e| e.to_string())?;
-        set.apply(&buf[..n], &self.gateway_key, &self.key)
-            .map_err(|e| e.to_string())?;
+        set.insert(grant, &self.key).map_err(|e| e.to_string())?;
+        drop(set);
         self.pairing_nonces.lock().unwrap().remove(peer);
         self.pairings.fetch_add(1, Ordering::SeqCst);
         Ok(())
@@ -479,18 +440,8 @@ impl TestDoor {
         Self::serve(DoorCore::new(kind, gateway_key), area).await
     }
 
-    /// A test vehicle trusting the gateway key `signing` (see [`DoorCore`]'s `resign`).
-    pub async fn vehicle(area: &str, signing: &ed25519_dalek::SigningKey) -> TestDoor {
-        let core = DoorCore::with_resign(
-            Kind::Vehicle,
-            signing.verifying_key(),
-            Some(signing.clone()),
-        );
-        Self::serve(core, area).await
-    }
-
     /// A vehicle registered at a real gateway with node id `id` and key `key`, trusting
-    /// `gateway_key`: it holds what the snapshots the test applies say ([`DoorCore::apply`]).
+    /// `gateway_key` (the snapshots of its node session are the test's to apply).
     pub async fn registered_vehicle(
         area: &str,
         id: v2::DoorId,
@@ -498,7 +449,7 @@ impl TestDoor {
         gateway_key: ed25519_dalek::VerifyingKey,
     ) -> TestDoor {
         Self::serve(
-            DoorCore::identified(Kind::Vehicle, id, key, gateway_key, None),
+            DoorCore::identified(Kind::Vehicle, id, key, gateway_key),
             area,
         )
         .await
