@@ -27,6 +27,9 @@ use phone::Out;
 use v2door::{Behaviour, FakeGateway, GwMode, Kind, SessionState, TestDoor};
 
 const MONTH: u64 = 30 * 86_400;
+/// The ATT MTU the phone gets (Android's `requestMtu(247)`): the 183-byte pairing response
+/// needs 186 (one Write Request carries MTU − 3 bytes), above the stand-in's default 185.
+const PHONE_MTU: u16 = 247;
 
 /// A vehicle in `area`, a fake gateway for it, a phone adapter in range and the phone's
 /// credentials for that gateway (no key, no tool yet).
@@ -45,6 +48,7 @@ impl Garage {
         let radio = shared.new_adapter().await.unwrap();
         radio.set_area(area);
         radio.set_powered(true);
+        radio.set_att_mtu(PHONE_MTU);
         let signing = v2door::signing_key();
         let vehicle = TestDoor::start(Kind::Vehicle, area, signing.verifying_key()).await;
         let gw = FakeGateway::with_vehicle(signing, vehicle.core.clone(), MONTH).await;
@@ -267,8 +271,16 @@ async fn without_a_terminal_or_yes_key_issuance_is_declined() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refusals_by_the_gateway_or_the_vehicle_cancel_the_session() {
+async fn refusals_by_the_link_the_gateway_or_the_vehicle() {
     let g = Garage::start("veh-refused").await;
+
+    // A link whose MTU cannot carry the response in one write: refused before the gateway.
+    g.radio.set_att_mtu(185);
+    let json = g.fails(&["--yes"], "PROTOCOL", "connecting").await;
+    let message = json["error"]["message"].as_str().unwrap();
+    assert!(message.contains("ATT MTU is 185, below the 186"), "{json}");
+    assert!(g.gw.sessions().is_empty());
+    g.radio.set_att_mtu(PHONE_MTU);
 
     // The gateway answers 410: SERVER with its code, and the session is cancelled.
     g.gw.set_mode(GwMode::Expired);
@@ -351,6 +363,7 @@ async fn pairs_through_the_real_gateway_and_opens_the_vehicle_with_it_stopped() 
     let radio = shared.new_adapter().await.unwrap();
     radio.set_area(area);
     radio.set_powered(true);
+    radio.set_att_mtu(PHONE_MTU);
     let gw = common::Gateway::start_with(|c| {
         // An endpoint, so that the phone's tool names the gateway's door (and its key).
         c.endpoints = vec![latchkey::config::EndpointConfig {

@@ -28,10 +28,10 @@ use crate::unlock::{self, Heard, Stage, Timeouts, UnlockError};
 use crate::vehicle::{Pairing, VehicleKey};
 use crate::Credentials;
 
-/// The ATT MTU the phone needs for the 183-byte Pairing Response (spec §1: the 185 phones
-/// request). An ATT write request carries MTU − 3 = 182 bytes at 185, so BlueZ sends this one
-/// as a long write (prepare + execute), which the vehicle's GATT server receives as one value.
-pub const MIN_MTU: usize = 185;
+/// The ATT MTU the phone needs: the 183-byte Pairing Response in one ATT Write Request, which
+/// carries MTU − 3 bytes (NODES.md §9: vehicles refuse prepared writes). 185, what PROTOCOL.md
+/// §3 has phones request, is not enough: ask for more (Android: `requestMtu(247)`).
+pub const MIN_MTU: usize = pairing::RESPONSE_LEN + 3;
 /// What bluer subtracts from the ATT MTU it reports (`Characteristic::mtu`).
 const BLUER_MTU_MARGIN: usize = 5;
 /// How long cleanup (stopping the scan, disconnecting, cancelling the session) may take.

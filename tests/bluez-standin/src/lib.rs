@@ -459,26 +459,18 @@ impl Link {
         self.write_with(uuid, value, WriteOptions::default()).await
     }
 
-    /// A write with explicit options. A value longer than one ATT PDU (MTU − 3) is sent as
-    /// bluetoothd sends a long write request: Prepare Write requests of MTU − 5 bytes, then
-    /// Execute Write (each an ATT operation), the peer's GATT server handing its application
-    /// the reassembled value in one `WriteValue`. Any other write that long is refused here,
-    /// as the phone's stack could not send it.
+    /// A write with explicit options. A value longer than one ATT PDU (MTU − 3) is refused
+    /// here, as the phone's stack could not send it in one write.
     pub async fn write_with(&self, uuid: &str, value: &[u8], w: WriteOptions) -> Result<(), Error> {
         let c = self.characteristic(uuid)?;
-        let mut ops = 1;
         if value.len() > usize::from(self.mtu.saturating_sub(3)) {
-            let part = usize::from(self.mtu.saturating_sub(5));
-            if w.kind != "request" || w.offset != 0 || part == 0 {
-                return Err(Error::Failed(format!(
-                    "{} bytes do not fit one ATT write at MTU {}",
-                    value.len(),
-                    self.mtu
-                )));
-            }
-            ops = u32::try_from(value.len().div_ceil(part) + 1).unwrap_or(u32::MAX);
+            return Err(Error::Failed(format!(
+                "{} bytes do not fit one ATT write at MTU {}",
+                value.len(),
+                self.mtu
+            )));
         }
-        self.att_ops.fetch_add(ops, Ordering::Relaxed);
+        self.att_ops.fetch_add(1, Ordering::Relaxed);
         let mut opts = self.options(w.offset)?;
         opts.insert("type", Value::from(w.kind));
         if w.prepare_authorize {

@@ -26,10 +26,7 @@
 //! connections, answers to reads or its notifications. [`Adapter::radio`] reports what is
 //! open; [`Standin::serve_control`] exports the same controls as `org.latchkey.Sim1`.
 //!
-//! A write request longer than MTU − 3 is a long write (prepare, execute) delivered to the
-//! application as one value, as bluetoothd does ([`Link::write_with`]).
-//!
-//! Not simulated: descriptors (the CCCD is written by `StartNotify`), pairing, long reads,
+//! Not simulated: descriptors (the CCCD is written by `StartNotify`), pairing, long writes,
 //! signal strength changes, BR/EDR.
 
 use std::borrow::Cow;
@@ -51,7 +48,8 @@ use crate::{lock, Adapter, Error, Inner, Link, Standin, WriteOptions};
 
 /// How often a discovering adapter hears the advertisements in range.
 pub const ADVERTISING_INTERVAL: Duration = Duration::from_millis(100);
-/// The ATT MTU of simulated connections (what a phone requests, PROTOCOL.md §3).
+/// The ATT MTU of simulated connections (what a phone requests, PROTOCOL.md §3), unless the
+/// central's adapter was given another ([`Adapter::set_att_mtu`]).
 pub const ATT_MTU: u16 = 185;
 /// How long a connection attempt or an ATT request stays unanswered before the stack gives
 /// up (BlueZ: the ATT transaction timeout, 30 s).
@@ -237,6 +235,8 @@ pub struct RadioState {
 #[derive(Default)]
 struct RadioInner {
     area: String,
+    /// The ATT MTU this adapter's connections get as a central (`None`: [`ATT_MTU`]).
+    att_mtu: Option<u16>,
     withheld: HashSet<Withhold>,
     discovery_clients: HashSet<String>,
     filters: HashMap<String, Filter>,
@@ -775,7 +775,8 @@ async fn establish(
         standin: standin.clone(),
         state: peer.clone(),
     };
-    let link = gateway.connect(&me.address, ATT_MTU).await?;
+    let mtu = lock(&me.radio.inner).att_mtu.unwrap_or(ATT_MTU);
+    let link = gateway.connect(&me.address, mtu).await?;
     let device = OwnedObjectPath::try_from(remote.path.clone())
         .map_err(|e| RadioError::Failed(e.to_string()))?;
     let mut services = Vec::new();
@@ -1330,7 +1331,7 @@ impl RemoteChar {
     }
     #[zbus(property, name = "MTU")]
     fn mtu(&self) -> u16 {
-        ATT_MTU
+        self.conn.link().map_or(ATT_MTU, |l| l.mtu)
     }
 }
 
@@ -1339,6 +1340,12 @@ impl RemoteChar {
 // ------------------------------------------------------------------------------------------
 
 impl Adapter {
+    /// The ATT MTU of the connections this adapter makes as a central from now on (a phone
+    /// that requests more than [`ATT_MTU`], e.g. Android's 247).
+    pub fn set_att_mtu(&self, mtu: u16) {
+        lock(&self.state.radio.inner).att_mtu = Some(mtu);
+    }
+
     /// Puts the adapter in an area: adapters hear only those in the same area (default: the
     /// empty name), so parallel tests do not see each other's gateways.
     pub fn set_area(&self, area: &str) {
