@@ -143,6 +143,10 @@ async fn register_refresh_retry_new_key_and_me() {
         .decode(doors[0]["pubkey"].as_str().unwrap().as_bytes())
         .unwrap();
     assert!(v2::parse_public_key(&door_key).is_ok());
+    assert_eq!(
+        tool["gatewayDoor"], doors[0],
+        "the gateway's door, also on its own"
+    );
     let keys: Vec<&str> = tool
         .as_object()
         .unwrap()
@@ -156,7 +160,8 @@ async fn register_refresh_retry_new_key_and_me() {
             "devicePubKey",
             "issuedOn",
             "expiresOn",
-            "endpoints"
+            "endpoints",
+            "gatewayDoor"
         ]
     );
     assert_eq!(me(&gw, &http, &dev).await["accessTool"], tool);

@@ -428,6 +428,9 @@ pub struct ToolView {
     pub issued_on: String,
     pub expires_on: String,
     pub endpoints: Vec<EndpointView>,
+    /// The gateway's own door, also when the device may open no endpoint: its key is what a
+    /// phone seals its vehicle-pairing approval to (PROTOCOL.md §27).
+    pub gateway_door: DoorView,
 }
 
 /// Describes `tool`: every endpoint its device may open (the order of `GET /api/me`), each
@@ -481,6 +484,7 @@ pub fn view(
         issued_on: rfc3339(tool.issued_at),
         expires_on: rfc3339(tool.expires_at),
         endpoints: out,
+        gateway_door,
     })
 }
 

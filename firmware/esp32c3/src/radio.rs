@@ -13,6 +13,11 @@
 //! read blob at a later offset is answered from the value that connection was last given.
 //! Request writes are taken whole (write with response, offset 0); writes without response
 //! are ignored, and long (prepared) writes are refused by trouble itself.
+//!
+//! The vehicle pairing service (PROTOCOL.md §27) is in the static GATT table of every node;
+//! `start(_, pairing: false)` (a door) refuses its reads and writes. A Pairing Challenge read
+//! waits for the core's value like a Challenge read; a Pairing Response write waits for the
+//! core's verdict ([`WRITE_ANSWER_MS`]) and is answered with success or an ATT error.
 
 use core::cell::RefCell;
 
@@ -25,6 +30,7 @@ use embassy_sync::signal::Signal;
 use embassy_time::{with_timeout, Duration, Timer};
 use esp_radio::ble::controller::BleConnector;
 use latchkey_node_core::board::{ConnId, DoorEvent, DoorRadio, HardwareError, MAX_WRITE};
+use latchkey_proto::v2::pairing::{self, CHALLENGE_LEN as PAIRING_CHALLENGE_LEN, RESPONSE_LEN};
 use latchkey_proto::v2::{Challenge, Request, ResultFrame};
 use trouble_host::att::{AttClient, AttReq};
 use trouble_host::prelude::*;
@@ -36,19 +42,23 @@ pub type BleController = ExternalController<BleConnector<'static>, 20>;
 
 /// Longest wait for the core's Challenge value before the read is refused.
 pub const READ_ANSWER_MS: u64 = 1_000;
+/// Longest wait for the core's verdict on a Pairing Response before the write is refused.
+pub const WRITE_ANSWER_MS: u64 = 5_000;
 /// Longest wait for the core to take an event before it is dropped (the core is not reading).
 const EVENT_HANDOFF_MS: u64 = 1_000;
 /// Largest value passed to the core's read replies and notifications.
-const MAX_VALUE: usize = 64;
+const MAX_VALUE: usize = 128;
 /// Format byte of the node's manufacturer data (PROTOCOL.md §16: version 2).
 const ADV_FORMAT_V2: u8 = latchkey_proto::v2::VERSION;
 
 const _: () = assert!(Challenge::LEN <= MAX_VALUE && ResultFrame::MAX_LEN <= MAX_VALUE);
+const _: () = assert!(PAIRING_CHALLENGE_LEN <= MAX_VALUE && RESPONSE_LEN <= MAX_WRITE);
 const _: () = assert!(Request::LEN <= MAX_WRITE);
 
 #[gatt_server]
 struct DoorServer {
     door: DoorService,
+    pairing: PairingService,
 }
 
 /// The door service version 2; its values are per connection, so the table's copies stay
@@ -65,14 +75,26 @@ struct DoorService {
 
 const _: () = assert!(Challenge::LEN == 42 && Request::LEN == 83 && ResultFrame::MAX_LEN == 43);
 
+/// The vehicle pairing service (served by vehicles only, see the module comment).
+#[gatt_service(uuid = pairing::SERVICE_UUID)]
+struct PairingService {
+    #[characteristic(uuid = pairing::CHALLENGE_UUID, read, value = [0; 106])]
+    challenge: [u8; 106],
+    #[characteristic(uuid = pairing::RESPONSE_UUID, write, value = [0; 151])]
+    response: [u8; 151],
+}
+
+const _: () = assert!(PAIRING_CHALLENGE_LEN == 106 && RESPONSE_LEN == 151);
+
 type Value = heapless::Vec<u8, MAX_VALUE>;
 
 enum Cmd {
     Read { conn: ConnId, value: Value },
     Notify { conn: ConnId, value: Value },
+    Write { conn: ConnId, ok: bool },
 }
 
-static START: Signal<CriticalSectionRawMutex, [u8; 5]> = Signal::new();
+static START: Signal<CriticalSectionRawMutex, ([u8; 5], bool)> = Signal::new();
 static EVENTS: Channel<CriticalSectionRawMutex, DoorEvent, 8> = Channel::new();
 static COMMANDS: [Channel<CriticalSectionRawMutex, Cmd, 2>; BLE_CONNECTIONS] =
     [const { Channel::new() }; BLE_CONNECTIONS];
@@ -99,8 +121,9 @@ impl EspDoorRadio {
 }
 
 impl DoorRadio for EspDoorRadio {
-    async fn start(&mut self, door_tag: [u8; 5]) -> Result<(), HardwareError> {
-        START.signal(door_tag);
+    async fn start(&mut self, door_tag: [u8; 5], pairing: bool) -> Result<(), HardwareError> {
+        PAIRING.store(pairing, core::sync::atomic::Ordering::Relaxed);
+        START.signal((door_tag, pairing));
         Ok(())
     }
 
@@ -115,7 +138,20 @@ impl DoorRadio for EspDoorRadio {
     async fn notify(&mut self, conn: ConnId, value: &[u8]) {
         Self::send(conn, value, |conn, value| Cmd::Notify { conn, value });
     }
+
+    async fn reply_write(&mut self, conn: ConnId, ok: bool) {
+        let slot = SLOTS.lock(|s| s.borrow().iter().position(|c| *c == Some(conn)));
+        let sent = slot
+            .and_then(|i| COMMANDS.get(i))
+            .map(|q| q.try_send(Cmd::Write { conn, ok }).is_ok());
+        if sent != Some(true) {
+            log::debug!("ble: connection {conn} gone; verdict dropped");
+        }
+    }
 }
+
+/// Whether this node serves the pairing service (a vehicle), as the core said at `start`.
+static PAIRING: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 async fn emit(event: DoorEvent) {
     if with_timeout(Duration::from_millis(EVENT_HANDOFF_MS), EVENTS.send(event))
@@ -198,7 +234,7 @@ async fn advertise<'v, 's>(
     server: &'s DoorServer<'v>,
     handoff: &Channel<NoopRawMutex, GattConnection<'v, 's, DefaultPacketPool>, 1>,
 ) {
-    let mut tag = START.wait().await;
+    let (mut tag, _) = START.wait().await;
     let params = AdvertisementParameters {
         interval_min: Duration::from_millis(ADV_INTERVAL_MS.start),
         interval_max: Duration::from_millis(ADV_INTERVAL_MS.end),
@@ -250,7 +286,7 @@ async fn advertise<'v, 's>(
                 Timer::after(Duration::from_secs(1)).await;
             }
             // New data: the advertiser is dropped (advertising stops) and restarts with it.
-            Either::Second(new_tag) => tag = new_tag,
+            Either::Second((new_tag, _)) => tag = new_tag,
         }
     }
 }
@@ -292,8 +328,12 @@ async fn serve(
 ) {
     let challenge = server.door.challenge.handle;
     let request = server.door.request.handle;
-    // The last Challenge value this connection was given (for read blobs).
+    let pairing_challenge = server.pairing.challenge.handle;
+    let pairing_response = server.pairing.response.handle;
+    let vehicle = PAIRING.load(core::sync::atomic::Ordering::Relaxed);
+    // The last Challenge values this connection was given (for read blobs).
     let mut last = Value::new();
+    let mut last_pairing = Value::new();
     loop {
         let event = match select(conn.next(), commands.receive()).await {
             Either::First(GattConnectionEvent::Disconnected { .. }) => return,
@@ -305,24 +345,61 @@ async fn serve(
             }
         };
         let reply = match event {
-            GattEvent::Read(read) if read.handle() == challenge => {
+            GattEvent::Read(read)
+                if read.handle() == challenge || read.handle() == pairing_challenge =>
+            {
+                let is_pairing = read.handle() == pairing_challenge;
                 let offset = match read.payload().incoming() {
                     AttClient::Request(AttReq::ReadBlob { offset, .. }) => usize::from(offset),
                     _ => 0,
                 };
-                if offset == 0 {
-                    emit(DoorEvent::ReadChallenge { conn: id }).await;
-                    match answer(server, conn, id, commands).await {
-                        Some(value) => {
-                            last = value;
+                let last = if is_pairing {
+                    &mut last_pairing
+                } else {
+                    &mut last
+                };
+                if is_pairing && !vehicle {
+                    read.reject(AttErrorCode::READ_NOT_PERMITTED)
+                } else if offset == 0 {
+                    emit(if is_pairing {
+                        DoorEvent::PairingChallenge { conn: id }
+                    } else {
+                        DoorEvent::ReadChallenge { conn: id }
+                    })
+                    .await;
+                    match answer(server, conn, id, commands, Wanted::Read).await {
+                        Some(Answer::Read(value)) => {
+                            *last = value;
                             read.accept_unprocessed(last.as_slice())
                         }
-                        None => read.reject(AttErrorCode::UNLIKELY_ERROR),
+                        _ => read.reject(AttErrorCode::UNLIKELY_ERROR),
                     }
                 } else if !last.is_empty() && offset <= last.len() {
                     read.accept_unprocessed(last.as_slice())
                 } else {
                     read.reject(AttErrorCode::INVALID_OFFSET)
+                }
+            }
+            GattEvent::Write(write) if write.handle() == pairing_response => {
+                let with_response = matches!(
+                    write.payload().incoming(),
+                    AttClient::Request(AttReq::Write { .. })
+                );
+                let value = write.with_data(|offset, data| {
+                    (offset == 0 && data.len() <= MAX_WRITE).then(|| data.to_vec())
+                });
+                match (vehicle, with_response, value) {
+                    (true, true, Some(value)) => {
+                        emit(DoorEvent::PairingResponse { conn: id, value }).await;
+                        match answer(server, conn, id, commands, Wanted::Write).await {
+                            Some(Answer::Write(true)) => write.accept_unprocessed(),
+                            _ => write.reject(AttErrorCode::UNLIKELY_ERROR),
+                        }
+                    }
+                    (true, true, None) => {
+                        write.reject(AttErrorCode::INVALID_ATTRIBUTE_VALUE_LENGTH)
+                    }
+                    _ => write.reject(AttErrorCode::WRITE_NOT_PERMITTED),
                 }
             }
             GattEvent::Write(write) if write.handle() == request => {
@@ -356,24 +433,45 @@ async fn serve(
     }
 }
 
-/// Waits for the core's Challenge value for `id`, sending notifications meanwhile.
+/// What a pending ATT request waits for from the core.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Wanted {
+    Read,
+    Write,
+}
+
+enum Answer {
+    Read(Value),
+    Write(bool),
+}
+
+/// Waits for the core's value (a read) or verdict (a write) for `id`, sending notifications
+/// meanwhile; an answer of the other kind is stale and dropped.
 async fn answer(
     server: &DoorServer<'_>,
     conn: &GattConnection<'_, '_, DefaultPacketPool>,
     id: ConnId,
     commands: &Channel<CriticalSectionRawMutex, Cmd, 2>,
-) -> Option<Value> {
+    wanted: Wanted,
+) -> Option<Answer> {
     let wait = async {
         loop {
             match commands.receive().await {
-                Cmd::Read { conn: c, value } if c == id => return value,
+                Cmd::Read { conn: c, value } if c == id && wanted == Wanted::Read => {
+                    return Answer::Read(value)
+                }
+                Cmd::Write { conn: c, ok } if c == id && wanted == Wanted::Write => {
+                    return Answer::Write(ok)
+                }
                 cmd => notify(server, conn, id, cmd).await,
             }
         }
     };
-    with_timeout(Duration::from_millis(READ_ANSWER_MS), wait)
-        .await
-        .ok()
+    let limit = match wanted {
+        Wanted::Read => READ_ANSWER_MS,
+        Wanted::Write => WRITE_ANSWER_MS,
+    };
+    with_timeout(Duration::from_millis(limit), wait).await.ok()
 }
 
 async fn notify(

@@ -298,11 +298,13 @@ async fn a_vehicle_serves_the_pairing_service_and_answers_each_write_with_the_co
     let response = app.characteristic(&resp).unwrap();
     assert_eq!(response.flags, vec!["write".to_owned()]);
 
-    // The core silent: the write fails once the wait is over, and is withdrawn. (183 bytes
-    // take an ATT MTU of at least 186: a Write Request carries MTU − 3.)
-    let link = node.connect("10:00:00:00:00:04", 247).await.unwrap();
+    // The core silent: the write fails once the wait is over, and is withdrawn. (A response
+    // is 151 bytes: it fits the Write Request at the MTU 185 phones ask for.)
+    let link = node.connect("10:00:00:00:00:04", 185).await.unwrap();
     refused(
-        link.write(&resp, &[1u8; 183]).await.unwrap_err(),
+        link.write(&resp, &[1u8; pairing::RESPONSE_LEN])
+            .await
+            .unwrap_err(),
         "org.bluez.Error.Failed",
     );
     let mut door = serve(radio);
@@ -313,9 +315,13 @@ async fn a_vehicle_serves_the_pairing_service_and_answers_each_write_with_the_co
         other => panic!("{other:?}"),
     };
     // Accepted: the ATT Write Response; refused: an error. Each write reached the core once.
-    link.write(&resp, &[1u8; 183]).await.unwrap();
+    link.write(&resp, &[1u8; pairing::RESPONSE_LEN])
+        .await
+        .unwrap();
     refused(
-        link.write(&resp, &[0u8; 183]).await.unwrap_err(),
+        link.write(&resp, &[0u8; pairing::RESPONSE_LEN])
+            .await
+            .unwrap_err(),
         "org.bluez.Error.Failed",
     );
     for first in [1u8, 0] {
@@ -323,14 +329,14 @@ async fn a_vehicle_serves_the_pairing_service_and_answers_each_write_with_the_co
             door.event().await,
             DoorEvent::PairingResponse {
                 conn,
-                value: vec![first; 183]
+                value: vec![first; pairing::RESPONSE_LEN]
             }
         );
     }
     refused(
         link.write_with(
             &resp,
-            &[1u8; 183],
+            &[1u8; pairing::RESPONSE_LEN],
             WriteOptions {
                 offset: 0,
                 kind: "command",

@@ -55,7 +55,7 @@ async fn a_phone_pairs_with_the_vehicle_over_ble_then_opens_it_with_its_new_key(
     );
 
     // Pairing: the challenge is the vehicle's, signed with the key it registered.
-    let link = hci0.connect("10:00:00:00:00:02", 247).await.unwrap();
+    let link = hci0.connect("10:00:00:00:00:02", 185).await.unwrap();
     let frame = link.read(&uuid(CHALLENGE_UUID), 0).await.unwrap();
     let challenge = PairingChallenge::verify(&frame, &vehicle_key).unwrap();
     assert_eq!(challenge.vehicle_id, node_id());

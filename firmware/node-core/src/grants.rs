@@ -18,7 +18,7 @@
 //!
 //! ```text
 //! blob = 0x02 ‖ pulse_ms u32 ‖ n u32 ‖ snapshot (n bytes; 0: none yet)
-//!        ‖ m u16 ‖ pairing responses (m × 183 bytes) ‖ Z × k ‖ SHA-256(everything before)
+//!        ‖ m u16 ‖ pairing responses (m × 151 bytes) ‖ Z × k ‖ SHA-256(everything before)
 //! ```
 //! with `k` the distinct phone keys of the snapshot's grants then of the responses, in the
 //! order they first appear. Format `0x01` (issue 10: no `m` and no responses) is still read.

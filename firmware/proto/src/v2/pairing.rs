@@ -16,6 +16,7 @@ use p256::ecdsa::signature::{Signer, Verifier};
 use p256::ecdsa::{
     Signature as EcdsaSignature, SigningKey as EcdsaSigningKey, VerifyingKey as EcdsaVerifyingKey,
 };
+use p256::elliptic_curve::sec1::ToSec1Point;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroize;
 
@@ -23,7 +24,7 @@ use super::frame::{check_frame, open, seal, u64_at};
 use super::wire::{copy, field, put};
 use super::{
     parse_public_key, DoorId, EndpointId, Error, Grant, PeerSecret, PublicKeyBytes, ToolId,
-    GCM_TAG_LEN, PUBLIC_KEY_LEN, VERSION,
+    GCM_TAG_LEN, VERSION,
 };
 use crate::{Nonce, NONCE_LEN};
 use ed25519_dalek::ed25519::signature::{MultipartSigner, MultipartVerifier};
@@ -65,7 +66,9 @@ pub const COMPLETION_LABEL: &[u8] = b"latchkey/v2/pairing-complete";
 
 const ED25519_SIGNATURE_LEN: usize = 64;
 const CHALLENGE_SIGNED_LEN: usize = CHALLENGE_LEN - ECDSA_SIGNATURE_LEN;
-const RESPONSE_SIGNED_LEN: usize = 2 + NONCE_LEN + 16 + 8 + 8 + 4 + PUBLIC_KEY_LEN;
+const RESPONSE_SIGNED_LEN: usize = 2 + NONCE_LEN + 16 + 8 + 8 + 4 + COMPRESSED_KEY_LEN;
+/// A P-256 point in SEC1 compressed form (`02|03 ‖ X`): what keeps the response in one write.
+const COMPRESSED_KEY_LEN: usize = 33;
 /// `0x01` (approved) ‖ SHA-256 of the challenge frame.
 const APPROVAL_PLAIN_LEN: usize = 1 + 32;
 const APPROVED: u8 = 0x01;
@@ -168,11 +171,13 @@ impl PairingResponse {
         put(&mut out, &mut at, &self.not_before.to_be_bytes());
         put(&mut out, &mut at, &self.expires.to_be_bytes());
         put(&mut out, &mut at, &self.epoch.to_be_bytes());
-        put(&mut out, &mut at, &self.phone_key);
+        put(&mut out, &mut at, &compress(&self.phone_key));
         out
     }
 
-    /// The frame, signed by the gateway for `vehicle_id` (which is signed, not sent).
+    /// The frame, signed by the gateway for `vehicle_id` (which is signed, not sent). The phone
+    /// key travels compressed; a key that is not a point is sent as 33 zero bytes, which no
+    /// vehicle accepts (the gateway only signs keys it validated at registration).
     #[must_use]
     pub fn sign(&self, vehicle_id: &VehicleId, gateway: &EdSigningKey) -> [u8; RESPONSE_LEN] {
         let signed = self.signed_part();
@@ -207,12 +212,11 @@ impl PairingResponse {
             not_before: u64_at(field(frame, 34, 42)),
             expires: u64_at(field(frame, 42, 50)),
             epoch: u32::from_be_bytes(copy(field(frame, 50, 54))),
-            phone_key: copy(field(frame, 54, RESPONSE_SIGNED_LEN)),
+            phone_key: decompress(field(frame, 54, RESPONSE_SIGNED_LEN))?,
         };
         if response.not_before >= response.expires {
             return Err(Error::EmptyValidity);
         }
-        parse_public_key(&response.phone_key)?;
         Ok(response)
     }
 
@@ -360,6 +364,23 @@ fn approval_key(
     Ok(key)
 }
 
+/// SEC1 compressed form of an uncompressed key; zeros when it is not a point.
+fn compress(key: &PublicKeyBytes) -> [u8; COMPRESSED_KEY_LEN] {
+    match parse_public_key(key) {
+        Ok(point) => copy(point.to_sec1_point(true).as_bytes()),
+        Err(_) => [0; COMPRESSED_KEY_LEN],
+    }
+}
+
+/// The uncompressed form of a compressed key, checked to be on the curve.
+fn decompress(bytes: &[u8]) -> Result<PublicKeyBytes, Error> {
+    if bytes.len() != COMPRESSED_KEY_LEN || !matches!(bytes.first(), Some(2 | 3)) {
+        return Err(Error::BadPublicKey);
+    }
+    let point = p256::PublicKey::from_sec1_bytes(bytes).map_err(|_| Error::BadPublicKey)?;
+    Ok(super::public_key_bytes(&point))
+}
+
 /// `label ‖ bytes` for the ECDSA signer, which hashes its whole input with SHA-256.
 fn labelled(label: &[u8], bytes: &[u8]) -> [u8; CHALLENGE_LABEL.len() + CHALLENGE_SIGNED_LEN] {
     let mut out = [0u8; CHALLENGE_LABEL.len() + CHALLENGE_SIGNED_LEN];
@@ -369,7 +390,8 @@ fn labelled(label: &[u8], bytes: &[u8]) -> [u8; CHALLENGE_LABEL.len() + CHALLENG
     out
 }
 
-// The response must fit one ATT write at the MTU 185 phones request (184-byte payloads); the
-// challenge one read at the MTU 114 every latchkey phone has.
-const _: () = assert!(RESPONSE_LEN <= 184 && CHALLENGE_LEN <= 113);
+// The response must fit one ATT Write Request at the MTU 185 phones request (MTU − 3 = 182
+// bytes of value); the challenge one Read Response at the MTU 114 every latchkey phone has
+// (MTU − 1 = 113).
+const _: () = assert!(RESPONSE_LEN <= 182 && CHALLENGE_LEN <= 113);
 const _: () = assert!(COMPLETION_LABEL.len() == 28);
