@@ -30,9 +30,6 @@ use phone::Out;
 use v2door::{Behaviour, FakeGateway, GwMode, Kind, SessionState, TestDoor};
 
 const MONTH: u64 = 30 * 86_400;
-/// The ATT MTU the phone gets (Android's `requestMtu(247)`): the 183-byte pairing response
-/// needs 186 (one Write Request carries MTU − 3 bytes), above the stand-in's default 185.
-const PHONE_MTU: u16 = 247;
 
 /// A vehicle in `area`, a fake gateway for it, a phone adapter in range and the phone's
 /// credentials for that gateway (no key, no tool yet).
@@ -51,7 +48,6 @@ impl Garage {
         let radio = shared.new_adapter().await.unwrap();
         radio.set_area(area);
         radio.set_powered(true);
-        radio.set_att_mtu(PHONE_MTU);
         let signing = v2door::signing_key();
         let vehicle = TestDoor::start(Kind::Vehicle, area, signing.verifying_key()).await;
         let gw = FakeGateway::with_vehicle(signing, vehicle.core.clone(), MONTH).await;
@@ -278,12 +274,12 @@ async fn refusals_by_the_link_the_gateway_or_the_vehicle() {
     let g = Garage::start("veh-refused").await;
 
     // A link whose MTU cannot carry the response in one write: refused before the gateway.
-    g.radio.set_att_mtu(185);
+    g.radio.set_att_mtu(150);
     let json = g.fails(&["--yes"], "PROTOCOL", "connecting").await;
     let message = json["error"]["message"].as_str().unwrap();
-    assert!(message.contains("ATT MTU is 185, below the 186"), "{json}");
+    assert!(message.contains("ATT MTU is 150, below the 154"), "{json}");
     assert!(g.gw.sessions().is_empty());
-    g.radio.set_att_mtu(PHONE_MTU);
+    g.radio.set_att_mtu(185); // what phones request (PROTOCOL.md §3)
 
     // The gateway answers 410: SERVER with its code, and the session is cancelled.
     g.gw.set_mode(GwMode::Expired);
@@ -348,6 +344,17 @@ async fn an_interrupted_pairing_cancels_its_session() {
     assert_eq!(r.stats.abandoned_sessions, 0, "{r:?}");
 }
 
+/// The real daemon on the system clock (the phone and the vehicles use it too), with no
+/// endpoint: the phone opens no door, its tool names the gateway's door key only as
+/// `gatewayDoor`, and that is enough to pair a vehicle.
+async fn real_gateway() -> common::Gateway {
+    common::Gateway::start_with(|c| {
+        c.endpoints = Vec::new();
+        c.clock = std::sync::Arc::new(latchkey::clock::SystemClock);
+    })
+    .await
+}
+
 /// The next snapshot of a vehicle's node session, applied to the test vehicle.
 async fn apply_next(ws: &mut node::Ws, vehicle: &TestDoor) {
     let frame = node::recv(ws).await;
@@ -366,18 +373,7 @@ async fn pairs_through_the_real_gateway_and_opens_the_vehicle_with_it_stopped() 
     let radio = shared.new_adapter().await.unwrap();
     radio.set_area(area);
     radio.set_powered(true);
-    radio.set_att_mtu(PHONE_MTU);
-    let gw = common::Gateway::start_with(|c| {
-        // An endpoint, so that the phone's tool names the gateway's door (and its key).
-        c.endpoints = vec![latchkey::config::EndpointConfig {
-            id: "front".into(),
-            name: None,
-            devices: None,
-            action: latchkey::config::ActionConfig::None,
-        }];
-        c.clock = std::sync::Arc::new(SystemClock);
-    })
-    .await;
+    let gw = real_gateway().await;
     let http = reqwest::Client::new();
 
     // The vehicle registers its own key as a node of kind vehicle, then keeps its session.
@@ -445,6 +441,11 @@ async fn pairs_through_the_real_gateway_and_opens_the_vehicle_with_it_stopped() 
     assert_eq!(keys[0].vehicle_id, node_id);
     let creds = Credentials::load(&path).unwrap();
     assert_eq!(keys[0].device_id, creds.device_id);
+    let tool = creds.access_tool.as_ref().unwrap();
+    assert!(
+        tool.endpoints.is_empty() && tool.gateway_door.is_some(),
+        "{tool:?}"
+    );
     phone::assert_no_secrets(&creds, &out.all());
 
     // The online vehicle's next snapshot carries the key too; then the gateway goes away.
@@ -478,17 +479,7 @@ async fn the_real_vehicle_node_pairs_and_opens_with_the_gateway_stopped() {
     let radio = shared.new_adapter().await.unwrap();
     radio.set_area(area);
     radio.set_powered(true);
-    radio.set_att_mtu(PHONE_MTU);
-    let gw = common::Gateway::start_with(|c| {
-        c.endpoints = vec![latchkey::config::EndpointConfig {
-            id: "front".into(),
-            name: None,
-            devices: None,
-            action: latchkey::config::ActionConfig::None,
-        }];
-        c.clock = std::sync::Arc::new(SystemClock);
-    })
-    .await;
+    let gw = real_gateway().await;
 
     // The vehicle: the real node in vehicle mode, added with `phone add-node`.
     let dir = tempfile::tempdir().unwrap();

@@ -919,21 +919,24 @@ fn issue(s: &GwState, t: &Issued) -> Value {
         }
         doors.push(door);
     }
-    if let Some(p) = s.pairing.as_ref() {
-        doors.push(json!({
-            "doorId": data_encoding::HEXLOWER.encode(&p.door_id),
-            "kind": "gateway",
-            "pubkey": data_encoding::BASE64.encode(&v2::public_key_bytes(&p.door_key.public_key())),
-        }));
-    }
     let rfc = |t: u64| latchkey_phone::clock::rfc3339(i64::try_from(t).expect("time"));
-    json!({
+    let mut answer = json!({
         "accessToolId": t.tool_id.to_string(),
         "devicePubKey": data_encoding::BASE64.encode(&t.phone_key),
         "issuedOn": rfc(t.issued_on),
         "expiresOn": rfc(t.expires_on),
         "endpoints": [{ "id": s.endpoint, "name": "Front door", "doors": doors }],
-    })
+    });
+    // The gateway's door only as `gatewayDoor` (PROTOCOL.md §26.3): what the phone seals its
+    // vehicle-pairing approval to.
+    if let Some(p) = s.pairing.as_ref() {
+        answer["gatewayDoor"] = json!({
+            "doorId": data_encoding::HEXLOWER.encode(&p.door_id),
+            "kind": "gateway",
+            "pubkey": data_encoding::BASE64.encode(&v2::public_key_bytes(&p.door_key.public_key())),
+        });
+    }
+    answer
 }
 
 async fn register(

@@ -28,9 +28,8 @@ use crate::unlock::{self, Heard, Stage, Timeouts, UnlockError};
 use crate::vehicle::{Pairing, VehicleKey};
 use crate::Credentials;
 
-/// The ATT MTU the phone needs: the 183-byte Pairing Response in one ATT Write Request, which
-/// carries MTU − 3 bytes (NODES.md §9: vehicles refuse prepared writes). 185, what PROTOCOL.md
-/// §3 has phones request, is not enough: ask for more (Android: `requestMtu(247)`).
+/// The ATT MTU the phone needs: the Pairing Response in one ATT Write Request, which carries
+/// MTU − 3 bytes (vehicles refuse prepared writes, NODES.md §9); below the 185 phones request.
 pub const MIN_MTU: usize = pairing::RESPONSE_LEN + 3;
 /// What bluer subtracts from the ATT MTU it reports (`Characteristic::mtu`).
 const BLUER_MTU_MARGIN: usize = 5;

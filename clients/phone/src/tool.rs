@@ -95,6 +95,9 @@ pub struct AccessTool {
     pub issued_on: String,
     pub expires_on: String,
     pub endpoints: Vec<ToolEndpoint>,
+    /// The gateway's own door, also when no endpoint lists it (PROTOCOL.md §26.3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_door: Option<ToolDoor>,
 }
 
 /// A door this phone can speak version 2 to, decoded and checked.
@@ -151,12 +154,13 @@ impl AccessTool {
         Ok(Some((endpoint.id.clone(), doors)))
     }
 
-    /// The gateway's own door (its P-256 door key), from whichever endpoint lists it: what a
-    /// vehicle pairing's approval is sealed to.
+    /// The gateway's own door (its P-256 door key): `gatewayDoor`, else from whichever
+    /// endpoint lists it (gateways before `gatewayDoor`). What a vehicle pairing's approval is
+    /// sealed to.
     pub fn gateway_door(&self) -> Option<Door> {
-        self.endpoints
+        self.gateway_door
             .iter()
-            .flat_map(|e| e.doors.iter())
+            .chain(self.endpoints.iter().flat_map(|e| e.doors.iter()))
             .filter(|d| d.kind == DoorKind::Gateway)
             .find_map(|d| decode_door(d).ok())
     }
@@ -427,6 +431,7 @@ mod tests {
             issued_on: "2026-11-27T12:00:00Z".into(),
             expires_on: expires_on.into(),
             endpoints: Vec::new(),
+            gateway_door: None,
         }
     }
 
