@@ -37,6 +37,11 @@ impl Node {
 /// Starts `latchkey-node` on the state in `dir` (unprovisioned the first time), its Wi-Fi the
 /// stand-in with `HomeWifi` (password `right-pass-1`), its relay `dir/relay.log`.
 pub async fn start(dir: &Path, ble: Option<&Ble<'_>>) -> Node {
+    start_with(dir, ble, &[]).await
+}
+
+/// [`start`] with more arguments (e.g. `--kind vehicle`).
+pub async fn start_with(dir: &Path, ble: Option<&Ble<'_>>, extra: &[&str]) -> Node {
     let wifi = dir.join("wifi.json");
     std::fs::write(
         &wifi,
@@ -51,6 +56,7 @@ pub async fn start(dir: &Path, ble: Option<&Ble<'_>>) -> Node {
         .arg(&wifi)
         .arg("--relay-sim")
         .arg(dir.join("relay.log"))
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true);
