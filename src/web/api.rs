@@ -114,8 +114,7 @@ async fn pair(
     // guesses worthless, so this throttle may check first and count after: concurrent
     // redemptions of a real token must each get their exact answer (201 or 410).
     if let Err(retry) = state.pair_limit.check(&ip, now) {
-        state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-        return Err(ApiError::rate_limited(retry));
+        return Err(ApiError::throttled(&state.metrics, retry));
     }
     let info = DeviceInfo::validate(&req.device_info.name, &req.device_info.kind)?;
     // The authenticator label; kept here so no second database round trip is needed.

@@ -59,6 +59,14 @@ impl ApiError {
         )
     }
 
+    /// A 429 from one of the gateway's throttles, counted in `/metrics`.
+    pub fn throttled(metrics: &crate::state::Metrics, retry_after: u64) -> Self {
+        metrics
+            .rate_limited
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        Self::rate_limited(retry_after)
+    }
+
     pub fn rate_limited(retry_after: u64) -> Self {
         Self {
             retry_after: Some(retry_after.max(1)),

@@ -113,8 +113,7 @@ async fn register(
     let now = state.now();
     let limit = &state.nodes.register_limit;
     if let Err(retry) = limit.check(&ip, now) {
-        state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-        return Err(ApiError::rate_limited(retry));
+        return Err(ApiError::throttled(&state.metrics, retry));
     }
     let req = Registration {
         node_id: b.node_id,

@@ -2,8 +2,6 @@
 //! `POST /device/refresh` (which refreshes vehicle keys too, §27), device-authenticated, bodies of at most 4 KiB, at most 10 a minute
 //! per device for both together.
 
-use std::sync::atomic::Ordering;
-
 use axum::body::HttpBody as _;
 use axum::extract::{FromRequest, Request, State};
 use axum::http::StatusCode;
@@ -65,10 +63,7 @@ fn throttle(state: &AppState, device: &DeviceId) -> Result<(), ApiError> {
     state
         .tool_limit
         .reserve(device, state.now())
-        .map_err(|retry| {
-            state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-            ApiError::rate_limited(retry)
-        })
+        .map_err(|retry| ApiError::throttled(&state.metrics, retry))
 }
 
 /// The tool as the phone sees it, inside the caller's write transaction (which makes the

@@ -4,7 +4,6 @@
 //! (`/api/vehicle-keys`) and the nodes page's revoke form; the housekeeping that expires
 //! sessions.
 
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::extract::{Form, Path, Query, Request, State};
@@ -99,10 +98,7 @@ fn throttle(state: &AppState, device: &DeviceId) -> Result<(), ApiError> {
     state
         .pairing_session_limit
         .reserve(device, state.now())
-        .map_err(|retry| {
-            state.metrics.rate_limited.fetch_add(1, Ordering::Relaxed);
-            ApiError::rate_limited(retry)
-        })
+        .map_err(|retry| ApiError::throttled(&state.metrics, retry))
 }
 
 /// Counts sessions opened: reserved before the checks (so a burst cannot all pass), given

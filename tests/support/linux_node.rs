@@ -41,7 +41,7 @@ pub async fn start(dir: &Path, ble: Option<&Ble<'_>>) -> Node {
 }
 
 /// [`start`] with more arguments (e.g. `--kind vehicle`).
-pub async fn start_with(dir: &Path, ble: Option<&Ble<'_>>, args: &[&str]) -> Node {
+pub async fn start_with(dir: &Path, ble: Option<&Ble<'_>>, extra: &[&str]) -> Node {
     let wifi = dir.join("wifi.json");
     std::fs::write(
         &wifi,
@@ -56,7 +56,7 @@ pub async fn start_with(dir: &Path, ble: Option<&Ble<'_>>, args: &[&str]) -> Nod
         .arg(&wifi)
         .arg("--relay-sim")
         .arg(dir.join("relay.log"))
-        .args(args)
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true);
