@@ -5,12 +5,10 @@
 //! deciding with `latchkey_proto::v2::pairing`) and a fake gateway serving spec §2's pairing
 //! sessions, which never pushes to the vehicle: what the vehicle knows, it learnt over BLE.
 //! And once against the real daemon, the test vehicle registered there as a node of kind
-//! `vehicle`, with its node session's snapshots; and once with every part real: the gateway,
-//! `latchkey-node --kind vehicle` on the stand-in, and the phone.
+//! `vehicle`, with its node session's snapshots. With every part real (the gateway,
+//! `latchkey-node --kind vehicle`, the phone): tests/vehicle_e2e.rs.
 
 mod common;
-#[path = "support/linux_node.rs"]
-mod linux_node;
 #[path = "support/node.rs"]
 mod node;
 #[path = "support/phone.rs"]
@@ -466,41 +464,4 @@ async fn pairs_through_the_real_gateway_and_opens_the_vehicle_with_it_stopped() 
     assert_eq!(json["protocol"], 2, "{json}");
     assert_eq!(json["endpoint"], "vehicle", "{json}");
     assert_eq!(vehicle.core.decisions(), [Status::Granted]);
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_real_vehicle_node_pairs_and_opens_with_the_gateway_stopped() {
-    use latchkey::clock::{Clock, SystemClock};
-    let area = "veh-linux";
-    let shared = latchkey_bluez_standin::shared().unwrap();
-    let bus = shared.bus.address.clone();
-    let node_radio = shared.new_adapter().await.unwrap();
-    node_radio.set_area(area);
-    let radio = shared.new_adapter().await.unwrap();
-    radio.set_area(area);
-    radio.set_powered(true);
-    let gw = real_gateway().await;
-
-    // The vehicle: the real node in vehicle mode, added with `phone add-node`.
-    let dir = tempfile::tempdir().unwrap();
-    let ble = linux_node::Ble {
-        bus: &bus,
-        adapter: node_radio.name(),
-    };
-    let node = linux_node::start_with(dir.path(), Some(&ble), &["--kind", "vehicle"]).await;
-    let node_id = linux_node::add(&gw, &node, dir.path()).await;
-
-    let (path, _) = phone::pair(&gw, dir.path(), "car phone", SystemClock.now()).await;
-    let (out, json) = run(&bus, &path, &radio, "pair-vehicle", &[&node_id, "--yes"]).await;
-    assert_eq!(out.code, 0, "{}", out.all());
-    assert_eq!(json["step"], "completed", "{json}");
-    assert_eq!(stored_keys(&path).len(), 1);
-
-    let _data = gw.stop().await;
-    let (out, json) = run(&bus, &path, &radio, "unlock", &["--vehicle", &node_id]).await;
-    assert_eq!(out.code, 0, "{}", out.all());
-    assert_eq!(json["status"], "GRANTED", "{json}");
-    assert_eq!(json["verified"], true, "{json}");
-    assert_eq!(json["endpoint"], "vehicle", "{json}");
-    linux_node::wait_pulses(&dir.path().join("relay.log"), 1).await;
 }
