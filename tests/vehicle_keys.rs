@@ -674,10 +674,18 @@ async fn sessions_expire_complete_once_and_refuse_forgeries() {
         .count();
     assert_eq!((ok, used), (1, 19), "{answers:?}");
     assert_eq!(keys(&gw, &http, &p, "").await.as_array().unwrap().len(), 1);
-    // A second completion later: 410 used; so is cancelling it.
+    // A second completion later: 410 used.
     let (status, e) = complete(&gw, &http, &p, &s, &frame).await;
     assert_eq!((status, code(&e)), (410, "PAIRING_SESSION_USED"));
-    let (status, e) = send(&gw, &http, reqwest::Method::DELETE, &path, key(&p), None).await;
+    // Cancelling it afterwards (the vehicle refused the response): the key it issued is voided.
+    let (status, c) = send(&gw, &http, reqwest::Method::DELETE, &path, key(&p), None).await;
+    assert_eq!((status, c["cancelled"].clone()), (200, json!(true)), "{c}");
+    assert!(keys(&gw, &http, &p, "")
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let (status, e) = complete(&gw, &http, &p, &s, &frame).await;
     assert_eq!((status, code(&e)), (410, "PAIRING_SESSION_USED"));
 
     // Cancel: 200 (twice), then completing is 410; the event says cancelled.
@@ -718,7 +726,12 @@ async fn sessions_expire_complete_once_and_refuse_forgeries() {
     }
     let (status, e) = complete(&gw, &http, &p, &s, &frame).await;
     assert_eq!((status, code(&e)), (410, "PAIRING_SESSION_USED"));
-    assert_eq!(keys(&gw, &http, &p, "").await.as_array().unwrap().len(), 1);
+    // Nothing issued (the one key it had was voided by the cancel above).
+    assert!(keys(&gw, &http, &p, "")
+        .await
+        .as_array()
+        .unwrap()
+        .is_empty());
 }
 
 #[tokio::test]

@@ -236,13 +236,15 @@ struct Session {
     expires_at: UnixTime,
     failures: i64,
     state: String,
+    /// The key a completion issued.
+    key_id: Option<String>,
 }
 
 /// The session `id` of `device`; another device's is `NotFound` like an unknown one.
 fn load(tx: &Transaction<'_>, device: &DeviceId, id: &str) -> Result<Session, SessionError> {
     tx.query_row(
-        "SELECT id, vehicle_id, challenge, expires_at, failures, state FROM pairing_sessions
-         WHERE id = ?1 AND device_id = ?2",
+        "SELECT id, vehicle_id, challenge, expires_at, failures, state, key_id
+         FROM pairing_sessions WHERE id = ?1 AND device_id = ?2",
         [id, device.as_str()],
         |r| {
             Ok(Session {
@@ -252,6 +254,7 @@ fn load(tx: &Transaction<'_>, device: &DeviceId, id: &str) -> Result<Session, Se
                 expires_at: r.get(3)?,
                 failures: r.get(4)?,
                 state: r.get(5)?,
+                key_id: r.get(6)?,
             })
         },
     )
@@ -458,7 +461,28 @@ pub fn cancel(
             )?;
             Ok(())
         }
-        "completed" => Err(SessionError::Used),
+        // The phone cancels after the server issued the key: the vehicle refused it (or the
+        // write never got there). The key it will never use is voided rather than left live
+        // for the vehicle's next snapshot; an owner voiding its own key harms nobody.
+        "completed" => {
+            if let Some(key) = &s.key_id {
+                super::vehicle::revoke(tx, key, now, &tools::origin(device))?;
+            }
+            tx.execute(
+                "UPDATE pairing_sessions SET state = 'cancelled', ended_at = ?2 WHERE id = ?1",
+                params![s.id, now],
+            )?;
+            event(
+                tx,
+                &s.id,
+                &s.vehicle_id,
+                device.as_str(),
+                json!({ "state": "cancelled", "keyVoided": s.key_id.is_some() }),
+                &tools::origin(device),
+                now,
+            )?;
+            Ok(())
+        }
         _ => Ok(()),
     }
 }
