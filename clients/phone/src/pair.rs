@@ -153,22 +153,20 @@ pub async fn redeem(
         .send()
         .await
         .map_err(|e| PhonePairError::Unreachable(base.clone(), e.without_url().to_string()))?;
-    let status = resp.status();
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| PhonePairError::Unreachable(base.clone(), e.without_url().to_string()))?;
-    if !status.is_success() {
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    // A capped read: a hostile host cannot make the phone buffer an endless body.
+    let crate::provisioning::Answer { status, body: v } =
+        crate::provisioning::answer(resp)
+            .await
+            .map_err(|e| PhonePairError::Unreachable(base.clone(), e.without_url().to_string()))?;
+    if !(200..300).contains(&status) {
         return Err(PhonePairError::Refused {
             code: v["error"]["code"].as_str().unwrap_or("UNKNOWN").to_owned(),
             message: v["error"]["message"]
                 .as_str()
-                .unwrap_or(status.as_str())
-                .to_owned(),
+                .map_or_else(|| status.to_string(), str::to_owned),
         });
     }
-    let a: PairAnswer = serde_json::from_slice(&body)
+    let a: PairAnswer = serde_json::from_value(v)
         .map_err(|e| PhonePairError::Protocol(e.classify_name().to_owned()))?;
     Ok(Credentials {
         device_id: a.device_id,
