@@ -136,8 +136,8 @@ pub fn revoke(
     if changed == 0 {
         return unchanged_revoke(tx, "devices", id.as_str());
     }
-    // Its access tool goes with it: the doors' holders rebuild their grants on these events.
-    crate::grants::tools::void_for_device(tx, id, now, origin)?;
+    // `device.revoked` first: a phone's session stops at it, so the device learns nothing
+    // recorded after its revocation (such as its tool's void below).
     events::append(
         tx,
         "device.revoked",
@@ -145,6 +145,8 @@ pub fn revoke(
         origin,
         now * 1000,
     )?;
+    // Its access tool goes with it: the doors' holders rebuild their grants on these events.
+    crate::grants::tools::void_for_device(tx, id, now, origin)?;
     Ok(RevokeOutcome::Revoked)
 }
 
