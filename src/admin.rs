@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn password_roundtrip_and_limits() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let store = Store::open(&dir.path().join("db.sqlite"), &crate::crypto::MasterKey::from_bytes([7; 32])).unwrap();
         assert!(!store.read_blocking(has_password).unwrap());
         let short = store.write_blocking(|tx| Ok(set_password(tx, "short", 0)));
         assert!(matches!(short.unwrap(), Err(AdminError::PasswordLength)));
@@ -236,7 +236,7 @@ mod tests {
     #[test]
     fn tokens_sessions_and_csrf() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let store = Store::open(&dir.path().join("db.sqlite"), &crate::crypto::MasterKey::from_bytes([7; 32])).unwrap();
         let (id, tok) = store
             .write_blocking(|tx| Ok(create_token(tx, "ci", 10).unwrap()))
             .unwrap();

@@ -159,7 +159,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(_) => serve(config),
         Command::Admin(AdminCmd::Password) => set_password(&config),
         Command::Admin(AdminCmd::Token { name }) => {
-            let store = open_store(&config.data_dir)?;
+            let store = registry_store(&config)?;
             let now = config.clock.now();
             let (_, token) =
                 store.write_blocking(|tx| Ok(admin::create_token(tx, &name, now)))??;
@@ -223,7 +223,7 @@ fn set_password(config: &Config) -> anyhow::Result<()> {
             .context("cannot read the password from stdin")?;
         crate::secret::SecretString::new(line.trim_end_matches(['\r', '\n']).to_owned())
     };
-    let store = open_store(&config.data_dir)?;
+    let store = registry_store(config)?;
     let now = config.clock.now();
     store.write_blocking(|tx| Ok(admin::set_password(tx, password.expose(), now)))??;
     eprintln!("admin password set; existing web sessions were ended");
@@ -231,7 +231,7 @@ fn set_password(config: &Config) -> anyhow::Result<()> {
 }
 
 fn pair(config: &Config) -> anyhow::Result<()> {
-    let store = open_store(&config.data_dir)?;
+    let store = registry_store(config)?;
     let now = config.clock.now();
     let ttl = config.pair_token_ttl_secs;
     let t = store.write_blocking(|tx| Ok(pairing::create_token(tx, now, ttl)))??;
@@ -273,6 +273,11 @@ fn pair(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The registry for a CLI command (which needs the master key to open it).
+fn registry_store(config: &Config) -> anyhow::Result<crate::store::Store> {
+    Ok(open_store(&config.data_dir, config.credentials_dir.as_deref())?.0)
+}
+
 fn human_secs(s: u64) -> String {
     if s.is_multiple_of(60) {
         format!("{} min", s / 60)
@@ -282,7 +287,7 @@ fn human_secs(s: u64) -> String {
 }
 
 fn list_devices(config: &Config, json: bool) -> anyhow::Result<()> {
-    let store = open_store(&config.data_dir)?;
+    let store = registry_store(config)?;
     let devices = store.read_blocking(registry::list)?;
     let mut out = std::io::stdout().lock();
     if json {
@@ -313,7 +318,7 @@ fn revoke_device(config: &Config, id: &str) -> anyhow::Result<()> {
     let Some(id) = DeviceId::parse(id) else {
         bail!("no device with id {id:?}")
     };
-    let store = open_store(&config.data_dir)?;
+    let store = registry_store(config)?;
     let now = config.clock.now();
     match store.write_blocking(|tx| registry::revoke(tx, &id, now, "cli"))? {
         RevokeOutcome::Revoked => eprintln!("revoked {id}"),
@@ -324,7 +329,7 @@ fn revoke_device(config: &Config, id: &str) -> anyhow::Result<()> {
 }
 
 fn list_nodes(config: &Config, json: bool) -> anyhow::Result<()> {
-    let store = open_store(&config.data_dir)?;
+    let store = registry_store(config)?;
     let nodes = store.read_blocking(crate::nodes::list)?;
     let mut out = std::io::stdout().lock();
     if json {
@@ -362,7 +367,7 @@ fn revoke_node(config: &Config, id: &str) -> anyhow::Result<()> {
     let Some(id) = crate::nodes::NodeId::parse(id) else {
         bail!("no node with id {id:?}")
     };
-    let store = open_store(&config.data_dir)?;
+    let store = registry_store(config)?;
     let now = config.clock.now();
     // A running daemon sees the `node.revoked` event and closes the node's session (4403).
     match store.write_blocking(|tx| crate::nodes::revoke(tx, &id, now, "cli"))? {

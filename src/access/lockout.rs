@@ -262,7 +262,7 @@ mod tests {
     #[test]
     fn persisted_and_pruned() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
+        let store = Store::open(&dir.path().join("db"), &crate::crypto::MasterKey::from_bytes([7; 32])).unwrap();
         let peer = Subject::Peer("/org/bluez/hci0/dev_00_11_22_33_44_55".into());
         let dev = Subject::Device(DeviceId::from_bytes([7; 16]));
         let mut s = LockState::default();

@@ -124,8 +124,7 @@ fn main() {
 ))]
 mod build_bundled {
     use std::env;
-    use std::ffi::OsString;
-    use std::path::{Path, PathBuf};
+    use std::path::Path;
 
     use super::{is_compiler, win_target};
 
@@ -264,24 +263,6 @@ mod build_bundled {
         cfg.compile(lib_name);
 
         println!("cargo:lib_dir={out_dir}");
-    }
-
-    fn env(name: &str) -> Option<OsString> {
-        let prefix = env::var("TARGET").unwrap().to_uppercase().replace('-', "_");
-        let prefixed = format!("{prefix}_{name}");
-        println!("cargo:rerun-if-env-changed={prefixed}");
-        println!("cargo:rerun-if-env-changed={name}");
-        let var = env::var_os(prefixed);
-
-        match var {
-            None => env::var_os(name),
-            _ => var,
-        }
-    }
-
-    fn find_openssl_dir(_host: &str, _target: &str) -> Option<PathBuf> {
-        let openssl_dir = env("OPENSSL_DIR");
-        openssl_dir.map(PathBuf::from)
     }
 }
 
