@@ -75,6 +75,8 @@ pub enum AdminCmd {
         #[arg(long, default_value = "cli")]
         name: String,
     },
+    /// Re-key the registry and re-seal every secret under a new master key (daemon stopped)
+    RotateKey,
 }
 
 #[derive(Debug, Subcommand)]
@@ -166,6 +168,7 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             println!("{}", token.expose());
             Ok(())
         }
+        Command::Admin(AdminCmd::RotateKey) => rotate_key(&config),
         Command::Pair => pair(&config),
         Command::Devices(DevicesCmd::List { json }) => list_devices(&config, json),
         Command::Devices(DevicesCmd::Revoke { id }) => revoke_device(&config, &id),
@@ -227,6 +230,24 @@ fn set_password(config: &Config) -> anyhow::Result<()> {
     let now = config.clock.now();
     store.write_blocking(|tx| Ok(admin::set_password(tx, password.expose(), now)))??;
     eprintln!("admin password set; existing web sessions were ended");
+    Ok(())
+}
+
+fn rotate_key(config: &Config) -> anyhow::Result<()> {
+    use crate::rotation::Rotated;
+    match crate::rotation::rotate(&config.data_dir, config.credentials_dir.as_deref())? {
+        Rotated::KeyFile(p) => eprintln!(
+            "the registry and every sealed secret are now under the new master key in {}; \
+             back it up now (the old key opens nothing any more)",
+            p.display()
+        ),
+        Rotated::InstallCredential(p) => eprintln!(
+            "the registry and every sealed secret are now under the new master key in {p}; \
+             install it as the latchkey.key credential (systemd-creds encrypt --name=latchkey.key \
+             {p} /etc/credstore.encrypted/latchkey.key), delete {p}, and back the key up",
+            p = p.display()
+        ),
+    }
     Ok(())
 }
 

@@ -50,6 +50,63 @@ pub fn open_store(
     credentials_dir: Option<&Path>,
 ) -> anyhow::Result<(Store, MasterKey)> {
     create_data_dir(data_dir)?;
+    let lock = lock(data_dir, Lock::Shared)?;
+    let (store, master, _) = open_locked(data_dir, credentials_dir, lock)?;
+    Ok((store, master))
+}
+
+/// Every latchkey process that opens the registry holds this file locked shared for as long as
+/// it has it open; `latchkey admin rotate-key` needs it exclusive (so: no daemon running).
+const LOCK_FILE: &str = "latchkey.lock";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lock {
+    Shared,
+    Exclusive,
+}
+
+/// Takes the data dir's lock without waiting.
+pub(crate) fn lock(data_dir: &Path, how: Lock) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let op = match how {
+        Lock::Shared => libc::LOCK_SH,
+        Lock::Exclusive => libc::LOCK_EX,
+    } | libc::LOCK_NB;
+    // SAFETY: flock(2) on a file descriptor we own; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+        match how {
+            Lock::Shared => anyhow::bail!(
+                "a master key rotation is running on {}; wait for it to finish",
+                data_dir.display()
+            ),
+            Lock::Exclusive => anyhow::bail!(
+                "latchkey is running on {} (the daemon or another command); stop it first \
+                 (systemctl stop latchkey)",
+                data_dir.display()
+            ),
+        }
+    }
+    Ok(file)
+}
+
+/// [`open_store`] with the data dir's lock already held (kept open as long as the store).
+/// Also returns where the key came from. A registry that the key does not open, beside a
+/// `master.key.new`, is one whose rotation stopped after replacing the registry: the new key
+/// opens it, and takes the old one's place.
+pub(crate) fn open_locked(
+    data_dir: &Path,
+    credentials_dir: Option<&Path>,
+    lock: std::fs::File,
+) -> anyhow::Result<(Store, MasterKey, KeySource)> {
     let db = data_dir.join(DB_FILE);
     refuse_remains(data_dir, &db)?;
     let may_create = may_create_key(&db)?;
@@ -71,10 +128,27 @@ pub fn open_store(
             tracing::debug!(path = %p.display(), "master key loaded")
         }
     }
-    let store = Store::open(&db, &master)?;
+    let pending = data_dir.join(crate::rotation::NEW_KEY_FILE);
+    let (store, master) = match Store::open(&db, &master) {
+        Ok(store) => {
+            crate::rotation::discard_unfinished(data_dir, &pending)?;
+            (store, master)
+        }
+        Err(store::StoreError::WrongKey { .. }) if pending.exists() => {
+            let new = MasterKey::read(&pending)?;
+            let store = Store::open(&db, &new)?;
+            crate::rotation::adopt_new_key(&pending, &source)?;
+            (store, new)
+        }
+        Err(e) => return Err(e.into()),
+    };
     check_sealing_key(&store, &master)?;
-    Ok((store, master))
+    store.keep_until_closed(lock);
+    Ok((store, master, source))
 }
+
+/// The associated data of `meta.key_check`, a value sealed only to prove the master key.
+pub(crate) const KEY_CHECK_AAD: &str = "latchkey/meta/key-check";
 
 /// A new master key may be made only for a registry that nothing was ever keyed or sealed
 /// under: none yet, or a plain one (from before encryption) without sealed data.
@@ -95,7 +169,7 @@ fn may_create_key(db: &Path) -> anyhow::Result<bool> {
 /// Proves the master key is the one this registry's secrets were sealed under (the file key
 /// already proved it for the file; this also covers a registry from before encryption).
 fn check_sealing_key(store: &Store, key: &MasterKey) -> anyhow::Result<()> {
-    const AAD: &str = "latchkey/meta/key-check";
+    const AAD: &str = KEY_CHECK_AAD;
     match store.read_blocking(|c| store::meta_get(c, "key_check"))? {
         Some(hex) => {
             let sealed = data_encoding::HEXLOWER

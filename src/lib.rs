@@ -25,6 +25,7 @@ pub mod pairing;
 pub mod qr;
 pub mod ratelimit;
 pub mod registry;
+pub mod rotation;
 pub mod secret;
 pub mod slots;
 pub mod state;

@@ -212,7 +212,7 @@ fn a_wrong_master_key_is_refused_with_a_one_line_reason() {
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert_eq!(err.trim_end().lines().count(), 1, "one line: {err:?}");
     assert!(
-        err.contains("master key does not open the registry"),
+        err.contains("master key does not match the registry"),
         "{err}"
     );
     assert!(err.contains("latchkey.db"), "{err}");

@@ -12,8 +12,8 @@ use crate::crypto::MasterKey;
 use crate::secret::random_array;
 use crate::store::{self, StoreError};
 
-const META_KEY: &str = "gateway_signing_key";
-const AAD: &str = "latchkey/meta/gateway_signing_key";
+pub(crate) const META_KEY: &str = "gateway_signing_key";
+pub(crate) const AAD: &str = "latchkey/meta/gateway_signing_key";
 
 /// The signing key, if one was made.
 pub fn signing_key(conn: &Connection, master: &MasterKey) -> Result<Option<SigningKey>, NodeError> {

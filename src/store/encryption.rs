@@ -45,7 +45,7 @@ impl std::fmt::Debug for FileKey {
 
 /// Keys a freshly opened connection, then reads the schema to prove the key opens the file
 /// (SQLite reads nothing until then; a wrong key shows as "file is not a database").
-pub(super) fn apply_key(conn: &Connection, key: &FileKey, path: &Path) -> Result<(), StoreError> {
+pub(crate) fn apply_key(conn: &Connection, key: &FileKey, path: &Path) -> Result<(), StoreError> {
     let sql = Zeroizing::new(format!("PRAGMA key = {}", key.pragma_value().as_str()));
     conn.execute_batch(&sql)
         .map_err(|e| open_error(path, e))?;
@@ -58,6 +58,12 @@ pub(super) fn apply_key(conn: &Connection, key: &FileKey, path: &Path) -> Result
         }),
         Err(e) => Err(open_error(path, e)),
     }
+}
+
+/// Re-encrypts every page of the file under `key` (rollback-journal mode only).
+pub(crate) fn rekey(conn: &Connection, key: &FileKey, path: &Path) -> Result<(), StoreError> {
+    let sql = Zeroizing::new(format!("PRAGMA rekey = {}", key.pragma_value().as_str()));
+    conn.execute_batch(&sql).map_err(|e| open_error(path, e))
 }
 
 fn is_not_a_database(e: &rusqlite::Error) -> bool {
@@ -162,9 +168,7 @@ pub fn encrypt_if_plain(path: &Path, key: &FileKey) -> Result<bool, StoreError> 
         // Rekeying a plain database works in rollback-journal mode only.
         copy.pragma_update(None, "journal_mode", "DELETE")
             .map_err(|e| open_error(&temp, e))?;
-        let sql = Zeroizing::new(format!("PRAGMA rekey = {}", key.pragma_value().as_str()));
-        copy.execute_batch(&sql)
-            .map_err(|e| open_error(&temp, e))?;
+        rekey(&copy, key, &temp)?;
     }
     if is_plain(&temp)? {
         remove_leftover(&temp)?;
@@ -262,7 +266,7 @@ mod tests {
         let err = Store::open(&path, &master(2)).unwrap_err();
         assert!(matches!(err, StoreError::WrongKey { .. }), "{err}");
         let msg = err.to_string();
-        assert!(msg.contains("master key does not open the registry"), "{msg}");
+        assert!(msg.contains("master key does not match the registry"), "{msg}");
         assert!(!msg.contains('\n'));
         // The failed attempt changed nothing.
         Store::open(&path, &master(1)).unwrap();

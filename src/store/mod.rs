@@ -40,8 +40,8 @@ pub enum StoreError {
     #[error("stored data is corrupt: {0}")]
     Corrupt(&'static str),
     #[error(
-        "the master key does not open the registry {path} (wrong key: was master.key or the \
-         latchkey.key credential replaced?)"
+        "the master key does not match the registry {path}: it cannot decrypt it (was master.key \
+         or the latchkey.key credential replaced?)"
     )]
     WrongKey { path: PathBuf },
 }
@@ -60,6 +60,8 @@ struct Inner {
     /// Dropped to stop the checkpointer.
     stop: Option<mpsc::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Whatever must stay open as long as the database is (the data dir's lock).
+    guard: Mutex<Option<std::fs::File>>,
 }
 
 /// The last handle closes everything before returning, as a plain connection would: the
@@ -172,8 +174,14 @@ impl Store {
                 jobs: Some(jobs),
                 stop: Some(stop),
                 threads: vec![writer_thread, checkpoint_thread],
+                guard: Mutex::new(None),
             }),
         })
+    }
+
+    /// Keeps `file` (a lock) open until the last handle closes the database.
+    pub fn keep_until_closed(&self, file: std::fs::File) {
+        *self.inner.guard.lock().unwrap_or_else(|p| p.into_inner()) = Some(file);
     }
 
     pub fn path(&self) -> &Path {
