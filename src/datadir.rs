@@ -83,6 +83,10 @@ pub(crate) fn lock(data_dir: &Path, how: Lock) -> anyhow::Result<std::fs::File> 
     } | libc::LOCK_NB;
     // SAFETY: flock(2) on a file descriptor we own; no memory is passed.
     if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::WouldBlock {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
         match how {
             Lock::Shared => anyhow::bail!(
                 "a master key rotation is running on {}; wait for it to finish",

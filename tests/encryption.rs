@@ -18,7 +18,7 @@ use latchkey::secret::TokenHash;
 use serde_json::Value;
 
 /// The admin token `latchkey admin token --name fixture-token` printed when the fixture was made.
-const FIXTURE_ADMIN_TOKEN: &str = "lka_ue-0jQ45Ek-4PMyo1v7F-xTvRVoQ1eHC1BBhgBfsgwI";
+const FIXTURE_ADMIN_TOKEN: &str = "lka_pFocUoVlV_vTl8hPQLCzot5Ivd4gOz7sS6_zeOwpvVA";
 const PLAIN_MAGIC: &[u8] = b"SQLite format 3\0";
 
 fn fixture(name: &str) -> std::path::PathBuf {
