@@ -164,8 +164,9 @@ fn may_create_key(db: &Path) -> anyhow::Result<bool> {
     if !store::encryption::is_plain(db)? {
         return Ok(false);
     }
-    let conn = rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
-        .with_context(|| format!("cannot open {}", db.display()))?;
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .with_context(|| format!("cannot open {}", db.display()))?;
     // A plain file without our tables yet holds nothing sealed either.
     Ok(!store::holds_sealed_data(&conn).unwrap_or(false))
 }

@@ -37,7 +37,10 @@ const PAUSE_ENV: &str = "LATCHKEY_TEST_ROTATION_PAUSE";
 const SEALED_META: [(&str, &str); 3] = [
     ("key_check", datadir::KEY_CHECK_AAD),
     (crate::nodes::signing::META_KEY, crate::nodes::signing::AAD),
-    (crate::grants::doorkey::META_KEY, crate::grants::doorkey::AAD),
+    (
+        crate::grants::doorkey::META_KEY,
+        crate::grants::doorkey::AAD,
+    ),
 ];
 
 /// What a finished rotation left to do.
@@ -54,7 +57,9 @@ pub enum Rotated {
 /// other latchkey process has the registry open.
 pub fn rotate(data_dir: &Path, credentials_dir: Option<&Path>) -> anyhow::Result<Rotated> {
     let lock = datadir::lock(data_dir, Lock::Exclusive)?;
-    let _relock = lock.try_clone().context("cannot hold the data dir's lock")?;
+    let _relock = lock
+        .try_clone()
+        .context("cannot hold the data dir's lock")?;
     // `_relock` holds the lock on after the store (which keeps `lock`) is closed.
     // Opening brings the registry up to date and finishes or discards an earlier rotation.
     let (store, old, source) = datadir::open_locked(data_dir, credentials_dir, lock)?;
@@ -63,7 +68,10 @@ pub fn rotate(data_dir: &Path, credentials_dir: Option<&Path>) -> anyhow::Result
     drop(store);
     let wal = wal_of(&db);
     if std::fs::metadata(&wal).is_ok_and(|m| m.len() > 0) {
-        anyhow::bail!("{} is still there after closing the registry", wal.display());
+        anyhow::bail!(
+            "{} is still there after closing the registry",
+            wal.display()
+        );
     }
 
     let pending = data_dir.join(NEW_KEY_FILE);
@@ -152,8 +160,9 @@ fn reseal_all(tx: &Transaction<'_>, old: &MasterKey, new: &MasterKey) -> Result<
 pub(crate) fn adopt_new_key(pending: &Path, source: &KeySource) -> anyhow::Result<()> {
     match source {
         KeySource::DataDir(key) | KeySource::Created(key) => {
-            std::fs::rename(pending, key)
-                .with_context(|| format!("cannot move {} to {}", pending.display(), key.display()))?;
+            std::fs::rename(pending, key).with_context(|| {
+                format!("cannot move {} to {}", pending.display(), key.display())
+            })?;
             encryption::sync_dir(key)?;
             tracing::info!(path = %key.display(), "the registry is under the new master key");
         }

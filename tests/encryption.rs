@@ -114,7 +114,10 @@ async fn a_plain_registry_from_before_is_encrypted_on_first_start_and_keeps_its_
         serde_json::from_slice(&std::fs::read(fixture("alice-phone.json")).unwrap()).unwrap();
     let cwd = private_dir();
     let serve = || {
-        let mut c = command(cwd.path(), &["serve", "--listen", "127.0.0.1:0", "--ble", "off"]);
+        let mut c = command(
+            cwd.path(),
+            &["serve", "--listen", "127.0.0.1:0", "--ble", "off"],
+        );
         c.arg("--data-dir").arg(data.path());
         Daemon::start(c)
     };

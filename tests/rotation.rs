@@ -74,7 +74,9 @@ fn opens_everything(data: &Path, key: &MasterKey, secrets: &Secrets) -> bool {
                     other => panic!("TOTP secret of {id:?} does not open: {other:?}"),
                 }
             }
-            let signing = latchkey::nodes::signing::signing_key(c, key).unwrap().unwrap();
+            let signing = latchkey::nodes::signing::signing_key(c, key)
+                .unwrap()
+                .unwrap();
             assert_eq!(signing.to_bytes(), secrets.signing);
             let door = latchkey::grants::doorkey::secret(c, key).unwrap().unwrap();
             assert_eq!(door.to_bytes().to_vec(), secrets.door);

@@ -50,7 +50,7 @@ mod tests {
     #[test]
     fn made_once_and_sealed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(&dir.path().join("db.sqlite"), &crate::crypto::MasterKey::from_bytes([7; 32])).unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db.sqlite"));
         let master = MasterKey::from_bytes([5; 32]);
         assert!(store
             .read_blocking(|c| secret(c, &master))

@@ -93,7 +93,7 @@ mod tests {
     #[test]
     fn made_once_sealed_and_usable() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(&dir.path().join("db.sqlite"), &crate::crypto::MasterKey::from_bytes([7; 32])).unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db.sqlite"));
         let master = MasterKey::from_bytes([5; 32]);
         let a = store
             .write_blocking(|tx| Ok(public_key(tx, &master)))

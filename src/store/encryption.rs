@@ -47,8 +47,7 @@ impl std::fmt::Debug for FileKey {
 /// (SQLite reads nothing until then; a wrong key shows as "file is not a database").
 pub(crate) fn apply_key(conn: &Connection, key: &FileKey, path: &Path) -> Result<(), StoreError> {
     let sql = Zeroizing::new(format!("PRAGMA key = {}", key.pragma_value().as_str()));
-    conn.execute_batch(&sql)
-        .map_err(|e| open_error(path, e))?;
+    conn.execute_batch(&sql).map_err(|e| open_error(path, e))?;
     match conn.query_row("SELECT count(*) FROM sqlite_schema", [], |r| {
         r.get::<_, i64>(0)
     }) {
@@ -266,7 +265,10 @@ mod tests {
         let err = Store::open(&path, &master(2)).unwrap_err();
         assert!(matches!(err, StoreError::WrongKey { .. }), "{err}");
         let msg = err.to_string();
-        assert!(msg.contains("master key does not match the registry"), "{msg}");
+        assert!(
+            msg.contains("master key does not match the registry"),
+            "{msg}"
+        );
         assert!(!msg.contains('\n'));
         // The failed attempt changed nothing.
         Store::open(&path, &master(1)).unwrap();
@@ -278,9 +280,7 @@ mod tests {
         let path = dir.path().join("latchkey.db");
         {
             let plain = Connection::open(&path).unwrap();
-            plain
-                .pragma_update(None, "journal_mode", "WAL")
-                .unwrap();
+            plain.pragma_update(None, "journal_mode", "WAL").unwrap();
             plain
                 .execute_batch("CREATE TABLE t (x TEXT); INSERT INTO t VALUES ('needle-row');")
                 .unwrap();

@@ -123,7 +123,8 @@ impl Store {
         };
         let connect = |flags: OpenFlags| -> Result<Connection, StoreError> {
             let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
-            conn.busy_timeout(Duration::from_secs(5)).map_err(open_err)?;
+            conn.busy_timeout(Duration::from_secs(5))
+                .map_err(open_err)?;
             encryption::apply_key(&conn, &key, path)?;
             configure(&conn).map_err(open_err)?;
             Ok(conn)
@@ -317,6 +318,16 @@ fn checkpoint_loop(conn: Connection, shared: Weak<Shared>, stop: mpsc::Receiver<
     }
 }
 
+/// Unit tests' stores, under a fixed master key.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub(crate) fn open(path: &Path) -> Store {
+        Store::open(path, &MasterKey::from_bytes([7; 32])).unwrap()
+    }
+}
+
 /// Reads a `meta` value.
 pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
     use rusqlite::OptionalExtension;
@@ -344,7 +355,7 @@ mod tests {
     async fn opens_migrates_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
-        let store = Store::open(&path, &crate::crypto::MasterKey::from_bytes([7; 32])).unwrap();
+        let store = crate::store::testing::open(&path);
         let v: i64 = store
             .read(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
             .await
@@ -361,7 +372,7 @@ mod tests {
             .unwrap()
             .unwrap();
         drop(store);
-        let again = Store::open(&path, &crate::crypto::MasterKey::from_bytes([7; 32])).unwrap();
+        let again = crate::store::testing::open(&path);
         assert_eq!(
             again
                 .read(|c| meta_get(c, "gateway_id"))
@@ -376,7 +387,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn queued_writes_all_commit_and_a_panic_fails_only_its_caller() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.sqlite"), &crate::crypto::MasterKey::from_bytes([7; 32])).unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db.sqlite"));
         let writes = (0..200).map(|i| {
             let store = store.clone();
             tokio::spawn(async move {
@@ -410,7 +421,7 @@ mod tests {
     fn the_last_handle_closes_the_database_cleanly() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
-        let store = Store::open(&path, &crate::crypto::MasterKey::from_bytes([7; 32])).unwrap();
+        let store = crate::store::testing::open(&path);
         store
             .write_blocking(|tx| {
                 tx.execute("INSERT INTO meta (key, value) VALUES ('x', '1')", [])?;
@@ -421,7 +432,7 @@ mod tests {
         drop(store);
         // Every connection closed, the last one checkpointed and removed the WAL.
         assert!(!dir.path().join("db.sqlite-wal").exists());
-        let again = Store::open(&path, &crate::crypto::MasterKey::from_bytes([7; 32])).unwrap();
+        let again = crate::store::testing::open(&path);
         assert_eq!(
             again
                 .read_blocking(|c| meta_get(c, "x"))
@@ -434,7 +445,7 @@ mod tests {
     #[tokio::test]
     async fn failed_write_rolls_back() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.sqlite"), &crate::crypto::MasterKey::from_bytes([7; 32])).unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db.sqlite"));
         let r: Result<(), _> = store
             .write(|tx| {
                 tx.execute("INSERT INTO meta (key, value) VALUES ('x', '1')", [])?;
