@@ -181,6 +181,17 @@ mod build_bundled {
 
         // ChaCha20-Poly1305 (sqleet's scheme) for new databases, whatever the amalgamation's default.
         cfg.flag("-DCODEC_TYPE=CODEC_TYPE_CHACHA20");
+        // The other ciphers would only add code: latchkey never opens files made with them.
+        for cipher in [
+            "AES_128_CBC",
+            "AES_256_CBC",
+            "SQLCIPHER",
+            "RC4",
+            "ASCON128",
+            "AEGIS",
+        ] {
+            cfg.flag(format!("-DHAVE_CIPHER_{cipher}=0"));
+        }
 
         // on android sqlite can't figure out where to put the temp files.
         // the bundled sqlite on android also uses `SQLITE_TEMP_STORE=3`.
