@@ -163,6 +163,11 @@ impl MasterKey {
         f.sync_all().map_err(io)
     }
 
+    /// Whether both are the same key (constant time).
+    pub fn same_as(&self, other: &Self) -> bool {
+        crate::secret::ct_eq(self.key.as_slice(), other.key.as_slice())
+    }
+
     /// A purpose-specific subkey, so the master key itself only ever keys HKDF.
     pub fn derive(&self, info: &str) -> Zeroizing<[u8; 32]> {
         let hk = Hkdf::<Sha256>::new(Some(b"latchkey master key v1"), self.key.as_slice());

@@ -135,7 +135,7 @@ pub(crate) fn open_locked(
     let pending = data_dir.join(crate::rotation::NEW_KEY_FILE);
     let (store, master) = match Store::open(&db, &master) {
         Ok(store) => {
-            crate::rotation::discard_unfinished(data_dir, &pending)?;
+            crate::rotation::discard_unfinished(data_dir, &pending, &master)?;
             (store, master)
         }
         Err(store::StoreError::WrongKey { .. }) if pending.exists() => {

@@ -176,13 +176,22 @@ pub(crate) fn adopt_new_key(pending: &Path, source: &KeySource) -> anyhow::Resul
     Ok(())
 }
 
-/// The key opened the registry: a `master.key.new` beside it is from a rotation that stopped
-/// before replacing the registry, and so is its copy.
-pub(crate) fn discard_unfinished(data_dir: &Path, pending: &Path) -> anyhow::Result<()> {
+/// `key` opened the registry: a `master.key.new` beside it is either that same key (installed
+/// as the systemd credential after a rotation) or from a rotation that stopped before replacing
+/// the registry, as is a leftover copy. Either way it is no longer needed.
+pub(crate) fn discard_unfinished(
+    data_dir: &Path,
+    pending: &Path,
+    key: &MasterKey,
+) -> anyhow::Result<()> {
     let copy = copy_path(&data_dir.join(DB_FILE));
     let had_copy = copy.exists();
     remove_copy(&copy)?;
-    if pending.exists() || had_copy {
+    let installed = pending.exists() && MasterKey::read(pending).is_ok_and(|k| k.same_as(key));
+    if installed {
+        remove_if_there(pending)?;
+        tracing::info!("the new master key is installed; removed {NEW_KEY_FILE}");
+    } else if pending.exists() || had_copy {
         remove_if_there(pending)?;
         tracing::warn!(
             "a master key rotation had stopped before it replaced the registry; it stays under \

@@ -195,3 +195,50 @@ async fn rotation_is_refused_while_the_daemon_runs() {
     assert!(!data.path().join("master.key.new").exists());
     assert!(opens_everything(data.path(), &before, &secrets));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_systemd_credential_the_new_key_waits_beside_the_registry_until_installed() {
+    let (data, secrets) = gateway_with_every_kind_of_secret().await;
+    let dir = data.path();
+    let cwd = tempfile::tempdir().unwrap();
+    let creds = tempfile::tempdir().unwrap();
+    let cred = creds.path().join("latchkey.key");
+    std::fs::copy(dir.join("master.key"), &cred).unwrap();
+    std::fs::remove_file(dir.join("master.key")).unwrap();
+    let with_cred = |args: &[&str]| {
+        let mut all = vec!["--data-dir", dir.to_str().unwrap()];
+        all.extend_from_slice(args);
+        command(cwd.path(), &all)
+            .env("CREDENTIALS_DIRECTORY", creds.path())
+            .output()
+            .unwrap()
+    };
+
+    let o = with_cred(&["admin", "rotate-key"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(
+        stderr(&o).contains("install it as the latchkey.key credential"),
+        "{}",
+        stderr(&o)
+    );
+    let new = MasterKey::read(&dir.join("master.key.new")).unwrap();
+    assert!(!dir.join("master.key").exists());
+    assert!(opens_everything(dir, &new, &secrets));
+    assert!(!opens_everything(
+        dir,
+        &MasterKey::read(&cred).unwrap(),
+        &secrets
+    ));
+
+    // The old credential still in place: the new key beside the registry opens it, and stays.
+    let o = with_cred(&["devices", "list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(dir.join("master.key.new").exists());
+
+    // Installed as the credential: it opens the registry, and the file is no longer needed.
+    std::fs::write(&cred, std::fs::read(dir.join("master.key.new")).unwrap()).unwrap();
+    let o = with_cred(&["devices", "list"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(!dir.join("master.key.new").exists());
+    assert!(opens_everything(dir, &new, &secrets));
+}
