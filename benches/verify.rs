@@ -38,8 +38,8 @@ struct Fixture {
 impl Fixture {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("latchkey.db")).unwrap();
         let master = MasterKey::from_bytes([7; 32]);
+        let store = Store::open(&dir.path().join("latchkey.db"), &master).unwrap();
         let info = DeviceInfo::validate("bench phone", "mobile").unwrap();
         let mut last = None;
         for _ in 0..100 {

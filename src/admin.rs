@@ -214,12 +214,11 @@ pub fn csrf_ok(master: &MasterKey, sid: &str, presented: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
 
     #[test]
     fn password_roundtrip_and_limits() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db.sqlite"));
         assert!(!store.read_blocking(has_password).unwrap());
         let short = store.write_blocking(|tx| Ok(set_password(tx, "short", 0)));
         assert!(matches!(short.unwrap(), Err(AdminError::PasswordLength)));
@@ -236,7 +235,7 @@ mod tests {
     #[test]
     fn tokens_sessions_and_csrf() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db.sqlite"));
         let (id, tok) = store
             .write_blocking(|tx| Ok(create_token(tx, "ci", 10).unwrap()))
             .unwrap();

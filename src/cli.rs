@@ -75,6 +75,8 @@ pub enum AdminCmd {
         #[arg(long, default_value = "cli")]
         name: String,
     },
+    /// Re-key the registry and re-seal every secret under a new master key (daemon stopped)
+    RotateKey,
 }
 
 #[derive(Debug, Subcommand)]
@@ -159,13 +161,14 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         Command::Serve(_) => serve(config),
         Command::Admin(AdminCmd::Password) => set_password(&config),
         Command::Admin(AdminCmd::Token { name }) => {
-            let store = open_store(&config.data_dir)?;
+            let store = registry_store(&config)?;
             let now = config.clock.now();
             let (_, token) =
                 store.write_blocking(|tx| Ok(admin::create_token(tx, &name, now)))??;
             println!("{}", token.expose());
             Ok(())
         }
+        Command::Admin(AdminCmd::RotateKey) => rotate_key(&config),
         Command::Pair => pair(&config),
         Command::Devices(DevicesCmd::List { json }) => list_devices(&config, json),
         Command::Devices(DevicesCmd::Revoke { id }) => revoke_device(&config, &id),
@@ -223,15 +226,33 @@ fn set_password(config: &Config) -> anyhow::Result<()> {
             .context("cannot read the password from stdin")?;
         crate::secret::SecretString::new(line.trim_end_matches(['\r', '\n']).to_owned())
     };
-    let store = open_store(&config.data_dir)?;
+    let store = registry_store(config)?;
     let now = config.clock.now();
     store.write_blocking(|tx| Ok(admin::set_password(tx, password.expose(), now)))??;
     eprintln!("admin password set; existing web sessions were ended");
     Ok(())
 }
 
+fn rotate_key(config: &Config) -> anyhow::Result<()> {
+    use crate::rotation::Rotated;
+    match crate::rotation::rotate(&config.data_dir, config.credentials_dir.as_deref())? {
+        Rotated::KeyFile(p) => eprintln!(
+            "the registry and every sealed secret are now under the new master key in {}; \
+             back it up now (the old key opens nothing any more)",
+            p.display()
+        ),
+        Rotated::InstallCredential(p) => eprintln!(
+            "the registry and every sealed secret are now under the new master key in {p}; \
+             install it as the latchkey.key credential (systemd-creds encrypt --name=latchkey.key \
+             {p} /etc/credstore.encrypted/latchkey.key), delete {p}, and back the key up",
+            p = p.display()
+        ),
+    }
+    Ok(())
+}
+
 fn pair(config: &Config) -> anyhow::Result<()> {
-    let store = open_store(&config.data_dir)?;
+    let store = registry_store(config)?;
     let now = config.clock.now();
     let ttl = config.pair_token_ttl_secs;
     let t = store.write_blocking(|tx| Ok(pairing::create_token(tx, now, ttl)))??;
@@ -273,6 +294,11 @@ fn pair(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The registry for a CLI command (which needs the master key to open it).
+fn registry_store(config: &Config) -> anyhow::Result<crate::store::Store> {
+    Ok(open_store(&config.data_dir, config.credentials_dir.as_deref())?.0)
+}
+
 fn human_secs(s: u64) -> String {
     if s.is_multiple_of(60) {
         format!("{} min", s / 60)
@@ -282,7 +308,7 @@ fn human_secs(s: u64) -> String {
 }
 
 fn list_devices(config: &Config, json: bool) -> anyhow::Result<()> {
-    let store = open_store(&config.data_dir)?;
+    let store = registry_store(config)?;
     let devices = store.read_blocking(registry::list)?;
     let mut out = std::io::stdout().lock();
     if json {
@@ -313,7 +339,7 @@ fn revoke_device(config: &Config, id: &str) -> anyhow::Result<()> {
     let Some(id) = DeviceId::parse(id) else {
         bail!("no device with id {id:?}")
     };
-    let store = open_store(&config.data_dir)?;
+    let store = registry_store(config)?;
     let now = config.clock.now();
     match store.write_blocking(|tx| registry::revoke(tx, &id, now, "cli"))? {
         RevokeOutcome::Revoked => eprintln!("revoked {id}"),
@@ -324,7 +350,7 @@ fn revoke_device(config: &Config, id: &str) -> anyhow::Result<()> {
 }
 
 fn list_nodes(config: &Config, json: bool) -> anyhow::Result<()> {
-    let store = open_store(&config.data_dir)?;
+    let store = registry_store(config)?;
     let nodes = store.read_blocking(crate::nodes::list)?;
     let mut out = std::io::stdout().lock();
     if json {
@@ -362,7 +388,7 @@ fn revoke_node(config: &Config, id: &str) -> anyhow::Result<()> {
     let Some(id) = crate::nodes::NodeId::parse(id) else {
         bail!("no node with id {id:?}")
     };
-    let store = open_store(&config.data_dir)?;
+    let store = registry_store(config)?;
     let now = config.clock.now();
     // A running daemon sees the `node.revoked` event and closes the node's session (4403).
     match store.write_blocking(|tx| crate::nodes::revoke(tx, &id, now, "cli"))? {

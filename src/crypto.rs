@@ -134,6 +134,40 @@ impl MasterKey {
         }
     }
 
+    /// A new key from the OS CSPRNG (for `latchkey admin rotate-key`).
+    pub fn generate() -> Result<Self, RandomError> {
+        let mut key = random_array::<MASTER_KEY_LEN>()?;
+        let out = Self::from_bytes(key);
+        key.zeroize();
+        Ok(out)
+    }
+
+    /// Reads a key file (raw 32 bytes or 64 hex digits, mode 0600 or stricter).
+    pub fn read(path: &Path) -> Result<Self, KeyError> {
+        read_key_file(path)
+    }
+
+    /// Writes the key to a new file `path` (0600, raw bytes), synced: `path` must not exist.
+    pub fn write_new(&self, path: &Path) -> Result<(), KeyError> {
+        let io = |source| KeyError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        f.write_all(self.key.as_slice()).map_err(io)?;
+        f.sync_all().map_err(io)
+    }
+
+    /// Whether both are the same key (constant time).
+    pub fn same_as(&self, other: &Self) -> bool {
+        crate::secret::ct_eq(self.key.as_slice(), other.key.as_slice())
+    }
+
     /// A purpose-specific subkey, so the master key itself only ever keys HKDF.
     pub fn derive(&self, info: &str) -> Zeroizing<[u8; 32]> {
         let hk = Hkdf::<Sha256>::new(Some(b"latchkey master key v1"), self.key.as_slice());

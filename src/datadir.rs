@@ -6,7 +6,8 @@ use std::path::Path;
 
 use anyhow::Context;
 
-use crate::store::Store;
+use crate::crypto::{KeySource, MasterKey};
+use crate::store::{self, Store};
 
 pub const DB_FILE: &str = "latchkey.db";
 const WAL_FILE: &str = "latchkey.db-wal";
@@ -39,14 +40,80 @@ fn create_data_dir(data_dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data directory {}", data_dir.display()))
 }
 
-/// Creates the data directory (0700) if needed and opens the registry in it. Refuses a
+/// Creates the data directory (0700) if needed, loads the master key (`credentials_dir` first,
+/// see `MasterKey::load`) and opens the registry in it, encrypted under that key. Refuses a
 /// directory that holds the remains of a gateway (a master key or a WAL) without a usable
 /// database: starting afresh there would silently make a new gateway. Every file the registry
 /// makes is 0600 whatever the umask.
-pub fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
+pub fn open_store(
+    data_dir: &Path,
+    credentials_dir: Option<&Path>,
+) -> anyhow::Result<(Store, MasterKey)> {
     create_data_dir(data_dir)?;
+    let lock = lock(data_dir, Lock::Shared)?;
+    let (store, master, _) = open_locked(data_dir, credentials_dir, lock)?;
+    Ok((store, master))
+}
+
+/// Every latchkey process that opens the registry holds this file locked shared for as long as
+/// it has it open; `latchkey admin rotate-key` needs it exclusive (so: no daemon running).
+const LOCK_FILE: &str = "latchkey.lock";
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lock {
+    Shared,
+    Exclusive,
+}
+
+/// Takes the data dir's lock without waiting.
+pub(crate) fn lock(data_dir: &Path, how: Lock) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let path = data_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    let op = match how {
+        Lock::Shared => libc::LOCK_SH,
+        Lock::Exclusive => libc::LOCK_EX,
+    } | libc::LOCK_NB;
+    // SAFETY: flock(2) on a file descriptor we own; no memory is passed.
+    if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
+        let e = std::io::Error::last_os_error();
+        if e.kind() != std::io::ErrorKind::WouldBlock {
+            return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+        }
+        match how {
+            Lock::Shared => anyhow::bail!(
+                "a master key rotation is running on {}; wait for it to finish",
+                data_dir.display()
+            ),
+            Lock::Exclusive => anyhow::bail!(
+                "latchkey is running on {} (the daemon or another command); stop it first \
+                 (systemctl stop latchkey)",
+                data_dir.display()
+            ),
+        }
+    }
+    Ok(file)
+}
+
+/// [`open_store`] with the data dir's lock already held (kept open as long as the store).
+/// Also returns where the key came from. A registry that the key does not open, beside a
+/// `master.key.new`, is one whose rotation stopped after replacing the registry: the new key
+/// opens it, and takes the old one's place.
+pub(crate) fn open_locked(
+    data_dir: &Path,
+    credentials_dir: Option<&Path>,
+    lock: std::fs::File,
+) -> anyhow::Result<(Store, MasterKey, KeySource)> {
     let db = data_dir.join(DB_FILE);
     refuse_remains(data_dir, &db)?;
+    let may_create = may_create_key(&db)?;
     // SQLite creates the WAL and SHM files with the database file's mode.
     std::fs::OpenOptions::new()
         .write(true)
@@ -58,7 +125,81 @@ pub fn open_store(data_dir: &Path) -> anyhow::Result<Store> {
     for name in [DB_FILE, WAL_FILE, SHM_FILE] {
         private(&data_dir.join(name))?;
     }
-    Ok(Store::open(&db)?)
+    let (master, source) = MasterKey::load(credentials_dir, data_dir, may_create)?;
+    match &source {
+        KeySource::Created(p) => tracing::info!(path = %p.display(), "created a new master key"),
+        KeySource::DataDir(p) | KeySource::Credential(p) => {
+            tracing::debug!(path = %p.display(), "master key loaded")
+        }
+    }
+    let pending = data_dir.join(crate::rotation::NEW_KEY_FILE);
+    let (store, master) = match Store::open(&db, &master) {
+        Ok(store) => {
+            crate::rotation::discard_unfinished(data_dir, &pending, &master)?;
+            (store, master)
+        }
+        Err(store::StoreError::WrongKey { .. }) if pending.exists() => {
+            let new = MasterKey::read(&pending)?;
+            let store = Store::open(&db, &new)?;
+            crate::rotation::adopt_new_key(&pending, &source)?;
+            (store, new)
+        }
+        Err(e) => return Err(e.into()),
+    };
+    check_sealing_key(&store, &master)?;
+    store.keep_until_closed(lock);
+    Ok((store, master, source))
+}
+
+/// The associated data of `meta.key_check`, a value sealed only to prove the master key.
+pub(crate) const KEY_CHECK_AAD: &str = "latchkey/meta/key-check";
+
+/// A new master key may be made only for a registry that nothing was ever keyed or sealed
+/// under: none yet, or a plain one (from before encryption) without sealed data.
+fn may_create_key(db: &Path) -> anyhow::Result<bool> {
+    let len = std::fs::metadata(db).map(|m| m.len()).unwrap_or(0);
+    if len == 0 {
+        return Ok(true);
+    }
+    if !store::encryption::is_plain(db)? {
+        return Ok(false);
+    }
+    let conn =
+        rusqlite::Connection::open_with_flags(db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .with_context(|| format!("cannot open {}", db.display()))?;
+    // A plain file without our tables yet holds nothing sealed either.
+    Ok(!store::holds_sealed_data(&conn).unwrap_or(false))
+}
+
+/// Proves the master key is the one this registry's secrets were sealed under (the file key
+/// already proved it for the file; this also covers a registry from before encryption).
+fn check_sealing_key(store: &Store, key: &MasterKey) -> anyhow::Result<()> {
+    const AAD: &str = KEY_CHECK_AAD;
+    match store.read_blocking(|c| store::meta_get(c, "key_check"))? {
+        Some(hex) => {
+            let sealed = data_encoding::HEXLOWER
+                .decode(hex.as_bytes())
+                .unwrap_or_default();
+            if key.open(&sealed, AAD).is_err() {
+                anyhow::bail!(
+                    "the master key does not match the secrets sealed in {}; restore the \
+                     original key or start from an empty data directory",
+                    store.path().display()
+                );
+            }
+        }
+        None => {
+            let hex = data_encoding::HEXLOWER.encode(&key.seal(b"latchkey", AAD)?);
+            store.write_blocking(|tx| {
+                tx.execute(
+                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('key_check', ?1)",
+                    [hex],
+                )?;
+                Ok(())
+            })?;
+        }
+    }
+    Ok(())
 }
 
 /// Mode 0600 for `path` if it exists (files made by older versions under a lax umask).

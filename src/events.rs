@@ -478,7 +478,7 @@ mod tests {
     #[tokio::test]
     async fn seq_survives_pruning_and_frames_render() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db.sqlite"));
         for i in 0..5 {
             store
                 .write(move |tx| append(tx, "ui.sync", &json!({ "i": i }), "test", 1_000))
@@ -510,7 +510,7 @@ mod tests {
     #[tokio::test]
     async fn publishes_never_evict_the_audit_log_nor_one_publisher_another() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db.sqlite"));
         store
             .write(|tx| {
                 append(tx, "access.granted", &json!({"deviceId": "d1"}), "ble", 0)?; // 1
@@ -585,7 +585,7 @@ mod tests {
     #[tokio::test]
     async fn bytes_are_bounded_per_publisher_and_in_total() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db.sqlite"));
         let pad = "p".repeat(990);
         // ~1000 bytes each: x has 5 KB, y 2 KB, and an audit event of a few bytes.
         store
@@ -644,7 +644,7 @@ mod tests {
     async fn tailer_delivers_in_order_including_other_connections() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
-        let store = Store::open(&path).unwrap();
+        let store = crate::store::testing::open(&path);
         let bus = EventBus::new();
         let mut rx = bus.subscribe();
         let stop = CancellationToken::new();
@@ -654,7 +654,7 @@ mod tests {
             .await
             .unwrap();
         // A second handle stands in for a CLI process writing to the same file.
-        let other = Store::open(&path).unwrap();
+        let other = crate::store::testing::open(&path);
         other
             .write(|tx| append(tx, "a.two", &json!({}), "cli", 0))
             .await

@@ -25,6 +25,7 @@ pub mod pairing;
 pub mod qr;
 pub mod ratelimit;
 pub mod registry;
+pub mod rotation;
 pub mod secret;
 pub mod slots;
 pub mod state;
@@ -42,9 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::Config;
-use crate::crypto::MasterKey;
 use crate::state::{App, AppState, Metrics};
-use crate::store::Store;
 
 pub use datadir::{check_data_dir, open_store, DB_FILE};
 
@@ -57,57 +56,9 @@ const TOOL_REQUESTS_PER_MINUTE: usize = 10;
 /// Shutdown must finish well inside systemd's and the contract's 5 s.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
 
-/// Loads the master key and proves it is the one this database's secrets were sealed under.
-pub fn open_master_key(config: &Config, store: &Store) -> anyhow::Result<MasterKey> {
-    let sealed = store.read_blocking(store::holds_sealed_data)?;
-    let (key, source) =
-        MasterKey::load(config.credentials_dir.as_deref(), &config.data_dir, !sealed)?;
-    match &source {
-        crypto::KeySource::Created(p) => {
-            tracing::info!(path = %p.display(), "created a new master key")
-        }
-        crypto::KeySource::DataDir(p) | crypto::KeySource::Credential(p) => {
-            tracing::debug!(path = %p.display(), "master key loaded")
-        }
-    }
-    const AAD: &str = "latchkey/meta/key-check";
-    let check = store.read_blocking(|c| store::meta_get(c, "key_check"))?;
-    match check {
-        Some(hex) => {
-            let sealed = data_encoding::HEXLOWER
-                .decode(hex.as_bytes())
-                .unwrap_or_default();
-            if key.open(&sealed, AAD).is_err() {
-                anyhow::bail!(
-                    "the master key does not match this database (was {} replaced?); \
-                     restore the original key or start from an empty data directory",
-                    match source {
-                        crypto::KeySource::Credential(p)
-                        | crypto::KeySource::DataDir(p)
-                        | crypto::KeySource::Created(p) => p.display().to_string(),
-                    }
-                );
-            }
-        }
-        None => {
-            let sealed = key.seal(b"latchkey", AAD)?;
-            let hex = data_encoding::HEXLOWER.encode(&sealed);
-            store.write_blocking(|tx| {
-                tx.execute(
-                    "INSERT OR IGNORE INTO meta (key, value) VALUES ('key_check', ?1)",
-                    [hex],
-                )?;
-                Ok(())
-            })?;
-        }
-    }
-    Ok(key)
-}
-
 /// Builds the shared application state from a resolved configuration.
 pub fn build_state(config: Config, port: u16) -> anyhow::Result<AppState> {
-    let store = open_store(&config.data_dir)?;
-    let master = open_master_key(&config, &store)?;
+    let (store, master) = open_store(&config.data_dir, config.credentials_dir.as_deref())?;
     let gateway_id = store
         .read_blocking(|c| store::meta_get(c, "gateway_id"))?
         .context("database has no gateway id")?;

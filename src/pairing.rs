@@ -225,7 +225,7 @@ mod tests {
 
     fn setup() -> (tempfile::TempDir, Store, MasterKey) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db.sqlite"));
         (dir, store, MasterKey::from_bytes([9; 32]))
     }
 

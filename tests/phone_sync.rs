@@ -50,7 +50,7 @@ async fn listen_resumes_across_restarts_without_loss_or_duplicates() {
     let addr = gw.addr;
     let data = gw.stop().await;
     let (s3, s4) = {
-        let store = latchkey::open_store(data.path()).unwrap();
+        let (store, _) = latchkey::open_store(data.path(), None).unwrap();
         store
             .write_blocking(|tx| {
                 let a = events::append(tx, "ui.sync", &json!({"n": 3}), "test", T0 * 1000)?;
@@ -125,7 +125,7 @@ async fn revocation_cuts_the_listener_off_while_connected_and_on_reconnect() {
     let addr = gw.addr;
     let data = gw.stop().await;
     {
-        let store = latchkey::open_store(data.path()).unwrap();
+        let (store, _) = latchkey::open_store(data.path(), None).unwrap();
         let id = DeviceId::parse(&b.device_id).unwrap();
         store
             .write_blocking(|tx| registry::revoke(tx, &id, T0 + 5, "test"))

@@ -653,7 +653,7 @@ async fn revocation_closes_the_device_sockets_with_4403_from_the_api_and_the_cli
     );
 
     // `latchkey devices revoke` is another process on the same database file.
-    let cli = Store::open(&gw.dir.path().join(latchkey::DB_FILE)).unwrap();
+    let (cli, _) = latchkey::open_store(gw.dir.path(), None).unwrap();
     let bid = device_id(&b);
     cli.write(move |tx| registry::revoke(tx, &bid, T0, "cli"))
         .await

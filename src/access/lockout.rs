@@ -211,7 +211,6 @@ pub fn prune_peers(tx: &Transaction<'_>, now: UnixTime) -> Result<usize, StoreEr
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
-    use crate::store::Store;
 
     #[test]
     fn schedule_from_the_fifth_failure() {
@@ -262,7 +261,7 @@ mod tests {
     #[test]
     fn persisted_and_pruned() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db")).unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db"));
         let peer = Subject::Peer("/org/bluez/hci0/dev_00_11_22_33_44_55".into());
         let dev = Subject::Device(DeviceId::from_bytes([7; 16]));
         let mut s = LockState::default();

@@ -10,8 +10,8 @@ use crate::nodes::NodeError;
 use crate::store::StoreError;
 use latchkey_proto::v2::{parse_secret_key, public_key_bytes, PublicKeyBytes};
 
-const META_KEY: &str = "gateway_door_key";
-const AAD: &str = "latchkey/meta/gateway_door_key";
+pub(crate) const META_KEY: &str = "gateway_door_key";
+pub(crate) const AAD: &str = "latchkey/meta/gateway_door_key";
 
 fn from_seed(seed: &[u8; 32]) -> Result<p256::SecretKey, StoreError> {
     parse_secret_key(seed).map_err(|_| StoreError::Corrupt("the gateway door key"))
@@ -50,7 +50,7 @@ mod tests {
     #[test]
     fn made_once_and_sealed() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db.sqlite"));
         let master = MasterKey::from_bytes([5; 32]);
         assert!(store
             .read_blocking(|c| secret(c, &master))

@@ -527,7 +527,7 @@ mod tests {
 
     fn store() -> (tempfile::TempDir, crate::store::Store) {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db.sqlite"));
         store
             .write_blocking(|tx| {
                 tx.execute_batch(

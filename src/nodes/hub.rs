@@ -328,7 +328,7 @@ mod tests {
 
     fn hub() -> (tempfile::TempDir, Arc<NodeHub>) {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db.sqlite"));
         (dir, Arc::new(NodeHub::new(store, ManualClock::new(1_000))))
     }
 

@@ -12,8 +12,8 @@ use crate::crypto::MasterKey;
 use crate::secret::random_array;
 use crate::store::{self, StoreError};
 
-const META_KEY: &str = "gateway_signing_key";
-const AAD: &str = "latchkey/meta/gateway_signing_key";
+pub(crate) const META_KEY: &str = "gateway_signing_key";
+pub(crate) const AAD: &str = "latchkey/meta/gateway_signing_key";
 
 /// The signing key, if one was made.
 pub fn signing_key(conn: &Connection, master: &MasterKey) -> Result<Option<SigningKey>, NodeError> {
@@ -93,7 +93,7 @@ mod tests {
     #[test]
     fn made_once_sealed_and_usable() {
         let dir = tempfile::tempdir().unwrap();
-        let store = crate::store::Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db.sqlite"));
         let master = MasterKey::from_bytes([5; 32]);
         let a = store
             .write_blocking(|tx| Ok(public_key(tx, &master)))

@@ -1,4 +1,5 @@
-//! The registry: one SQLite file in WAL mode, opened by the daemon and by CLI commands alike.
+//! The registry: one SQLite file in WAL mode, opened by the daemon and by CLI commands alike,
+//! encrypted as a whole under a key derived from the master key (see `encryption`).
 //!
 //! rusqlite is blocking, so async callers never run it on the runtime. Writes run, one after
 //! another, on a dedicated writer thread that owns the write connection, each as a `BEGIN
@@ -11,6 +12,7 @@
 //! Under writes without pause SQLite's own auto-checkpoint (1000 pages) still bounds the WAL;
 //! it then finds most of the copying already done.
 
+pub mod encryption;
 mod migrations;
 
 use std::path::{Path, PathBuf};
@@ -21,6 +23,9 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 use tokio::sync::Notify;
+
+use crate::crypto::MasterKey;
+use encryption::FileKey;
 
 pub use migrations::SCHEMA_VERSION;
 
@@ -34,6 +39,11 @@ pub enum StoreError {
     Worker,
     #[error("stored data is corrupt: {0}")]
     Corrupt(&'static str),
+    #[error(
+        "the master key does not match the registry {path}: it cannot decrypt it (was master.key \
+         or the latchkey.key credential replaced?)"
+    )]
+    WrongKey { path: PathBuf },
 }
 
 #[derive(Clone)]
@@ -50,6 +60,8 @@ struct Inner {
     /// Dropped to stop the checkpointer.
     stop: Option<mpsc::Sender<()>>,
     threads: Vec<std::thread::JoinHandle<()>>,
+    /// Whatever must stay open as long as the database is (the data dir's lock).
+    guard: Mutex<Option<std::fs::File>>,
 }
 
 /// The last handle closes everything before returning, as a plain connection would: the
@@ -100,30 +112,31 @@ fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
 }
 
 impl Store {
-    /// Opens (creating if needed) the database and brings its schema up to date.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens (creating if needed) the database encrypted under a key derived from `master`,
+    /// encrypting a plain one from an older version first, and brings its schema up to date.
+    pub fn open(path: &Path, master: &MasterKey) -> Result<Self, StoreError> {
+        let key = FileKey::from_master(master);
+        encryption::encrypt_if_plain(path, &key)?;
         let open_err = |e: rusqlite::Error| StoreError::Open {
             path: path.to_owned(),
             message: e.to_string(),
         };
-        let mut writer = Connection::open(path).map_err(open_err)?;
+        let connect = |flags: OpenFlags| -> Result<Connection, StoreError> {
+            let conn = Connection::open_with_flags(path, flags).map_err(open_err)?;
+            conn.busy_timeout(Duration::from_secs(5))
+                .map_err(open_err)?;
+            encryption::apply_key(&conn, &key, path)?;
+            configure(&conn).map_err(open_err)?;
+            Ok(conn)
+        };
+        let mut writer = connect(OpenFlags::default())?;
         writer
             .pragma_update(None, "journal_mode", "WAL")
             .map_err(open_err)?;
-        configure(&writer).map_err(open_err)?;
         migrations::migrate(&mut writer)?;
-        let reader = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(open_err)?;
-        configure(&reader).map_err(open_err)?;
-        let checkpointer = Connection::open_with_flags(
-            path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
-        )
-        .map_err(open_err)?;
-        configure(&checkpointer).map_err(open_err)?;
+        let others = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+        let reader = connect(others)?;
+        let checkpointer = connect(others)?;
 
         let shared = Arc::new(Shared {
             writer: Mutex::new(writer),
@@ -162,8 +175,14 @@ impl Store {
                 jobs: Some(jobs),
                 stop: Some(stop),
                 threads: vec![writer_thread, checkpoint_thread],
+                guard: Mutex::new(None),
             }),
         })
+    }
+
+    /// Keeps `file` (a lock) open until the last handle closes the database.
+    pub fn keep_until_closed(&self, file: std::fs::File) {
+        *self.inner.guard.lock().unwrap_or_else(|p| p.into_inner()) = Some(file);
     }
 
     pub fn path(&self) -> &Path {
@@ -299,6 +318,16 @@ fn checkpoint_loop(conn: Connection, shared: Weak<Shared>, stop: mpsc::Receiver<
     }
 }
 
+/// Unit tests' stores, under a fixed master key.
+#[cfg(test)]
+pub(crate) mod testing {
+    use super::*;
+
+    pub(crate) fn open(path: &Path) -> Store {
+        Store::open(path, &MasterKey::from_bytes([7; 32])).unwrap()
+    }
+}
+
 /// Reads a `meta` value.
 pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, StoreError> {
     use rusqlite::OptionalExtension;
@@ -326,7 +355,7 @@ mod tests {
     async fn opens_migrates_and_reopens() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
-        let store = Store::open(&path).unwrap();
+        let store = crate::store::testing::open(&path);
         let v: i64 = store
             .read(|c| Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?))
             .await
@@ -343,7 +372,7 @@ mod tests {
             .unwrap()
             .unwrap();
         drop(store);
-        let again = Store::open(&path).unwrap();
+        let again = crate::store::testing::open(&path);
         assert_eq!(
             again
                 .read(|c| meta_get(c, "gateway_id"))
@@ -358,7 +387,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn queued_writes_all_commit_and_a_panic_fails_only_its_caller() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db.sqlite"));
         let writes = (0..200).map(|i| {
             let store = store.clone();
             tokio::spawn(async move {
@@ -392,7 +421,7 @@ mod tests {
     fn the_last_handle_closes_the_database_cleanly() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db.sqlite");
-        let store = Store::open(&path).unwrap();
+        let store = crate::store::testing::open(&path);
         store
             .write_blocking(|tx| {
                 tx.execute("INSERT INTO meta (key, value) VALUES ('x', '1')", [])?;
@@ -403,7 +432,7 @@ mod tests {
         drop(store);
         // Every connection closed, the last one checkpointed and removed the WAL.
         assert!(!dir.path().join("db.sqlite-wal").exists());
-        let again = Store::open(&path).unwrap();
+        let again = crate::store::testing::open(&path);
         assert_eq!(
             again
                 .read_blocking(|c| meta_get(c, "x"))
@@ -416,7 +445,7 @@ mod tests {
     #[tokio::test]
     async fn failed_write_rolls_back() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db.sqlite")).unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db.sqlite"));
         let r: Result<(), _> = store
             .write(|tx| {
                 tx.execute("INSERT INTO meta (key, value) VALUES ('x', '1')", [])?;
