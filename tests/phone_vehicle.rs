@@ -312,9 +312,10 @@ async fn an_interrupted_pairing_cancels_its_session() {
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped());
     let child = c.spawn().unwrap();
-    // Waits for the session the stalled completion holds open (a hang guard, not a timer).
+    // Waits until the phone is inside the stalled completion, so it holds a session id to
+    // cancel (a hang guard, not a timer).
     let asked = tokio::time::timeout(phone::HANG, async {
-        while g.gw.sessions().is_empty() {
+        while g.gw.completions() == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
     })

@@ -444,47 +444,35 @@ pub fn cancel(
     now: UnixTime,
 ) -> Result<(), SessionError> {
     let s = load(tx, device, id)?;
-    match s.state.as_str() {
-        "started" => {
-            tx.execute(
-                "UPDATE pairing_sessions SET state = 'cancelled', ended_at = ?2 WHERE id = ?1",
-                params![s.id, now],
-            )?;
-            event(
-                tx,
-                &s.id,
-                &s.vehicle_id,
-                device.as_str(),
-                json!({ "state": "cancelled" }),
-                &tools::origin(device),
-                now,
-            )?;
-            Ok(())
-        }
-        // The phone cancels after the server issued the key: the vehicle refused it (or the
-        // write never got there). The key it will never use is voided rather than left live
-        // for the vehicle's next snapshot; an owner voiding its own key harms nobody.
-        "completed" => {
-            if let Some(key) = &s.key_id {
-                super::vehicle::revoke(tx, key, now, &tools::origin(device))?;
-            }
-            tx.execute(
-                "UPDATE pairing_sessions SET state = 'cancelled', ended_at = ?2 WHERE id = ?1",
-                params![s.id, now],
-            )?;
-            event(
-                tx,
-                &s.id,
-                &s.vehicle_id,
-                device.as_str(),
-                json!({ "state": "cancelled", "keyVoided": s.key_id.is_some() }),
-                &tools::origin(device),
-                now,
-            )?;
-            Ok(())
-        }
-        _ => Ok(()),
+    // A completed session is cancelled when the vehicle refused the key (or the write never
+    // got there): the key it will never use is voided rather than left live for the vehicle's
+    // next snapshot; an owner voiding its own key harms nobody.
+    let issued = match s.state.as_str() {
+        "started" => None,
+        "completed" => s.key_id.as_deref(),
+        _ => return Ok(()),
+    };
+    if let Some(key) = issued {
+        super::vehicle::revoke(tx, key, now, &tools::origin(device))?;
     }
+    tx.execute(
+        "UPDATE pairing_sessions SET state = 'cancelled', ended_at = ?2 WHERE id = ?1",
+        params![s.id, now],
+    )?;
+    let mut data = json!({ "state": "cancelled" });
+    if issued.is_some() {
+        data["keyVoided"] = json!(true);
+    }
+    event(
+        tx,
+        &s.id,
+        &s.vehicle_id,
+        device.as_str(),
+        data,
+        &tools::origin(device),
+        now,
+    )?;
+    Ok(())
 }
 
 /// Housekeeping: started sessions past their expiry become `expired` (with their event), and

@@ -540,6 +540,8 @@ struct PairingGw {
     /// Vehicle keys issued (key JSON, with the key's expiry as a number for refresh).
     keys: Mutex<Vec<(Value, u64)>>,
     deletes: AtomicU32,
+    /// `…/complete` requests received (before any stall).
+    completions: AtomicU32,
     key_refreshes: AtomicU32,
 }
 
@@ -601,6 +603,7 @@ impl FakeGateway {
                 sessions: Mutex::new(HashMap::new()),
                 keys: Mutex::new(Vec::new()),
                 deletes: AtomicU32::new(0),
+                completions: AtomicU32::new(0),
                 key_refreshes: AtomicU32::new(0),
             }),
         });
@@ -663,6 +666,11 @@ impl FakeGateway {
     /// `DELETE /pairing-sessions/…` requests received.
     pub fn deletes(&self) -> u32 {
         self.pairing().deletes.load(Ordering::SeqCst)
+    }
+
+    /// `…/complete` requests received.
+    pub fn completions(&self) -> u32 {
+        self.pairing().completions.load(Ordering::SeqCst)
     }
 
     /// Vehicle keys issued.
@@ -737,6 +745,7 @@ async fn complete_session(
     let Some(p) = s.pairing.as_ref().filter(|_| authorised(&headers)) else {
         return error(StatusCode::UNAUTHORIZED, "UNAUTHORIZED");
     };
+    p.completions.fetch_add(1, Ordering::SeqCst);
     let mode = *p.mode.lock().unwrap();
     match mode {
         GwMode::Honest => {}
