@@ -73,7 +73,7 @@ async fn add_node_provisions_a_linux_node_that_comes_online() {
     assert!(!out.all().contains("right-pass-1") && !out.all().contains("prov_"));
 
     // The gateway agrees: registered, online, with what the phone sent.
-    let v = admin_get(&gw, &format!("/api/v0/nodes/{node_id}")).await;
+    let v = linux_node::status(&gw, &node_id).await;
     assert_eq!(v["state"], "registered", "{v}");
     assert_eq!(v["online"], true, "{v}");
     assert_eq!(v["room"], "Hall", "{v}");
@@ -100,7 +100,7 @@ async fn a_phone_opens_the_door_of_a_node_added_by_add_node_over_ble() {
     let out = run(add_node_command(&d.gw, ap, &password, None)).await;
     assert_eq!(out.code, 0, "{}", out.all());
     let node_id = out.stdout.trim().to_owned();
-    let node = admin_get(&d.gw, &format!("/api/v0/nodes/{node_id}")).await;
+    let node = linux_node::status(&d.gw, &node_id).await;
     assert_eq!(node["online"], true, "{node}");
     let endpoint = node["endpoint"]
         .as_str()

@@ -24,46 +24,14 @@ use std::sync::Arc;
 use common::{poll, Gateway};
 use door::Door;
 use latchkey::clock::{Clock, SystemClock};
-use latchkey_bluez_standin::Adapter;
 use phone::Out;
 use serde_json::Value;
 
 const AREA: &str = "offline-access";
 
-async fn admin_get(gw: &Gateway, path: &str) -> Value {
-    let r = reqwest::Client::new()
-        .get(gw.url(path))
-        .bearer_auth(&gw.admin_token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200, "{path}");
-    r.json().await.unwrap()
-}
-
-/// `phone unlock --adapter A --json --door D`: the output and its JSON.
-async fn unlock(bus: &str, creds: &Path, adapter: &Adapter, door: &str) -> (Out, Value) {
-    let args = [
-        "unlock",
-        "--adapter",
-        adapter.name(),
-        "--json",
-        "--door",
-        door,
-    ];
-    let out = phone::phone(Some(bus), creds, &args).await;
-    let json = serde_json::from_str(out.stdout.trim()).unwrap_or(Value::Null);
-    (out, json)
-}
-
-/// The node's grant state as the gateway shows it, once the node applied the newest snapshot.
-async fn grants_applied(gw: &Gateway, node_id: &str, count: u64) -> Value {
-    poll("the node applied its grants", async || {
-        let v = admin_get(gw, &format!("/api/v0/nodes/{node_id}")).await;
-        let g = v["grants"].clone();
-        (g["applied"] == g["version"] && g["count"] == count && v["online"] == true).then_some(g)
-    })
-    .await
+/// `phone unlock --door DOOR` on the phone's adapter.
+async fn unlock(r: &linux_node::Radios, creds: &Path, door: &str) -> (Out, Value) {
+    phone::on_radio(&r.bus, creds, &r.phone, "unlock", &["--door", door]).await
 }
 
 /// The `access.*` events the node decided, oldest first.
@@ -79,20 +47,13 @@ async fn node_decisions(gw: &Gateway) -> Vec<(String, Value)> {
 async fn the_node_opens_with_the_gateway_stopped_and_reports_once_it_returns() {
     // The system clock everywhere: the phone and the node check times against it.
     let d = Door::start_with(vec![], |c| c.clock = Arc::new(SystemClock)).await;
-    d.adapter.set_area(AREA);
-    let shared = latchkey_bluez_standin::shared().unwrap();
-    let bus = shared.bus.address.clone();
-    let node_radio = shared.new_adapter().await.unwrap();
-    node_radio.set_area(AREA);
-    let phone_radio = shared.new_adapter().await.unwrap();
-    phone_radio.set_area(AREA);
-    phone_radio.set_powered(true);
+    let r = linux_node::radios(AREA, &d.adapter).await;
 
     // A door node, added with `phone add-node`, with BLE on its own adapter.
     let dir = tempfile::tempdir().unwrap();
     let ble = linux_node::Ble {
-        bus: &bus,
-        adapter: node_radio.name(),
+        bus: &r.bus,
+        adapter: r.node.name(),
     };
     let mut node = linux_node::start(dir.path(), Some(&ble)).await;
     let node_id = linux_node::add(&d.gw, &node, dir.path()).await;
@@ -100,19 +61,19 @@ async fn the_node_opens_with_the_gateway_stopped_and_reports_once_it_returns() {
 
     // A phone pairs; its first unlock (online, at the gateway's own door) registers its key.
     let (creds, _) = phone::pair(&d.gw, dir.path(), "phone", SystemClock.now()).await;
-    let (out, json) = unlock(&bus, &creds, &phone_radio, "gateway").await;
+    let (out, json) = unlock(&r, &creds, "gateway").await;
     assert_eq!(out.code, 0, "{}", out.all());
     assert_eq!(json["status"], "GRANTED", "{json}");
     assert_eq!(json["protocol"], 2, "the gateway speaks version 2: {json}");
     assert_eq!(json["door"]["kind"], "gateway", "{json}");
     linux_node::wait_pulses(&relay, 1).await;
-    grants_applied(&d.gw, &node_id, 1).await;
+    linux_node::grants_applied(&d.gw, &node_id, 1).await;
 
     // The gateway stops. The node decides alone.
     let Door { gw, adapter, .. } = d;
     let addr = gw.addr;
     let data = gw.stop().await;
-    let (out, json) = unlock(&bus, &creds, &phone_radio, "node").await;
+    let (out, json) = unlock(&r, &creds, "node").await;
     assert_eq!(out.code, 0, "{}", out.all());
     assert_eq!(json["status"], "GRANTED", "{json}");
     assert_eq!(json["verified"], true, "{json}");
@@ -124,7 +85,7 @@ async fn the_node_opens_with_the_gateway_stopped_and_reports_once_it_returns() {
     node.kill().await.unwrap();
     let _ = node.wait().await;
     let node = linux_node::start(dir.path(), Some(&ble)).await;
-    let (out, json) = unlock(&bus, &creds, &phone_radio, "node").await;
+    let (out, json) = unlock(&r, &creds, "node").await;
     assert_eq!(json["status"], "CLOCK_UNKNOWN", "{}", out.all());
     assert_eq!(
         json["verified"], true,
@@ -169,11 +130,11 @@ async fn the_node_opens_with_the_gateway_stopped_and_reports_once_it_returns() {
         door::ble_on(c, &adapter, vec![]);
     })
     .await;
-    let g = grants_applied(&gw, &node_id, 1).await;
+    let g = linux_node::grants_applied(&gw, &node_id, 1).await;
     assert!(g["version"].as_u64().is_some(), "{g}");
 
     // Online, the node decides too, and the decision is recorded as online.
-    let (out, json) = unlock(&bus, &creds, &phone_radio, "node").await;
+    let (out, json) = unlock(&r, &creds, "node").await;
     assert_eq!(json["status"], "GRANTED", "{}", out.all());
     linux_node::wait_pulses(&relay, 3).await;
     let decisions = poll("the online decision is recorded", async || {
@@ -186,20 +147,20 @@ async fn the_node_opens_with_the_gateway_stopped_and_reports_once_it_returns() {
 
     // Revocation reaches the online node at once: the very next attempt is refused.
     let device = decisions[0].1["deviceId"].as_str().unwrap().to_owned();
-    let r = reqwest::Client::new()
+    let revoke = reqwest::Client::new()
         .post(gw.url(&format!("/api/devices/{device}/revoke")))
         .bearer_auth(&gw.admin_token)
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
+    assert_eq!(revoke.status(), 200);
     let revoked_at = std::time::Instant::now();
-    grants_applied(&gw, &node_id, 0).await;
+    linux_node::grants_applied(&gw, &node_id, 0).await;
     println!(
         "the node applied the snapshot without the revoked tool {} ms after the revoke answered",
         revoked_at.elapsed().as_millis()
     );
-    let (out, json) = unlock(&bus, &creds, &phone_radio, "node").await;
+    let (out, json) = unlock(&r, &creds, "node").await;
     assert_eq!(json["status"], "UNKNOWN_TOOL", "{}", out.all());
     linux_node::assert_pulses(&relay, 3);
     drop(node);

@@ -34,15 +34,7 @@ async fn phone_radio(area: &str) -> (Adapter, String) {
 
 /// `phone unlock --adapter A --json ARGS…`: the output and its JSON line.
 async fn unlock(bus: &str, creds: &Path, adapter: &Adapter, args: &[&str]) -> (Out, Value) {
-    let mut all = vec!["unlock", "--adapter", adapter.name(), "--json"];
-    all.extend_from_slice(args);
-    let out = phone::phone(Some(bus), creds, &all).await;
-    let json = serde_json::from_str(out.stdout.trim()).unwrap_or(Value::Null);
-    // Seed 000's cleanup, whatever the outcome: nothing left open, nothing merely abandoned.
-    let r = adapter.radio();
-    assert!(r.is_idle(), "the phone's radio: {r:?}");
-    assert_eq!(r.stats.abandoned_sessions, 0, "{r:?}");
-    (out, json)
+    phone::on_radio(bus, creds, adapter, "unlock", args).await
 }
 
 fn assert_granted_v2(out: &Out, json: &Value, kind: &str, id: &str) {

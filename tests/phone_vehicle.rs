@@ -109,14 +109,7 @@ async fn run(
     command: &str,
     args: &[&str],
 ) -> (Out, Value) {
-    let mut all = vec![command, "--adapter", radio.name(), "--json"];
-    all.extend_from_slice(args);
-    let out = phone::phone(Some(bus), path, &all).await;
-    let json = serde_json::from_str(out.stdout.trim()).unwrap_or(Value::Null);
-    let r = radio.radio();
-    assert!(r.is_idle(), "the phone's radio: {r:?}");
-    assert_eq!(r.stats.abandoned_sessions, 0, "{r:?}");
-    (out, json)
+    phone::on_radio(bus, path, radio, command, args).await
 }
 
 fn stored_keys(path: &Path) -> Vec<latchkey_phone::vehicle::VehicleKey> {

@@ -16,14 +16,11 @@ mod linux_node;
 #[path = "support/phone.rs"]
 mod phone;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use common::{poll, Gateway};
 use door::Door;
 use latchkey::clock::SystemClock;
-use latchkey_bluez_standin::Adapter;
-use phone::Out;
 use serde_json::Value;
 
 const AREA: &str = "vehicle-e2e";
@@ -39,49 +36,17 @@ async fn admin(gw: &Gateway, method: reqwest::Method, path: &str) -> Value {
     r.json().await.unwrap()
 }
 
-/// `latchkey phone ARGS… --adapter A --json` and its JSON.
-async fn phone_json(bus: &str, creds: &Path, adapter: &Adapter, args: &[&str]) -> (Out, Value) {
-    let mut all: Vec<&str> = args.to_vec();
-    all.extend(["--adapter", adapter.name(), "--json"]);
-    let out = phone::phone(Some(bus), creds, &all).await;
-    let json = serde_json::from_str(out.stdout.trim()).unwrap_or(Value::Null);
-    let r = adapter.radio();
-    assert!(r.is_idle(), "the phone's radio after {args:?}: {r:?}");
-    (out, json)
-}
-
-/// The vehicle's grants as the gateway shows them, once applied.
-async fn vehicle_grants(gw: &Gateway, node_id: &str, count: u64) {
-    poll("the vehicle applied its grants", async || {
-        let v = admin(
-            gw,
-            reqwest::Method::GET,
-            &format!("/api/v0/nodes/{node_id}"),
-        )
-        .await;
-        let g = &v["grants"];
-        (g["applied"] == g["version"] && g["count"] == count).then_some(())
-    })
-    .await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_phone_pairs_with_a_vehicle_and_opens_it_with_the_gateway_stopped() {
     let d = Door::start_with(vec![], |c| c.clock = Arc::new(SystemClock)).await;
-    d.adapter.set_area(AREA);
-    let shared = latchkey_bluez_standin::shared().unwrap();
-    let bus = shared.bus.address.clone();
-    let car_radio = shared.new_adapter().await.unwrap();
-    car_radio.set_area(AREA);
-    let phone_radio = shared.new_adapter().await.unwrap();
-    phone_radio.set_area(AREA);
-    phone_radio.set_powered(true);
+    let r = linux_node::radios(AREA, &d.adapter).await;
+    let bus = r.bus.clone();
 
     // The vehicle: a node of kind vehicle, added with `phone add-node`.
     let dir = tempfile::tempdir().unwrap();
     let ble = linux_node::Ble {
         bus: &bus,
-        adapter: car_radio.name(),
+        adapter: r.node.name(),
     };
     let car = linux_node::start_with(dir.path(), Some(&ble), &["--kind", "vehicle"]).await;
     let vehicle_id = linux_node::add(&d.gw, &car, dir.path()).await;
@@ -99,11 +64,12 @@ async fn a_phone_pairs_with_a_vehicle_and_opens_it_with_the_gateway_stopped() {
     )
     .await;
     assert_eq!(paired.code, 0, "{}", paired.all());
-    let (out, ctx) = phone_json(
+    let (out, ctx) = phone::on_radio(
         &bus,
         &creds,
-        &phone_radio,
-        &["pair-vehicle", &vehicle_id, "--yes"],
+        &r.phone,
+        "pair-vehicle",
+        &[&vehicle_id, "--yes"],
     )
     .await;
     assert_eq!(out.code, 0, "{}", out.all());
@@ -122,7 +88,7 @@ async fn a_phone_pairs_with_a_vehicle_and_opens_it_with_the_gateway_stopped() {
         .filter_map(|k| k["keyId"].as_str())
         .collect();
     assert_eq!(listed, [key_id.as_str()], "{keys}");
-    vehicle_grants(&d.gw, &vehicle_id, 1).await;
+    linux_node::grants_applied(&d.gw, &vehicle_id, 1).await;
     let events = d.gw.events("vehicle.pairing").await;
     let states: Vec<&str> = events
         .iter()
@@ -134,11 +100,12 @@ async fn a_phone_pairs_with_a_vehicle_and_opens_it_with_the_gateway_stopped() {
     let Door { gw, adapter, .. } = d;
     let addr = gw.addr;
     let data = gw.stop().await;
-    let (out, json) = phone_json(
+    let (out, json) = phone::on_radio(
         &bus,
         &creds,
-        &phone_radio,
-        &["unlock", "--vehicle", &vehicle_id],
+        &r.phone,
+        "unlock",
+        &["--vehicle", &vehicle_id],
     )
     .await;
     assert_eq!(out.code, 0, "{}", out.all());
@@ -172,12 +139,13 @@ async fn a_phone_pairs_with_a_vehicle_and_opens_it_with_the_gateway_stopped() {
         &format!("/api/vehicle-keys/{key_id}/revoke"),
     )
     .await;
-    vehicle_grants(&gw, &vehicle_id, 0).await;
-    let (out, json) = phone_json(
+    linux_node::grants_applied(&gw, &vehicle_id, 0).await;
+    let (out, json) = phone::on_radio(
         &bus,
         &creds,
-        &phone_radio,
-        &["unlock", "--vehicle", &vehicle_id],
+        &r.phone,
+        "unlock",
+        &["--vehicle", &vehicle_id],
     )
     .await;
     assert_eq!(json["status"], "UNKNOWN_TOOL", "{}", out.all());

@@ -6,6 +6,7 @@
 use std::path::Path;
 use std::process::Stdio;
 
+use latchkey_bluez_standin::Adapter;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
 
@@ -16,6 +17,40 @@ use super::phone::{latchkey, run, HANG};
 pub struct Ble<'a> {
     pub bus: &'a str,
     pub adapter: &'a str,
+}
+
+/// Two more adapters of the shared stand-in, a node's and a phone's (powered), in radio range
+/// of `gateway` (all three in `area`), and the bus their processes use.
+pub struct Radios {
+    pub bus: String,
+    pub node: Adapter,
+    pub phone: Adapter,
+}
+
+pub async fn radios(area: &str, gateway: &Adapter) -> Radios {
+    let shared = latchkey_bluez_standin::shared().expect("private bus and stand-in");
+    gateway.set_area(area);
+    let node = shared.new_adapter().await.expect("adapter");
+    node.set_area(area);
+    let phone = shared.new_adapter().await.expect("adapter");
+    phone.set_area(area);
+    phone.set_powered(true);
+    Radios {
+        bus: shared.bus.address.clone(),
+        node,
+        phone,
+    }
+}
+
+/// Waits until the node is online and has applied the gateway's newest snapshot, of `count`
+/// grants; returns its `grants` state.
+pub async fn grants_applied(gw: &Gateway, node_id: &str, count: u64) -> Value {
+    poll("the node applied its grants", async || {
+        let v = status(gw, node_id).await;
+        let g = v["grants"].clone();
+        (g["applied"] == g["version"] && g["count"] == count && v["online"] == true).then_some(g)
+    })
+    .await
 }
 
 /// A running node and the URL of its setup access point's API.

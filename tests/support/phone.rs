@@ -78,6 +78,25 @@ pub async fn phone(bus: Option<&str>, creds: &Path, args: &[&str]) -> Out {
     run(c).await
 }
 
+/// `latchkey phone COMMAND --adapter A --json ARGS…` on `bus`: its output and JSON line. Seed
+/// 000's cleanup, whatever the outcome: the phone's radio is left idle, nothing merely abandoned.
+pub async fn on_radio(
+    bus: &str,
+    creds: &Path,
+    adapter: &Adapter,
+    command: &str,
+    args: &[&str],
+) -> (Out, Value) {
+    let mut all = vec![command, "--adapter", adapter.name(), "--json"];
+    all.extend_from_slice(args);
+    let out = phone(Some(bus), creds, &all).await;
+    let json = serde_json::from_str(out.stdout.trim()).unwrap_or(Value::Null);
+    let r = adapter.radio();
+    assert!(r.is_idle(), "the phone's radio after {command}: {r:?}");
+    assert_eq!(r.stats.abandoned_sessions, 0, "{r:?}");
+    (out, json)
+}
+
 /// `phone unlock ENDPOINT --adapter A --json [--timeouts T]`; returns the output and the JSON.
 pub async fn unlock(
     bus: &str,
