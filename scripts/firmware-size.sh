@@ -1,24 +1,40 @@
 #!/usr/bin/env bash
-# Size report of the ESP32-C3 firmware's release image: flash and static RAM by section, and
-# issue 11's budget (image <= 800 KiB; static RAM leaving >= 128 KiB of heap for the radio).
-# Builds the image first unless --no-build; with --strict, exits 1 when a budget line is not ok
-# (CI runs it without: the image is over the 800 KiB line today, docs/PERFORMANCE.md says why). Uses llvm-size (reads any ELF), else rust-size
-# (cargo-binutils), else GNU size; all three print `size -A`'s format.
+# Size report of the ESP32-C3 firmware's release image: flash and static RAM by section, and the
+# budget lines (docs/PERFORMANCE.md, "ESP32-C3 firmware size"): the image at most IMAGE_BUDGET_KIB,
+# and static RAM leaving at least 128 KiB of heap for the radio.
+#   --no-build  report the image already built
+#   --strict    exit 1 when a budget line is not met (scripts/test.sh, so CI, runs it so)
+#   --floor     also build examples/stack_floor.rs (the radio and network stacks alone, no
+#               latchkey code) and print how much of the image is the stack and how much latchkey
+# Uses llvm-size (reads any ELF), else rust-size (cargo-binutils), else GNU size; all three print
+# `size -A`'s format.
 set -euo pipefail
 cd "$(dirname "$0")/../firmware/esp32c3"
 
-build=1 strict=0
+# A ratchet, not a wish: today's image plus a little. A change that needs more raises it in the
+# same commit and says why in docs/PERFORMANCE.md. The flash's own limit is the app partition
+# (APP_RANGE in src/board.rs, 1728 KiB), checked as well.
+IMAGE_BUDGET_KIB=1100
+HEAP_MIN_KIB=128
+
+build=1 strict=0 floor=0
 for arg in "$@"; do
   case "$arg" in
     --no-build) build=0 ;;
     --strict) strict=1 ;;
-    *) echo "usage: $0 [--no-build] [--strict]" >&2; exit 2 ;;
+    --floor) floor=1 ;;
+    *) echo "usage: $0 [--no-build] [--strict] [--floor]" >&2; exit 2 ;;
   esac
 done
+release=target/riscv32imc-unknown-none-elf/release
+elf=$release/latchkey-node-esp32c3
+floor_elf=$release/examples/stack_floor
 if [ "$build" = 1 ]; then
   cargo build --release --quiet
 fi
-elf=target/riscv32imc-unknown-none-elf/release/latchkey-node-esp32c3
+if [ "$floor" = 1 ] && { [ "$build" = 1 ] || [ ! -f "$floor_elf" ]; }; then
+  cargo build --release --quiet --example stack_floor
+fi
 [ -f "$elf" ] || { echo "no image at $elf" >&2; exit 1; }
 
 size_tool=
@@ -30,6 +46,9 @@ done
 # The main heap compiled in (src/board.rs) sits inside .bss; the other is .dram2_uninit.
 kib_const() { sed -n "s/^pub const $1: usize = \([0-9]*\) \* 1024;/\1/p" src/board.rs; }
 heap_main=$(kib_const HEAP_MAIN)
+# APP_RANGE = 0x1_0000..0x1C_0000 -> its length in bytes.
+app_bytes=$(sed -n 's/^pub const APP_RANGE: Range<u32> = \(0x[0-9A-Fa-f_]*\)\.\.\(0x[0-9A-Fa-f_]*\);/\1 \2/p' src/board.rs \
+  | tr -d _ | { read -r a b; echo $((b - a)); })
 
 # ESP32-C3 address map: flash is mapped at 0x3C00_0000 (data) and 0x4200_0000 (code); SRAM is
 # seen at 0x3FC8_0000.. (data bus) and 0x4037_C000.. (instruction bus: the same 400 KiB); RTC
@@ -38,8 +57,11 @@ heap_main=$(kib_const HEAP_MAIN)
 # sections only reserve address space (IRAM and DRAM share the RAM; rodata and text share the
 # flash cache's map): no bytes. The image espflash writes adds segment headers and padding
 # (a few KiB) to the flash total.
-status=0
-"$size_tool" -A -d "$elf" | awk -v tool="$size_tool" -v heap_main="$heap_main" '
+# report ELF full|total: the tables and the budget lines (exit 1 when one is not met), or only
+# the image's bytes.
+report() {
+  "$size_tool" -A -d "$1" | awk -v tool="$size_tool" -v mode="$2" -v heap_main="$heap_main" \
+    -v budget_kib="$IMAGE_BUDGET_KIB" -v heap_min_kib="$HEAP_MIN_KIB" -v app_bytes="$app_bytes" '
 function kib(n) { return sprintf("%7.1f", n / 1024) }
 $1 ~ /^\./ && $2 ~ /^[0-9]+$/ && $3 ~ /^[0-9]+$/ {
   name = $1; sz = $2 + 0; a = $3 + 0
@@ -58,6 +80,7 @@ $1 ~ /^\./ && $2 ~ /^[0-9]+$/ && $3 ~ /^[0-9]+$/ {
   }
 }
 END {
+  if (mode == "total") { print tflash; exit 0 }
   printf "size tool: %s\n\n", tool
   printf "%-34s %10s %8s\n", "flash (the image)", "bytes", "KiB"
   for (i = 1; i <= nf; i++) printf "%-34s %10d %s\n", fl[i], fs[i], kib(fs[i])
@@ -70,9 +93,24 @@ END {
   printf "%-34s %10d %s\n", "heap in .dram2_uninit (reclaimed)", dram2, kib(dram2)
   printf "%-34s %10d %s\n\n", "main stack (the rest of the RAM)", stack, kib(stack)
   heap = hm + dram2
-  img_ok = (tflash <= 800 * 1024); heap_ok = (heap >= 128 * 1024)
-  printf "budget: image %.0f KiB of 800 KiB: %s\n", tflash / 1024, img_ok ? "ok" : "OVER"
-  printf "budget: heap %.0f KiB, at least 128 KiB of it for the radio: %s\n", heap / 1024, heap_ok ? "ok" : "SHORT"
-  exit !(img_ok && heap_ok)
-}' || status=$?
+  img_ok = (tflash <= budget_kib * 1024); part_ok = (tflash <= app_bytes)
+  heap_ok = (heap >= heap_min_kib * 1024)
+  printf "budget: image %.1f KiB of %d KiB: %s\n", tflash / 1024, budget_kib, img_ok ? "ok" : "OVER"
+  printf "budget: image fits the app partition (%d KiB): %s\n", app_bytes / 1024, part_ok ? "ok" : "NO"
+  printf "budget: heap %.0f KiB, at least %d KiB of it for the radio: %s\n", heap / 1024, heap_min_kib, heap_ok ? "ok" : "SHORT"
+  exit !(img_ok && part_ok && heap_ok)
+}'
+}
+
+status=0
+report "$elf" full || status=$?
+if [ "$floor" = 1 ]; then
+  image=$(report "$elf" total)
+  stack=$(report "$floor_elf" total)
+  echo
+  awk -v i="$image" -v s="$stack" 'BEGIN {
+    printf "floor: the stacks alone (examples/stack_floor.rs)  %7.1f KiB\n", s / 1024
+    printf "floor: latchkey on top of them                     %7.1f KiB\n", (i - s) / 1024
+  }'
+fi
 if [ "$strict" = 1 ]; then exit "$status"; fi
