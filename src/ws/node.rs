@@ -86,9 +86,10 @@ impl Stop {
     }
 }
 
+/// A node's frame (NODES.md §5).
 #[derive(Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
-enum NodeFrame {
+pub enum NodeFrame {
     Status {
         #[serde(default)]
         firmware: Option<String>,
@@ -121,10 +122,15 @@ enum NodeFrame {
     Other,
 }
 
+/// Parses one text frame from a node (the fuzz target `gateway_ws` calls it too).
+pub fn parse_frame(text: &str) -> Result<NodeFrame, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
 /// One entry of a `decisions` frame as sent (checked by `grants::decisions::Entry::check`).
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct DecisionEntry {
+pub struct DecisionEntry {
     seq: u64,
     status: String,
     tool_id: Option<String>,
@@ -433,7 +439,7 @@ impl Session {
         self.outstanding = 0;
         let problem = match msg {
             Message::Text(t) if t.len() > MAX_FRAME => Some("frame over 16 KiB"),
-            Message::Text(t) => match serde_json::from_str::<NodeFrame>(t.as_str()) {
+            Message::Text(t) => match parse_frame(t.as_str()) {
                 Ok(f) => self.on_frame(f).await?,
                 Err(_) => Some("not a valid frame (JSON object with a known type's fields)"),
             },

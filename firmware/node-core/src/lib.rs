@@ -43,8 +43,11 @@ mod run;
 pub mod session;
 pub mod setup_code;
 pub mod storage;
-#[cfg(test)]
-mod test_support;
+/// Fixtures (the PROTOCOL.md §24 keys, a signing gateway, phones): the tests', and the fuzz
+/// targets' with the `test-support` feature. Never in a board's build.
+#[cfg(any(test, feature = "test-support"))]
+#[doc(hidden)]
+pub mod test_support;
 pub mod time;
 
 pub use run::{run, Config, RunError};
