@@ -27,6 +27,7 @@ pub mod ratelimit;
 pub mod registry;
 pub mod rotation;
 pub mod secret;
+pub mod setup;
 pub mod slots;
 pub mod state;
 pub mod store;
@@ -98,6 +99,7 @@ pub fn build_state(config: Config, port: u16) -> anyhow::Result<AppState> {
         tasks: TaskTracker::new(),
         ble: ble::BleStatus::default(),
         clock_trust: clocktrust::ClockTrust::new(),
+        setup: setup::SetupCode::default(),
         config,
     }))
 }
@@ -147,6 +149,8 @@ pub async fn serve(
         caps,
         token.clone(),
     ));
+    // Before the ready line, so whoever waits for that line has the set-up URL too.
+    announce_setup(&state).await?;
     tracing::info!(
         listen = %local,
         advertise = %state.host_port(),
@@ -173,6 +177,20 @@ pub async fn serve(
     if drained.is_err() {
         tracing::warn!("some connections did not close in time; exiting anyway");
     }
+    Ok(())
+}
+
+/// First run: with no admin password yet, makes this process's one-time set-up code and
+/// prints its URL once, in the log and on the terminal (stderr, which systemd also journals).
+async fn announce_setup(state: &AppState) -> anyhow::Result<()> {
+    if state.store.read(admin::has_password).await? {
+        return Ok(());
+    }
+    let url = setup::url(&state.host_port(), &state.setup.issue()?);
+    // The code is meant to be read here (like Jenkins' initial password): it is one-time,
+    // dies with this process, and only sets the password while none exists.
+    tracing::warn!(%url, "no admin password yet: open the set-up URL to choose one");
+    eprintln!("\n  Finish setting up latchkey in a browser:\n\n    {url}\n");
     Ok(())
 }
 

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod error;
 pub mod metrics;
 pub mod nodes;
+pub mod setup;
 pub mod tools;
 pub mod ui;
 pub mod vehicles;
@@ -76,6 +77,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
     Router::new()
         .merge(api::routes())
         .merge(ui::routes())
+        .merge(setup::routes())
         .merge(activity::routes())
         .merge(nodes::routes())
         .merge(tools::routes())

@@ -116,10 +116,12 @@ struct LoginPage {
     csrf: String,
     has_password: bool,
     error: Option<String>,
+    /// Where the set-up URL points (shown while no password exists).
+    address: String,
 }
 
 /// The login form's CSRF token is bound to a short-lived pre-session cookie.
-fn login_csrf(state: &AppState, nonce: &str) -> String {
+pub(super) fn login_csrf(state: &AppState, nonce: &str) -> String {
     admin::csrf_token(&state.master, &format!("login:{nonce}"))
 }
 
@@ -131,6 +133,7 @@ async fn login_page(State(state): State<AppState>) -> Result<Response, ApiError>
         csrf: login_csrf(&state, nonce.expose()),
         has_password,
         error: None,
+        address: state.host_port(),
     };
     let mut resp = render(&page)?;
     set_cookie(&mut resp, LOGIN_COOKIE, nonce.expose(), 600);
@@ -174,6 +177,7 @@ async fn login(
             csrf: login_csrf(&state, nonce),
             has_password: true,
             error: Some("Wrong password.".into()),
+            address: state.host_port(),
         };
         let mut resp = render(&page)?;
         *resp.status_mut() = StatusCode::UNAUTHORIZED;
@@ -239,7 +243,7 @@ async fn check_password(
     Ok(ok)
 }
 
-fn set_cookie(resp: &mut Response, name: &str, value: &str, max_age: i64) {
+pub(super) fn set_cookie(resp: &mut Response, name: &str, value: &str, max_age: i64) {
     let v = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}");
     if let Ok(v) = header::HeaderValue::from_str(&v) {
         resp.headers_mut().append(header::SET_COOKIE, v);
