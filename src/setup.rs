@@ -68,7 +68,10 @@ mod tests {
         assert!(!s.matches(&"a".repeat(MAX_CODE_LEN + 1)));
         let second = s.issue().unwrap();
         assert_ne!(first.expose(), second.expose());
-        assert!(!s.matches(first.expose()), "a new code replaces the old one");
+        assert!(
+            !s.matches(first.expose()),
+            "a new code replaces the old one"
+        );
         assert!(s.matches(second.expose()));
         s.spend();
         assert!(!s.matches(second.expose()));

@@ -47,7 +47,9 @@ fn setup_url(d: &Daemon) -> String {
         .filter(|l| l.contains("open the set-up URL"))
         .collect();
     assert_eq!(lines.len(), 1, "logged once:\n{logs}");
-    let url = daemon::field(lines[0], "url").expect("url= field").to_owned();
+    let url = daemon::field(lines[0], "url")
+        .expect("url= field")
+        .to_owned();
     // The terminal gets it too, on a line of its own.
     assert!(
         logs.lines().any(|l| l.trim() == url),
@@ -90,7 +92,10 @@ async fn open_form(http: &reqwest::Client, url: &str) -> Form {
     let nonce = set_cookie(&r, "latchkey_login").expect("pre-session cookie");
     let html = r.text().await.unwrap();
     assert!(html.contains(r#"action="/setup""#), "{html}");
-    assert!(!html.contains("<script"), "no script at all on the set-up page");
+    assert!(
+        !html.contains("<script"),
+        "no script at all on the set-up page"
+    );
     Form {
         csrf: hidden(&html, "csrf"),
         nonce,
@@ -216,7 +221,10 @@ async fn a_restart_prints_a_new_code_and_the_old_one_dies() {
     assert_ne!(code_of(&first), code_of(&second));
     let http = http();
     let old = first.replace(
-        &format!(":{}/", first.split(':').nth(2).unwrap().split('/').next().unwrap()),
+        &format!(
+            ":{}/",
+            first.split(':').nth(2).unwrap().split('/').next().unwrap()
+        ),
         &format!(":{}/", d.addr.port()),
     );
     assert_eq!(http.get(&old).send().await.unwrap().status(), 403);
@@ -237,9 +245,24 @@ async fn a_password_set_from_the_cli_closes_the_page() {
     );
     assert!(o.status.success(), "{}", daemon::stderr(&o));
     assert_eq!(http.get(&url).send().await.unwrap().status(), 404);
-    let r = post_setup(&http, &d.base, &form, &code_of(&url), "another password", "another password").await;
+    let r = post_setup(
+        &http,
+        &d.base,
+        &form,
+        &code_of(&url),
+        "another password",
+        "another password",
+    )
+    .await;
     assert_eq!(r.status(), 404);
-    let login = http.get(d.url("/login")).send().await.unwrap().text().await.unwrap();
+    let login = http
+        .get(d.url("/login"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(login.contains("id=\"password\"") && !login.contains("first-run"));
 }
 
@@ -250,11 +273,7 @@ async fn wrong_codes_are_throttled_like_logins() {
     let url = setup_url(&d);
     let http = http();
     for _ in 0..5 {
-        let r = http
-            .get(d.url("/setup?code=guess"))
-            .send()
-            .await
-            .unwrap();
+        let r = http.get(d.url("/setup?code=guess")).send().await.unwrap();
         assert_eq!(r.status(), 403);
     }
     let r = http.get(d.url("/setup?code=guess")).send().await.unwrap();

@@ -117,7 +117,9 @@ async fn setup(
     Form(form): Form<SetupForm>,
 ) -> Result<Response, ApiError> {
     require_no_password(&state).await?;
-    let nonce = cookie(&headers, LOGIN_COOKIE).unwrap_or_default().to_owned();
+    let nonce = cookie(&headers, LOGIN_COOKIE)
+        .unwrap_or_default()
+        .to_owned();
     if nonce.is_empty() || !ct_eq(login_csrf(&state, &nonce).as_bytes(), form.csrf.as_bytes()) {
         return Err(ApiError::forbidden(
             "the set-up form expired; open the set-up URL again",
