@@ -14,6 +14,7 @@ pub mod clocktrust;
 pub mod config;
 pub mod crypto;
 pub mod datadir;
+pub mod discovery;
 pub mod events;
 pub mod grants;
 pub mod listener;
@@ -151,6 +152,7 @@ pub async fn serve(
     ));
     // Before the ready line, so whoever waits for that line has the set-up URL too.
     announce_setup(&state).await?;
+    let _mdns = announce_mdns(&state, local);
     tracing::info!(
         listen = %local,
         advertise = %state.host_port(),
@@ -178,6 +180,24 @@ pub async fn serve(
         tracing::warn!("some connections did not close in time; exiting anyway");
     }
     Ok(())
+}
+
+/// Announces the gateway over mDNS unless configured off. A failure is logged, not fatal:
+/// phones and nodes still reach the address they stored.
+fn announce_mdns(state: &AppState, local: std::net::SocketAddr) -> Option<discovery::Announcer> {
+    if !state.config.mdns {
+        return None;
+    }
+    match discovery::announce(&state.config.name, &state.gateway_id, local, local.port()) {
+        Ok(a) => {
+            tracing::info!(service = discovery::SERVICE_TYPE, interfaces = %local.ip(), "announcing over mDNS");
+            Some(a)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot announce over mDNS; phones will need the address");
+            None
+        }
+    }
 }
 
 /// First run: with no admin password yet, makes this process's one-time set-up code and

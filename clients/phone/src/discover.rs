@@ -1,0 +1,113 @@
+//! Finding the gateway again (seed 001: "attempts connection to last known host"): when the
+//! stored host and port do not answer, browse DNS-SD over mDNS for `_latchkey._tcp`, take the
+//! record whose TXT `id` is the paired gateway's (never another), store its address and go on.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use latchkey_proto::dns_sd::{is_paired_gateway, SERVICE_TYPE, TXT_ID};
+use mdns_sd::{ServiceDaemon, ServiceEvent};
+
+use crate::credentials::{Credentials, CredentialsError};
+
+/// How long the stored address gets to accept a TCP connection.
+pub const PROBE_LIMIT: Duration = Duration::from_secs(3);
+/// How long a browse waits for the gateway's record.
+pub const BROWSE_LIMIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum DiscoverError {
+    #[error("mDNS: {0}")]
+    Mdns(String),
+    #[error(transparent)]
+    Credentials(#[from] CredentialsError),
+}
+
+impl From<mdns_sd::Error> for DiscoverError {
+    fn from(e: mdns_sd::Error) -> Self {
+        Self::Mdns(e.to_string())
+    }
+}
+
+/// Where a gateway announced itself.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    pub ip: IpAddr,
+    pub port: u16,
+}
+
+/// Whether `host:port` accepts a TCP connection within `limit`.
+pub async fn answers(host: &str, port: u16, limit: Duration) -> bool {
+    matches!(
+        tokio::time::timeout(limit, tokio::net::TcpStream::connect((host, port))).await,
+        Ok(Ok(_))
+    )
+}
+
+/// Browses for the gateway `gateway_id` for at most `limit`; records of other ids are skipped.
+pub async fn browse(gateway_id: &str, limit: Duration) -> Result<Option<Found>, DiscoverError> {
+    let daemon = ServiceDaemon::new()?;
+    let events = daemon.browse(SERVICE_TYPE)?;
+    let found = tokio::time::timeout(limit, async {
+        while let Ok(ev) = events.recv_async().await {
+            let ServiceEvent::ServiceResolved(s) = ev else {
+                continue;
+            };
+            if !is_paired_gateway(s.get_property_val_str(TXT_ID), gateway_id) {
+                tracing::debug!(service = %s.fullname, "another gateway's record; ignored");
+                continue;
+            }
+            // IPv4 first: what the gateway advertises in its QR codes too.
+            let mut ips: Vec<IpAddr> = s.addresses.iter().map(|a| a.to_ip_addr()).collect();
+            ips.sort_by_key(|ip| !ip.is_ipv4());
+            if let Some(ip) = ips.first() {
+                return Some(Found {
+                    ip: *ip,
+                    port: s.port,
+                });
+            }
+        }
+        None
+    })
+    .await
+    .ok()
+    .flatten();
+    let _ = daemon.shutdown();
+    Ok(found)
+}
+
+/// If the stored address does not answer, finds the gateway by id, stores its new address in
+/// `path` and says so through `status`. Returns whether the credentials changed.
+pub async fn refresh_address(
+    creds: &mut Credentials,
+    path: &Path,
+    mut status: impl FnMut(&str),
+) -> Result<bool, DiscoverError> {
+    if answers(&creds.gateway_host, creds.gateway_port, PROBE_LIMIT).await {
+        return Ok(false);
+    }
+    status(&format!(
+        "gateway {} does not answer at {}; looking for it on the LAN (mDNS)",
+        creds.gateway_id,
+        creds.base_url()
+    ));
+    let Some(found) = browse(&creds.gateway_id, BROWSE_LIMIT).await? else {
+        status("not found on the LAN; trying the stored address");
+        return Ok(false);
+    };
+    let host = found.ip.to_string();
+    if host == creds.gateway_host && found.port == creds.gateway_port {
+        return Ok(false);
+    }
+    creds.gateway_host = host;
+    creds.gateway_port = found.port;
+    creds.ws_url = format!("{}/ws", creds.base_url().replacen("http", "ws", 1));
+    creds.save(path)?;
+    status(&format!(
+        "found gateway {} at {}; stored the new address",
+        creds.gateway_id,
+        creds.base_url()
+    ));
+    Ok(true)
+}
