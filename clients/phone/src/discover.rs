@@ -2,12 +2,11 @@
 //! stored host and port do not answer, browse DNS-SD over mDNS for `_latchkey._tcp`, take the
 //! record whose TXT `id` is the paired gateway's (never another), store its address and go on.
 
-use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use latchkey_proto::dns_sd::{is_paired_gateway, SERVICE_TYPE, TXT_ID};
-use mdns_sd::{ServiceDaemon, ServiceEvent};
+use latchkey_proto::dns_sd::find;
+pub use latchkey_proto::dns_sd::Found;
 
 use crate::credentials::{Credentials, CredentialsError};
 
@@ -24,19 +23,6 @@ pub enum DiscoverError {
     Credentials(#[from] CredentialsError),
 }
 
-impl From<mdns_sd::Error> for DiscoverError {
-    fn from(e: mdns_sd::Error) -> Self {
-        Self::Mdns(e.to_string())
-    }
-}
-
-/// Where a gateway announced itself.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    pub ip: IpAddr,
-    pub port: u16,
-}
-
 /// Whether `host:port` accepts a TCP connection within `limit`.
 pub async fn answers(host: &str, port: u16, limit: Duration) -> bool {
     matches!(
@@ -47,34 +33,11 @@ pub async fn answers(host: &str, port: u16, limit: Duration) -> bool {
 
 /// Browses for the gateway `gateway_id` for at most `limit`; records of other ids are skipped.
 pub async fn browse(gateway_id: &str, limit: Duration) -> Result<Option<Found>, DiscoverError> {
-    let daemon = ServiceDaemon::new()?;
-    let events = daemon.browse(SERVICE_TYPE)?;
-    let found = tokio::time::timeout(limit, async {
-        while let Ok(ev) = events.recv_async().await {
-            let ServiceEvent::ServiceResolved(s) = ev else {
-                continue;
-            };
-            if !is_paired_gateway(s.get_property_val_str(TXT_ID), gateway_id) {
-                tracing::debug!(service = %s.fullname, "another gateway's record; ignored");
-                continue;
-            }
-            // IPv4 first: what the gateway advertises in its QR codes too.
-            let mut ips: Vec<IpAddr> = s.addresses.iter().map(|a| a.to_ip_addr()).collect();
-            ips.sort_by_key(|ip| !ip.is_ipv4());
-            if let Some(ip) = ips.first() {
-                return Some(Found {
-                    ip: *ip,
-                    port: s.port,
-                });
-            }
-        }
-        None
-    })
-    .await
-    .ok()
-    .flatten();
-    let _ = daemon.shutdown();
-    Ok(found)
+    let id = gateway_id.to_owned();
+    tokio::task::spawn_blocking(move || find(&id, limit))
+        .await
+        .map_err(|e| DiscoverError::Mdns(e.to_string()))?
+        .map_err(DiscoverError::Mdns)
 }
 
 /// If the stored address does not answer, finds the gateway by id, stores its new address in

@@ -18,6 +18,49 @@ pub fn is_paired_gateway(announced: Option<&str>, paired: &str) -> bool {
     !paired.is_empty() && announced == Some(paired)
 }
 
+/// Where a gateway announced itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Found {
+    /// An address of the gateway (IPv4 first, as the QR payload has it).
+    pub ip: core::net::IpAddr,
+    /// Its HTTP port (the SRV record's).
+    pub port: u16,
+}
+
+/// Browses for the gateway `gateway_id` for at most `limit`; records with another id are
+/// skipped ([`is_paired_gateway`]). Blocking: async callers use their runtime's blocking pool.
+#[cfg(feature = "mdns")]
+pub fn find(
+    gateway_id: &str,
+    limit: std::time::Duration,
+) -> Result<Option<Found>, std::string::String> {
+    use std::string::ToString;
+    use std::vec::Vec;
+    let daemon = mdns_sd::ServiceDaemon::new().map_err(|e| e.to_string())?;
+    let events = daemon.browse(SERVICE_TYPE).map_err(|e| e.to_string())?;
+    let deadline = std::time::Instant::now() + limit;
+    let mut found = None;
+    while let Ok(ev) = events.recv_deadline(deadline) {
+        let mdns_sd::ServiceEvent::ServiceResolved(s) = ev else {
+            continue;
+        };
+        if !is_paired_gateway(s.get_property_val_str(TXT_ID), gateway_id) {
+            continue;
+        }
+        let mut ips: Vec<core::net::IpAddr> = s.addresses.iter().map(|a| a.to_ip_addr()).collect();
+        ips.sort_by_key(|ip| !ip.is_ipv4());
+        if let Some(ip) = ips.first() {
+            found = Some(Found {
+                ip: *ip,
+                port: s.port,
+            });
+            break;
+        }
+    }
+    let _ = daemon.shutdown();
+    Ok(found)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
