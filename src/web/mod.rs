@@ -3,6 +3,7 @@
 pub mod activity;
 pub mod api;
 pub mod auth;
+pub mod doors;
 pub mod error;
 pub mod metrics;
 pub mod nodes;
@@ -67,6 +68,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../static/activity.css"),
     ),
     (
+        "time.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/time.js"),
+    ),
+    (
         "favicon.svg",
         "image/svg+xml",
         include_str!("../../static/favicon.svg"),
@@ -79,6 +85,7 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
         .merge(ui::routes())
         .merge(setup::routes())
         .merge(activity::routes())
+        .merge(doors::routes())
         .merge(nodes::routes())
         .merge(tools::routes())
         .merge(vehicles::routes())

@@ -79,6 +79,9 @@ pub(super) fn check_csrf(state: &AppState, sid: &str, presented: &str) -> Result
     }
 }
 
+/// Door decisions on the dashboard.
+const DASHBOARD_DECISIONS: i64 = 5;
+
 #[derive(Template)]
 #[template(path = "dashboard.html")]
 struct DashboardPage {
@@ -89,6 +92,13 @@ struct DashboardPage {
     revoked: usize,
     gateway_id: String,
     address: String,
+    ble: String,
+    ble_up: bool,
+    clock: String,
+    clock_suspect: bool,
+    nodes_online: usize,
+    nodes_offline: usize,
+    decisions: Vec<crate::web::activity::Row>,
 }
 
 async fn dashboard(
@@ -96,8 +106,24 @@ async fn dashboard(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (_, s) = require_session!(state, headers);
-    let devices = state.store.read(registry::list).await?;
+    let (devices, nodes, decisions) = state
+        .store
+        .read(|c| {
+            Ok((
+                registry::list(c)?,
+                crate::nodes::list(c)?,
+                crate::web::activity::recent(c, DASHBOARD_DECISIONS)?,
+            ))
+        })
+        .await?;
     let revoked = devices.iter().filter(|d| d.revoked).count();
+    let live: Vec<_> = nodes
+        .iter()
+        .filter(|n| !n.revoked && n.registered_at.is_some())
+        .collect();
+    let nodes_online = live.iter().filter(|n| n.online).count();
+    let (ble, ble_up) = crate::web::activity::ble_summary(&state);
+    let trust = state.clock_trust.assess(state.now());
     render(&DashboardPage {
         name: state.config.name.clone(),
         csrf: s.csrf,
@@ -106,6 +132,13 @@ async fn dashboard(
         revoked,
         gateway_id: state.gateway_id.clone(),
         address: state.host_port(),
+        ble,
+        ble_up,
+        clock: trust.message.unwrap_or_else(|| "looks right".into()),
+        clock_suspect: trust.suspect,
+        nodes_online,
+        nodes_offline: live.len() - nodes_online,
+        decisions,
     })
 }
 
