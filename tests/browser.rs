@@ -303,7 +303,7 @@ async fn pair_page_in_chromium_moves_on_when_the_phone_pairs() {
         .await
         .unwrap();
     assert_eq!(node::recv(&mut ws).await["type"], "hello");
-    let (_node_task, _commands) = node::serve(ws, node::Answer::Ok);
+    let (_node_task, mut commands) = node::serve(ws, node::Answer::Ok);
     let state_js =
         "const r = document.querySelector('tr[data-node-id=\"' + arguments[0] + '\"] .state'); \
                     return r ? r.textContent : null;";
@@ -331,6 +331,61 @@ async fn pair_page_in_chromium_moves_on_when_the_phone_pairs() {
     assert!(text_of(&c, "token-status")
         .await
         .starts_with("registered: Browser door"));
+
+    // The Doors page: the node's door, its test open drives the node, and the decision shows
+    // with a time in the browser's own words.
+    c.goto(&gw.url("/doors")).await.unwrap();
+    let door = c
+        .find(Locator::Css("section.door"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        door.contains("Browser door") && door.contains("online"),
+        "{door}"
+    );
+    c.find(Locator::Css("section.door form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(WAIT)
+        .for_element(Locator::Id("test-open-result"))
+        .await
+        .expect("the test open's result");
+    let result = text_of(&c, "test-open-result").await;
+    assert!(result.contains("opened"), "{result}");
+    let unlock = tokio::time::timeout(WAIT, commands.recv())
+        .await
+        .expect("the node got a command")
+        .unwrap();
+    assert_eq!(unlock["command"], "unlock", "{unlock}");
+    let shown = c
+        .execute(
+            "const t = document.querySelector('section.door time[datetime]'); \
+             return t ? [t.dataset.local || '', t.textContent] : null;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        shown[0], "1",
+        "time.js rendered the decision's time: {shown}"
+    );
+    let words = shown[1].as_str().unwrap_or_default();
+    assert!(
+        words.contains("ago") || words.contains("now") || words.contains("in "),
+        "relative time: {words}"
+    );
+    std::fs::write(
+        shots.join("browser-doors.png"),
+        c.screenshot().await.unwrap(),
+    )
+    .unwrap();
 
     // Every page came with a CSP, and the browser reported no error (a CSP violation, a
     // missing asset, a script error) on the way.
