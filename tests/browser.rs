@@ -151,6 +151,21 @@ async fn assert_no_console_errors(http: &reqwest::Client, driver: &Driver, c: &f
     assert!(errors.is_empty(), "browser console errors: {errors:#?}");
 }
 
+/// Clicks the element `css` and waits until `then` is on the page.
+async fn click_then(c: &fantoccini::Client, css: &str, then: Locator<'_>, what: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(WAIT)
+        .for_element(then)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
 fn decode_qr(png: &[u8]) -> Option<String> {
     let img = image::load_from_memory(png).expect("a PNG").to_luma8();
     let mut prepared = rqrr::PreparedImage::prepare(img);
@@ -196,17 +211,13 @@ async fn pair_page_in_chromium_moves_on_when_the_phone_pairs() {
         .send_keys(PASSWORD)
         .await
         .unwrap();
-    c.find(Locator::Css("form[action='/login'] button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css("section.stats"))
-        .await
-        .expect("logged in and sent to the dashboard");
+    click_then(
+        &c,
+        "form[action='/login'] button[type=submit]",
+        Locator::Css("section.stats"),
+        "logged in and sent to the dashboard",
+    )
+    .await;
     assert_eq!(c.current_url().await.unwrap().as_str(), gw.url("/"));
 
     // The pairing page: its QR code, read back from the pixels, is the page's payload.
@@ -270,17 +281,13 @@ async fn pair_page_in_chromium_moves_on_when_the_phone_pairs() {
         .send_keys("Browser door")
         .await
         .unwrap();
-    c.find(Locator::Css("#add-node button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.wait()
-        .at_most(WAIT)
-        .for_element(Locator::Id("node-token"))
-        .await
-        .expect("the token is shown");
+    click_then(
+        &c,
+        "#add-node button[type=submit]",
+        Locator::Id("node-token"),
+        "the token is shown",
+    )
+    .await;
     let shot = c.screenshot().await.unwrap();
     std::fs::write(shots.join("browser-nodes-token.png"), &shot).unwrap();
     let payload = text_of(&c, "payload").await;
@@ -346,17 +353,13 @@ async fn pair_page_in_chromium_moves_on_when_the_phone_pairs() {
         door.contains("Browser door") && door.contains("online"),
         "{door}"
     );
-    c.find(Locator::Css("section.door form button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.wait()
-        .at_most(WAIT)
-        .for_element(Locator::Id("test-open-result"))
-        .await
-        .expect("the test open's result");
+    click_then(
+        &c,
+        "section.door form button[type=submit]",
+        Locator::Id("test-open-result"),
+        "the test open's result",
+    )
+    .await;
     let result = text_of(&c, "test-open-result").await;
     assert!(result.contains("opened"), "{result}");
     let unlock = tokio::time::timeout(WAIT, commands.recv())
@@ -435,30 +438,22 @@ async fn first_run_in_chromium_from_the_logged_url_to_the_pair_page() {
             .await
             .unwrap();
     }
-    c.find(Locator::Css("form#setup button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css("section.stats"))
-        .await
-        .expect("the password is set and the admin is on the dashboard");
+    click_then(
+        &c,
+        "form#setup button[type=submit]",
+        Locator::Css("section.stats"),
+        "the password is set and the admin is on the dashboard",
+    )
+    .await;
     assert_eq!(c.current_url().await.unwrap().as_str(), d.url("/"));
 
-    c.find(Locator::Css("a.button[href='/pair']"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.wait()
-        .at_most(WAIT)
-        .for_element(Locator::Id("payload"))
-        .await
-        .expect("the pairing page");
+    click_then(
+        &c,
+        "a.button[href='/pair']",
+        Locator::Id("payload"),
+        "the pairing page",
+    )
+    .await;
     let shot = c.screenshot().await.unwrap();
     std::fs::write(
         PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-first-run-pair.png"),

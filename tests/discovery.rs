@@ -47,25 +47,25 @@ fn discovery_in_a_private_network_namespace() {
     assert!(text.contains("1 passed"), "the inner test ran: {text}");
 }
 
-/// Resolved `_latchkey._tcp` records, by TXT id, as an independent browser sees them.
-async fn browse_until(daemon: &ServiceDaemon, id: &str) -> (u16, HashMap<String, String>) {
+/// The first `_latchkey._tcp` record with TXT `id`, as an independent browser resolves it:
+/// its port and TXT. Blocking.
+fn browse_until(daemon: &ServiceDaemon, id: &str) -> (u16, HashMap<String, String>) {
     let events = daemon.browse(SERVICE_TYPE).unwrap();
-    tokio::time::timeout(PATIENCE, async {
-        loop {
-            if let Ok(ServiceEvent::ServiceResolved(s)) = events.recv_async().await {
-                let txt: HashMap<String, String> = s
-                    .txt_properties
-                    .iter()
-                    .map(|p| (p.key().to_owned(), p.val_str().to_owned()))
-                    .collect();
-                if txt.get("id").map(String::as_str) == Some(id) {
-                    return (s.port, txt);
-                }
+    let deadline = std::time::Instant::now() + PATIENCE;
+    while let Ok(ev) = events.recv_deadline(deadline) {
+        if let ServiceEvent::ServiceResolved(s) = ev {
+            let txt: HashMap<String, String> = s
+                .txt_properties
+                .iter()
+                .map(|p| (p.key().to_owned(), p.val_str().to_owned()))
+                .collect();
+            if txt.get("id").map(String::as_str) == Some(id) {
+                let _ = daemon.stop_browse(SERVICE_TYPE);
+                return (s.port, txt);
             }
         }
-    })
-    .await
-    .expect("the gateway's record was never seen")
+    }
+    panic!("the record of {id} was never seen");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,12 +99,20 @@ async fn inside_a_network_namespace() {
 
     // An independent browser sees the gateway's record, with its id, version and port.
     let browser = ServiceDaemon::new().unwrap();
-    let (port, txt) = browse_until(&browser, &id).await;
+    let (browser, (port, txt), (other_port, _)) = tokio::task::spawn_blocking({
+        let id = id.clone();
+        move || {
+            let ours = browse_until(&browser, &id);
+            let theirs = browse_until(&browser, "0000feedface0000");
+            (browser, ours, theirs)
+        }
+    })
+    .await
+    .unwrap();
     assert_eq!(port, gw.addr.port());
     assert_eq!(txt["v"], "1");
     assert_eq!(txt["port"], gw.addr.port().to_string());
-    let (port, _) = browse_until(&browser, "0000feedface0000").await;
-    assert_eq!(port, stranger_port, "both records are on the wire");
+    assert_eq!(other_port, stranger_port, "both records are on the wire");
 
     // The phone's browse takes only its gateway's record.
     let found = latchkey_phone::discover::browse(&id, PATIENCE)

@@ -5,7 +5,7 @@
 use askama::Template;
 use axum::extract::{Form, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::{IntoResponse, Redirect, Response};
+use axum::response::Response;
 use axum::routing::get;
 use axum::Router;
 use serde::Deserialize;
@@ -14,9 +14,9 @@ use crate::admin::{self, AdminError};
 use crate::secret::{ct_eq, SecretString};
 use crate::state::AppState;
 use crate::store::StoreError;
-use crate::web::auth::{cookie, ClientAddr, LOGIN_COOKIE, SESSION_COOKIE};
+use crate::web::auth::{cookie, ClientAddr, LOGIN_COOKIE};
 use crate::web::error::ApiError;
-use crate::web::ui::{login_csrf, render, set_cookie};
+use crate::web::ui::{logged_in, login_csrf, render, set_cookie};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/setup", get(setup_page).post(setup))
@@ -166,13 +166,5 @@ async fn setup(
     };
     state.setup.spend();
     tracing::info!(client = %ip, "admin password set through the set-up page; admin logged in");
-    let mut resp = Redirect::to("/").into_response();
-    set_cookie(
-        &mut resp,
-        SESSION_COOKIE,
-        sid.expose(),
-        admin::SESSION_TTL_SECS,
-    );
-    set_cookie(&mut resp, LOGIN_COOKIE, "", 0);
-    Ok(resp)
+    Ok(logged_in(&sid))
 }

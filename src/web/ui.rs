@@ -222,6 +222,11 @@ async fn login(
         .await?
         .map_err(|e| ApiError::internal(&e))?;
     tracing::info!(client = %ip, "admin logged in");
+    Ok(logged_in(&sid))
+}
+
+/// To the dashboard with the new session's cookie; the pre-session cookie is cleared.
+pub(super) fn logged_in(sid: &SecretString) -> Response {
     let mut resp = Redirect::to("/").into_response();
     set_cookie(
         &mut resp,
@@ -230,7 +235,7 @@ async fn login(
         admin::SESSION_TTL_SECS,
     );
     set_cookie(&mut resp, LOGIN_COOKIE, "", 0);
-    Ok(resp)
+    resp
 }
 
 /// Checks the admin password, or refuses with `RATE_LIMITED` without hashing when `ip` (or
