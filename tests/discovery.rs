@@ -152,6 +152,7 @@ async fn inside_a_network_namespace() {
         move || {
             Command::new(env!("CARGO_BIN_EXE_latchkey"))
                 .args(["phone", "publish", "ui.sync", r#"{"moved":true}"#])
+                .env_remove("LATCHKEY_MDNS")
                 .arg("--credentials")
                 .arg(&path)
                 .output()

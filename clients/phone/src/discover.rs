@@ -5,8 +5,8 @@
 use std::path::Path;
 use std::time::Duration;
 
-use latchkey_proto::dns_sd::find;
 pub use latchkey_proto::dns_sd::Found;
+use latchkey_proto::dns_sd::{browsing_enabled, find};
 
 use crate::credentials::{Credentials, CredentialsError};
 
@@ -47,7 +47,7 @@ pub async fn refresh_address(
     path: &Path,
     mut status: impl FnMut(&str),
 ) -> Result<bool, DiscoverError> {
-    if answers(&creds.gateway_host, creds.gateway_port, PROBE_LIMIT).await {
+    if !browsing_enabled() || answers(&creds.gateway_host, creds.gateway_port, PROBE_LIMIT).await {
         return Ok(false);
     }
     status(&format!(

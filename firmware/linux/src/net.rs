@@ -103,6 +103,9 @@ impl WsConnector for Ws {
     }
 
     async fn locate(&mut self, gateway_id: &str) -> Option<String> {
+        if !latchkey_proto::dns_sd::browsing_enabled() {
+            return None;
+        }
         let id = gateway_id.to_owned();
         let found =
             tokio::task::spawn_blocking(move || latchkey_proto::dns_sd::find(&id, BROWSE_LIMIT))

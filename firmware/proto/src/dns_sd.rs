@@ -27,6 +27,14 @@ pub struct Found {
     pub port: u16,
 }
 
+/// Whether browsing is allowed here: not when `LATCHKEY_MDNS` is `off`, `false` or `0` (tests
+/// outside a private network namespace, networks that forbid multicast).
+#[cfg(feature = "mdns")]
+pub fn browsing_enabled() -> bool {
+    !std::env::var("LATCHKEY_MDNS")
+        .is_ok_and(|v| matches!(v.to_ascii_lowercase().as_str(), "off" | "false" | "0"))
+}
+
 /// Browses for the gateway `gateway_id` for at most `limit`; records with another id are
 /// skipped ([`is_paired_gateway`]). Blocking: async callers use their runtime's blocking pool.
 #[cfg(feature = "mdns")]
