@@ -14,9 +14,11 @@ use crate::admin::{self, AdminError};
 use crate::secret::{ct_eq, SecretString};
 use crate::state::AppState;
 use crate::store::StoreError;
-use crate::web::auth::{cookie, ClientAddr, LOGIN_COOKIE};
+use crate::web::auth::{ClientAddr, LOGIN_COOKIE};
 use crate::web::error::ApiError;
-use crate::web::ui::{logged_in, login_csrf, render, set_cookie};
+use crate::web::ui::{
+    logged_in, login_csrf, pre_session, render, reserve_login_attempt, set_cookie,
+};
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/setup", get(setup_page).post(setup))
@@ -61,13 +63,7 @@ async fn require_no_password(state: &AppState) -> Result<(), ApiError> {
 
 /// Checks the set-up code under the login throttle: every try counts until it proves right.
 fn check_code(state: &AppState, ip: std::net::IpAddr, code: &str) -> Result<(), ApiError> {
-    let now = state.now();
-    let limited = |retry| ApiError::throttled(&state.metrics, retry);
-    state.login_limit.reserve(&ip, now).map_err(limited)?;
-    if let Err(retry) = state.login_global.reserve(&(), now) {
-        state.login_limit.release(&ip);
-        return Err(limited(retry));
-    }
+    reserve_login_attempt(state, ip, state.now())?;
     if state.setup.matches(code) {
         state.login_limit.release(&ip);
         state.login_global.release(&());
@@ -117,14 +113,8 @@ async fn setup(
     Form(form): Form<SetupForm>,
 ) -> Result<Response, ApiError> {
     require_no_password(&state).await?;
-    let nonce = cookie(&headers, LOGIN_COOKIE)
-        .unwrap_or_default()
-        .to_owned();
-    if nonce.is_empty() || !ct_eq(login_csrf(&state, &nonce).as_bytes(), form.csrf.as_bytes()) {
-        return Err(ApiError::forbidden(
-            "the set-up form expired; open the set-up URL again",
-        ));
-    }
+    let nonce = pre_session(&state, &headers, &form.csrf)
+        .ok_or_else(|| ApiError::forbidden("the set-up form expired; open the set-up URL again"))?;
     check_code(&state, ip, &form.code)?;
     let retry = |msg: &str| -> Result<Response, ApiError> {
         let mut resp = render(&page(&state, &nonce, form.code.clone(), Some(msg.into())))?;

@@ -186,14 +186,9 @@ async fn login(
     Form(form): Form<LoginForm>,
 ) -> Result<Response, ApiError> {
     let now = state.now();
-    let nonce = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
-    if nonce.is_empty()
-        || !crate::secret::ct_eq(login_csrf(&state, nonce).as_bytes(), form.csrf.as_bytes())
-    {
-        return Err(ApiError::forbidden(
-            "the login form expired; reload the page",
-        ));
-    }
+    let nonce = pre_session(&state, &headers, &form.csrf)
+        .ok_or_else(|| ApiError::forbidden("the login form expired; reload the page"))?;
+    let nonce = nonce.as_str();
     let phc = state.store.read(admin::password_hash).await?;
     let Some(phc) = phc else {
         return Ok(Redirect::to("/login").into_response());
@@ -225,6 +220,35 @@ async fn login(
     Ok(logged_in(&sid))
 }
 
+/// The pre-session cookie's nonce when `presented` is the CSRF token bound to it (forms shown
+/// before a session exists: login, first-run set-up).
+pub(super) fn pre_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    presented: &str,
+) -> Option<String> {
+    let nonce = cookie(headers, LOGIN_COOKIE)?;
+    crate::secret::ct_eq(login_csrf(state, nonce).as_bytes(), presented.as_bytes())
+        .then(|| nonce.to_owned())
+}
+
+/// Counts a password or set-up-code attempt from `ip` before it is checked, or refuses with
+/// `RATE_LIMITED` when `ip` (or everyone together) is out of failures; a good attempt gives
+/// its reservation back.
+pub(super) fn reserve_login_attempt(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    now: i64,
+) -> Result<(), ApiError> {
+    let limited = |retry| ApiError::throttled(&state.metrics, retry);
+    state.login_limit.reserve(&ip, now).map_err(limited)?;
+    if let Err(retry) = state.login_global.reserve(&(), now) {
+        state.login_limit.release(&ip);
+        return Err(limited(retry));
+    }
+    Ok(())
+}
+
 /// To the dashboard with the new session's cookie; the pre-session cookie is cleared.
 pub(super) fn logged_in(sid: &SecretString) -> Response {
     let mut resp = Redirect::to("/").into_response();
@@ -248,18 +272,7 @@ async fn check_password(
     phc: String,
     password: SecretString,
 ) -> Result<bool, ApiError> {
-    let limited = |retry| {
-        state
-            .metrics
-            .rate_limited
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        ApiError::rate_limited(retry)
-    };
-    state.login_limit.reserve(&ip, now).map_err(limited)?;
-    if let Err(retry) = state.login_global.reserve(&(), now) {
-        state.login_limit.release(&ip);
-        return Err(limited(retry));
-    }
+    reserve_login_attempt(state, ip, now)?;
     let ok = {
         let _permit = state
             .password_checks
