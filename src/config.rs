@@ -49,6 +49,20 @@ pub enum ConfigError {
     Invalid(String),
 }
 
+/// `LATCHKEY_MDNS` (`true`/`on`/`1` or `false`/`off`/`0`) overrides `[discovery] mdns`.
+fn mdns_env() -> Result<Option<bool>, ConfigError> {
+    let Some(v) = std::env::var_os("LATCHKEY_MDNS") else {
+        return Ok(None);
+    };
+    match v.to_string_lossy().to_ascii_lowercase().as_str() {
+        "true" | "on" | "1" => Ok(Some(true)),
+        "false" | "off" | "0" => Ok(Some(false)),
+        _ => Err(ConfigError::Invalid(
+            "LATCHKEY_MDNS must be true or false".into(),
+        )),
+    }
+}
+
 /// What the TOML file may say. Every field is optional; unknown keys are an error so a typo
 /// does not silently fall back to a default.
 #[derive(Debug, Default, Deserialize)]
@@ -64,6 +78,8 @@ pub struct FileConfig {
     pub events: EventsFile,
     #[serde(default)]
     pub ble: BleFile,
+    #[serde(default)]
+    pub discovery: DiscoveryFile,
     #[serde(default)]
     pub http: HttpFile,
     #[serde(default)]
@@ -88,6 +104,13 @@ pub struct EventsFile {
     pub audit_max_age_days: Option<u64>,
     pub publish_rate: Option<u32>,
     pub publish_burst: Option<u32>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DiscoveryFile {
+    /// Announce `_latchkey._tcp` over mDNS (default true).
+    pub mdns: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -250,6 +273,8 @@ pub struct Config {
     /// The BlueZ adapter to use (`[ble] adapter`); `None` picks `hci0`, else the first one.
     pub ble_adapter: Option<String>,
     pub advertise_host: Option<String>,
+    /// Announce the gateway over mDNS/DNS-SD (`[discovery] mdns`, env `LATCHKEY_MDNS`).
+    pub mdns: bool,
     /// Shown in the UI and the BLE advertisement.
     pub name: String,
     pub pair_token_ttl_secs: u64,
@@ -287,6 +312,7 @@ impl std::fmt::Debug for Config {
             .field("listen", &self.listen)
             .field("ble", &self.ble)
             .field("advertise_host", &self.advertise_host)
+            .field("mdns", &self.mdns)
             .field("name", &self.name)
             .field("pair_token_ttl_secs", &self.pair_token_ttl_secs)
             .field("event_retention", &self.event_retention)
@@ -359,6 +385,7 @@ impl Config {
             ble_require_encryption: file.ble.require_encryption.unwrap_or(false),
             ble_adapter: file.ble.adapter,
             advertise_host: file.advertise_host,
+            mdns: mdns_env()?.or(file.discovery.mdns).unwrap_or(true),
             name: file.name.unwrap_or_else(|| "latchkey".to_owned()),
             pair_token_ttl_secs: file.pairing.token_ttl_secs.unwrap_or(300),
             event_retention: file.events.retention.unwrap_or(10_000),
@@ -398,6 +425,9 @@ impl Config {
             ble_require_encryption: false,
             ble_adapter: None,
             advertise_host: None,
+            // Tests never multicast from the host's network; the discovery tests turn it on
+            // inside their own network namespace.
+            mdns: false,
             name: "latchkey-test".to_owned(),
             pair_token_ttl_secs: 300,
             event_retention: 10_000,

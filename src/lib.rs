@@ -14,6 +14,7 @@ pub mod clocktrust;
 pub mod config;
 pub mod crypto;
 pub mod datadir;
+pub mod discovery;
 pub mod events;
 pub mod grants;
 pub mod listener;
@@ -27,6 +28,7 @@ pub mod ratelimit;
 pub mod registry;
 pub mod rotation;
 pub mod secret;
+pub mod setup;
 pub mod slots;
 pub mod state;
 pub mod store;
@@ -98,6 +100,7 @@ pub fn build_state(config: Config, port: u16) -> anyhow::Result<AppState> {
         tasks: TaskTracker::new(),
         ble: ble::BleStatus::default(),
         clock_trust: clocktrust::ClockTrust::new(),
+        setup: setup::SetupCode::default(),
         config,
     }))
 }
@@ -147,6 +150,9 @@ pub async fn serve(
         caps,
         token.clone(),
     ));
+    // Before the ready line, so whoever waits for that line has the set-up URL too.
+    announce_setup(&state).await?;
+    let _mdns = announce_mdns(&state, local);
     tracing::info!(
         listen = %local,
         advertise = %state.host_port(),
@@ -173,6 +179,38 @@ pub async fn serve(
     if drained.is_err() {
         tracing::warn!("some connections did not close in time; exiting anyway");
     }
+    Ok(())
+}
+
+/// Announces the gateway over mDNS unless configured off. A failure is logged, not fatal:
+/// phones and nodes still reach the address they stored.
+fn announce_mdns(state: &AppState, local: std::net::SocketAddr) -> Option<discovery::Announcer> {
+    if !state.config.mdns {
+        return None;
+    }
+    match discovery::announce(&state.config.name, &state.gateway_id, local, local.port()) {
+        Ok(a) => {
+            tracing::info!(service = discovery::SERVICE_TYPE, interfaces = %local.ip(), "announcing over mDNS");
+            Some(a)
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot announce over mDNS; phones will need the address");
+            None
+        }
+    }
+}
+
+/// First run: with no admin password yet, makes this process's one-time set-up code and
+/// prints its URL once, in the log and on the terminal (stderr, which systemd also journals).
+async fn announce_setup(state: &AppState) -> anyhow::Result<()> {
+    if state.store.read(admin::has_password).await? {
+        return Ok(());
+    }
+    let url = setup::url(&state.host_port(), &state.setup.issue()?);
+    // The code is meant to be read here (like Jenkins' initial password): it is one-time,
+    // dies with this process, and only sets the password while none exists.
+    tracing::warn!(%url, "no admin password yet: open the set-up URL to choose one");
+    eprintln!("\n  Finish setting up latchkey in a browser:\n\n    {url}\n");
     Ok(())
 }
 

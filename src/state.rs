@@ -57,6 +57,8 @@ pub struct App {
     pub ble: BleStatus,
     /// Whether the gateway's clock looks right (NTP, and what phones' frames say).
     pub clock_trust: ClockTrust,
+    /// First run's one-time set-up code (its hash), while no admin password exists.
+    pub setup: crate::setup::SetupCode,
     /// Live endpoint-node sessions (and the registration throttle).
     pub nodes: Arc<NodeHub>,
 }

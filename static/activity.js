@@ -28,6 +28,7 @@
     const time = document.createElement("td");
     const t = document.createElement("time");
     t.textContent = f.ts;
+    t.setAttribute("datetime", f.ts);
     time.appendChild(t);
     const device = cell(d.deviceName);
     if (d.deviceId) {
@@ -40,6 +41,7 @@
     tbody.insertBefore(tr, tbody.firstChild);
     while (tbody.rows.length > MAX_ROWS) tbody.deleteRow(tbody.rows.length - 1);
     if (empty) empty.hidden = true;
+    if (window.latchkeyTimes) window.latchkeyTimes(tr);
   }
   window.latchkeyLive(["access.*"], add, function (s) {
     if (liveState) liveState.textContent = s === "live" ? "Live." : "Reconnecting…";

@@ -1342,3 +1342,132 @@ async fn me_lists_the_endpoints_this_device_may_open() {
     );
     gw.stop().await;
 }
+
+/// Issue 14 part 4: the Doors page lists each door with its action, who may open it and its
+/// recent decisions; its "test open" needs the CSRF token, runs the action as a grant would
+/// and is audited; the dashboard shows BLE, clock trust, nodes and the last decisions, with
+/// times as `<time datetime>` for the browser to show in its own zone.
+#[tokio::test]
+async fn the_doors_page_test_opens_with_csrf_and_the_dashboard_shows_health() {
+    use latchkey::config::{ActionConfig, EndpointConfig};
+    let scratch = tempfile::tempdir().unwrap();
+    let opened = scratch.path().join("front-opened");
+    let argv = vec!["/usr/bin/touch".to_owned(), opened.display().to_string()];
+    let gw = Gateway::start_with(|c| {
+        c.endpoints = vec![
+            EndpointConfig {
+                id: "front".into(),
+                name: Some("Front door".into()),
+                devices: None,
+                action: ActionConfig::Command {
+                    argv,
+                    timeout_secs: 10,
+                },
+            },
+            EndpointConfig {
+                id: "garage".into(),
+                name: None,
+                devices: Some(vec![]),
+                action: ActionConfig::None,
+            },
+        ]
+    })
+    .await;
+    let http = http();
+    set_password(&gw, PASSWORD);
+    let r = http.get(gw.url("/doors")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SEE_OTHER);
+    let s = login(&gw, &http).await;
+
+    let page = http
+        .get(gw.url("/doors"))
+        .header(COOKIE, &s.cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    assert!(html.contains(r#"data-endpoint="front""#), "{html}");
+    assert!(
+        html.contains("Front door") && html.contains("runs /usr/bin/touch"),
+        "{html}"
+    );
+    assert!(html.contains("every paired device"), "{html}");
+    assert!(
+        html.contains(r#"data-endpoint="garage""#) && html.contains("nobody"),
+        "{html}"
+    );
+    assert!(html.contains(r#"action="/doors/front/open""#), "{html}");
+    assert!(!html.contains("<script>"), "no inline script");
+
+    // Without the CSRF token nothing runs and nothing is recorded.
+    let r = http
+        .post(gw.url("/doors/front/open"))
+        .header(COOKIE, &s.cookie)
+        .form(&[("csrf", "forged")])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    assert!(!opened.exists(), "a forged test open ran the action");
+    assert!(gw.events("access.").await.is_empty());
+
+    let r = http
+        .post(gw.url("/doors/front/open"))
+        .header(COOKIE, &s.cookie)
+        .form(&[("csrf", s.csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let html = r.text().await.unwrap();
+    assert!(html.contains("id=\"test-open-result\""), "{html}");
+    assert!(html.contains("Test open of front: opened"), "{html}");
+    assert!(opened.exists(), "the test open ran the door's action");
+    let audit = gw.events("access.").await;
+    assert_eq!(audit.len(), 1, "{audit:?}");
+    assert_eq!(audit[0].0, "access.granted");
+    assert_eq!(audit[0].1["endpoint"], "front");
+    assert_eq!(audit[0].1["transport"], "admin");
+    assert_eq!(audit[0].1["peer"], "admin-web");
+    // The decision is listed under its door, with a machine-readable time.
+    let ts = latchkey::clock::rfc3339_ms(gw.state.clock.now_ms());
+    assert!(
+        html.contains(&format!(r#"<time datetime="{ts}">"#)),
+        "{html}"
+    );
+    // An unknown door is 404.
+    let r = http
+        .post(gw.url("/doors/nope/open"))
+        .header(COOKIE, &s.cookie)
+        .form(&[("csrf", s.csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    let home = http
+        .get(gw.url("/"))
+        .header(COOKIE, &s.cookie)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        home.contains("id=\"ble-state\"") && home.contains("off:"),
+        "{home}"
+    );
+    assert!(home.contains("id=\"clock-state\""), "{home}");
+    assert!(home.contains("id=\"nodes-online\""), "{home}");
+    assert!(home.contains("id=\"last-decisions\""), "{home}");
+    assert!(
+        home.contains(&format!(r#"<time datetime="{ts}">"#)),
+        "{home}"
+    );
+    assert!(home.contains("<td>front</td>"), "{home}");
+    assert!(home.contains(r#"<script src="/static/time.js">"#), "{home}");
+    let js = http.get(gw.url("/static/time.js")).send().await.unwrap();
+    assert_eq!(js.status(), 200);
+}

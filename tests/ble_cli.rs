@@ -31,6 +31,8 @@ fn serve(ble: &str, bus: &str, dir: &std::path::Path, port: u16) -> Child {
         .arg(dir.join("data"))
         .env("DBUS_SYSTEM_BUS_ADDRESS", bus)
         .env("LATCHKEY_LOG", "info")
+        // No test multicasts on the host's network.
+        .env("LATCHKEY_MDNS", "off")
         .env_remove("LATCHKEY_CONFIG")
         .env_remove("NOTIFY_SOCKET")
         .stdin(Stdio::null())

@@ -8,6 +8,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod common;
+#[path = "common/daemon.rs"]
+mod daemon;
 #[path = "support/node.rs"]
 mod node;
 
@@ -84,6 +86,86 @@ async fn start_driver(exe: &PathBuf, log: PathBuf) -> Driver {
     panic!("chromedriver did not come up; see {}", log.display());
 }
 
+/// chromium and chromedriver, or a failure that says how to install them.
+fn browser_exes() -> (PathBuf, PathBuf) {
+    let Some(chromium) = find_exe(&["chromium", "chromium-browser", "google-chrome"]) else {
+        panic!(
+            "chromium is not installed: `apt-get install chromium chromium-driver` (.ci/run does)"
+        );
+    };
+    let Some(chromedriver) = find_exe(&["chromedriver"]) else {
+        panic!("chromedriver is not installed: `apt-get install chromium-driver` (.ci/run does)");
+    };
+    (chromium, chromedriver)
+}
+
+/// chromedriver and a headless chromium session with its own profile under `scratch`.
+async fn open_browser(
+    chromium: &PathBuf,
+    chromedriver: &PathBuf,
+    scratch: &std::path::Path,
+) -> (Driver, fantoccini::Client) {
+    let driver = start_driver(chromedriver, scratch.join("chromedriver.log")).await;
+    let profile = scratch.join("profile");
+    let caps = json!({
+        "browserName": "chrome",
+        "goog:chromeOptions": {
+            "binary": chromium,
+            "args": [
+                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--no-default-browser-check", "--disable-extensions",
+                "--disable-default-apps", "--disable-domain-reliability",
+                "--window-size=1200,1000",
+                format!("--user-data-dir={}", profile.display()),
+            ],
+        },
+        "goog:loggingPrefs": { "browser": "ALL" },
+    });
+    let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+        .capabilities(caps.as_object().unwrap().clone())
+        .connect(&driver.url)
+        .await
+        .expect("a chromium session");
+    (driver, c)
+}
+
+/// The browser reported no error (a CSP violation, a missing asset, a script error).
+async fn assert_no_console_errors(http: &reqwest::Client, driver: &Driver, c: &fantoccini::Client) {
+    let session = c.session_id().await.unwrap().unwrap();
+    let log: Value = http
+        .post(format!("{}/session/{session}/se/log", driver.url))
+        .json(&json!({"type": "browser"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let errors: Vec<&Value> = log["value"]
+        .as_array()
+        .unwrap_or_else(|| panic!("chromedriver gave no browser log: {log}"))
+        .iter()
+        .filter(|e| e["level"] == "SEVERE")
+        .collect();
+    assert!(errors.is_empty(), "browser console errors: {errors:#?}");
+}
+
+/// Clicks the element `css` and waits until `then` is on the page.
+async fn click_then(c: &fantoccini::Client, css: &str, then: Locator<'_>, what: &str) {
+    c.find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    c.wait()
+        .at_most(WAIT)
+        .for_element(then)
+        .await
+        .unwrap_or_else(|e| panic!("{what}: {e}"));
+}
+
 fn decode_qr(png: &[u8]) -> Option<String> {
     let img = image::load_from_memory(png).expect("a PNG").to_luma8();
     let mut prepared = rqrr::PreparedImage::prepare(img);
@@ -107,14 +189,7 @@ async fn text_of(c: &fantoccini::Client, id: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pair_page_in_chromium_moves_on_when_the_phone_pairs() {
-    let Some(chromium) = find_exe(&["chromium", "chromium-browser", "google-chrome"]) else {
-        panic!(
-            "chromium is not installed: `apt-get install chromium chromium-driver` (.ci/run does)"
-        );
-    };
-    let Some(chromedriver) = find_exe(&["chromedriver"]) else {
-        panic!("chromedriver is not installed: `apt-get install chromium-driver` (.ci/run does)");
-    };
+    let (chromium, chromedriver) = browser_exes();
 
     let gw = Gateway::start().await;
     let now = gw.state.now();
@@ -126,28 +201,7 @@ async fn pair_page_in_chromium_moves_on_when_the_phone_pairs() {
     let http = reqwest::Client::new();
 
     let scratch = tempfile::tempdir().unwrap();
-    let driver = start_driver(&chromedriver, scratch.path().join("chromedriver.log")).await;
-    let profile = scratch.path().join("profile");
-    let caps = json!({
-        "browserName": "chrome",
-        "goog:chromeOptions": {
-            "binary": chromium,
-            "args": [
-                "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--no-first-run", "--no-default-browser-check", "--disable-extensions",
-                "--disable-default-apps", "--disable-domain-reliability",
-                "--window-size=1200,1000",
-                format!("--user-data-dir={}", profile.display()),
-            ],
-        },
-        "goog:loggingPrefs": { "browser": "ALL" },
-    });
-    let c = ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
-        .capabilities(caps.as_object().unwrap().clone())
-        .connect(&driver.url)
-        .await
-        .expect("a chromium session");
+    let (driver, c) = open_browser(&chromium, &chromedriver, scratch.path()).await;
 
     // Log in through the form.
     c.goto(&gw.url("/login")).await.unwrap();
@@ -157,17 +211,13 @@ async fn pair_page_in_chromium_moves_on_when_the_phone_pairs() {
         .send_keys(PASSWORD)
         .await
         .unwrap();
-    c.find(Locator::Css("form[action='/login'] button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.wait()
-        .at_most(WAIT)
-        .for_element(Locator::Css("section.stats"))
-        .await
-        .expect("logged in and sent to the dashboard");
+    click_then(
+        &c,
+        "form[action='/login'] button[type=submit]",
+        Locator::Css("section.stats"),
+        "logged in and sent to the dashboard",
+    )
+    .await;
     assert_eq!(c.current_url().await.unwrap().as_str(), gw.url("/"));
 
     // The pairing page: its QR code, read back from the pixels, is the page's payload.
@@ -231,17 +281,13 @@ async fn pair_page_in_chromium_moves_on_when_the_phone_pairs() {
         .send_keys("Browser door")
         .await
         .unwrap();
-    c.find(Locator::Css("#add-node button[type=submit]"))
-        .await
-        .unwrap()
-        .click()
-        .await
-        .unwrap();
-    c.wait()
-        .at_most(WAIT)
-        .for_element(Locator::Id("node-token"))
-        .await
-        .expect("the token is shown");
+    click_then(
+        &c,
+        "#add-node button[type=submit]",
+        Locator::Id("node-token"),
+        "the token is shown",
+    )
+    .await;
     let shot = c.screenshot().await.unwrap();
     std::fs::write(shots.join("browser-nodes-token.png"), &shot).unwrap();
     let payload = text_of(&c, "payload").await;
@@ -264,7 +310,7 @@ async fn pair_page_in_chromium_moves_on_when_the_phone_pairs() {
         .await
         .unwrap();
     assert_eq!(node::recv(&mut ws).await["type"], "hello");
-    let (_node_task, _commands) = node::serve(ws, node::Answer::Ok);
+    let (_node_task, mut commands) = node::serve(ws, node::Answer::Ok);
     let state_js =
         "const r = document.querySelector('tr[data-node-id=\"' + arguments[0] + '\"] .state'); \
                     return r ? r.textContent : null;";
@@ -293,29 +339,133 @@ async fn pair_page_in_chromium_moves_on_when_the_phone_pairs() {
         .await
         .starts_with("registered: Browser door"));
 
+    // The Doors page: the node's door, its test open drives the node, and the decision shows
+    // with a time in the browser's own words.
+    c.goto(&gw.url("/doors")).await.unwrap();
+    let door = c
+        .find(Locator::Css("section.door"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        door.contains("Browser door") && door.contains("online"),
+        "{door}"
+    );
+    click_then(
+        &c,
+        "section.door form button[type=submit]",
+        Locator::Id("test-open-result"),
+        "the test open's result",
+    )
+    .await;
+    let result = text_of(&c, "test-open-result").await;
+    assert!(result.contains("opened"), "{result}");
+    let unlock = tokio::time::timeout(WAIT, commands.recv())
+        .await
+        .expect("the node got a command")
+        .unwrap();
+    assert_eq!(unlock["command"], "unlock", "{unlock}");
+    let shown = c
+        .execute(
+            "const t = document.querySelector('section.door time[datetime]'); \
+             return t ? [t.dataset.local || '', t.textContent] : null;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        shown[0], "1",
+        "time.js rendered the decision's time: {shown}"
+    );
+    let words = shown[1].as_str().unwrap_or_default();
+    assert!(
+        words.contains("ago") || words.contains("now") || words.contains("in "),
+        "relative time: {words}"
+    );
+    std::fs::write(
+        shots.join("browser-doors.png"),
+        c.screenshot().await.unwrap(),
+    )
+    .unwrap();
+
     // Every page came with a CSP, and the browser reported no error (a CSP violation, a
     // missing asset, a script error) on the way.
     let r = http.get(gw.url("/login")).send().await.unwrap();
     assert!(r.headers().contains_key("content-security-policy"));
-    let session = c.session_id().await.unwrap().unwrap();
-    let log: Value = http
-        .post(format!("{}/session/{session}/se/log", driver.url))
-        .json(&json!({"type": "browser"}))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let errors: Vec<&Value> = log["value"]
-        .as_array()
-        .unwrap_or_else(|| panic!("chromedriver gave no browser log: {log}"))
-        .iter()
-        .filter(|e| e["level"] == "SEVERE")
-        .collect();
-    assert!(errors.is_empty(), "browser console errors: {errors:#?}");
+    assert_no_console_errors(&http, &driver, &c).await;
 
     c.close().await.unwrap();
     drop(driver);
     gw.stop().await;
+}
+
+/// First run (issue 14): the set-up URL from the real daemon's log, opened in chromium, sets
+/// the password, lands logged in on the dashboard, and the pairing page shows its QR code.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_run_in_chromium_from_the_logged_url_to_the_pair_page() {
+    let (chromium, chromedriver) = browser_exes();
+    let root = tempfile::tempdir().unwrap();
+    let data = root.path().join("data");
+    let mut cmd = daemon::command(
+        root.path(),
+        &["serve", "--listen", "127.0.0.1:0", "--ble", "off"],
+    );
+    cmd.arg("--data-dir").arg(&data);
+    let d = daemon::Daemon::start(cmd);
+    let logs = d.logs();
+    let url = logs
+        .lines()
+        .find_map(|l| daemon::field(l, "url").filter(|u| u.contains("/setup?code=")))
+        .unwrap_or_else(|| panic!("no set-up URL in the log:\n{logs}"))
+        .to_owned();
+    let http = reqwest::Client::new();
+
+    let scratch = tempfile::tempdir().unwrap();
+    let (driver, c) = open_browser(&chromium, &chromedriver, scratch.path()).await;
+    // The login page points at the set-up URL.
+    c.goto(&d.url("/login")).await.unwrap();
+    let hint = text_of(&c, "first-run").await;
+    assert!(hint.contains("/setup?code="), "{hint}");
+
+    c.goto(&url).await.unwrap();
+    for id in ["password", "confirm"] {
+        c.find(Locator::Id(id))
+            .await
+            .unwrap()
+            .send_keys(PASSWORD)
+            .await
+            .unwrap();
+    }
+    click_then(
+        &c,
+        "form#setup button[type=submit]",
+        Locator::Css("section.stats"),
+        "the password is set and the admin is on the dashboard",
+    )
+    .await;
+    assert_eq!(c.current_url().await.unwrap().as_str(), d.url("/"));
+
+    click_then(
+        &c,
+        "a.button[href='/pair']",
+        Locator::Id("payload"),
+        "the pairing page",
+    )
+    .await;
+    let shot = c.screenshot().await.unwrap();
+    std::fs::write(
+        PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("browser-first-run-pair.png"),
+        &shot,
+    )
+    .unwrap();
+    let payload = text_of(&c, "payload").await;
+    assert_eq!(decode_qr(&shot).expect("a readable QR code"), payload);
+
+    // The link is spent.
+    assert_eq!(http.get(&url).send().await.unwrap().status(), 404);
+    assert_no_console_errors(&http, &driver, &c).await;
+    c.close().await.unwrap();
+    drop(driver);
 }

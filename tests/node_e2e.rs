@@ -44,6 +44,8 @@ async fn admin_token_to_provisioned_node_to_open_door_to_revoked() {
         .arg(&relay)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // No test browses mDNS on the host's network.
+        .env("LATCHKEY_MDNS", "off")
         .kill_on_drop(true)
         .spawn()
         .unwrap();

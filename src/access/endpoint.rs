@@ -16,6 +16,13 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
+    /// The device ids allowed, or `None` when every paired device is.
+    pub fn allowed(&self) -> Option<Vec<&str>> {
+        self.allowed
+            .as_ref()
+            .map(|set| set.iter().map(String::as_str).collect())
+    }
+
     pub fn allows(&self, device: &DeviceId) -> bool {
         self.allowed
             .as_ref()

@@ -84,6 +84,15 @@ pub fn recent(conn: &Connection, limit: i64) -> Result<Vec<Row>, StoreError> {
     Ok(out)
 }
 
+/// The BLE door service's state in words, and whether it is up.
+pub fn ble_summary(state: &AppState) -> (String, bool) {
+    match state.ble.get() {
+        BleState::Up { adapter } => (format!("registered on {adapter}, advertising"), true),
+        BleState::Waiting { reason } => (format!("waiting: {reason}"), false),
+        BleState::Off { reason } => (format!("off: {reason}"), false),
+    }
+}
+
 async fn activity_page(
     State(state): State<AppState>,
     headers: HeaderMap,
@@ -100,11 +109,7 @@ async fn activity_page(
         return Ok(Redirect::to("/login").into_response());
     }
     let rows = state.store.read(|c| recent(c, SHOWN)).await?;
-    let (ble, ble_up) = match state.ble.get() {
-        BleState::Up { adapter } => (format!("registered on {adapter}, advertising"), true),
-        BleState::Waiting { reason } => (format!("waiting: {reason}"), false),
-        BleState::Off { reason } => (format!("off: {reason}"), false),
-    };
+    let (ble, ble_up) = ble_summary(&state);
     let clock = state.clock_trust.assess(now);
     let page = ActivityPage {
         name: state.config.name.clone(),

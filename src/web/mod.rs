@@ -3,9 +3,11 @@
 pub mod activity;
 pub mod api;
 pub mod auth;
+pub mod doors;
 pub mod error;
 pub mod metrics;
 pub mod nodes;
+pub mod setup;
 pub mod tools;
 pub mod ui;
 pub mod vehicles;
@@ -66,6 +68,11 @@ const ASSETS: &[(&str, &str, &str)] = &[
         include_str!("../../static/activity.css"),
     ),
     (
+        "time.js",
+        "text/javascript; charset=utf-8",
+        include_str!("../../static/time.js"),
+    ),
+    (
         "favicon.svg",
         "image/svg+xml",
         include_str!("../../static/favicon.svg"),
@@ -76,7 +83,9 @@ pub fn router(state: AppState, extra: Router<AppState>) -> Router {
     Router::new()
         .merge(api::routes())
         .merge(ui::routes())
+        .merge(setup::routes())
         .merge(activity::routes())
+        .merge(doors::routes())
         .merge(nodes::routes())
         .merge(tools::routes())
         .merge(vehicles::routes())

@@ -254,24 +254,39 @@ async fn list_endpoints(
     Ok(axum::Json(json!({ "endpoints": list })).into_response())
 }
 
-/// The admin's "test open": runs the endpoint's action now, as a grant would, and records an
-/// `access.granted` (or `access.denied` with `ACTION_FAILED` and the reason) by the admin.
+/// `POST /api/endpoints/{id}/open`: the admin's test open (see [`test_open`]).
 async fn open(
     State(state): State<AppState>,
     admin: Admin,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let done = test_open(&state, &id, &admin.origin()).await?;
+    Ok(
+        axum::Json(json!({ "endpoint": done.endpoint, "status": "GRANTED", "ms": done.ms }))
+            .into_response(),
+    )
+}
+
+/// A test open that ran.
+pub struct TestOpened {
+    pub endpoint: String,
+    pub ms: u64,
+}
+
+/// The admin's "test open" (API and the /doors page): runs the endpoint's action now, as a
+/// grant would, and records an `access.granted` (or `access.denied` with `ACTION_FAILED` and
+/// the reason) with `"transport":"admin"` and the admin as `peer`.
+pub async fn test_open(state: &AppState, id: &str, origin: &str) -> Result<TestOpened, ApiError> {
     let st = state.clone();
     let eps = state
         .store
         .read(move |c| doors::endpoints(c, &st.config.endpoints))
         .await?;
     let ep = eps
-        .resolve(&id)
+        .resolve(id)
         .filter(|_| !id.is_empty())
         .cloned()
         .ok_or_else(|| ApiError::not_found("no such endpoint"))?;
-    let origin = admin.origin();
     // Not a device: the nil id and a label stand in for the grantee of a command action.
     let who = Grantee {
         device_id: DeviceId::from_bytes([0; 16]),
@@ -279,7 +294,7 @@ async fn open(
     };
     let started = tokio::time::Instant::now();
     let outcome = Actions::with_nodes(state.nodes.clone())
-        .run_as(&ep, &who, &origin)
+        .run_as(&ep, &who, origin)
         .await;
     let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
     let detail = outcome.as_ref().err().map(|e| e.to_string());
@@ -304,7 +319,7 @@ async fn open(
     if let Some(d) = &detail {
         data["detail"] = json!(d);
     }
-    let (now_ms, rec_origin) = (state.clock.now_ms(), origin.clone());
+    let (now_ms, rec_origin) = (state.clock.now_ms(), origin.to_owned());
     state
         .store
         .write(move |tx| crate::events::append(tx, topic, &data, &rec_origin, now_ms))
@@ -312,10 +327,10 @@ async fn open(
     match detail {
         None => {
             tracing::info!(endpoint = %ep.id, %origin, ms, "test open");
-            Ok(
-                axum::Json(json!({ "endpoint": ep.id, "status": reason, "ms": ms }))
-                    .into_response(),
-            )
+            Ok(TestOpened {
+                endpoint: ep.id,
+                ms,
+            })
         }
         Some(d) => {
             tracing::warn!(endpoint = %ep.id, %origin, reason = %d, "test open failed");

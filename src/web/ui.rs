@@ -79,6 +79,9 @@ pub(super) fn check_csrf(state: &AppState, sid: &str, presented: &str) -> Result
     }
 }
 
+/// Door decisions on the dashboard.
+const DASHBOARD_DECISIONS: i64 = 5;
+
 #[derive(Template)]
 #[template(path = "dashboard.html")]
 struct DashboardPage {
@@ -89,6 +92,13 @@ struct DashboardPage {
     revoked: usize,
     gateway_id: String,
     address: String,
+    ble: String,
+    ble_up: bool,
+    clock: String,
+    clock_suspect: bool,
+    nodes_online: usize,
+    nodes_offline: usize,
+    decisions: Vec<crate::web::activity::Row>,
 }
 
 async fn dashboard(
@@ -96,8 +106,24 @@ async fn dashboard(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let (_, s) = require_session!(state, headers);
-    let devices = state.store.read(registry::list).await?;
+    let (devices, nodes, decisions) = state
+        .store
+        .read(|c| {
+            Ok((
+                registry::list(c)?,
+                crate::nodes::list(c)?,
+                crate::web::activity::recent(c, DASHBOARD_DECISIONS)?,
+            ))
+        })
+        .await?;
     let revoked = devices.iter().filter(|d| d.revoked).count();
+    let live: Vec<_> = nodes
+        .iter()
+        .filter(|n| !n.revoked && n.registered_at.is_some())
+        .collect();
+    let nodes_online = live.iter().filter(|n| n.online).count();
+    let (ble, ble_up) = crate::web::activity::ble_summary(&state);
+    let trust = state.clock_trust.assess(state.now());
     render(&DashboardPage {
         name: state.config.name.clone(),
         csrf: s.csrf,
@@ -106,6 +132,13 @@ async fn dashboard(
         revoked,
         gateway_id: state.gateway_id.clone(),
         address: state.host_port(),
+        ble,
+        ble_up,
+        clock: trust.message.unwrap_or_else(|| "looks right".into()),
+        clock_suspect: trust.suspect,
+        nodes_online,
+        nodes_offline: live.len() - nodes_online,
+        decisions,
     })
 }
 
@@ -116,10 +149,12 @@ struct LoginPage {
     csrf: String,
     has_password: bool,
     error: Option<String>,
+    /// Where the set-up URL points (shown while no password exists).
+    address: String,
 }
 
 /// The login form's CSRF token is bound to a short-lived pre-session cookie.
-fn login_csrf(state: &AppState, nonce: &str) -> String {
+pub(super) fn login_csrf(state: &AppState, nonce: &str) -> String {
     admin::csrf_token(&state.master, &format!("login:{nonce}"))
 }
 
@@ -131,6 +166,7 @@ async fn login_page(State(state): State<AppState>) -> Result<Response, ApiError>
         csrf: login_csrf(&state, nonce.expose()),
         has_password,
         error: None,
+        address: state.host_port(),
     };
     let mut resp = render(&page)?;
     set_cookie(&mut resp, LOGIN_COOKIE, nonce.expose(), 600);
@@ -150,14 +186,9 @@ async fn login(
     Form(form): Form<LoginForm>,
 ) -> Result<Response, ApiError> {
     let now = state.now();
-    let nonce = cookie(&headers, LOGIN_COOKIE).unwrap_or_default();
-    if nonce.is_empty()
-        || !crate::secret::ct_eq(login_csrf(&state, nonce).as_bytes(), form.csrf.as_bytes())
-    {
-        return Err(ApiError::forbidden(
-            "the login form expired; reload the page",
-        ));
-    }
+    let nonce = pre_session(&state, &headers, &form.csrf)
+        .ok_or_else(|| ApiError::forbidden("the login form expired; reload the page"))?;
+    let nonce = nonce.as_str();
     let phc = state.store.read(admin::password_hash).await?;
     let Some(phc) = phc else {
         return Ok(Redirect::to("/login").into_response());
@@ -174,6 +205,7 @@ async fn login(
             csrf: login_csrf(&state, nonce),
             has_password: true,
             error: Some("Wrong password.".into()),
+            address: state.host_port(),
         };
         let mut resp = render(&page)?;
         *resp.status_mut() = StatusCode::UNAUTHORIZED;
@@ -185,6 +217,40 @@ async fn login(
         .await?
         .map_err(|e| ApiError::internal(&e))?;
     tracing::info!(client = %ip, "admin logged in");
+    Ok(logged_in(&sid))
+}
+
+/// The pre-session cookie's nonce when `presented` is the CSRF token bound to it (forms shown
+/// before a session exists: login, first-run set-up).
+pub(super) fn pre_session(
+    state: &AppState,
+    headers: &HeaderMap,
+    presented: &str,
+) -> Option<String> {
+    let nonce = cookie(headers, LOGIN_COOKIE)?;
+    crate::secret::ct_eq(login_csrf(state, nonce).as_bytes(), presented.as_bytes())
+        .then(|| nonce.to_owned())
+}
+
+/// Counts a password or set-up-code attempt from `ip` before it is checked, or refuses with
+/// `RATE_LIMITED` when `ip` (or everyone together) is out of failures; a good attempt gives
+/// its reservation back.
+pub(super) fn reserve_login_attempt(
+    state: &AppState,
+    ip: std::net::IpAddr,
+    now: i64,
+) -> Result<(), ApiError> {
+    let limited = |retry| ApiError::throttled(&state.metrics, retry);
+    state.login_limit.reserve(&ip, now).map_err(limited)?;
+    if let Err(retry) = state.login_global.reserve(&(), now) {
+        state.login_limit.release(&ip);
+        return Err(limited(retry));
+    }
+    Ok(())
+}
+
+/// To the dashboard with the new session's cookie; the pre-session cookie is cleared.
+pub(super) fn logged_in(sid: &SecretString) -> Response {
     let mut resp = Redirect::to("/").into_response();
     set_cookie(
         &mut resp,
@@ -193,7 +259,7 @@ async fn login(
         admin::SESSION_TTL_SECS,
     );
     set_cookie(&mut resp, LOGIN_COOKIE, "", 0);
-    Ok(resp)
+    resp
 }
 
 /// Checks the admin password, or refuses with `RATE_LIMITED` without hashing when `ip` (or
@@ -206,18 +272,7 @@ async fn check_password(
     phc: String,
     password: SecretString,
 ) -> Result<bool, ApiError> {
-    let limited = |retry| {
-        state
-            .metrics
-            .rate_limited
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        ApiError::rate_limited(retry)
-    };
-    state.login_limit.reserve(&ip, now).map_err(limited)?;
-    if let Err(retry) = state.login_global.reserve(&(), now) {
-        state.login_limit.release(&ip);
-        return Err(limited(retry));
-    }
+    reserve_login_attempt(state, ip, now)?;
     let ok = {
         let _permit = state
             .password_checks
@@ -239,7 +294,7 @@ async fn check_password(
     Ok(ok)
 }
 
-fn set_cookie(resp: &mut Response, name: &str, value: &str, max_age: i64) {
+pub(super) fn set_cookie(resp: &mut Response, name: &str, value: &str, max_age: i64) {
     let v = format!("{name}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={max_age}");
     if let Ok(v) = header::HeaderValue::from_str(&v) {
         resp.headers_mut().append(header::SET_COOKIE, v);

@@ -24,6 +24,7 @@ const SCRUB: &[&str] = &[
     "LATCHKEY_CONFIG",
     "LATCHKEY_LISTEN",
     "LATCHKEY_BLE",
+    "LATCHKEY_MDNS",
     "LATCHKEY_LOG",
     "RUST_LOG",
     "STATE_DIRECTORY",
@@ -41,6 +42,8 @@ pub fn command(cwd: &Path, args: &[&str]) -> Command {
     for v in SCRUB {
         c.env_remove(v);
     }
+    // No test multicasts on the host's network; the discovery tests run in a namespace.
+    c.env("LATCHKEY_MDNS", "off");
     c
 }
 

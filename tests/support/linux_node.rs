@@ -94,6 +94,8 @@ pub async fn start_with(dir: &Path, ble: Option<&Ble<'_>>, extra: &[&str]) -> No
         .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
+        // No test browses mDNS on the host's network.
+        .env("LATCHKEY_MDNS", "off")
         .kill_on_drop(true);
     match ble {
         Some(b) => {

@@ -49,6 +49,8 @@ pub fn latchkey(bus: Option<&str>) -> Command {
         .env_remove("LATCHKEY_GATEWAY")
         .env_remove("LATCHKEY_ADMIN_TOKEN")
         .env_remove("NOTIFY_SOCKET")
+        // No test browses mDNS on the host's network (tests/discovery.rs runs in a namespace).
+        .env("LATCHKEY_MDNS", "off")
         .env("LATCHKEY_LOG", "debug")
         .env_remove("DBUS_SYSTEM_BUS_ADDRESS")
         .stdin(Stdio::null())

@@ -630,7 +630,7 @@ async fn listen(path: &Path, since: Option<u64>) -> anyhow::Result<()> {
 }
 
 async fn publish(path: &Path, topic: &str, data: serde_json::Value) -> anyhow::Result<()> {
-    let seq = super::sync::publish(path, topic, data).await?;
+    let seq = super::sync::publish(path, topic, data, |msg| eprintln!("latchkey: {msg}")).await?;
     println!("{seq}");
     Ok(())
 }

@@ -7,6 +7,7 @@ pub mod add_node;
 pub mod cli;
 pub mod clock;
 pub mod credentials;
+pub mod discover;
 pub mod pair;
 pub mod pair_vehicle;
 pub mod provisioning;

@@ -28,6 +28,8 @@ pub enum PhoneSyncError {
     Sync(SyncError),
     #[error("writing the event out: {0}")]
     Output(std::io::Error),
+    #[error(transparent)]
+    Discover(#[from] crate::discover::DiscoverError),
     #[error("recording the last seen seq in {path}: {source}")]
     Seq {
         path: String,
@@ -114,7 +116,11 @@ pub async fn listen(
     stop: impl Future<Output = ()>,
 ) -> Result<(), PhoneSyncError> {
     tokio::pin!(stop);
-    let creds = Credentials::load(path)?;
+    let mut creds = Credentials::load(path)?;
+    tokio::select! {
+        r = crate::discover::refresh_address(&mut creds, path, &mut status) => r?,
+        _ = &mut stop => return Ok(()),
+    };
     let name = tokio::select! {
         r = whoami(&creds) => r?,
         _ = &mut stop => return Ok(()),
@@ -166,9 +172,16 @@ pub async fn listen(
     }
 }
 
-/// Publishes one event; returns its seq once the gateway acknowledged it.
-pub async fn publish(path: &Path, topic: &str, data: Value) -> Result<i64, PhoneSyncError> {
-    let creds = Credentials::load(path)?;
+/// Publishes one event; returns its seq once the gateway acknowledged it. `status` hears
+/// progress for humans (a gateway found at a new address).
+pub async fn publish(
+    path: &Path,
+    topic: &str,
+    data: Value,
+    status: impl FnMut(&str),
+) -> Result<i64, PhoneSyncError> {
+    let mut creds = Credentials::load(path)?;
+    crate::discover::refresh_address(&mut creds, path, status).await?;
     let mut client =
         SyncClient::new(ws_url(&creds), creds.device_key.clone()).max_attempts(PUBLISH_ATTEMPTS);
     let seq = client.publish(topic, data).await?;

@@ -18,6 +18,8 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// Every HTTP exchange with the gateway.
 const HTTP_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a search for the gateway on the LAN lasts (inside the core's connect timeout).
+const BROWSE_LIMIT: Duration = Duration::from_secs(8);
 
 /// HTTP client.
 pub struct Http(reqwest::Client);
@@ -97,6 +99,28 @@ impl WsConnector for Ws {
                 tracing::debug!("ws connect: {e}");
                 Err(ConnectError::Net)
             }
+        }
+    }
+
+    async fn locate(&mut self, gateway_id: &str) -> Option<String> {
+        if !latchkey_proto::dns_sd::browsing_enabled() {
+            return None;
+        }
+        let id = gateway_id.to_owned();
+        let found =
+            tokio::task::spawn_blocking(move || latchkey_proto::dns_sd::find(&id, BROWSE_LIMIT))
+                .await;
+        match found {
+            Ok(Ok(Some(f))) => Some(match f.ip {
+                std::net::IpAddr::V4(ip) => format!("ws://{ip}:{}/ws", f.port),
+                std::net::IpAddr::V6(ip) => format!("ws://[{ip}]:{}/ws", f.port),
+            }),
+            Ok(Ok(None)) => None,
+            Ok(Err(e)) => {
+                tracing::warn!("mDNS: {e}");
+                None
+            }
+            Err(_) => None,
         }
     }
 }

@@ -123,6 +123,14 @@ pub trait WsConnector {
     type Conn: WsConn;
     /// `GET url` upgraded, with `Authorization: Node <node_key>`.
     async fn connect(&mut self, url: &str, node_key: &str) -> Result<Self::Conn, ConnectError>;
+    /// Where the gateway `gateway_id` is now (its `ws://host:port/ws`), for a board that can
+    /// look it up (DNS-SD over mDNS, `latchkey_proto::dns_sd`); asked after the stored address
+    /// stopped answering. Only a record whose id is `gateway_id` may answer
+    /// ([`latchkey_proto::dns_sd::is_paired_gateway`]). Boards that cannot look: `None`.
+    async fn locate(&mut self, gateway_id: &str) -> Option<String> {
+        let _ = gateway_id;
+        None
+    }
 }
 
 /// One WebSocket connection; the board answers pings itself and caps incoming messages at

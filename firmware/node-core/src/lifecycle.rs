@@ -139,6 +139,13 @@ impl Lifecycle {
         self.credentials.as_ref()
     }
 
+    /// The gateway was found at a new address (rediscovery): the session goes there now.
+    pub fn moved(&mut self, ws_url: &str) {
+        if let Some(c) = self.credentials.as_mut() {
+            c.ws_url = String::from(ws_url);
+        }
+    }
+
     /// The node id: from the credentials, or from the request being acted on.
     pub fn node_id(&self) -> Option<&str> {
         self.credentials

@@ -187,6 +187,13 @@ impl Attempts {
     }
 }
 
+/// A session URL the node will dial: `ws://` or `wss://`, bounded, printable ASCII.
+pub fn ws_url_ok(url: &str) -> bool {
+    (url.starts_with("ws://") || url.starts_with("wss://"))
+        && url.len() <= crate::provision::MAX_URL
+        && url.bytes().all(|b| b.is_ascii_graphic())
+}
+
 fn valid_answer(a: &Answer) -> bool {
     let key_ok = a.node_key.len() == 48
         && a.node_key.starts_with("node_")
@@ -194,11 +201,8 @@ fn valid_answer(a: &Answer) -> bool {
             .bytes()
             .skip(5)
             .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_');
-    let url_ok = (a.ws_url.starts_with("ws://") || a.ws_url.starts_with("wss://"))
-        && a.ws_url.len() <= crate::provision::MAX_URL
-        && a.ws_url.bytes().all(|b| b.is_ascii_graphic());
     key_ok
-        && url_ok
+        && ws_url_ok(&a.ws_url)
         && !a.gateway_id.is_empty()
         && a.gateway_id.len() <= 64
         && a.gateway_pubkey.len() <= 64

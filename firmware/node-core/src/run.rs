@@ -58,6 +58,8 @@ pub const AP_CLOSE_GRACE_MS: u64 = 1_000;
 pub const JOIN_TIMEOUT_MS: u64 = 30_000;
 /// Longest wait for a WebSocket connect (TCP + upgrade).
 pub const CONNECT_TIMEOUT_MS: u64 = 10_000;
+/// Failed connects in a row before the node looks for its gateway at another address.
+pub const LOCATE_AFTER_FAILURES: u32 = 2;
 /// Longest wait for one frame to go out; a gateway that stops reading gets a reconnect.
 pub const SEND_TIMEOUT_MS: u64 = 5_000;
 /// Wait before retrying a failed access point start or accept.
@@ -667,12 +669,17 @@ where
     N: WsConnector,
     G: Rng,
 {
-    let Some(credentials) = ctx.shared.borrow().lifecycle.credentials().cloned() else {
+    let Some(mut credentials) = ctx.shared.borrow().lifecycle.credentials().cloned() else {
         ctx.event(Event::FactoryReset);
         return Ok(());
     };
     let mut backoff = Backoff::default();
+    let mut failed_connects = 0u32;
     loop {
+        if failed_connects >= LOCATE_AFTER_FAILURES {
+            failed_connects = 0;
+            relocate(ctx, parts, &mut credentials).await?;
+        }
         let deadline = ctx.clock.now() + CONNECT_TIMEOUT_MS;
         let connected = select(
             parts.ws.connect(&credentials.ws_url, &credentials.node_key),
@@ -681,6 +688,7 @@ where
         .await;
         let end = match connected {
             Either::First(Ok(mut conn)) => {
+                failed_connects = 0;
                 let started = ctx.clock.now();
                 let end = session(ctx, config, &mut conn, parts.store).await;
                 {
@@ -695,10 +703,12 @@ where
             Either::First(Err(ConnectError::Status(403))) => SessionEnd::Revoked,
             Either::First(Err(e)) => {
                 log::warn!("session: connect failed: {e:?}");
+                failed_connects += 1;
                 SessionEnd::Closed
             }
             Either::Second(()) => {
                 log::warn!("session: connect timed out");
+                failed_connects += 1;
                 SessionEnd::Closed
             }
         };
@@ -714,6 +724,48 @@ where
         log::info!("session: reconnecting in {ms} ms");
         ctx.sleep_ms(u64::from(ms)).await;
     }
+}
+
+/// Asks the board where the paired gateway is now; a new, well-formed address replaces the
+/// stored one (in storage too, so a reboot keeps it).
+async fn relocate<C, R, S, W, H, N, G>(
+    ctx: &Ctx<'_, C, R>,
+    parts: &mut Parts<'_, S, W, H, N, G>,
+    credentials: &mut Credentials,
+) -> Result<(), RunError>
+where
+    C: Clock,
+    R: Relay,
+    S: CredentialStore + GrantBlobStore + DecisionStore,
+    N: WsConnector,
+    G: Rng,
+{
+    let deadline = ctx.clock.now() + CONNECT_TIMEOUT_MS;
+    let found = match select(
+        parts.ws.locate(&credentials.gateway_id),
+        ctx.clock.sleep_until(deadline),
+    )
+    .await
+    {
+        Either::First(found) => found,
+        Either::Second(()) => None,
+    };
+    let Some(url) = found else {
+        return Ok(());
+    };
+    if url == credentials.ws_url || !crate::register::ws_url_ok(&url) {
+        return Ok(());
+    }
+    log::info!("session: gateway {} found at {url}", credentials.gateway_id);
+    credentials.ws_url = url;
+    ctx.shared.borrow_mut().lifecycle.moved(&credentials.ws_url);
+    parts
+        .store
+        .lock()
+        .await
+        .save_credentials(credentials)
+        .await?;
+    Ok(())
 }
 
 /// Sends one frame within [`SEND_TIMEOUT_MS`]; `false` when the session must end.

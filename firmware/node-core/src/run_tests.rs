@@ -67,6 +67,10 @@ impl HttpClient for NoHttp {
 /// test a sender (gateway → node) and a receiver (node → gateway).
 struct ScriptedGateway {
     up: watch::Receiver<bool>,
+    /// Where the gateway moved, and the id its mDNS record names: dials elsewhere fail.
+    moved: Option<(String, String)>,
+    /// Every URL the node dialled.
+    dialled: Rc<StdRefCell<Vec<String>>>,
     sessions: mpsc::UnboundedSender<(
         mpsc::UnboundedSender<WsMessage>,
         mpsc::UnboundedReceiver<String>,
@@ -80,7 +84,11 @@ struct ScriptedConn {
 
 impl WsConnector for ScriptedGateway {
     type Conn = ScriptedConn;
-    async fn connect(&mut self, _: &str, _: &str) -> Result<ScriptedConn, ConnectError> {
+    async fn connect(&mut self, url: &str, _: &str) -> Result<ScriptedConn, ConnectError> {
+        self.dialled.borrow_mut().push(url.into());
+        if self.moved.as_ref().is_some_and(|(_, to)| to != url) {
+            return Err(ConnectError::Net);
+        }
         if self.up.wait_for(|up| *up).await.is_err() {
             return Err(ConnectError::Net);
         }
@@ -93,6 +101,10 @@ impl WsConnector for ScriptedGateway {
             from_gateway,
             to_gateway,
         })
+    }
+    async fn locate(&mut self, gateway_id: &str) -> Option<String> {
+        let (id, url) = self.moved.as_ref()?;
+        latchkey_proto::dns_sd::is_paired_gateway(Some(id), gateway_id).then(|| url.clone())
     }
 }
 
@@ -286,6 +298,8 @@ async fn registered(kind: Kind) -> (TestBoard, Config, Bench) {
         http: NoHttp,
         ws: ScriptedGateway {
             up,
+            moved: None,
+            dialled: Rc::default(),
             sessions: sessions_tx,
         },
         ap: Ap(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()),
@@ -454,5 +468,57 @@ async fn a_vehicle_takes_a_pairing_response_offline_then_opens_for_the_new_key()
     tokio::select! {
         r = run(board, &config, core::future::pending()) => panic!("run ended: {r:?}"),
         () = script => {}
+    }
+}
+
+/// The gateway moved (new address): after [`LOCATE_AFTER_FAILURES`] failed dials the node asks
+/// the board where its gateway is, stores the answer and holds its session there; a record
+/// naming another gateway moves nothing.
+#[tokio::test]
+async fn a_node_follows_its_gateway_to_a_new_address_and_no_other() {
+    const NEW: &str = "ws://10.0.0.9:8081/ws";
+    for (announced, follows) in [("gw", true), ("another-gateway", false)] {
+        let (mut board, config, bench) = registered(Kind::Door).await;
+        board.ws.moved = Some((announced.into(), NEW.into()));
+        let dialled = board.ws.dialled.clone();
+        let Bench {
+            up: up_tx,
+            mut sessions,
+            ..
+        } = bench;
+        up_tx.send(true).unwrap();
+        let script = async {
+            if follows {
+                let (to_node, from_node) = next(&mut sessions).await;
+                let mut s = Sess { to_node, from_node };
+                s.hello().await;
+            } else {
+                // Past the point where it looked, and one dial more: still the old address.
+                tokio::time::timeout(PATIENCE, async {
+                    while dialled.borrow().len() <= LOCATE_AFTER_FAILURES as usize {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                })
+                .await
+                .unwrap();
+            }
+        };
+        tokio::select! {
+            r = run(board, &config, core::future::pending()) => panic!("run ended: {r:?}"),
+            () = script => {}
+        }
+        let dialled = dialled.borrow();
+        let old = credentials().ws_url;
+        assert!(
+            dialled[..LOCATE_AFTER_FAILURES as usize]
+                .iter()
+                .all(|u| *u == old),
+            "{dialled:?}"
+        );
+        if follows {
+            assert_eq!(dialled.last().map(String::as_str), Some(NEW), "{dialled:?}");
+        } else {
+            assert!(dialled.iter().all(|u| *u == old), "{dialled:?}");
+        }
     }
 }

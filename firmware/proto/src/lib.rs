@@ -24,6 +24,7 @@ extern crate alloc;
 extern crate std;
 
 mod adv;
+pub mod dns_sd;
 mod endpoint;
 mod error;
 mod frame;

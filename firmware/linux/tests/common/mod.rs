@@ -280,6 +280,8 @@ impl Node {
             .arg("--state-dir")
             .arg(dir.join("state"))
             .args(["--ap-listen", "127.0.0.1:0"])
+            // No test browses mDNS on the host's network.
+            .env("LATCHKEY_MDNS", "off")
             .envs(env.iter().copied())
             .arg("--relay-sim")
             .arg(dir.join("relay.log"))
