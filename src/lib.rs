@@ -6,12 +6,14 @@
 
 pub mod access;
 pub mod admin;
+pub mod backup;
 pub mod ble;
 pub mod budget;
 pub mod cli;
 pub mod clock;
 pub mod clocktrust;
 pub mod config;
+pub mod control;
 pub mod crypto;
 pub mod datadir;
 pub mod events;
@@ -137,6 +139,10 @@ pub async fn serve(
     ble::start(&state).await?;
     web::vehicles::spawn_housekeeping(&state);
 
+    let control = control::server::bind(&state.config)?;
+    control::server::spawn(state.clone(), control);
+    spawn_daily_backups(&state);
+
     let app = web::router(state.clone(), ws::routes());
     let token = state.shutdown.clone();
     let caps = listener::Caps::for_this_process(&state.config.http);
@@ -174,6 +180,50 @@ pub async fn serve(
         tracing::warn!("some connections did not close in time; exiting anyway");
     }
     Ok(())
+}
+
+/// Automatic backups into `<data-dir>/backups/` (`[backup]`): the clock is compared with the
+/// newest one every `check_every`, so a backup follows the (injectable) clock, and a daemon
+/// restarted daily neither skips one nor makes two.
+fn spawn_daily_backups(state: &AppState) {
+    let policy = state.config.backup.clone();
+    if policy.interval_secs == 0 {
+        return;
+    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        let dir = backup::dir(&state.config.data_dir);
+        let mut tick = tokio::time::interval(policy.check_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = state.shutdown.cancelled() => return,
+            }
+            let now = state.now();
+            let newest = match backup::dailies(&dir) {
+                Ok(all) => all.last().map(|(t, _)| *t),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot list the backups");
+                    continue;
+                }
+            };
+            if !backup::due(newest, now, policy.interval_secs) {
+                continue;
+            }
+            let app = state.clone();
+            let keep = policy.keep;
+            let made = tokio::task::spawn_blocking(move || {
+                backup::daily(&app.store, &app.master, now, keep)
+            })
+            .await;
+            match made {
+                Ok(Ok(path)) => tracing::info!(path = %path.display(), "daily backup written"),
+                Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "daily backup failed"),
+                Err(e) => tracing::warn!(error = %e, "daily backup failed"),
+            }
+        }
+    });
 }
 
 /// Resolves on the first SIGTERM or SIGINT. The handlers are installed by this call, so a
