@@ -192,15 +192,15 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
             crate::check_data_dir(&config.data_dir)?;
             rotate_key(&config)
         }
-        Command::Pair => pair(&ask(&config, Request::Pair)?),
+        Command::Pair => pair(&ask(&config, Request::Pair {})?),
         Command::Devices(DevicesCmd::List { json }) => {
-            list_devices(&ask(&config, Request::DevicesList)?, json)
+            list_devices(&ask(&config, Request::DevicesList {})?, json)
         }
         Command::Devices(DevicesCmd::Revoke { id }) => {
             revoked(&ask(&config, Request::DevicesRevoke { id })?)
         }
         Command::Nodes(NodesCmd::List { json }) => {
-            list_nodes(&ask(&config, Request::NodesList)?, json)
+            list_nodes(&ask(&config, Request::NodesList {})?, json)
         }
         Command::Nodes(NodesCmd::Revoke { id }) => {
             revoked(&ask(&config, Request::NodesRevoke { id })?)

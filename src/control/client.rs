@@ -86,7 +86,7 @@ pub fn call(stream: UnixStream, request: &Request) -> anyhow::Result<Value> {
 
 /// `backup` through the daemon: its answer line, then the file's bytes, written to `target`.
 pub fn backup(stream: UnixStream, target: &Path) -> anyhow::Result<u64> {
-    let mut reader = send(stream, &Request::Backup)?;
+    let mut reader = send(stream, &Request::Backup {})?;
     let ok = answer(&mut reader)?;
     let bytes = ok["bytes"]
         .as_u64()

@@ -49,12 +49,13 @@ pub fn socket_path(config: &Config) -> PathBuf {
 pub enum Request {
     AdminPassword { password: String },
     AdminToken { name: String },
-    Pair,
-    DevicesList,
+    // Empty braces, not unit variants: serde ignores unknown fields beside a unit variant.
+    Pair {},
+    DevicesList {},
     DevicesRevoke { id: String },
-    NodesList,
+    NodesList {},
     NodesRevoke { id: String },
-    Backup,
+    Backup {},
 }
 
 impl std::fmt::Debug for Request {
@@ -69,12 +70,12 @@ impl Request {
         match self {
             Self::AdminPassword { .. } => "admin-password",
             Self::AdminToken { .. } => "admin-token",
-            Self::Pair => "pair",
-            Self::DevicesList => "devices-list",
+            Self::Pair {} => "pair",
+            Self::DevicesList {} => "devices-list",
             Self::DevicesRevoke { .. } => "devices-revoke",
-            Self::NodesList => "nodes-list",
+            Self::NodesList {} => "nodes-list",
             Self::NodesRevoke { .. } => "nodes-revoke",
-            Self::Backup => "backup",
+            Self::Backup {} => "backup",
         }
     }
 }
@@ -144,7 +145,7 @@ pub fn execute(
                 .map_err(admin_failure)?;
             Ok(json!({ "token": token.expose() }))
         }
-        Request::Pair => {
+        Request::Pair {} => {
             let t = store
                 .write_blocking(|tx| Ok(crate::pairing::create_token(tx, now, pair_ttl)))?
                 .map_err(|e| Failure::Internal(e.into()))?;
@@ -158,22 +159,30 @@ pub fn execute(
             .to_string();
             Ok(json!({ "payload": payload, "expires": t.expires, "ttlSecs": pair_ttl }))
         }
-        Request::DevicesList => Ok(json!({ "devices": store.read_blocking(registry::list)? })),
+        Request::DevicesList {} => Ok(json!({ "devices": store.read_blocking(registry::list)? })),
         Request::DevicesRevoke { id } => {
-            let id = DeviceId::parse(&id)
-                .ok_or_else(|| Failure::refused("NOT_FOUND", "no device with that id"))?;
+            let Some(id) = DeviceId::parse(&id) else {
+                return Err(Failure::refused(
+                    "NOT_FOUND",
+                    format!("no device with id {id:?}"),
+                ));
+            };
             let outcome = store.write_blocking(|tx| registry::revoke(tx, &id, now, "cli"))?;
             revoked(outcome, "device", id.as_str())
         }
-        Request::NodesList => Ok(json!({ "nodes": store.read_blocking(crate::nodes::list)? })),
+        Request::NodesList {} => Ok(json!({ "nodes": store.read_blocking(crate::nodes::list)? })),
         Request::NodesRevoke { id } => {
-            let id = crate::nodes::NodeId::parse(&id)
-                .ok_or_else(|| Failure::refused("NOT_FOUND", "no node with that id"))?;
+            let Some(id) = crate::nodes::NodeId::parse(&id) else {
+                return Err(Failure::refused(
+                    "NOT_FOUND",
+                    format!("no node with id {id:?}"),
+                ));
+            };
             // A running daemon sees the `node.revoked` event and closes the node's session.
             let outcome = store.write_blocking(|tx| crate::nodes::revoke(tx, &id, now, "cli"))?;
             revoked(outcome, "node", &id.to_string())
         }
-        Request::Backup => Err(Failure::refused(
+        Request::Backup {} => Err(Failure::refused(
             "BAD_REQUEST",
             "backup is streamed, not executed",
         )),

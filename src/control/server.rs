@@ -151,7 +151,7 @@ async fn connection(state: &AppState, stream: UnixStream) {
         uid = peer.uid,
         "control socket command"
     );
-    if let Request::Backup = request {
+    if let Request::Backup {} = request {
         stream_backup(state, &mut write).await;
         return;
     }

@@ -28,6 +28,7 @@ const SCRUB: &[&str] = &[
     "RUST_LOG",
     "STATE_DIRECTORY",
     "CREDENTIALS_DIRECTORY",
+    "RUNTIME_DIRECTORY",
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
