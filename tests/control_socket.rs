@@ -12,7 +12,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use common::Gateway;
+use common::{poll, Gateway};
 use daemon::{command, run, stderr, stdout, Daemon};
 use futures_util::StreamExt;
 use serde_json::Value;
@@ -146,6 +146,7 @@ async fn a_cli_revoke_closes_the_phones_websocket_at_once() {
         HeaderValue::from_str(&format!("Device {}", phone["deviceKey"].as_str().unwrap())).unwrap(),
     );
     let (mut ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    listening(&gw.dir.path().join("latchkey.sock")).await;
     let cwd = tempfile::tempdir().unwrap();
     let data = gw.dir.path().to_owned();
     let id = phone["deviceId"].as_str().unwrap().to_owned();
@@ -181,6 +182,14 @@ fn without_a_daemon_the_cli_opens_the_registry_itself() {
     assert_eq!(stdout(&o).trim_end(), r#"{"devices":[]}"#);
 }
 
+/// Waits until the in-process daemon (whose `serve` task binds the socket) accepts on `socket`.
+async fn listening(socket: &Path) {
+    poll("the control socket accepts", async || {
+        UnixStream::connect(socket).await.ok().map(drop)
+    })
+    .await;
+}
+
 /// One request line on the socket; the answer line as JSON, and whether the daemon then closed.
 async fn exchange(socket: &Path, send: &[u8]) -> (Value, bool) {
     let mut s = UnixStream::connect(socket).await.unwrap();
@@ -203,6 +212,7 @@ async fn exchange(socket: &Path, send: &[u8]) -> (Value, bool) {
 async fn oversized_malformed_and_silent_requests_are_refused() {
     let gw = Gateway::start_with(|c| c.control_timeout = Duration::from_millis(300)).await;
     let socket = gw.dir.path().join("latchkey.sock");
+    listening(&socket).await;
     let mode = std::fs::metadata(&socket).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o660);
 
@@ -253,6 +263,7 @@ async fn a_stale_socket_file_is_replaced() {
     // What a crashed daemon leaves: a socket file nobody listens on.
     drop(std::os::unix::net::UnixListener::bind(dir.path().join("latchkey.sock")).unwrap());
     let gw = Gateway::start_in(dir, common::T0, |_| {}).await;
+    listening(&gw.dir.path().join("latchkey.sock")).await;
     let (ok, _) = exchange(
         &gw.dir.path().join("latchkey.sock"),
         b"{\"command\":\"devices-list\"}\n",
@@ -298,6 +309,7 @@ async fn a_user_outside_the_daemons_group_is_refused() {
     let runtime = private_dir(parent.path(), "run", 0o755);
     let gw = Gateway::start_with(|c| c.runtime_dir = Some(runtime.clone())).await;
     let socket = runtime.join("latchkey.sock");
+    listening(&socket).await;
     let data = gw.dir.path().to_owned();
 
     // A member of the daemon's group (root's gid 0 here) passes the 0660 mode and the check.

@@ -80,37 +80,48 @@ fn connect(socket: &Path) -> std::io::Result<UnixStream> {
 
 /// Sends `request` and reads the answer line: the `ok` value, or the daemon's error message.
 pub fn call(stream: UnixStream, request: &Request) -> anyhow::Result<Value> {
-    let mut reader = send(stream, request)?;
-    answer(&mut reader)
+    answer(&mut send(stream, request)?)
 }
 
 /// `backup` through the daemon: its answer line, then the file's bytes, written to `target`.
 pub fn backup(stream: UnixStream, target: &Path) -> anyhow::Result<u64> {
-    let mut reader = send(stream, &Request::Backup {})?;
-    let ok = answer(&mut reader)?;
+    let mut sent = send(stream, &Request::Backup {})?;
+    let ok = answer(&mut sent)?;
     let bytes = ok["bytes"]
         .as_u64()
         .context("the daemon's backup answer has no size")?;
-    crate::backup::receive(reader, bytes, target)
+    crate::backup::receive(sent.reader, bytes, target)
 }
 
-fn send(mut stream: UnixStream, request: &Request) -> anyhow::Result<BufReader<UnixStream>> {
+/// Sends the request line. A daemon that refuses the peer answers and closes before reading
+/// it, so a failed write is reported only if no answer explains it.
+fn send(mut stream: UnixStream, request: &Request) -> anyhow::Result<Sent> {
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
-    stream
-        .write_all(&line)
-        .context("cannot send the command to the daemon")?;
-    Ok(BufReader::new(stream))
+    let failed = stream.write_all(&line).err();
+    Ok(Sent {
+        reader: BufReader::new(stream),
+        failed,
+    })
 }
 
-fn answer(reader: &mut BufReader<UnixStream>) -> anyhow::Result<Value> {
+struct Sent {
+    reader: BufReader<UnixStream>,
+    failed: Option<std::io::Error>,
+}
+
+fn answer(sent: &mut Sent) -> anyhow::Result<Value> {
     let mut line = Vec::new();
-    reader
+    let read = sent
+        .reader
         .by_ref()
         .take(MAX_ANSWER)
-        .read_until(b'\n', &mut line)
-        .context("no answer from the daemon")?;
+        .read_until(b'\n', &mut line);
     if line.last() != Some(&b'\n') {
+        if let Some(e) = sent.failed.take() {
+            return Err(e).context("cannot send the command to the daemon");
+        }
+        read.context("no answer from the daemon")?;
         bail!("the daemon's answer was cut short");
     }
     let mut v: Value = serde_json::from_slice(&line).context("the daemon's answer is not JSON")?;

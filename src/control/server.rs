@@ -52,12 +52,18 @@ pub fn bind(config: &crate::config::Config) -> anyhow::Result<Bound> {
 /// Serves the socket until the daemon stops; then removes it.
 pub fn spawn(state: AppState, bound: Bound) {
     tokio::spawn(async move {
+        // Taken apart here so the task owns the mark too (a field it never reads).
+        let Bound {
+            listener,
+            path,
+            _mark: mark,
+        } = bound;
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let stop = state.shutdown.clone();
         loop {
             let stream = tokio::select! {
                 _ = stop.cancelled() => break,
-                accepted = bound.listener.accept() => match accepted {
+                accepted = listener.accept() => match accepted {
                     Ok((s, _)) => s,
                     Err(e) => {
                         tracing::warn!(error = %e, "control socket accept failed");
@@ -83,7 +89,8 @@ pub fn spawn(state: AppState, bound: Bound) {
                 }
             }
         }
-        let _ = std::fs::remove_file(&bound.path);
+        let _ = std::fs::remove_file(&path);
+        drop(mark);
     });
 }
 
