@@ -150,6 +150,8 @@ async fn a_cli_revoke_closes_the_phones_websocket_at_once() {
     let cwd = tempfile::tempdir().unwrap();
     let data = gw.dir.path().to_owned();
     let id = phone["deviceId"].as_str().unwrap().to_owned();
+    // Out of the CLI's reach: only the daemon (which loaded it at start) can do the revoke.
+    std::fs::rename(data.join("master.key"), data.join("master.key.away")).unwrap();
     let o =
         tokio::task::spawn_blocking(move || cli(cwd.path(), &data, &["devices", "revoke", &id]))
             .await
