@@ -95,10 +95,22 @@ async fn a_backup_during_50_pairings_holds_every_pairing_acknowledged_before_it(
     let file = out.path().join("online.backup");
     let data = gw.dir.path().to_owned();
     let target = file.clone();
+    // Through the daemon: its socket is up, and the key is out of the CLI's reach meanwhile.
+    let socket = data.join("latchkey.sock");
+    poll("the control socket accepts", async || {
+        tokio::net::UnixStream::connect(&socket)
+            .await
+            .ok()
+            .map(drop)
+    })
+    .await;
+    let (key, away) = (data.join("master.key"), data.join("master.key.away"));
+    std::fs::rename(&key, &away).unwrap();
     let began = Instant::now();
     let o = tokio::task::spawn_blocking(move || cli(&data, &["backup", target.to_str().unwrap()]))
         .await
         .unwrap();
+    std::fs::rename(&away, &key).unwrap();
     assert!(o.status.success(), "{}", stderr(&o));
     let mut before = HashSet::new();
     for p in pairings {
@@ -165,10 +177,21 @@ async fn restore_refuses_a_wrong_key_another_gateway_and_junk_changing_nothing()
     assert_fails_with(&o, "made under another master key");
     untouched(b.path(), &b_was);
 
-    // Another gateway under the same key (a data dir that a copy of A's key started afresh).
-    let c = fresh_with_key_of(a.path());
-    let gw_c = Gateway::start_in(c, T0, |_| {}).await;
+    // Another gateway under the same key: started afresh with A's key as its credential.
+    let creds = fresh_with_key_of(a.path());
+    std::fs::rename(
+        creds.path().join("master.key"),
+        creds.path().join("latchkey.key"),
+    )
+    .unwrap();
+    let cred_dir = creds.path().to_owned();
+    let gw_c = Gateway::start_with(|cfg| cfg.credentials_dir = Some(cred_dir)).await;
     let c = gw_c.stop().await;
+    std::fs::copy(
+        creds.path().join("latchkey.key"),
+        c.path().join("master.key"),
+    )
+    .unwrap();
     let c_was = registry(c.path());
     assert_ne!(c_was.2, registry(a.path()).2);
     let o = cli(c.path(), &["restore", file_a.to_str().unwrap()]);
