@@ -65,9 +65,8 @@ pub(crate) enum Lock {
     Exclusive,
 }
 
-/// Takes the data dir's lock without waiting.
-pub(crate) fn lock(data_dir: &Path, how: Lock) -> anyhow::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
+/// Opens (creating, 0600) the data dir's lock file.
+fn open_lock_file(data_dir: &Path) -> anyhow::Result<(std::path::PathBuf, std::fs::File)> {
     let path = data_dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -77,6 +76,13 @@ pub(crate) fn lock(data_dir: &Path, how: Lock) -> anyhow::Result<std::fs::File> 
         .mode(0o600)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok((path, file))
+}
+
+/// Takes the data dir's lock without waiting.
+pub(crate) fn lock(data_dir: &Path, how: Lock) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let (path, file) = open_lock_file(data_dir)?;
     let op = match how {
         Lock::Shared => libc::LOCK_SH,
         Lock::Exclusive => libc::LOCK_EX,
@@ -109,15 +115,7 @@ pub(crate) fn lock(data_dir: &Path, how: Lock) -> anyhow::Result<std::fs::File> 
 pub(crate) fn mark_daemon(data_dir: &Path, socket: &Path) -> anyhow::Result<std::fs::File> {
     use std::io::Write;
     use std::os::unix::ffi::OsStrExt;
-    let path = data_dir.join(LOCK_FILE);
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .with_context(|| format!("cannot open {}", path.display()))?;
+    let (path, mut file) = open_lock_file(data_dir)?;
     if let Err(e) = ofd_lock(&file, libc::F_OFD_SETLK) {
         if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) {
             anyhow::bail!(
