@@ -139,8 +139,8 @@ pub async fn serve(
     ble::start(&state).await?;
     web::vehicles::spawn_housekeeping(&state);
 
-    let control = control::server::bind(&state.config)?;
-    control::server::spawn(state.clone(), control);
+    let socket = control::server::bind(&state.config)?;
+    let control_task = control::server::spawn(state.clone(), socket);
     spawn_daily_backups(&state);
 
     let app = web::router(state.clone(), ws::routes());
@@ -172,6 +172,7 @@ pub async fn serve(
     state.tasks.close();
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         let _ = server.await;
+        let _ = control_task.await;
         state.tasks.wait().await;
         let _ = tailer.await;
     })

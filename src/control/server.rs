@@ -49,8 +49,9 @@ pub fn bind(config: &crate::config::Config) -> anyhow::Result<Bound> {
     })
 }
 
-/// Serves the socket until the daemon stops; then removes it.
-pub fn spawn(state: AppState, bound: Bound) {
+/// Serves the socket until the daemon stops; then removes it and releases the data dir (the
+/// task's end, which `serve` awaits, so a restart on the same data dir finds it free).
+pub fn spawn(state: AppState, bound: Bound) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         // Taken apart here so the task owns the mark too (a field it never reads).
         let Bound {
@@ -91,7 +92,7 @@ pub fn spawn(state: AppState, bound: Bound) {
         }
         let _ = std::fs::remove_file(&path);
         drop(mark);
-    });
+    })
 }
 
 async fn connection(state: &AppState, stream: UnixStream) {
