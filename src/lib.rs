@@ -112,14 +112,26 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
+    // Before anything touches the registry: a second daemon on this data dir stops here.
+    let socket = control::server::bind(&config)?;
     let state = tokio::task::block_in_place(|| build_state(config, local.port()))?;
-    serve(state, listener, shutdown).await
+    serve_on(state, listener, socket, shutdown).await
 }
 
 /// Like `run`, with state the caller built (tests keep a handle on it).
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let socket = control::server::bind(&state.config)?;
+    serve_on(state, listener, socket, shutdown).await
+}
+
+async fn serve_on(
+    state: AppState,
+    listener: TcpListener,
+    socket: control::server::Bound,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
@@ -139,7 +151,6 @@ pub async fn serve(
     ble::start(&state).await?;
     web::vehicles::spawn_housekeeping(&state);
 
-    let socket = control::server::bind(&state.config)?;
     let control_task = control::server::spawn(state.clone(), socket);
     spawn_daily_backups(&state);
 
