@@ -201,7 +201,8 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
             let p = e.expect("entry").path();
             if p.is_dir() {
                 stack.push(p);
-            } else {
+            } else if p.is_file() {
+                // Not the control socket: it holds nothing, and is 0660 by design.
                 out.push(p);
             }
         }
