@@ -235,7 +235,7 @@ fn remove_stale(path: &Path) -> anyhow::Result<()> {
     match std::fs::symlink_metadata(path) {
         Ok(m) if m.file_type().is_socket() => {
             std::fs::remove_file(path)?;
-            tracing::info!(path = %path.display(), "replaced a stale control socket");
+            tracing::debug!(path = %path.display(), "replaced a stale control socket");
             Ok(())
         }
         Ok(_) => anyhow::bail!(

@@ -53,18 +53,14 @@ pub fn bind(config: &crate::config::Config) -> anyhow::Result<Bound> {
 /// task's end, which `serve` awaits, so a restart on the same data dir finds it free).
 pub fn spawn(state: AppState, bound: Bound) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
-        // Taken apart here so the task owns the mark too (a field it never reads).
-        let Bound {
-            listener,
-            path,
-            _mark: mark,
-        } = bound;
+        // The whole of it (not only the listener it reads) lives as long as the task.
+        let bound = bound;
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let stop = state.shutdown.clone();
         loop {
             let stream = tokio::select! {
                 _ = stop.cancelled() => break,
-                accepted = listener.accept() => match accepted {
+                accepted = bound.listener.accept() => match accepted {
                     Ok((s, _)) => s,
                     Err(e) => {
                         tracing::warn!(error = %e, "control socket accept failed");
@@ -90,9 +86,16 @@ pub fn spawn(state: AppState, bound: Bound) -> tokio::task::JoinHandle<()> {
                 }
             }
         }
-        let _ = std::fs::remove_file(&path);
-        drop(mark);
+        drop(bound);
     })
+}
+
+/// The socket file goes with the listener (a daemon that fails to start leaves none), then the
+/// data dir's mark.
+impl Drop for Bound {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
 }
 
 async fn connection(state: &AppState, stream: UnixStream) {
