@@ -35,7 +35,8 @@ pub fn bind(config: &crate::config::Config) -> anyhow::Result<Bound> {
     let path = socket_path(config);
     let mark = crate::datadir::mark_daemon(&config.data_dir, &path)?;
     remove_stale(&path)?;
-    // The umask (0077) makes the new socket 0700 at most until the chmod, never wider.
+    // Until the chmod the socket has the umask's mode (0700 under the CLI and the unit): no
+    // wider than 0660 for connecting, which needs write permission.
     let std_listener = std::os::unix::net::UnixListener::bind(&path)
         .with_context(|| format!("cannot listen on the control socket {}", path.display()))?;
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o660))
