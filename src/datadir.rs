@@ -125,6 +125,9 @@ pub(crate) fn mark_daemon(data_dir: &Path, socket: &Path) -> anyhow::Result<std:
         }
         return Err(e).with_context(|| format!("cannot lock {}", path.display()));
     }
+    // Absolute, so a CLI started from another directory finds it.
+    let socket = std::path::absolute(socket)
+        .with_context(|| format!("cannot resolve {}", socket.display()))?;
     file.set_len(0)
         .and_then(|()| file.write_all(socket.as_os_str().as_bytes()))
         .with_context(|| format!("cannot write {}", path.display()))?;

@@ -332,3 +332,24 @@ async fn a_user_outside_the_daemons_group_is_refused() {
         &["only root, the service user and members of its group"],
     );
 }
+
+#[test]
+fn a_daemon_on_a_relative_data_dir_is_found_from_another_directory() {
+    let cwd = tempfile::tempdir().unwrap();
+    let mut c = command(
+        cwd.path(),
+        &["serve", "--listen", "127.0.0.1:0", "--ble", "off"],
+    );
+    c.args(["--data-dir", "data"]);
+    let d = Daemon::start(c);
+    let data = cwd.path().join("data");
+    // Out of the CLI's reach, so only the daemon can answer.
+    std::fs::rename(data.join("master.key"), data.join("master.key.away")).unwrap();
+    let elsewhere = tempfile::tempdir().unwrap();
+    let o = cli(elsewhere.path(), &data, &["devices", "list", "--json"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(stdout(&o).trim_end(), r#"{"devices":[]}"#);
+    std::fs::rename(data.join("master.key.away"), data.join("master.key")).unwrap();
+    let (status, _) = d.terminate(Duration::from_secs(5));
+    assert_eq!(status.and_then(|s| s.code()), Some(0));
+}
