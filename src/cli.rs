@@ -9,8 +9,9 @@ use clap::{Args, Parser, Subcommand};
 use latchkey_phone::cli::PhoneCmd;
 
 use crate::config::{BleMode, Config, Overrides};
-use crate::registry::{self, DeviceId, RevokeOutcome};
-use crate::{admin, open_store, pairing};
+use crate::control::client::{self, Route};
+use crate::control::{self, Advertised, Request};
+use crate::open_store;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -50,6 +51,16 @@ pub enum Command {
     /// Endpoint nodes
     #[command(subcommand)]
     Nodes(NodesCmd),
+    /// Write an encrypted, consistent copy of the registry to FILE (through the daemon when it runs)
+    Backup {
+        /// Where to write it (made 0600)
+        file: PathBuf,
+    },
+    /// Put a backup back in place of the registry (daemon stopped; the old one is kept aside)
+    Restore {
+        /// A file made by `latchkey backup`
+        file: PathBuf,
+    },
     /// A reference phone client: pair, listen, publish, unlock, add-node
     #[command(subcommand)]
     Phone(PhoneCmd),
@@ -156,25 +167,66 @@ pub fn main(cli: Cli) -> anyhow::Result<()> {
         libc::umask(0o077);
     }
     let config = Config::resolve(&cli.overrides())?;
-    crate::check_data_dir(&config.data_dir)?;
     match cli.command {
-        Command::Serve(_) => serve(config),
-        Command::Admin(AdminCmd::Password) => set_password(&config),
-        Command::Admin(AdminCmd::Token { name }) => {
-            let store = registry_store(&config)?;
-            let now = config.clock.now();
-            let (_, token) =
-                store.write_blocking(|tx| Ok(admin::create_token(tx, &name, now)))??;
-            println!("{}", token.expose());
+        Command::Serve(_) => {
+            crate::check_data_dir(&config.data_dir)?;
+            serve(config)
+        }
+        Command::Admin(AdminCmd::Password) => {
+            let password = read_password()?;
+            ask(
+                &config,
+                Request::AdminPassword {
+                    password: password.expose().to_owned(),
+                },
+            )?;
+            eprintln!("admin password set; existing web sessions were ended");
             Ok(())
         }
-        Command::Admin(AdminCmd::RotateKey) => rotate_key(&config),
-        Command::Pair => pair(&config),
-        Command::Devices(DevicesCmd::List { json }) => list_devices(&config, json),
-        Command::Devices(DevicesCmd::Revoke { id }) => revoke_device(&config, &id),
-        Command::Nodes(NodesCmd::List { json }) => list_nodes(&config, json),
-        Command::Nodes(NodesCmd::Revoke { id }) => revoke_node(&config, &id),
+        Command::Admin(AdminCmd::Token { name }) => {
+            let v = ask(&config, Request::AdminToken { name })?;
+            println!("{}", v["token"].as_str().unwrap_or_default());
+            Ok(())
+        }
+        Command::Admin(AdminCmd::RotateKey) => {
+            crate::check_data_dir(&config.data_dir)?;
+            rotate_key(&config)
+        }
+        Command::Pair => pair(&ask(&config, Request::Pair {})?),
+        Command::Devices(DevicesCmd::List { json }) => {
+            list_devices(&ask(&config, Request::DevicesList {})?, json)
+        }
+        Command::Devices(DevicesCmd::Revoke { id }) => {
+            revoked(&ask(&config, Request::DevicesRevoke { id })?)
+        }
+        Command::Nodes(NodesCmd::List { json }) => {
+            list_nodes(&ask(&config, Request::NodesList {})?, json)
+        }
+        Command::Nodes(NodesCmd::Revoke { id }) => {
+            revoked(&ask(&config, Request::NodesRevoke { id })?)
+        }
+        Command::Backup { file } => backup(&config, &file),
+        Command::Restore { file } => restore(&config, &file),
         Command::Phone(_) => Ok(()),
+    }
+}
+
+/// Runs a command through the daemon when one serves the data dir, else on the registry
+/// opened here (which needs the master key).
+fn ask(config: &Config, request: Request) -> anyhow::Result<serde_json::Value> {
+    match client::route(config)? {
+        Route::Daemon(stream) => client::call(stream, &request),
+        Route::Direct => {
+            let (store, _) = registry_store(config)?;
+            let at = advertised(config, &store)?;
+            let now = config.clock.now();
+            control::execute(&store, request, now, config.pair_token_ttl_secs, &at).map_err(|e| {
+                match e {
+                    control::Failure::Internal(e) => e,
+                    refused => anyhow::anyhow!(refused),
+                }
+            })
+        }
     }
 }
 
@@ -209,14 +261,14 @@ fn return_big_allocations() {
     }
 }
 
-fn set_password(config: &Config) -> anyhow::Result<()> {
-    let password = if std::io::stdin().is_terminal() {
+fn read_password() -> anyhow::Result<crate::secret::SecretString> {
+    if std::io::stdin().is_terminal() {
         let first = rpassword::prompt_password("New admin password: ")?;
         let second = rpassword::prompt_password("Again: ")?;
         if first != second {
             bail!("the passwords differ");
         }
-        crate::secret::SecretString::new(first)
+        Ok(crate::secret::SecretString::new(first))
     } else {
         let mut line = String::new();
         std::io::stdin()
@@ -224,13 +276,10 @@ fn set_password(config: &Config) -> anyhow::Result<()> {
             .take(8 * 1024)
             .read_line(&mut line)
             .context("cannot read the password from stdin")?;
-        crate::secret::SecretString::new(line.trim_end_matches(['\r', '\n']).to_owned())
-    };
-    let store = registry_store(config)?;
-    let now = config.clock.now();
-    store.write_blocking(|tx| Ok(admin::set_password(tx, password.expose(), now)))??;
-    eprintln!("admin password set; existing web sessions were ended");
-    Ok(())
+        Ok(crate::secret::SecretString::new(
+            line.trim_end_matches(['\r', '\n']).to_owned(),
+        ))
+    }
 }
 
 fn rotate_key(config: &Config) -> anyhow::Result<()> {
@@ -251,12 +300,9 @@ fn rotate_key(config: &Config) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn pair(config: &Config) -> anyhow::Result<()> {
-    let store = registry_store(config)?;
-    let now = config.clock.now();
-    let ttl = config.pair_token_ttl_secs;
-    let t = store.write_blocking(|tx| Ok(pairing::create_token(tx, now, ttl)))??;
-    // Where the daemon on this data dir said it is reachable; else work it out from the config.
+/// Where phones reach the gateway, for a pairing payload made without the daemon: what the
+/// daemon on this data dir last recorded, else worked out from the config.
+fn advertised(config: &Config, store: &crate::store::Store) -> anyhow::Result<Advertised> {
     let recorded: Option<serde_json::Value> = store
         .read_blocking(|c| crate::store::meta_get(c, "advertise"))?
         .and_then(|s| serde_json::from_str(&s).ok());
@@ -273,30 +319,40 @@ fn pair(config: &Config) -> anyhow::Result<()> {
         .and_then(|v| v["port"].as_u64())
         .and_then(|p| u16::try_from(p).ok())
         .unwrap_or(config.listen.port());
-    let payload = serde_json::json!({
-        "v": 1,
-        "host": host,
-        "port": port,
-        "pairToken": t.token.expose(),
-        "expires": t.expires,
-    })
-    .to_string();
-    let qr = crate::qr::terminal(&payload)?;
+    Ok(Advertised { host, port })
+}
+
+fn pair(answer: &serde_json::Value) -> anyhow::Result<()> {
+    let payload = answer["payload"].as_str().unwrap_or_default();
+    let ttl = answer["ttlSecs"].as_u64().unwrap_or_default();
+    let expires = answer["expires"].as_i64().unwrap_or_default();
+    let qr = crate::qr::terminal(payload)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{qr}")?;
     writeln!(
         out,
         "Scan with the phone within {} (until {}).",
         human_secs(ttl),
-        crate::clock::rfc3339(t.expires)
+        crate::clock::rfc3339(expires)
     )?;
     writeln!(out, "{payload}")?;
     Ok(())
 }
 
-/// The registry for a CLI command (which needs the master key to open it).
-fn registry_store(config: &Config) -> anyhow::Result<crate::store::Store> {
-    Ok(open_store(&config.data_dir, config.credentials_dir.as_deref())?.0)
+/// The registry for a CLI command run without a daemon: it needs the master key.
+fn registry_store(
+    config: &Config,
+) -> anyhow::Result<(crate::store::Store, crate::crypto::MasterKey)> {
+    crate::check_data_dir(&config.data_dir)?;
+    match open_store(&config.data_dir, config.credentials_dir.as_deref()) {
+        Ok(opened) => Ok(opened),
+        Err(e) if e.downcast_ref::<crate::crypto::KeyError>().is_some() => Err(e.context(format!(
+            "latchkey serve is not running on {}, so this command opens the registry itself, \
+             which needs the master key",
+            config.data_dir.display()
+        ))),
+        Err(e) => Err(e),
+    }
 }
 
 fn human_secs(s: u64) -> String {
@@ -307,12 +363,14 @@ fn human_secs(s: u64) -> String {
     }
 }
 
-fn list_devices(config: &Config, json: bool) -> anyhow::Result<()> {
-    let store = registry_store(config)?;
-    let devices = store.read_blocking(registry::list)?;
+fn text<'a>(v: &'a serde_json::Value, field: &str, missing: &'a str) -> &'a str {
+    v[field].as_str().unwrap_or(missing)
+}
+
+fn list_devices(answer: &serde_json::Value, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", serde_json::json!({ "devices": devices }))?;
+        writeln!(out, "{answer}")?;
         return Ok(());
     }
     writeln!(
@@ -320,41 +378,39 @@ fn list_devices(config: &Config, json: bool) -> anyhow::Result<()> {
         "{:<36}  {:<20}  {:<10}  {:<20}  {:<20}  STATUS",
         "ID", "NAME", "TYPE", "PAIRED", "LAST SEEN"
     )?;
-    for d in devices {
+    for d in answer["devices"].as_array().into_iter().flatten() {
         writeln!(
             out,
             "{:<36}  {:<20}  {:<10}  {:<20}  {:<20}  {}",
-            d.device_id,
-            d.name,
-            d.kind,
-            d.paired_at,
-            d.last_seen.as_deref().unwrap_or("never"),
-            if d.revoked { "revoked" } else { "active" }
+            text(d, "deviceId", ""),
+            text(d, "name", ""),
+            text(d, "type", ""),
+            text(d, "pairedAt", ""),
+            text(d, "lastSeen", "never"),
+            if d["revoked"].as_bool() == Some(true) {
+                "revoked"
+            } else {
+                "active"
+            }
         )?;
     }
     Ok(())
 }
 
-fn revoke_device(config: &Config, id: &str) -> anyhow::Result<()> {
-    let Some(id) = DeviceId::parse(id) else {
-        bail!("no device with id {id:?}")
-    };
-    let store = registry_store(config)?;
-    let now = config.clock.now();
-    match store.write_blocking(|tx| registry::revoke(tx, &id, now, "cli"))? {
-        RevokeOutcome::Revoked => eprintln!("revoked {id}"),
-        RevokeOutcome::AlreadyRevoked => eprintln!("{id} was already revoked"),
-        RevokeOutcome::NotFound => bail!("no device with id {id}"),
+fn revoked(answer: &serde_json::Value) -> anyhow::Result<()> {
+    let id = text(answer, "id", "");
+    if answer["already"].as_bool() == Some(true) {
+        eprintln!("{id} was already revoked");
+    } else {
+        eprintln!("revoked {id}");
     }
     Ok(())
 }
 
-fn list_nodes(config: &Config, json: bool) -> anyhow::Result<()> {
-    let store = registry_store(config)?;
-    let nodes = store.read_blocking(crate::nodes::list)?;
+fn list_nodes(answer: &serde_json::Value, json: bool) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if json {
-        writeln!(out, "{}", serde_json::json!({ "nodes": nodes }))?;
+        writeln!(out, "{answer}")?;
         return Ok(());
     }
     writeln!(
@@ -362,8 +418,8 @@ fn list_nodes(config: &Config, json: bool) -> anyhow::Result<()> {
         "{:<36}  {:<20}  {:<12}  {:<7}  {:<10}  {:<10}  {:<20}  ENDPOINT",
         "ID", "NAME", "ROOM", "KIND", "FIRMWARE", "STATUS", "LAST SEEN"
     )?;
-    for n in nodes {
-        let status = match (n.state, n.online) {
+    for n in answer["nodes"].as_array().into_iter().flatten() {
+        let status = match (text(n, "state", ""), n["online"].as_bool() == Some(true)) {
             ("registered", true) => "online",
             ("registered", false) => "offline",
             (s, _) => s,
@@ -371,30 +427,66 @@ fn list_nodes(config: &Config, json: bool) -> anyhow::Result<()> {
         writeln!(
             out,
             "{:<36}  {:<20}  {:<12}  {:<7}  {:<10}  {:<10}  {:<20}  {}",
-            n.node_id,
-            n.name,
-            n.room,
-            n.kind.as_deref().unwrap_or("-"),
-            n.firmware.as_deref().unwrap_or("-"),
+            text(n, "node_id", ""),
+            text(n, "name", ""),
+            text(n, "room", ""),
+            text(n, "kind", "-"),
+            text(n, "firmware", "-"),
             status,
-            n.last_seen.as_deref().unwrap_or("never"),
-            n.endpoint.as_deref().unwrap_or("-"),
+            text(n, "last_seen", "never"),
+            text(n, "endpoint", "-"),
         )?;
     }
     Ok(())
 }
 
-fn revoke_node(config: &Config, id: &str) -> anyhow::Result<()> {
-    let Some(id) = crate::nodes::NodeId::parse(id) else {
-        bail!("no node with id {id:?}")
+/// `latchkey backup FILE`: made by the daemon when it runs (it streams the bytes; this process
+/// writes FILE, as its own user, where that user may write), else here.
+fn backup(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = match client::route(config)? {
+        Route::Daemon(stream) => client::backup(stream, file)?,
+        Route::Direct => {
+            let (store, master) = registry_store(config)?;
+            let dir = crate::backup::dir(&config.data_dir);
+            let snap = crate::backup::snapshot(&store, &master, config.clock.now(), &dir)?;
+            crate::backup::write(&snap, file)?
+        }
     };
-    let store = registry_store(config)?;
-    let now = config.clock.now();
-    // A running daemon sees the `node.revoked` event and closes the node's session (4403).
-    match store.write_blocking(|tx| crate::nodes::revoke(tx, &id, now, "cli"))? {
-        RevokeOutcome::Revoked => eprintln!("revoked {id}"),
-        RevokeOutcome::AlreadyRevoked => eprintln!("{id} was already revoked"),
-        RevokeOutcome::NotFound => bail!("no node with id {id}"),
+    eprintln!(
+        "backup written to {} ({bytes} bytes); only this gateway's master key opens it: keep a \
+         copy of the key, apart from the backups",
+        file.display()
+    );
+    Ok(())
+}
+
+/// `latchkey restore FILE` (daemon stopped).
+fn restore(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
+    crate::check_data_dir(&config.data_dir)?;
+    if let crate::datadir::Daemon::Running { .. } = crate::datadir::daemon(&config.data_dir)? {
+        bail!(
+            "latchkey serve is running on {}; stop it first (systemctl stop latchkey)",
+            config.data_dir.display()
+        );
+    }
+    let r = crate::backup::restore(
+        file,
+        &config.data_dir,
+        config.credentials_dir.as_deref(),
+        config.clock.now(),
+    )?;
+    match &r.aside {
+        Some(p) => eprintln!(
+            "restored gateway {} from its backup of {}; the registry it replaced is kept as {}",
+            r.gateway_id,
+            crate::clock::rfc3339(r.created_at),
+            p.display()
+        ),
+        None => eprintln!(
+            "restored gateway {} from its backup of {}",
+            r.gateway_id,
+            crate::clock::rfc3339(r.created_at)
+        ),
     }
     Ok(())
 }

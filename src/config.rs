@@ -22,6 +22,14 @@ const MIN_MAX_BYTES: u64 = 16 * 1024 * 1024;
 /// above that and far below what would fill the log.
 const DEFAULT_PUBLISH_RATE: u32 = 20;
 const DEFAULT_PUBLISH_BURST: u32 = 40;
+/// The first of the colon-separated directories systemd passes in `var` (the others are not ours).
+fn first_dir(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var).map(|s| {
+        let s = s.to_string_lossy().into_owned();
+        PathBuf::from(s.split(':').next().unwrap_or_default())
+    })
+}
+
 /// A config file is a few kilobytes; refuse anything absurd rather than read it.
 const MAX_CONFIG_BYTES: u64 = 1 << 20;
 
@@ -84,8 +92,37 @@ pub struct FileConfig {
     pub http: HttpFile,
     #[serde(default)]
     pub access: AccessFile,
+    #[serde(default)]
+    pub backup: BackupFile,
     #[serde(default, rename = "endpoint")]
     pub endpoints: Vec<EndpointConfig>,
+}
+
+/// `[backup]`: the daemon's automatic backups into `<data-dir>/backups/`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupFile {
+    pub keep: Option<usize>,
+    pub interval_secs: Option<u64>,
+}
+
+/// Automatic backups: one every `interval_secs` of the clock (0: none), the newest `keep` kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackupPolicy {
+    pub keep: usize,
+    pub interval_secs: u64,
+    /// How often the daemon compares the clock with its newest backup.
+    pub check_every: Duration,
+}
+
+impl Default for BackupPolicy {
+    fn default() -> Self {
+        Self {
+            keep: 7,
+            interval_secs: 86_400,
+            check_every: Duration::from_secs(60),
+        }
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -299,6 +336,11 @@ pub struct Config {
     pub endpoints: Vec<EndpointConfig>,
     /// systemd's `$CREDENTIALS_DIRECTORY`, where `latchkey.key` may live.
     pub credentials_dir: Option<PathBuf>,
+    /// systemd's `$RUNTIME_DIRECTORY`: where `serve` puts its control socket (else the data dir).
+    pub runtime_dir: Option<PathBuf>,
+    /// How long a control-socket client may take to send its request.
+    pub control_timeout: Duration,
+    pub backup: BackupPolicy,
     /// Injected so tests control time.
     pub clock: SharedClock,
     /// The system D-Bus address for BLE; `None` means libdbus's default.
@@ -329,6 +371,8 @@ impl std::fmt::Debug for Config {
             .field("tool_lifetime_secs", &self.tool_lifetime_secs)
             .field("vehicle_key_lifetime_secs", &self.vehicle_key_lifetime_secs)
             .field("endpoints", &self.endpoints.len())
+            .field("runtime_dir", &self.runtime_dir)
+            .field("backup", &self.backup)
             .finish_non_exhaustive()
     }
 }
@@ -361,11 +405,7 @@ impl Config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let state_dir = std::env::var_os("STATE_DIRECTORY").map(|s| {
-            // systemd may pass several colon-separated directories; the first is ours.
-            let s = s.to_string_lossy().into_owned();
-            PathBuf::from(s.split(':').next().unwrap_or_default())
-        });
+        let state_dir = first_dir("STATE_DIRECTORY");
         let data_dir = over
             .data_dir
             .clone()
@@ -409,6 +449,16 @@ impl Config {
                 .unwrap_or(crate::grants::vehicle::DEFAULT_LIFETIME_SECS),
             endpoints: file.endpoints,
             credentials_dir: std::env::var_os("CREDENTIALS_DIRECTORY").map(PathBuf::from),
+            runtime_dir: first_dir("RUNTIME_DIRECTORY"),
+            control_timeout: crate::control::REQUEST_TIMEOUT,
+            backup: BackupPolicy {
+                keep: file.backup.keep.unwrap_or(BackupPolicy::default().keep),
+                interval_secs: file
+                    .backup
+                    .interval_secs
+                    .unwrap_or(BackupPolicy::default().interval_secs),
+                ..BackupPolicy::default()
+            },
             clock: Arc::new(SystemClock),
             dbus_address: None,
         };
@@ -442,6 +492,13 @@ impl Config {
             vehicle_key_lifetime_secs: crate::grants::vehicle::DEFAULT_LIFETIME_SECS,
             endpoints: Vec::new(),
             credentials_dir: None,
+            runtime_dir: None,
+            control_timeout: crate::control::REQUEST_TIMEOUT,
+            // Tests that want automatic backups turn them on.
+            backup: BackupPolicy {
+                interval_secs: 0,
+                ..BackupPolicy::default()
+            },
             clock,
             dbus_address: None,
         }
@@ -500,6 +557,9 @@ impl Config {
             ));
         }
         self.http.validate()?;
+        if !(1..=1000).contains(&self.backup.keep) {
+            return Err(ConfigError::Invalid("backup.keep must be 1 to 1000".into()));
+        }
         if let Some(a) = &self.ble_adapter {
             let valid = a.len() <= 16
                 && a.strip_prefix("hci")

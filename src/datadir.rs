@@ -65,9 +65,8 @@ pub(crate) enum Lock {
     Exclusive,
 }
 
-/// Takes the data dir's lock without waiting.
-pub(crate) fn lock(data_dir: &Path, how: Lock) -> anyhow::Result<std::fs::File> {
-    use std::os::fd::AsRawFd;
+/// Opens (creating, 0600) the data dir's lock file.
+fn open_lock_file(data_dir: &Path) -> anyhow::Result<(std::path::PathBuf, std::fs::File)> {
     let path = data_dir.join(LOCK_FILE);
     let file = std::fs::OpenOptions::new()
         .read(true)
@@ -77,6 +76,13 @@ pub(crate) fn lock(data_dir: &Path, how: Lock) -> anyhow::Result<std::fs::File> 
         .mode(0o600)
         .open(&path)
         .with_context(|| format!("cannot open {}", path.display()))?;
+    Ok((path, file))
+}
+
+/// Takes the data dir's lock without waiting.
+pub(crate) fn lock(data_dir: &Path, how: Lock) -> anyhow::Result<std::fs::File> {
+    use std::os::fd::AsRawFd;
+    let (path, file) = open_lock_file(data_dir)?;
     let op = match how {
         Lock::Shared => libc::LOCK_SH,
         Lock::Exclusive => libc::LOCK_EX,
@@ -100,6 +106,95 @@ pub(crate) fn lock(data_dir: &Path, how: Lock) -> anyhow::Result<std::fs::File> 
         }
     }
     Ok(file)
+}
+
+/// Marks the data dir as served by this process, for as long as the returned file is open: an
+/// OFD write lock on the lock file (Linux keeps these apart from the shared `flock` every
+/// process holds), with the control socket's path as the file's content. Fails while another
+/// daemon serves the directory.
+pub(crate) fn mark_daemon(data_dir: &Path, socket: &Path) -> anyhow::Result<std::fs::File> {
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+    let (path, mut file) = open_lock_file(data_dir)?;
+    if let Err(e) = ofd_lock(&file, libc::F_OFD_SETLK) {
+        if matches!(e.raw_os_error(), Some(libc::EAGAIN | libc::EACCES)) {
+            anyhow::bail!(
+                "another latchkey serve is running on {}; stop it first",
+                data_dir.display()
+            );
+        }
+        return Err(e).with_context(|| format!("cannot lock {}", path.display()));
+    }
+    // Absolute, so a CLI started from another directory finds it.
+    let socket = std::path::absolute(socket)
+        .with_context(|| format!("cannot resolve {}", socket.display()))?;
+    file.set_len(0)
+        .and_then(|()| file.write_all(socket.as_os_str().as_bytes()))
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(file)
+}
+
+/// Whether a daemon serves the data dir, as its lock file tells.
+#[derive(Debug)]
+pub enum Daemon {
+    /// None: CLI commands open the registry themselves.
+    Stopped,
+    /// One does, with its control socket there.
+    Running { socket: std::path::PathBuf },
+    /// This user cannot read the data dir (not the service user): only the socket can tell.
+    Unreadable(std::io::Error),
+}
+
+/// Looks (without taking anything) whether a daemon holds the mark of [`mark_daemon`].
+pub fn daemon(data_dir: &Path) -> anyhow::Result<Daemon> {
+    use std::os::unix::ffi::OsStrExt;
+    let path = data_dir.join(LOCK_FILE);
+    let file = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // No lock file: either no latchkey ever ran here, or the directory itself is
+            // closed to this user (then the lock file's absence proves nothing).
+            return match std::fs::read_dir(data_dir) {
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+                    Ok(Daemon::Unreadable(e))
+                }
+                _ => Ok(Daemon::Stopped),
+            };
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {
+            return Ok(Daemon::Unreadable(e))
+        }
+        Err(e) => return Err(e).with_context(|| format!("cannot open {}", path.display())),
+    };
+    let held = ofd_lock(&file, libc::F_OFD_GETLK)
+        .with_context(|| format!("cannot read the lock on {}", path.display()))?;
+    if !held {
+        return Ok(Daemon::Stopped);
+    }
+    let mut socket = Vec::new();
+    use std::io::Read;
+    (&file)
+        .take(4096)
+        .read_to_end(&mut socket)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(Daemon::Running {
+        socket: std::path::PathBuf::from(std::ffi::OsStr::from_bytes(&socket)),
+    })
+}
+
+/// `F_OFD_SETLK`: takes a write lock on the whole file (Ok(true)). `F_OFD_GETLK`: whether
+/// another open file holds one (nothing is taken).
+fn ofd_lock(file: &std::fs::File, cmd: libc::c_int) -> std::io::Result<bool> {
+    use std::os::fd::AsRawFd;
+    // SAFETY: an all-zero `struct flock` is valid (whole file from offset 0).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = libc::F_WRLCK as libc::c_short;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    // SAFETY: fcntl(2) with a lock command and a pointer to a flock struct we own.
+    if unsafe { libc::fcntl(file.as_raw_fd(), cmd, &mut fl) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cmd != libc::F_OFD_GETLK || fl.l_type != libc::F_UNLCK as libc::c_short)
 }
 
 /// [`open_store`] with the data dir's lock already held (kept open as long as the store).

@@ -6,12 +6,14 @@
 
 pub mod access;
 pub mod admin;
+pub mod backup;
 pub mod ble;
 pub mod budget;
 pub mod cli;
 pub mod clock;
 pub mod clocktrust;
 pub mod config;
+pub mod control;
 pub mod crypto;
 pub mod datadir;
 pub mod discovery;
@@ -113,14 +115,26 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
+    // Before anything touches the registry: a second daemon on this data dir stops here.
+    let socket = control::server::bind(&config)?;
     let state = tokio::task::block_in_place(|| build_state(config, local.port()))?;
-    serve(state, listener, shutdown).await
+    serve_on(state, listener, socket, shutdown).await
 }
 
 /// Like `run`, with state the caller built (tests keep a handle on it).
 pub async fn serve(
     state: AppState,
     listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let socket = control::server::bind(&state.config)?;
+    serve_on(state, listener, socket, shutdown).await
+}
+
+async fn serve_on(
+    state: AppState,
+    listener: TcpListener,
+    socket: control::server::Bound,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
@@ -139,6 +153,9 @@ pub async fn serve(
         .watch_events(state.bus.subscribe(), state.shutdown.clone());
     ble::start(&state).await?;
     web::vehicles::spawn_housekeeping(&state);
+
+    let control_task = control::server::spawn(state.clone(), socket);
+    spawn_daily_backups(&state);
 
     let app = web::router(state.clone(), ws::routes());
     let token = state.shutdown.clone();
@@ -172,6 +189,7 @@ pub async fn serve(
     state.tasks.close();
     let drained = tokio::time::timeout(SHUTDOWN_GRACE, async {
         let _ = server.await;
+        let _ = control_task.await;
         state.tasks.wait().await;
         let _ = tailer.await;
     })
@@ -212,6 +230,50 @@ async fn announce_setup(state: &AppState) -> anyhow::Result<()> {
     tracing::warn!(%url, "no admin password yet: open the set-up URL to choose one");
     eprintln!("\n  Finish setting up latchkey in a browser:\n\n    {url}\n");
     Ok(())
+}
+
+/// Automatic backups into `<data-dir>/backups/` (`[backup]`): the clock is compared with the
+/// newest one every `check_every`, so a backup follows the (injectable) clock, and a daemon
+/// restarted daily neither skips one nor makes two.
+fn spawn_daily_backups(state: &AppState) {
+    let policy = state.config.backup.clone();
+    if policy.interval_secs == 0 {
+        return;
+    }
+    let state = state.clone();
+    tokio::spawn(async move {
+        let dir = backup::dir(&state.config.data_dir);
+        let mut tick = tokio::time::interval(policy.check_every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                _ = state.shutdown.cancelled() => return,
+            }
+            let now = state.now();
+            let newest = match backup::dailies(&dir) {
+                Ok(all) => all.last().map(|(t, _)| *t),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "cannot list the backups");
+                    continue;
+                }
+            };
+            if !backup::due(newest, now, policy.interval_secs) {
+                continue;
+            }
+            let app = state.clone();
+            let keep = policy.keep;
+            let made = tokio::task::spawn_blocking(move || {
+                backup::daily(&app.store, &app.master, now, keep)
+            })
+            .await;
+            match made {
+                Ok(Ok(path)) => tracing::info!(path = %path.display(), "daily backup written"),
+                Ok(Err(e)) => tracing::warn!(error = %format!("{e:#}"), "daily backup failed"),
+                Err(e) => tracing::warn!(error = %e, "daily backup failed"),
+            }
+        }
+    });
 }
 
 /// Resolves on the first SIGTERM or SIGINT. The handlers are installed by this call, so a

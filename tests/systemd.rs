@@ -28,6 +28,8 @@ fn the_unit_passes_systemd_analyze_verify() {
         "User=latchkey",
         "StateDirectory=latchkey",
         "StateDirectoryMode=0700",
+        "RuntimeDirectory=latchkey",
+        "RuntimeDirectoryMode=0750",
         "LoadCredential=latchkey.key:/etc/latchkey/latchkey.key",
         "Environment=LATCHKEY_CONFIG=/etc/latchkey/latchkey.toml",
         "ExecStart=/usr/local/bin/latchkey serve",

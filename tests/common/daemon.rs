@@ -29,6 +29,7 @@ const SCRUB: &[&str] = &[
     "RUST_LOG",
     "STATE_DIRECTORY",
     "CREDENTIALS_DIRECTORY",
+    "RUNTIME_DIRECTORY",
     "NOTIFY_SOCKET",
     "WATCHDOG_USEC",
     "WATCHDOG_PID",
@@ -203,7 +204,8 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
             let p = e.expect("entry").path();
             if p.is_dir() {
                 stack.push(p);
-            } else {
+            } else if p.is_file() {
+                // Not the control socket: it holds nothing, and is 0660 by design.
                 out.push(p);
             }
         }
