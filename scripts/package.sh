@@ -77,11 +77,11 @@ for arch in "${arches[@]}"; do
       target=(--target armv7-unknown-linux-gnueabihf)
       ;;
   esac
-  # The profile strips the binaries already (strip = true); --no-strip saves cargo-deb looking
-  # for a cross strip tool.
-  cargo deb -p latchkey --profile "$profile" --no-strip "${target[@]}" "${no_build[@]}" --output "$out/"
+  # cargo-deb strips the binaries (the release profile does too; a dev build is stripped here),
+  # with binutils-<triple> for the cross builds.
+  cargo deb -p latchkey --profile "$profile" "${target[@]}" "${no_build[@]}" --output "$out/"
   if [ "$gateway_only" = no ]; then
-    cargo deb -p latchkey-node --profile "$profile" --no-strip "${target[@]}" "${no_build[@]}" --output "$out/"
+    cargo deb -p latchkey-node --profile "$profile" "${target[@]}" "${no_build[@]}" --output "$out/"
   fi
 done
 ls -l "$out"/*.deb
