@@ -53,16 +53,25 @@ trap cleanup EXIT
 systemd-nspawn --register=no --keep-unit --boot --private-network --console=passive \
   -D "$root" -M latchkey-test >"$log" 2>&1 &
 nspawn=$!
-# The container's init is nspawn's child process; commands run in its namespaces with nsenter.
+# The container's init is the child of nspawn that became systemd (another child comes and goes
+# while it sets up); commands run in its namespaces with nsenter.
 leader=""
-for _ in $(seq 1 100); do
-  leader=$(pgrep -P "$nspawn" | head -n 1) || true
+for _ in $(seq 1 300); do
+  for p in $(pgrep -P "$nspawn" || true); do
+    [ "$(cat "/proc/$p/comm" 2>/dev/null)" = systemd ] && leader=$p
+  done
   [ -z "$leader" ] || break
   sleep 0.1
 done
 [ -n "$leader" ] || { echo "FAIL container did not start:"; cat "$log"; exit 1; }
 ct() { nsenter -t "$leader" -m -u -i -n -p -- env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin LANG=C.UTF-8 "$@"; }
-state=$(ct timeout 120 systemctl is-system-running --wait 2>/dev/null) || true
+# Until its manager answers (the bus socket comes a moment after PID 1), then until boot is done.
+state=""
+for _ in $(seq 1 600); do
+  state=$(ct timeout 120 systemctl is-system-running --wait 2>&1) || true
+  case "$state" in running | degraded) break ;; esac
+  sleep 0.1
+done
 echo "== container booted: $state"
 
 fails=0
@@ -101,7 +110,7 @@ expect "GET /healthz inside the container" '{"status":"ok"}' echo "$body"
 # The README's way to run the CLI: as the service user, with the key as its credential.
 cli() {
   ct systemd-run --quiet --uid=latchkey --gid=latchkey --wait --pipe \
-    -p LoadCredential=latchkey.key:/etc/latchkey/latchkey.key -p StateDirectory=latchkey \
+    -p LoadCredential=latchkey.key:/etc/latchkey/latchkey.key -p StateDirectory=latchkey -p StateDirectoryMode=0700 \
     latchkey --config /etc/latchkey/latchkey.toml "$@"
 }
 token=$(cli admin token --name nspawn-test 2>/dev/null) || true
