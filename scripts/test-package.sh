@@ -10,7 +10,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if [ "${1:-}" = "--dev" ]; then
-  cargo build --bin latchkey -p latchkey -p latchkey-node --bins
+  cargo build -p latchkey -p latchkey-node --bins
   LATCHKEY_DEB_PROFILE=dev scripts/package.sh amd64 --no-build
 else
   scripts/package.sh amd64
