@@ -82,9 +82,10 @@ check "postinst makes the key 0600 root:root" grep -q 'chmod 0600 "$tmp"' "$post
 check "postinst: systemd-sysusers latchkey.conf" grep -q 'systemd-sysusers .*latchkey.conf' "$postinst"
 check "postinst: systemd-tmpfiles --create latchkey.conf" grep -q 'systemd-tmpfiles --create latchkey.conf' "$postinst"
 check "postinst enables latchkey.service" grep -q 'deb-systemd-helper enable .*latchkey.service' "$postinst"
-check "postinst starts latchkey.service" grep -q 'deb-systemd-invoke start .*latchkey.service' "$postinst"
-check "postinst: key before the user/start steps" \
-  test "$(grep -n 'mv "$tmp" "$key"' "$postinst" | cut -d: -f1)" -lt "$(grep -n 'deb-systemd-invoke start' "$postinst" | cut -d: -f1)"
+check "postinst starts latchkey.service (restarts on upgrade)" \
+  sh -c "grep -q '_dh_action=start' '$postinst' && grep -q 'deb-systemd-invoke \$_dh_action latchkey.service' '$postinst'"
+check "postinst makes the key before it starts the service" \
+  test "$(grep -n 'mv "$tmp" "$key"' "$postinst" | cut -d: -f1)" -lt "$(grep -n 'deb-systemd-invoke \$_dh_action' "$postinst" | cut -d: -f1)"
 check "prerm stops latchkey.service" grep -q 'deb-systemd-invoke stop .*latchkey.service' "$tmp/control/prerm"
 postrm=$tmp/control/postrm
 check "postrm purge removes the user" grep -q 'userdel latchkey' "$postrm"
