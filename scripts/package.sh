@@ -18,6 +18,9 @@ out=target/packages
 arches=()
 gateway_only=no
 no_build=()
+fast=()
+# A dev-profile package is only for checking contents: quicker, lighter compression.
+[ "$profile" = release ] || fast=(--fast)
 for arg in "$@"; do
   case "$arg" in
     amd64 | arm64 | armhf) arches+=("$arg") ;;
@@ -79,9 +82,9 @@ for arch in "${arches[@]}"; do
   esac
   # cargo-deb strips the binaries (the release profile does too; a dev build is stripped here),
   # with binutils-<triple> for the cross builds.
-  cargo deb -p latchkey --profile "$profile" "${target[@]}" "${no_build[@]}" --output "$out/"
+  cargo deb -p latchkey --profile "$profile" "${target[@]}" "${no_build[@]}" "${fast[@]}" --output "$out/"
   if [ "$gateway_only" = no ]; then
-    cargo deb -p latchkey-node --profile "$profile" "${target[@]}" "${no_build[@]}" --output "$out/"
+    cargo deb -p latchkey-node --profile "$profile" "${target[@]}" "${no_build[@]}" "${fast[@]}" --output "$out/"
   fi
 done
 ls -l "$out"/*.deb

@@ -36,7 +36,7 @@ listing=$(dpkg-deb -c "$deb")
 # "-rwxr-xr-x root/root 123 2026-01-01 00:00 ./usr/bin/latchkey" → "-rwxr-xr-x root/root /usr/bin/latchkey"
 # (tar stores no owner names: 0/0 is root/root.)
 entries=$(awk '{ sub(/^\./, "", $6); sub(/^0\/0$/, "root/root", $2); print $1, $2, $6 }' <<<"$listing")
-has() { grep -qxF "$1" <<<"$entries"; }
+has() { grep -qxF -e "$1" <<<"$entries"; }
 for want in \
   "-rwxr-xr-x root/root /usr/bin/latchkey" \
   "-rw-r--r-- root/root /usr/lib/systemd/system/latchkey.service" \
@@ -97,7 +97,7 @@ for want in \
   "-rwxr-xr-x root/root /usr/bin/latchkey-node" \
   "-rw-r--r-- root/root /usr/share/dbus-1/system.d/latchkey-node.conf" \
   "-rw-r--r-- root/root /usr/share/doc/latchkey-node/NODES.md"; do
-  if grep -qxF "$want" <<<"$nlisting"; then ok "node has $want"; else bad "node has $want"; fi
+  if grep -qxF -e "$want" <<<"$nlisting"; then ok "node has $want"; else bad "node has $want"; fi
 done
 
 # Tags lintian still finds are overridden, each with its reason, in systemd/deb/*.lintian-overrides.
