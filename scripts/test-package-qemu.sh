@@ -53,7 +53,7 @@ for arch in "${arches[@]}"; do
   pid=$!
   addr=""
   for _ in $(seq 1 600); do
-    addr=$(grep -o 'listen=[0-9.]*:[0-9]*' "$root/log" | head -n 1 | cut -d= -f2) || true
+    addr=$(grep -o 'listen=[0-9.]*:[0-9]*' "$root/log" 2>/dev/null | head -n 1 | cut -d= -f2) || true
     [ -z "$addr" ] || break
     kill -0 "$pid" 2>/dev/null || break
     sleep 0.1
