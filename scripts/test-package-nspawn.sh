@@ -4,7 +4,8 @@
 # with systemd-nspawn on its own network namespace (loopback only), then: install the .deb with
 # apt, the service active (Type=notify: READY=1 arrived) with the watchdog armed, /healthz from
 # inside, the CLI as the service user, `systemd-analyze security` exposure, a reinstall keeping
-# the master key, and `apt purge`: the user gone, the data and the key kept. Needs root.
+# the master key, and `apt purge`: the user gone, the data and the key kept; then installed over
+# them again, and purged with LATCHKEY_PURGE_DATA=yes: both gone. Needs root.
 #
 #   scripts/test-package-nspawn.sh [DEB]     (default target/packages/latchkey_<version>_amd64.deb)
 set -euo pipefail
@@ -136,6 +137,14 @@ expect "group removed" "" ct getent group latchkey
 expect "data kept" "yes" ct sh -c 'test -d /var/lib/latchkey && echo yes'
 expect "master key kept" "$key_before" ct sha256sum /etc/latchkey/latchkey.key
 expect "unit removed" "no" ct sh -c 'test -e /usr/lib/systemd/system/latchkey.service && echo yes || echo no'
+
+# Asked for: install again (over the kept data and key), then purge with LATCHKEY_PURGE_DATA=yes.
+ct apt-get install -y --no-install-recommends /root/latchkey.deb >/dev/null 2>&1 || bad "install over kept data"
+expect "install over the kept data: service active" "active" ct systemctl is-active latchkey.service
+expect "install over the kept data: same master key" "$key_before" ct sha256sum /etc/latchkey/latchkey.key
+ct env LATCHKEY_PURGE_DATA=yes apt-get purge -y latchkey >/dev/null 2>&1 || bad "purge with LATCHKEY_PURGE_DATA=yes"
+expect "LATCHKEY_PURGE_DATA=yes: data and key deleted" "gone" \
+  ct sh -c 'test -e /var/lib/latchkey || test -e /etc/latchkey/latchkey.key || echo gone'
 
 if [ "$fails" -gt 0 ]; then
   echo "test-package-nspawn: $fails checks failed; container log:"
