@@ -61,24 +61,22 @@ grep -q '^ExecStart=/usr/bin/latchkey ' "$units/latchkey.service" \
 cp systemd/latchkey.sysusers "$units/latchkey.sysusers"
 cp systemd/latchkey.tmpfiles "$units/latchkey.tmpfile"
 
+# A cross build: Debian's gcc for the target links and compiles the C parts (cc crate: CC_<triple>).
+cross() { # rust target, gcc prefix, Debian's C library -dev package for it
+  local triple=$1 prefix=$2 upper
+  apt_install "gcc-$prefix" "$3"
+  rustup target add "$triple" >/dev/null 2>&1 || true
+  upper=$(tr 'a-z-' 'A-Z_' <<<"$triple")
+  export "CARGO_TARGET_${upper}_LINKER=$prefix-gcc" "CC_${triple//-/_}=$prefix-gcc" "AR_${triple//-/_}=$prefix-ar"
+  target=(--target "$triple")
+}
+
 for arch in "${arches[@]}"; do
   target=()
   case "$arch" in
     amd64) ;;
-    arm64)
-      apt_install gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-      rustup target add aarch64-unknown-linux-gnu >/dev/null 2>&1 || true
-      export CARGO_TARGET_AARCH64_UNKNOWN_LINUX_GNU_LINKER=aarch64-linux-gnu-gcc
-      export CC_aarch64_unknown_linux_gnu=aarch64-linux-gnu-gcc AR_aarch64_unknown_linux_gnu=aarch64-linux-gnu-ar
-      target=(--target aarch64-unknown-linux-gnu)
-      ;;
-    armhf)
-      apt_install gcc-arm-linux-gnueabihf libc6-dev-armhf-cross
-      rustup target add armv7-unknown-linux-gnueabihf >/dev/null 2>&1 || true
-      export CARGO_TARGET_ARMV7_UNKNOWN_LINUX_GNUEABIHF_LINKER=arm-linux-gnueabihf-gcc
-      export CC_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-gcc AR_armv7_unknown_linux_gnueabihf=arm-linux-gnueabihf-ar
-      target=(--target armv7-unknown-linux-gnueabihf)
-      ;;
+    arm64) cross aarch64-unknown-linux-gnu aarch64-linux-gnu libc6-dev-arm64-cross ;;
+    armhf) cross armv7-unknown-linux-gnueabihf arm-linux-gnueabihf libc6-dev-armhf-cross ;;
   esac
   # cargo-deb strips the binaries (the release profile does too; a dev build is stripped here),
   # with binutils-<triple> for the cross builds.
