@@ -87,6 +87,8 @@ impl Caps {
 }
 
 /// The soft `RLIMIT_NOFILE` this process runs under.
+// `rlim_t` is u64 on 64-bit targets but u32 on armhf (32-bit Raspberry Pi OS).
+#[allow(clippy::useless_conversion)]
 pub fn fd_limit() -> u64 {
     let mut rl = libc::rlimit {
         rlim_cur: 0,
@@ -95,7 +97,7 @@ pub fn fd_limit() -> u64 {
     // SAFETY: getrlimit writes into the struct we own and has no other effect.
     let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) };
     if rc == 0 {
-        rl.rlim_cur
+        u64::from(rl.rlim_cur)
     } else {
         1024
     }
