@@ -86,7 +86,14 @@ expect() { # description, wanted output, command...
 }
 
 echo "== apt-get install ./latchkey.deb"
-ct apt-get install -y --no-install-recommends /root/latchkey.deb 2>&1 | sed 's/^/    /' | grep -v '^    \(Reading\|Building\|Selecting\|(Reading\)' || true
+installed=$(ct apt-get install -y --no-install-recommends /root/latchkey.deb 2>&1) || true
+sed 's/^/    /' <<<"$installed" | grep -v '^    \(Reading\|Building\|Selecting\|(Reading\)' || true
+# First run (CONTRACT §2): the install shows the daemon's one-time set-up URL.
+if grep -q 'latchkey: finish set-up in a browser: http://[^ ]*/setup?code=' <<<"$installed"; then
+  ok "the install printed the set-up URL"
+else
+  bad "the install printed no set-up URL"
+fi
 
 expect "service active (Type=notify: READY=1 received)" "active" ct systemctl is-active latchkey.service
 expect "service enabled" "enabled" ct systemctl is-enabled latchkey.service

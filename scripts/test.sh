@@ -22,3 +22,20 @@ scripts/firmware-size.sh --no-build --floor --strict
 # systemd-analyze verify runs in tests/systemd.rs, on a copy of the unit whose ExecStart is the
 # binary just built (the installed path does not exist here).
 cargo test --workspace --all-targets --no-fail-fast
+# The amd64 packages, built from the debug binaries just tested (a release build of the gateway
+# takes about 15 minutes on 2 cores): their contents, then installed, run and purged under
+# systemd in a Debian container. Needs root, lintian, debootstrap and systemd-nspawn (.ci/run
+# installs them); elsewhere they are skipped with a line saying so, never in CI. The arm64/armhf
+# emulation test (scripts/test-package-qemu.sh) needs two cross release builds: run by hand.
+if [ "$(id -u)" = 0 ] && command -v lintian >/dev/null && command -v debootstrap >/dev/null \
+  && command -v systemd-nspawn >/dev/null; then
+  scripts/test-package.sh --dev
+  scripts/test-package-nspawn.sh
+elif [ -n "${CI:-}" ]; then
+  echo "the package tests need root, lintian, debootstrap and systemd-nspawn" >&2
+  exit 1
+else
+  echo "skipped: the package tests (they need root, lintian, debootstrap and systemd-nspawn)"
+fi
+# Fuzzing, 30 s per target (docs/RELIABILITY.md); installs cargo-afl when missing.
+scripts/fuzz.sh
