@@ -1,5 +1,5 @@
-//! Discovery (CONTRACT §2, issue 14 part 3): the gateway's `_latchkey._tcp` record seen by a
-//! separate mDNS browser with the right id, a phone whose stored port is stale finding the
+//! Discovery (CONTRACT §2, issue 14 part 3): the gateway's `_latchkey._tcp` record seen with the
+//! right id by a separate mDNS browser and by an independent resolver (python3-zeroconf), a phone whose stored port is stale finding the
 //! gateway again by id, and a record with another id ignored.
 //!
 //! No multicast leaves this machine: the outer test re-runs this binary's inner test inside a
@@ -45,6 +45,21 @@ fn discovery_in_a_private_network_namespace() {
     );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("1 passed"), "the inner test ran: {text}");
+}
+
+/// A Python with the `zeroconf` package: Debian's (python3-zeroconf, which .ci/run installs)
+/// lives under the system interpreter, which a pyenv or venv `python3` on PATH may hide.
+fn python_with_zeroconf() -> &'static str {
+    for python in ["/usr/bin/python3", "python3"] {
+        let ok = Command::new(python)
+            .args(["-c", "import zeroconf"])
+            .status()
+            .is_ok_and(|s| s.success());
+        if ok {
+            return python;
+        }
+    }
+    panic!("no python3 with the zeroconf package: apt-get install python3-zeroconf");
 }
 
 /// The first `_latchkey._tcp` record with TXT `id`, as an independent browser resolves it:
@@ -113,6 +128,33 @@ async fn inside_a_network_namespace() {
     assert_eq!(txt["v"], "1");
     assert_eq!(txt["port"], gw.addr.port().to_string());
     assert_eq!(other_port, stranger_port, "both records are on the wire");
+
+    // And so does a resolver that shares no code with it: Debian's python3-zeroconf.
+    let seen = tokio::task::spawn_blocking({
+        let id = id.clone();
+        move || {
+            Command::new(python_with_zeroconf())
+                .arg(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/support/mdns_browse.py"
+                ))
+                .args([id.as_str(), "20"])
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        seen.status.success(),
+        "python3-zeroconf saw no record: {}",
+        String::from_utf8_lossy(&seen.stderr)
+    );
+    let seen: serde_json::Value = serde_json::from_slice(&seen.stdout).unwrap();
+    assert_eq!(seen["port"], gw.addr.port());
+    assert_eq!(seen["txt"]["id"], id.as_str());
+    assert_eq!(seen["txt"]["v"], "1");
+    assert_eq!(seen["addresses"], serde_json::json!(["127.0.0.1"]));
 
     // The phone's browse takes only its gateway's record.
     let found = latchkey_phone::discover::browse(&id, PATIENCE)
