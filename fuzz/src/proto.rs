@@ -1,7 +1,9 @@
 //! latchkey-proto's decoders: the BLE frames of version 1 (the gateway's door) and version 2
 //! (nodes and the gateway's v2 door), and the grant and pairing formats inside them.
 
-use latchkey_proto::v2::ed25519_dalek::SigningKey;
+use std::sync::OnceLock;
+
+use latchkey_proto::v2::ed25519_dalek::{SigningKey, VerifyingKey as EdVerifyingKey};
 use latchkey_proto::v2::pairing::{PairingChallenge, PairingResponse};
 use latchkey_proto::v2::{vectors, Challenge, Grant, PeerSecret, Request, ResultFrame};
 use latchkey_proto::{AuthFrame, Challenge as ChallengeV1, ResultFrame as ResultV1};
@@ -21,12 +23,22 @@ pub fn ble_v2(data: &[u8]) {
     let _ = Request::hint(data);
     let _ = Grant::decode(data);
     let _ = PairingChallenge::decode(data);
-    if let Some(keys) = session_keys() {
-        let _ = Request::open(data, &keys, &vectors::NONCE);
-        let _ = ResultFrame::open(data, &keys, &vectors::NONCE);
+    let (keys, gateway) = fixtures();
+    if let Some(keys) = keys {
+        let _ = Request::open(data, keys, &vectors::NONCE);
+        let _ = ResultFrame::open(data, keys, &vectors::NONCE);
     }
-    let gateway = SigningKey::from_bytes(&vectors::GATEWAY_SEED);
-    let _ = PairingResponse::verify(data, &vectors::DOOR_ID, &gateway.verifying_key());
+    let _ = PairingResponse::verify(data, &vectors::DOOR_ID, gateway);
+}
+
+/// The vectors' session keys and gateway key, derived once (ECDH per run would take most of it).
+fn fixtures() -> &'static (Option<latchkey_proto::v2::SessionKeys>, EdVerifyingKey) {
+    static FIXTURES: OnceLock<(Option<latchkey_proto::v2::SessionKeys>, EdVerifyingKey)> =
+        OnceLock::new();
+    FIXTURES.get_or_init(|| {
+        let gateway = SigningKey::from_bytes(&vectors::GATEWAY_SEED).verifying_key();
+        (session_keys(), gateway)
+    })
 }
 
 fn session_keys() -> Option<latchkey_proto::v2::SessionKeys> {
