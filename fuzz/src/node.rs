@@ -25,14 +25,32 @@ struct Fixtures {
     granted: GrantStore,
     credentials: Credentials,
     door_key: p256::SecretKey,
+    /// A vehicle that has sent connection 1 its pairing challenge (an ECDSA signature).
+    challenged: Pairing,
 }
 
 fn fixtures() -> &'static Fixtures {
     static FIXTURES: std::sync::OnceLock<Fixtures> = std::sync::OnceLock::new();
-    FIXTURES.get_or_init(|| Fixtures {
-        granted: store_with(&[Phone::new(1).grant(DOOR_ID, "front-door")]),
-        credentials: credentials(),
-        door_key: door_identity().door_key(),
+    FIXTURES.get_or_init(|| {
+        let credentials = credentials();
+        let door_key = door_identity().door_key();
+        let mut challenged = Pairing::default();
+        if let Some(grants) = GrantStore::new(&credentials, door_key.clone()) {
+            challenged.challenge(
+                1,
+                &grants,
+                &door_key,
+                at(1_000),
+                WALL,
+                &mut Counter::default(),
+            );
+        }
+        Fixtures {
+            granted: store_with(&[Phone::new(1).grant(DOOR_ID, "front-door")]),
+            credentials,
+            door_key,
+            challenged,
+        }
     })
 }
 
@@ -72,10 +90,7 @@ pub fn pairing(data: &[u8]) {
     let Some(mut grants) = empty_store() else {
         return;
     };
-    let mut pairing = Pairing::default();
-    let mut rng = Counter::default();
-    let key = &fixtures().door_key;
-    let _ = pairing.challenge(1, &grants, key, at(1_000), WALL, &mut rng);
+    let mut pairing = fixtures().challenged.clone();
     let _ = pairing.respond(1, data, Some(&mut grants), at(1_500));
 }
 

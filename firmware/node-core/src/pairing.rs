@@ -31,6 +31,7 @@ pub const NONCE_LIFETIME_MS: u64 = 120_000;
 /// Connections with a pairing nonce; beyond that the oldest is forgotten.
 pub const MAX_CONNECTIONS: usize = 8;
 
+#[derive(Clone)]
 struct Pending {
     conn: ConnId,
     nonce: Nonce,
@@ -38,7 +39,7 @@ struct Pending {
 }
 
 /// Per-connection pairing nonces.
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Pairing {
     pending: Vec<Pending>,
 }
