@@ -22,6 +22,9 @@ scripts/firmware-size.sh --no-build --floor --strict
 # systemd-analyze verify runs in tests/systemd.rs, on a copy of the unit whose ExecStart is the
 # binary just built (the installed path does not exist here).
 cargo test --workspace --all-targets --no-fail-fast
+# The crash harness, short: 20 SIGKILL rounds and 20 simulated power cuts against the daemon
+# under load (docs/RELIABILITY.md; the long run is `scripts/crash.sh`, 200 rounds of each).
+scripts/crash.sh --rounds 20
 # The amd64 packages, built from the debug binaries just tested (a release build of the gateway
 # takes about 15 minutes on 2 cores): their contents, then installed, run and purged under
 # systemd in a Debian container. Needs root, lintian, debootstrap and systemd-nspawn (.ci/run

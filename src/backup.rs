@@ -418,12 +418,10 @@ fn check_copy(
             file.display()
         );
     }
-    let integrity: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
-    if integrity != "ok" {
+    if let Err(problem) = crate::store::integrity(&conn)? {
         bail!(
-            "{} fails SQLite's integrity check ({})",
-            file.display(),
-            integrity.lines().next().unwrap_or_default()
+            "{} fails SQLite's integrity check ({problem})",
+            file.display()
         );
     }
     conn.execute(

@@ -242,6 +242,51 @@ pub fn latest_seq(conn: &Connection) -> Result<i64, StoreError> {
     Ok(from_seq.unwrap_or(0))
 }
 
+/// `meta` key: "1" while a daemon appends to the log, "0" once it stopped cleanly.
+const APPENDING: &str = "events_appending";
+
+/// How far the sequence skips after a daemon did not stop cleanly. Commits are synced by the
+/// checkpoints (every half second after writes), so a power cut takes at most the events of
+/// the last unsynced moment: thousands, not a million.
+pub const SEQ_SKIP_AFTER_UNCLEAN_STOP: i64 = 1_000_000;
+
+/// At daemon start, in a durable write. If the previous daemon did not stop cleanly, a power
+/// cut may have taken the last events it committed, whose seqs clients may hold already
+/// (`seq` is persisted before delivery, but only synced at checkpoints). The sequence then
+/// skips ahead, so no seq is issued twice and a phone resuming from a lost one gets exactly
+/// what came after. Returns the skip (0 after a clean stop).
+pub fn open_log(tx: &Transaction<'_>) -> Result<i64, StoreError> {
+    let running = crate::store::meta_get(tx, APPENDING)?;
+    let skip = if running.as_deref() == Some("1") {
+        let latest = latest_seq(tx)?;
+        tx.execute("DELETE FROM sqlite_sequence WHERE name = 'events'", [])?;
+        tx.execute(
+            "INSERT INTO sqlite_sequence (name, seq) VALUES ('events', ?1)",
+            [latest + SEQ_SKIP_AFTER_UNCLEAN_STOP],
+        )?;
+        SEQ_SKIP_AFTER_UNCLEAN_STOP
+    } else {
+        0
+    };
+    set_appending(tx, "1")?;
+    Ok(skip)
+}
+
+/// At a clean stop, after the last event. Needs no sync: if a power cut takes it, the next
+/// start skips ahead for nothing.
+pub fn close_log(tx: &Transaction<'_>) -> Result<(), StoreError> {
+    set_appending(tx, "0")
+}
+
+fn set_appending(tx: &Transaction<'_>, value: &str) -> Result<(), StoreError> {
+    tx.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [APPENDING, value],
+    )?;
+    Ok(())
+}
+
 /// The highest seq below which the log may lack events a client could see: a `resume` from
 /// before it gets `reset` (see the module docs). 0 when nothing was ever pruned that way.
 pub fn horizon(conn: &Connection) -> Result<i64, StoreError> {
@@ -473,6 +518,46 @@ mod tests {
     async fn kept(store: &Store) -> Vec<i64> {
         let evs = store.read(|c| since(c, 0, 1000)).await.unwrap();
         evs.into_iter().map(|e| e.seq).collect()
+    }
+
+    #[tokio::test]
+    async fn after_an_unclean_stop_the_sequence_skips_past_anything_a_power_cut_took() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db.sqlite"));
+        let append_one =
+            || store.write_blocking(|tx| append(tx, "ui.sync", &json!({}), "test", 1_000));
+        // A first start on a new registry, then a clean stop: numbering goes on from 2.
+        assert_eq!(store.write_durable_blocking(open_log).unwrap(), 0);
+        assert_eq!(append_one().unwrap(), 1);
+        store.write_blocking(close_log).unwrap();
+        assert_eq!(store.write_durable_blocking(open_log).unwrap(), 0);
+        assert_eq!(append_one().unwrap(), 2);
+        // No clean stop (a kill or a power cut): the next start skips ahead.
+        assert_eq!(
+            store.write_durable_blocking(open_log).unwrap(),
+            SEQ_SKIP_AFTER_UNCLEAN_STOP
+        );
+        assert_eq!(
+            store.read_blocking(latest_seq).unwrap(),
+            2 + SEQ_SKIP_AFTER_UNCLEAN_STOP
+        );
+        assert_eq!(append_one().unwrap(), 3 + SEQ_SKIP_AFTER_UNCLEAN_STOP);
+        // A resume from a seq lost in the gap gets what came after it, not a reset.
+        let after_lost = store.read_blocking(|c| since(c, 5, 10)).unwrap();
+        assert_eq!(after_lost.len(), 1);
+        assert_eq!(after_lost[0].seq, 3 + SEQ_SKIP_AFTER_UNCLEAN_STOP);
+    }
+
+    #[tokio::test]
+    async fn an_unclean_stop_before_any_event_still_skips() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db.sqlite"));
+        store.write_durable_blocking(open_log).unwrap();
+        store.write_durable_blocking(open_log).unwrap();
+        let first = store
+            .write_blocking(|tx| append(tx, "ui.sync", &json!({}), "test", 1_000))
+            .unwrap();
+        assert_eq!(first, SEQ_SKIP_AFTER_UNCLEAN_STOP + 1);
     }
 
     #[tokio::test]

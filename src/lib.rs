@@ -79,6 +79,12 @@ pub fn build_state(config: Config, port: u16) -> anyhow::Result<AppState> {
     })?;
     // No node is connected before this process accepts its session.
     store.write_blocking(|tx| nodes::reset_online(tx).map(drop))?;
+    if store.write_durable_blocking(events::open_log)? > 0 {
+        tracing::warn!(
+            skip = events::SEQ_SKIP_AFTER_UNCLEAN_STOP,
+            "the last run did not stop cleanly; event numbers skip ahead so none is issued twice"
+        );
+    }
     let node_hub = Arc::new(nodes::NodeHub::new(store.clone(), config.clock.clone()));
     Ok(Arc::new(App {
         nodes: node_hub,
@@ -195,7 +201,10 @@ async fn serve_on(
     })
     .await;
     if drained.is_err() {
+        // Not marked clean: a late event may still commit, so the next start skips ahead.
         tracing::warn!("some connections did not close in time; exiting anyway");
+    } else {
+        state.store.write(events::close_log).await?;
     }
     Ok(())
 }

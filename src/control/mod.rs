@@ -135,19 +135,21 @@ pub fn execute(
         Request::AdminPassword { password } => {
             let password = SecretString::new(password);
             store
-                .write_blocking(|tx| Ok(crate::admin::set_password(tx, password.expose(), now)))?
+                .write_durable_blocking(|tx| {
+                    Ok(crate::admin::set_password(tx, password.expose(), now))
+                })?
                 .map_err(admin_failure)?;
             Ok(json!({}))
         }
         Request::AdminToken { name } => {
             let (_, token) = store
-                .write_blocking(|tx| Ok(crate::admin::create_token(tx, &name, now)))?
+                .write_durable_blocking(|tx| Ok(crate::admin::create_token(tx, &name, now)))?
                 .map_err(admin_failure)?;
             Ok(json!({ "token": token.expose() }))
         }
         Request::Pair {} => {
             let t = store
-                .write_blocking(|tx| Ok(crate::pairing::create_token(tx, now, pair_ttl)))?
+                .write_durable_blocking(|tx| Ok(crate::pairing::create_token(tx, now, pair_ttl)))?
                 .map_err(|e| Failure::Internal(e.into()))?;
             let payload = json!({
                 "v": 1,
@@ -167,7 +169,8 @@ pub fn execute(
                     format!("no device with id {id:?}"),
                 ));
             };
-            let outcome = store.write_blocking(|tx| registry::revoke(tx, &id, now, "cli"))?;
+            let outcome =
+                store.write_durable_blocking(|tx| registry::revoke(tx, &id, now, "cli"))?;
             revoked(outcome, "device", id.as_str())
         }
         Request::NodesList {} => Ok(json!({ "nodes": store.read_blocking(crate::nodes::list)? })),
@@ -179,7 +182,8 @@ pub fn execute(
                 ));
             };
             // A running daemon sees the `node.revoked` event and closes the node's session.
-            let outcome = store.write_blocking(|tx| crate::nodes::revoke(tx, &id, now, "cli"))?;
+            let outcome =
+                store.write_durable_blocking(|tx| crate::nodes::revoke(tx, &id, now, "cli"))?;
             revoked(outcome, "node", &id.to_string())
         }
         Request::Backup {} => Err(Failure::refused(

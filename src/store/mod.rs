@@ -200,7 +200,15 @@ impl Store {
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        self.inner.shared.write(f)
+        self.inner.shared.write(Commit::Normal, f)
+    }
+
+    /// [`Store::write_blocking`], durable before it returns (see [`Store::write_durable`]).
+    pub fn write_durable_blocking<R>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
+    ) -> Result<R, StoreError> {
+        self.inner.shared.write(Commit::Synced, f)
     }
 
     /// Runs a read on the calling thread.
@@ -212,14 +220,34 @@ impl Store {
         f(&conn)
     }
 
-    /// A write transaction off the async runtime, queued to the writer thread.
+    /// A write transaction off the async runtime, queued to the writer thread. Committed
+    /// when it returns, which survives the process being killed; a power cut may still lose
+    /// it until the next checkpoint (at most [`CHECKPOINT_EVERY`] later).
     pub async fn write<R: Send + 'static>(
         &self,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
+        self.queue(Commit::Normal, f).await
+    }
+
+    /// A write that is on the disk when it returns: its commit syncs the WAL (and with it
+    /// every earlier commit). For what a power cut must not undo once acknowledged: tokens,
+    /// pairings, registrations, revocations, admin credentials (docs/RELIABILITY.md).
+    pub async fn write_durable<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
+        self.queue(Commit::Synced, f).await
+    }
+
+    async fn queue<R: Send + 'static>(
+        &self,
+        commit: Commit,
+        f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError> + Send + 'static,
+    ) -> Result<R, StoreError> {
         let (answer, result) = tokio::sync::oneshot::channel();
         let job: Job = Box::new(move |shared: &Shared| {
-            let _ = answer.send(shared.write(f));
+            let _ = answer.send(shared.write(commit, f));
         });
         self.send(job)?;
         Self::wait(result).await?
@@ -279,15 +307,35 @@ impl Store {
     }
 }
 
+/// How a commit reaches the disk: `Normal` is SQLite's `synchronous=NORMAL` in WAL mode (no
+/// sync at commit; the checkpoints sync), `Synced` is `synchronous=FULL` for this commit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Commit {
+    Normal,
+    Synced,
+}
+
 impl Shared {
     fn write<R>(
         &self,
+        commit: Commit,
         f: impl FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
         let mut conn = Store::lock(&self.writer);
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        let out = f(&tx)?;
-        tx.commit()?;
+        // SQLite refuses to change the level inside a transaction, so it is set around it.
+        if commit == Commit::Synced {
+            conn.pragma_update(None, "synchronous", "FULL")?;
+        }
+        let committed: Result<R, StoreError> = (|| {
+            let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+            let out = f(&tx)?;
+            tx.commit()?;
+            Ok(out)
+        })();
+        if commit == Commit::Synced {
+            conn.pragma_update(None, "synchronous", "NORMAL")?;
+        }
+        let out = committed?;
         drop(conn);
         self.commits.fetch_add(1, Ordering::Relaxed);
         self.committed.notify_one();
@@ -316,6 +364,28 @@ fn checkpoint_loop(conn: Connection, shared: Weak<Shared>, stop: mpsc::Receiver<
             tracing::warn!(error = %e, "WAL checkpoint failed");
         }
     }
+}
+
+/// SQLite's `PRAGMA integrity_check` on an open connection: `Ok(())`, or the first problem
+/// it reports.
+pub fn integrity(conn: &Connection) -> Result<Result<(), String>, StoreError> {
+    let report: String = conn.query_row("PRAGMA integrity_check", [], |r| r.get(0))?;
+    Ok(match report.as_str() {
+        "ok" => Ok(()),
+        _ => Err(report.lines().next().unwrap_or_default().to_owned()),
+    })
+}
+
+/// Opens the registry at `path` under `master` as the daemon would after a crash (SQLite
+/// recovers its WAL), without migrating anything, and runs [`integrity`] on it. For the crash
+/// harness (`examples/crash.rs`); the daemon itself never needs it.
+pub fn check_integrity(path: &Path, master: &MasterKey) -> Result<Result<(), String>, StoreError> {
+    let conn = Connection::open(path).map_err(|e| StoreError::Open {
+        path: path.to_owned(),
+        message: e.to_string(),
+    })?;
+    encryption::apply_key(&conn, &FileKey::from_master(master), path)?;
+    integrity(&conn)
 }
 
 /// Unit tests' stores, under a fixed master key.
@@ -350,6 +420,32 @@ pub fn holds_sealed_data(conn: &Connection) -> Result<bool, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// SQLite's `synchronous` as the writer connection has it inside a transaction
+    /// (1 NORMAL, 2 FULL).
+    fn level(tx: &rusqlite::Transaction<'_>) -> Result<i64, StoreError> {
+        Ok(tx.query_row("PRAGMA synchronous", [], |r| r.get(0))?)
+    }
+
+    #[tokio::test]
+    async fn a_durable_write_commits_with_a_sync_and_the_next_write_does_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::testing::open(&dir.path().join("db.sqlite"));
+        assert_eq!(store.write(level).await.unwrap(), 1);
+        assert_eq!(store.write_durable(level).await.unwrap(), 2);
+        assert_eq!(store.write(level).await.unwrap(), 1);
+        assert_eq!(store.write_durable_blocking(level).unwrap(), 2);
+        assert_eq!(store.write_blocking(level).unwrap(), 1);
+        // A failing durable job leaves the level as it found it too.
+        let failed = store
+            .write_durable(|tx| {
+                tx.execute("INSERT INTO no_such_table VALUES (1)", [])?;
+                Ok(())
+            })
+            .await;
+        assert!(failed.is_err());
+        assert_eq!(store.write(level).await.unwrap(), 1);
+    }
 
     #[tokio::test]
     async fn opens_migrates_and_reopens() {

@@ -73,7 +73,7 @@ pub async fn new_pair_token(state: &AppState) -> Result<pairing::NewPairToken, A
     let ttl = state.config.pair_token_ttl_secs;
     Ok(state
         .store
-        .write(move |tx| Ok(pairing::create_token(tx, now, ttl)))
+        .write_durable(move |tx| Ok(pairing::create_token(tx, now, ttl)))
         .await??)
 }
 
@@ -123,7 +123,7 @@ async fn pair(
     let st = state.clone();
     let result = state
         .store
-        .write(move |tx| Ok(pairing::redeem(tx, &st.master, &token, &info, now)))
+        .write_durable(move |tx| Ok(pairing::redeem(tx, &st.master, &token, &info, now)))
         .await?;
     let paired = match result {
         Ok(p) => p,
@@ -169,7 +169,7 @@ pub async fn revoke(state: &AppState, id: &str, origin: String) -> Result<Device
     let target = id.clone();
     let outcome = state
         .store
-        .write(move |tx| registry::revoke(tx, &target, now, &origin))
+        .write_durable(move |tx| registry::revoke(tx, &target, now, &origin))
         .await?;
     match outcome {
         RevokeOutcome::NotFound => Err(ApiError::not_found("no such device")),

@@ -54,7 +54,7 @@ async fn issue(state: &AppState, req: TokenRequest) -> Result<provisioning::NewT
     let now = state.now();
     Ok(state
         .store
-        .write(move |tx| Ok(provisioning::issue_token(tx, &req, now)))
+        .write_durable(move |tx| Ok(provisioning::issue_token(tx, &req, now)))
         .await??)
 }
 
@@ -126,7 +126,7 @@ async fn register(
     let st = state.clone();
     let result = state
         .store
-        .write(move |tx| Ok(provisioning::register(tx, &st.master, &req, &reserved, now)))
+        .write_durable(move |tx| Ok(provisioning::register(tx, &st.master, &req, &reserved, now)))
         .await?;
     let r = match result {
         Ok(r) => r,
@@ -174,7 +174,7 @@ async fn revoke_node(state: &AppState, node_id: &str, origin: String) -> Result<
     let (target, now) = (id.clone(), state.now());
     let outcome = state
         .store
-        .write(move |tx| nodes::revoke(tx, &target, now, &origin))
+        .write_durable(move |tx| nodes::revoke(tx, &target, now, &origin))
         .await?;
     match outcome {
         RevokeOutcome::NotFound => Err(ApiError::not_found("no such node")),

@@ -130,7 +130,7 @@ async fn setup(
     // password and gets 404, as after any other way of setting it.
     let outcome = state
         .store
-        .write(move |tx| {
+        .write_durable(move |tx| {
             if admin::has_password(tx)? {
                 return Ok(Outcome::AlreadySet);
             }

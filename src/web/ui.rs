@@ -467,7 +467,7 @@ async fn token_create(
     let name = form.name;
     let (_, token) = state
         .store
-        .write(move |tx| Ok(admin::create_token(tx, &name, now)))
+        .write_durable(move |tx| Ok(admin::create_token(tx, &name, now)))
         .await?
         .map_err(|e| match e {
             admin::AdminError::TokenName => ApiError::bad_request(e.to_string()),
@@ -498,7 +498,7 @@ async fn token_revoke(
     let now = state.now();
     state
         .store
-        .write(move |tx| admin::revoke_token(tx, id, now))
+        .write_durable(move |tx| admin::revoke_token(tx, id, now))
         .await?;
     Ok(Redirect::to("/tokens").into_response())
 }

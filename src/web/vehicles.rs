@@ -252,7 +252,7 @@ async fn revoke_key(state: &AppState, key_id: String, origin: String) -> Result<
     let now = state.now();
     let found = state
         .store
-        .write(move |tx| vehicle::revoke(tx, &key_id, now, &origin))
+        .write_durable(move |tx| vehicle::revoke(tx, &key_id, now, &origin))
         .await?;
     if found {
         Ok(())

@@ -41,6 +41,11 @@
 //!   audit event of another device counts too). A publisher trimmed beyond its quota does not
 //!   cause a reset: a client resuming from before the trim gets that publisher's retained
 //!   (newest) events, in order, and everything else complete.
+//! - Seqs are strictly increasing but not consecutive: after the daemon did not stop cleanly
+//!   (killed, or the power cut) the next seq is 1,000,000 past the last committed one
+//!   (`events::open_log`). A power cut may take the last half second of events, whose seqs a
+//!   client may already hold; the skip means none is ever issued again, so a client resuming
+//!   from one gets exactly the events after it (docs/RELIABILITY.md).
 //! - Catch-up is paced by the client's reads: the log is replayed a batch at a time, each
 //!   written to the socket before the next is read, so a client that keeps reading catches up
 //!   from anywhere in retention, however long that takes. It is dropped (1008) when a write
