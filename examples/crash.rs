@@ -340,15 +340,8 @@ impl Harness {
     }
 
     async fn pair_token(&self, gw: &Gateway) -> anyhow::Result<String> {
-        let r: Value = self
-            .http
-            .post(format!("{}/api/pair-tokens", gw.base))
-            .bearer_auth(&self.admin)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let post = self.http.post(format!("{}/api/pair-tokens", gw.base));
+        let r = as_admin(post, &self.admin).await?;
         Ok(r["pairToken"].as_str().context("pairToken")?.to_owned())
     }
 
@@ -464,15 +457,8 @@ impl Harness {
         };
 
         // Devices: every acked pairing and revocation.
-        let listed: Value = self
-            .http
-            .get(format!("{}/api/devices", gw.base))
-            .bearer_auth(&self.admin)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let get = self.http.get(format!("{}/api/devices", gw.base));
+        let listed = as_admin(get, &self.admin).await?;
         let mut by_id = BTreeMap::new();
         let mut by_name = BTreeMap::new();
         for d in listed["devices"].as_array().context("devices")? {
@@ -540,15 +526,8 @@ impl Harness {
         }
 
         // Nodes: every acked registration; cut-off ones whole or not at all.
-        let listed: Value = self
-            .http
-            .get(format!("{}/api/nodes", gw.base))
-            .bearer_auth(&self.admin)
-            .send()
-            .await?
-            .error_for_status()?
-            .json()
-            .await?;
+        let get = self.http.get(format!("{}/api/nodes", gw.base));
+        let listed = as_admin(get, &self.admin).await?;
         let nodes: BTreeSet<String> = listed["nodes"]
             .as_array()
             .context("nodes")?
@@ -755,6 +734,12 @@ impl Harness {
     }
 }
 
+/// Sends an admin request; its JSON answer, or an error for no answer or a non-2xx one.
+async fn as_admin(req: reqwest::RequestBuilder, admin: &str) -> anyhow::Result<Value> {
+    let r = req.bearer_auth(admin).send().await?.error_for_status()?;
+    Ok(r.json().await?)
+}
+
 /// Device ids are UUIDs; the BLE frames carry their 16 bytes.
 fn uuid_bytes(id: &str) -> anyhow::Result<[u8; 16]> {
     Ok(*uuid::Uuid::parse_str(id)?.as_bytes())
@@ -870,16 +855,8 @@ async fn pairer(ctx: Ctx, names: Vec<String>) -> anyhow::Result<()> {
         if ctx.stop.is_cancelled() {
             break;
         }
-        let token = ctx
-            .http
-            .post(format!("{}/api/pair-tokens", ctx.base))
-            .bearer_auth(&ctx.admin)
-            .send()
-            .await;
-        let Ok(Ok(token)) = token.map(|r| r.error_for_status()) else {
-            break;
-        };
-        let Ok(token) = token.json::<Value>().await else {
+        let post = ctx.http.post(format!("{}/api/pair-tokens", ctx.base));
+        let Ok(token) = as_admin(post, &ctx.admin).await else {
             break;
         };
         let token = token["pairToken"].as_str().unwrap_or_default().to_owned();
