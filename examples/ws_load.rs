@@ -460,6 +460,9 @@ async fn bare_conn(
                     }
                     next = rx.try_recv();
                 }
+                if batch.is_empty() {
+                    continue;
+                }
                 for m in batch {
                     if ws.feed(m).await.is_err() {
                         return;
@@ -673,6 +676,47 @@ fn cpu_secs(pid: &str) -> f64 {
     (ticks(11) + ticks(12)) / hz
 }
 
+/// Time (s) a process's threads spent runnable but waiting for a cpu: what the other side of
+/// the benchmark or other jobs on the machine took from it (`/proc/<pid>/task/*/schedstat`).
+fn cpu_wait_secs(pid: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum();
+    ns as f64 / 1e9
+}
+
+/// CPU used and CPU waited for, in seconds.
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    cpu: f64,
+    wait: f64,
+}
+
+impl Usage {
+    fn of(pid: &str) -> Usage {
+        Usage {
+            cpu: cpu_secs(pid),
+            wait: cpu_wait_secs(pid),
+        }
+    }
+
+    fn since(self, before: Usage) -> Usage {
+        Usage {
+            cpu: self.cpu - before.cpu,
+            wait: self.wait - before.wait,
+        }
+    }
+}
+
 /// Samples the server's RSS every 200 ms until stopped; returns the peak.
 fn rss_sampler(pid: u32) -> (CancellationToken, tokio::task::JoinHandle<u64>) {
     let stop = CancellationToken::new();
@@ -852,9 +896,12 @@ struct RunFigures {
     p99_us: u32,
     max_us: u32,
     rss_kib: u64,
-    /// CPU seconds the server used during the run, and the load tool.
+    /// CPU seconds the server used during the run and its drain, and the load tool.
     server_cpu: f64,
     tool_cpu: f64,
+    /// CPU used and waited for while publishing, by the server and by the load tool.
+    server_pub: Usage,
+    tool_pub: Usage,
     /// Publishing started, ended, and the drain after it ended (ms since the tool started).
     window_ms: (u32, u32, u32),
     /// Deliveries that arrived while publishing / before the drain ended.
@@ -887,11 +934,16 @@ impl RunFigures {
         }
     }
 
-    /// Share of one core used over the run and its drain: near (or above) 100 % for a side
-    /// means that side is the limit.
-    fn core_share(&self, cpu_secs: f64) -> f64 {
-        let (start, _, drained) = self.window_ms;
-        cpu_secs * 1000.0 / drained.saturating_sub(start).max(1) as f64
+    /// Share of one core used, and waited for, while publishing: a side near 100 % of its
+    /// cores is the limit; a side that waits long for a cpu is held back by someone else.
+    fn core_share(&self, u: Usage) -> String {
+        let (start, end, _) = self.window_ms;
+        let secs = end.saturating_sub(start).max(1) as f64 / 1000.0;
+        format!(
+            "{:.0} % (waited {:.0} %)",
+            u.cpu * 100.0 / secs,
+            u.wait * 100.0 / secs
+        )
     }
 
     /// Kept up: (almost) everything delivered, p99 under 50 ms.
@@ -902,12 +954,12 @@ impl RunFigures {
     /// One rate step's cell in the summary.
     fn cell(&self) -> String {
         format!(
-            "{} ev/s, p99 {}, {:.1} %, cpu {:.0} % / {:.0} %",
+            "{} ev/s, p99 {}, {:.1} %, server {}, load tool {}",
             thousands(self.delivered_per_sec()),
             ms(self.p99_us),
             self.ratio() * 100.0,
-            self.core_share(self.server_cpu) * 100.0,
-            self.core_share(self.tool_cpu) * 100.0,
+            self.core_share(self.server_pub),
+            self.core_share(self.tool_pub),
         )
     }
 }
@@ -1040,19 +1092,21 @@ async fn bench_target(
     let mut runs = Vec::new();
     for (run, &(rate, secs)) in plan.iter().enumerate() {
         let (rss_stop, rss) = rss_sampler(pid);
-        let (cpu0, tool0) = (cpu_secs(&pid.to_string()), cpu_secs("self"));
+        let (server0, tool0) = (Usage::of(&pid.to_string()), Usage::of("self"));
         let acked_before = acked.load(Ordering::Relaxed);
         let start_ms = micros() / 1000;
         let sent = publish_run(&mut pubs, run, rate, secs).await;
         let end_ms = micros() / 1000;
+        let server_pub = Usage::of(&pid.to_string()).since(server0);
+        let tool_pub = Usage::of("self").since(tool0);
         // Let the last deliveries land.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let drained_ms = micros() / 1000;
         let acked = acked.load(Ordering::Relaxed) - acked_before;
         rss_stop.cancel();
         let rss = rss.await.unwrap_or(0);
-        let server_cpu = cpu_secs(&pid.to_string()) - cpu0;
-        let tool_cpu = cpu_secs("self") - tool0;
+        let server_cpu = cpu_secs(&pid.to_string()) - server0.cpu;
+        let tool_cpu = cpu_secs("self") - tool0.cpu;
         println!(
             "  run {run}: {rate}/s for {secs} s: sent {sent}, acked {acked}, peak RSS {}",
             mb(rss)
@@ -1063,6 +1117,8 @@ async fn bench_target(
             rss_kib: rss,
             server_cpu,
             tool_cpu,
+            server_pub,
+            tool_pub,
             window_ms: (start_ms as u32, end_ms as u32, drained_ms as u32),
             ..Default::default()
         });
@@ -1103,7 +1159,7 @@ async fn bench_target(
         fig.p99_us = percentile(&s, 0.99);
         fig.max_us = s.last().copied().unwrap_or(0);
         println!(
-            "    {:>5}/s: delivered {:>9}/{:<9} ({:6.2}%), {:>9.0} ev/s while publishing,  p50 {:>9} p99 {:>9} max {:>9}  server CPU {:.2} µs/event ({:.1} s, {:.0} % of a core), load tool CPU {:.1} s ({:.0} % of a core)",
+            "    {:>5}/s: delivered {:>9}/{:<9} ({:6.2}%), {:>9.0} ev/s while publishing,  p50 {:>9} p99 {:>9} max {:>9}  server CPU {:.2} µs/event ({:.1} s), load tool CPU {:.1} s; while publishing: server {} of a core, load tool {}",
             fig.rate,
             fig.delivered,
             fig.expected,
@@ -1114,9 +1170,9 @@ async fn bench_target(
             ms(fig.max_us),
             fig.cpu_us_per_event(),
             fig.server_cpu,
-            fig.core_share(fig.server_cpu) * 100.0,
             fig.tool_cpu,
-            fig.core_share(fig.tool_cpu) * 100.0,
+            fig.core_share(fig.server_pub),
+            fig.core_share(fig.tool_pub),
         );
     }
     drop(pubs);
@@ -1182,12 +1238,12 @@ fn summary(args: &BenchArgs, load_before: &str, all: &[TargetFigures]) {
         thousands((args.rate * args.clients as u64) as f64)
     );
     println!();
-    println!("| server | p50 | p99 | max | delivered | delivered ev/s | server CPU per delivery | server core | load tool core | peak RSS |");
+    println!("| server | p50 | p99 | max | delivered | delivered ev/s | server CPU per delivery | server cpu while publishing | load tool cpu | peak RSS |");
     println!("|---|---|---|---|---|---|---|---|---|---|");
     for t in all {
         let Some(r) = t.runs.first() else { continue };
         println!(
-            "| {} | {} | {} | {} | {:.1} % | {} | {:.2} µs | {:.0} % | {:.0} % | {} |",
+            "| {} | {} | {} | {} | {:.1} % | {} | {:.2} µs | {} | {} | {} |",
             t.name,
             ms(r.p50_us),
             ms(r.p99_us),
@@ -1195,15 +1251,15 @@ fn summary(args: &BenchArgs, load_before: &str, all: &[TargetFigures]) {
             r.ratio() * 100.0,
             thousands(r.delivered_per_sec()),
             r.cpu_us_per_event(),
-            r.core_share(r.server_cpu) * 100.0,
-            r.core_share(r.tool_cpu) * 100.0,
+            r.core_share(r.server_pub),
+            r.core_share(r.tool_pub),
             mb(r.rss_kib),
         );
     }
 
     if !args.steps.is_empty() {
         println!();
-        println!("Rate steps ({} s each; delivered ev/s while publishing, p99, share delivered, server / load tool core):", args.step_secs);
+        println!("Rate steps ({} s each; delivered ev/s while publishing, p99, share delivered, cpu used (and waited for) while publishing, in % of one core):", args.step_secs);
         println!();
         let names: Vec<&str> = all.iter().map(|t| t.name.as_str()).collect();
         println!("| publishes/s | {} |", names.join(" | "));
