@@ -2,15 +2,19 @@
 //!
 //! `ws_load bench` starts each server under test as a child process on loopback — latchkey
 //! itself (`latchkey serve` on a temp data dir, devices paired over the API), a bare
-//! tokio-tungstenite broadcast server (`ws_load bare`, our stack's ceiling) and a Python
-//! `websockets` server — and runs the same load against each: N clients receiving everything,
-//! publishers at a fixed rate, then increasing rates, then many idle connections. It prints
-//! delivery latency (p50/p99/max), delivered events/s and the server's RSS, then the ratios.
+//! tokio-tungstenite broadcast server (`ws_load bare`, our stack's ceiling: latchkey's write
+//! batching without its auth and persistence), a Python `websockets` server and a Node.js `ws`
+//! server — and runs the same load against each: N clients receiving everything, publishers at
+//! a fixed rate, then increasing rates, then many idle connections. It prints delivery latency
+//! (p50/p99/max), delivered events/s, CPU and RSS, then every ratio.
+//!
+//! The servers run on their own cpus and the load tool on others (`--server-cpus`,
+//! `--load-cpus`; by default the first allowed cpu and the rest), so a figure says whose limit
+//! it is. With a single cpu they cannot be separated and everything runs unpinned.
 //!
 //! Receivers are `latchkey_phone::sync_client::SyncClient`s; publishers are raw sockets that
 //! stamp each event with its send time.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -18,8 +22,10 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
-use clap::{Parser, Subcommand};
+use clap::parser::ValueSource;
+use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
+use latchkey::ws::session::WRITE_BATCH;
 use latchkey_phone::secret::SecretString;
 use latchkey_phone::sync_client::{Incoming, SyncClient};
 use serde_json::{json, Value};
@@ -46,7 +52,7 @@ enum Cmd {
         listen: SocketAddr,
     },
     /// Runs the benchmark against every target and prints the figures.
-    Bench(BenchArgs),
+    Bench(Box<BenchArgs>),
 }
 
 #[derive(clap::Args, Clone)]
@@ -58,9 +64,33 @@ struct BenchArgs {
     python: PathBuf,
     #[arg(long, default_value = "scripts/ws_bench_server.py")]
     python_server: PathBuf,
+    #[arg(long, default_value = "node")]
+    node: PathBuf,
+    #[arg(long, default_value = "scripts/ws_bench_server.mjs")]
+    node_server: PathBuf,
+    /// Where the `ws` package is installed (NODE_PATH for the Node server).
+    #[arg(long)]
+    node_modules: Option<PathBuf>,
     /// Which servers, in order.
-    #[arg(long, value_delimiter = ',', default_value = "latchkey,bare,python")]
+    #[arg(
+        long,
+        env = "WS_BENCH_TARGETS",
+        value_delimiter = ',',
+        default_value = "latchkey,bare,python,node"
+    )]
     targets: Vec<String>,
+    /// Cpus for the servers under test, e.g. `0` or `0-1` (default: the first allowed cpu).
+    #[arg(long, env = "WS_BENCH_SERVER_CPUS")]
+    server_cpus: Option<String>,
+    /// Cpus for this load tool (default: the allowed cpus the servers do not get).
+    #[arg(long, env = "WS_BENCH_LOAD_CPUS")]
+    load_cpus: Option<String>,
+    /// Run everything unpinned (the old method).
+    #[arg(long)]
+    no_pin: bool,
+    /// A smoke run: fewer clients, shorter runs, fewer steps (explicit options still win).
+    #[arg(long)]
+    quick: bool,
     /// Receiving clients.
     #[arg(long, default_value_t = 1000)]
     clients: usize,
@@ -94,14 +124,218 @@ fn micros() -> u64 {
 
 fn main() -> anyhow::Result<()> {
     raise_fd_limit();
-    let cli = Cli::parse();
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches)?;
     match cli.cmd {
-        Cmd::Bare { listen } => rt.block_on(bare_server(listen)),
-        Cmd::Bench(args) => rt.block_on(bench(args)),
+        Cmd::Bare { listen } => runtime()?.block_on(bare_server(listen)),
+        Cmd::Bench(mut args) => {
+            if let Some(("bench", m)) = matches.subcommand() {
+                args.apply_quick(m);
+            }
+            let pinning = Pinning::decide(&args)?;
+            // Before the runtime starts its threads, so every one of them inherits it.
+            pinning.pin_self()?;
+            runtime()?.block_on(bench(*args, pinning))
+        }
     }
+}
+
+/// Worker threads default to the cpus this process may use, so a pinned process gets as
+/// many workers as it has cpus.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+impl BenchArgs {
+    /// `--quick`: the same phases, smaller and shorter; options given explicitly are kept.
+    fn apply_quick(&mut self, m: &ArgMatches) {
+        if !self.quick {
+            return;
+        }
+        let default = |id: &str| matches!(m.value_source(id), Some(ValueSource::DefaultValue));
+        if default("clients") {
+            self.clients = 200;
+        }
+        if default("duration") {
+            self.duration = 3;
+        }
+        if default("steps") {
+            self.steps = vec![400, 1600];
+        }
+        if default("step_secs") {
+            self.step_secs = 2;
+        }
+        if default("idle") {
+            self.idle = 1000;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Pinning: servers on some cpus, the load tool on the others.
+
+struct Pinning {
+    /// `None`: unpinned.
+    server: Option<libc::cpu_set_t>,
+    load: Option<libc::cpu_set_t>,
+}
+
+impl Pinning {
+    fn decide(args: &BenchArgs) -> anyhow::Result<Pinning> {
+        let unpinned = Pinning {
+            server: None,
+            load: None,
+        };
+        let allowed = allowed_cpus()?;
+        if args.no_pin {
+            println!(
+                "unpinned (--no-pin): servers and load tool share cpus {}",
+                cpu_list(&allowed)
+            );
+            return Ok(unpinned);
+        }
+        if allowed.len() < 2 {
+            println!(
+                "only one cpu ({}) available: the servers and the load tool cannot be separated; running unpinned",
+                cpu_list(&allowed)
+            );
+            return Ok(unpinned);
+        }
+        let server = match &args.server_cpus {
+            Some(s) => parse_cpus(s)?,
+            None => allowed[..1].to_vec(),
+        };
+        let load = match &args.load_cpus {
+            Some(s) => parse_cpus(s)?,
+            None => allowed
+                .iter()
+                .copied()
+                .filter(|c| !server.contains(c))
+                .collect(),
+        };
+        if let Some(c) = server.iter().chain(&load).find(|c| !allowed.contains(c)) {
+            bail!(
+                "cpu {c} is not available to this process (allowed: {})",
+                cpu_list(&allowed)
+            );
+        }
+        if load.is_empty() || server.is_empty() {
+            bail!("the servers and the load tool each need at least one cpu");
+        }
+        if server.iter().any(|c| load.contains(c)) {
+            println!(
+                "warning: server cpus {} and load tool cpus {} overlap",
+                cpu_list(&server),
+                cpu_list(&load)
+            );
+        }
+        Ok(Pinning {
+            server: Some(cpu_set(&server)),
+            load: Some(cpu_set(&load)),
+        })
+    }
+
+    fn pin_self(&self) -> anyhow::Result<()> {
+        if let Some(set) = &self.load {
+            set_affinity(set).context("pinning the load tool")?;
+        }
+        Ok(())
+    }
+
+    /// Makes `cmd`'s process run on the server cpus.
+    fn pin_child(&self, cmd: &mut Command) {
+        if let Some(set) = self.server {
+            // SAFETY: sched_setaffinity is a plain syscall (async-signal-safe) on a copied set.
+            unsafe {
+                cmd.pre_exec(move || set_affinity(&set));
+            }
+        }
+    }
+}
+
+fn parse_cpus(s: &str) -> anyhow::Result<Vec<usize>> {
+    let mut cpus = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (a, b) = part.split_once('-').unwrap_or((part, part));
+        let (a, b): (usize, usize) = (
+            a.trim()
+                .parse()
+                .with_context(|| format!("bad cpu list {s:?}"))?,
+            b.trim()
+                .parse()
+                .with_context(|| format!("bad cpu list {s:?}"))?,
+        );
+        if a > b || b >= libc::CPU_SETSIZE as usize {
+            bail!("bad cpu list {s:?}");
+        }
+        cpus.extend(a..=b);
+    }
+    cpus.sort_unstable();
+    cpus.dedup();
+    Ok(cpus)
+}
+
+fn cpu_list(cpus: &[usize]) -> String {
+    cpus.iter()
+        .map(usize::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn allowed_cpus() -> anyhow::Result<Vec<usize>> {
+    // SAFETY: an all-zero cpu_set_t is the empty set; the kernel fills it in.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable cpu_set_t of the size given.
+    let r = unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error()).context("sched_getaffinity");
+    }
+    Ok((0..libc::CPU_SETSIZE as usize)
+        // SAFETY: the index is below CPU_SETSIZE.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &set) })
+        .collect())
+}
+
+/// `cpus` must be below CPU_SETSIZE (parse_cpus and allowed_cpus see to it).
+fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &c in cpus {
+        // SAFETY: the index is below CPU_SETSIZE.
+        unsafe { libc::CPU_SET(c, &mut set) };
+    }
+    set
+}
+
+fn set_affinity(set: &libc::cpu_set_t) -> std::io::Result<()> {
+    // SAFETY: `set` is a valid cpu_set_t of the size given; 0 is the calling thread.
+    let r = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// The cpus a process may run on, as the kernel reports them.
+fn cpus_of(pid: &str) -> String {
+    proc_status_field(pid, "Cpus_allowed_list:").unwrap_or_else(|| "?".into())
+}
+
+fn proc_status_field(pid: &str, name: &str) -> Option<String> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_owned()))
+}
+
+/// The 1, 5 and 15 minute load averages: how busy the shared machine was.
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "?".into())
 }
 
 fn raise_fd_limit() {
@@ -119,7 +353,8 @@ fn raise_fd_limit() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// The bare server: one task per connection, a broadcast channel, nothing else.
+// The bare server: one task per connection, a broadcast channel, and latchkey's write batching
+// (`feed` each waiting event, one `flush`), nothing else.
 
 async fn bare_server(listen: SocketAddr) -> anyhow::Result<()> {
     let listener = TcpListener::bind(listen).await?;
@@ -195,19 +430,48 @@ async fn bare_conn(
                 Some(Ok(Message::Close(_))) | Some(Err(_)) | None => return,
                 Some(Ok(_)) => {}
             },
-            r = rx.recv() => match r {
-                Ok((from, frame)) => {
-                    if from == id || muted {
-                        continue;
+            r = rx.recv() => {
+                let first = match r {
+                    Ok(ev) => ev,
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                };
+                // As latchkey's session does: the first event, then whatever else is already
+                // waiting, up to one batch; each fed, one flush for all.
+                let mut batch = Vec::with_capacity(WRITE_BATCH);
+                let mut next = Ok(first);
+                let mut taken = 0;
+                loop {
+                    match next {
+                        Ok((from, frame)) => {
+                            if from != id && !muted {
+                                if let Ok(text) = Utf8Bytes::try_from(Bytes::from_owner(Shared(frame))) {
+                                    batch.push(Message::Text(text));
+                                }
+                            }
+                        }
+                        Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                        Err(broadcast::error::TryRecvError::Empty) => break,
+                        Err(broadcast::error::TryRecvError::Closed) => return,
                     }
-                    let Ok(text) = Utf8Bytes::try_from(Bytes::from_owner(Shared(frame))) else { continue };
-                    if ws.send(Message::Text(text)).await.is_err() {
+                    taken += 1;
+                    if taken == WRITE_BATCH {
+                        break;
+                    }
+                    next = rx.try_recv();
+                }
+                if batch.is_empty() {
+                    continue;
+                }
+                for m in batch {
+                    if ws.feed(m).await.is_err() {
                         return;
                     }
                 }
-                Err(broadcast::error::RecvError::Lagged(_)) => {}
-                Err(broadcast::error::RecvError::Closed) => return,
-            },
+                if ws.flush().await.is_err() {
+                    return;
+                }
+            }
         }
     }
 }
@@ -269,10 +533,17 @@ fn log_file(dir: &std::path::Path, name: &str) -> anyhow::Result<std::process::S
     Ok(std::fs::File::create(dir.join(name))?.into())
 }
 
-async fn start(name: &str, args: &BenchArgs, devices: usize) -> anyhow::Result<Target> {
+async fn start(
+    name: &str,
+    args: &BenchArgs,
+    pinning: &Pinning,
+    devices: usize,
+) -> anyhow::Result<Target> {
     let port = free_port()?;
     let dir = tempfile::tempdir()?;
-    let (child, keys) = match name {
+    let listen = format!("127.0.0.1:{port}");
+    let mut admin_token = None;
+    let mut cmd = match name {
         "latchkey" => {
             let token = std::process::Command::new(&args.latchkey)
                 .args(["--data-dir"])
@@ -283,7 +554,7 @@ async fn start(name: &str, args: &BenchArgs, devices: usize) -> anyhow::Result<T
             if !token.status.success() {
                 bail!("latchkey admin token failed");
             }
-            let token = String::from_utf8(token.stdout)?.trim().to_owned();
+            admin_token = Some(String::from_utf8(token.stdout)?.trim().to_owned());
             // The benchmark measures fan-out, so each publisher's budget (20/s by default)
             // is lifted above the highest rate step.
             let config = dir.path().join("bench.toml");
@@ -291,20 +562,49 @@ async fn start(name: &str, args: &BenchArgs, devices: usize) -> anyhow::Result<T
                 &config,
                 "[events]\npublish_rate = 100000\npublish_burst = 100000\n",
             )?;
-            let child = Command::new(&args.latchkey)
-                .arg("--data-dir")
+            let mut c = Command::new(&args.latchkey);
+            c.arg("--data-dir")
                 .arg(dir.path().join("data"))
                 .arg("--config")
                 .arg(&config)
-                .args(["serve", "--ble", "off", "--listen"])
-                .arg(format!("127.0.0.1:{port}"))
+                .args(["serve", "--ble", "off", "--listen", &listen])
                 .env("RUST_LOG", "warn")
-                .stdout(log_file(dir.path(), "stdout.log")?)
-                .stderr(log_file(dir.path(), "stderr.log")?)
-                .kill_on_drop(true)
-                .spawn()
-                .context("latchkey serve")?;
-            wait_listening(port).await?;
+                .stdout(log_file(dir.path(), "stdout.log")?);
+            c
+        }
+        "bare" => {
+            let mut c = Command::new(std::env::current_exe()?);
+            c.args(["bare", "--listen", &listen]);
+            c
+        }
+        "python" => {
+            let mut c = Command::new(&args.python);
+            c.arg(&args.python_server)
+                .args(["--port", &port.to_string()]);
+            c
+        }
+        "node" => {
+            let mut c = Command::new(&args.node);
+            c.arg(&args.node_server).args(["--port", &port.to_string()]);
+            if let Some(m) = &args.node_modules {
+                c.env("NODE_PATH", m);
+            }
+            c
+        }
+        other => bail!("unknown target {other}"),
+    };
+    cmd.stderr(log_file(dir.path(), "stderr.log")?)
+        .kill_on_drop(true);
+    pinning.pin_child(&mut cmd);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting the {name} server"))?;
+    if let Err(e) = wait_listening(port).await {
+        let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
+        bail!("{name}: {e}; its stderr:\n{log}");
+    }
+    let keys = match admin_token {
+        Some(token) => {
             let t0 = Instant::now();
             let keys = pair(port, &token, devices).await?;
             println!(
@@ -312,29 +612,10 @@ async fn start(name: &str, args: &BenchArgs, devices: usize) -> anyhow::Result<T
                 keys.len(),
                 t0.elapsed().as_secs_f64()
             );
-            (child, keys)
+            keys
         }
-        "bare" => {
-            let child = Command::new(std::env::current_exe()?)
-                .args(["bare", "--listen"])
-                .arg(format!("127.0.0.1:{port}"))
-                .kill_on_drop(true)
-                .spawn()?;
-            (child, Vec::new())
-        }
-        "python" => {
-            let child = Command::new(&args.python)
-                .arg(&args.python_server)
-                .args(["--port", &port.to_string()])
-                .stderr(log_file(dir.path(), "stderr.log")?)
-                .kill_on_drop(true)
-                .spawn()
-                .context("python server")?;
-            (child, Vec::new())
-        }
-        other => bail!("unknown target {other}"),
+        None => Vec::new(),
     };
-    wait_listening(port).await?;
     Ok(Target {
         child,
         port,
@@ -376,14 +657,8 @@ async fn pair(port: u16, token: &str, n: usize) -> anyhow::Result<Vec<String>> {
 }
 
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
+    proc_status_field(&pid.to_string(), "VmRSS:")
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
         .unwrap_or(0)
 }
 
@@ -399,6 +674,47 @@ fn cpu_secs(pid: &str) -> f64 {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     (ticks(11) + ticks(12)) / hz
+}
+
+/// Time (s) a process's threads spent runnable but waiting for a cpu: what the other side of
+/// the benchmark or other jobs on the machine took from it (`/proc/<pid>/task/*/schedstat`).
+fn cpu_wait_secs(pid: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0.0;
+    };
+    let ns: u64 = tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum();
+    ns as f64 / 1e9
+}
+
+/// CPU used and CPU waited for, in seconds.
+#[derive(Clone, Copy, Default)]
+struct Usage {
+    cpu: f64,
+    wait: f64,
+}
+
+impl Usage {
+    fn of(pid: &str) -> Usage {
+        Usage {
+            cpu: cpu_secs(pid),
+            wait: cpu_wait_secs(pid),
+        }
+    }
+
+    fn since(self, before: Usage) -> Usage {
+        Usage {
+            cpu: self.cpu - before.cpu,
+            wait: self.wait - before.wait,
+        }
+    }
 }
 
 /// Samples the server's RSS every 200 ms until stopped; returns the peak.
@@ -580,19 +896,23 @@ struct RunFigures {
     p99_us: u32,
     max_us: u32,
     rss_kib: u64,
-    /// CPU seconds the server used during the run, and the load tool.
+    /// CPU seconds the server used during the run and its drain, and the load tool.
     server_cpu: f64,
     tool_cpu: f64,
+    /// CPU used and waited for while publishing, by the server and by the load tool.
+    server_pub: Usage,
+    tool_pub: Usage,
     /// Publishing started, ended, and the drain after it ended (ms since the tool started).
     window_ms: (u32, u32, u32),
-    /// Deliveries that arrived while publishing / before the drain ended.
+    /// Deliveries (of this run's events or earlier ones) that arrived while publishing /
+    /// before the drain ended.
     in_window: u64,
     in_cpu_window: u64,
 }
 
 impl RunFigures {
     /// Deliveries that arrived while the publishers ran, per second: what the server
-    /// actually got out, not what it owed and delivered seconds later.
+    /// actually got out then (a backlog of earlier runs included), not what it owed.
     fn delivered_per_sec(&self) -> f64 {
         let (start, end, _) = self.window_ms;
         self.in_window as f64 * 1000.0 / end.saturating_sub(start).max(1) as f64
@@ -615,9 +935,33 @@ impl RunFigures {
         }
     }
 
+    /// Share of one core used, and waited for, while publishing: a side near 100 % of its
+    /// cores is the limit; a side that waits long for a cpu is held back by someone else.
+    fn core_share(&self, u: Usage) -> String {
+        let (start, end, _) = self.window_ms;
+        let secs = end.saturating_sub(start).max(1) as f64 / 1000.0;
+        format!(
+            "{:.0} % (waited {:.0} %)",
+            u.cpu * 100.0 / secs,
+            u.wait * 100.0 / secs
+        )
+    }
+
     /// Kept up: (almost) everything delivered, p99 under 50 ms.
     fn sustained(&self) -> bool {
         self.ratio() >= 0.999 && self.p99_us <= 50_000
+    }
+
+    /// One rate step's cell in the summary.
+    fn cell(&self) -> String {
+        format!(
+            "{} ev/s, p99 {}, {:.1} %, server {}, load tool {}",
+            thousands(self.delivered_per_sec()),
+            ms(self.p99_us),
+            self.ratio() * 100.0,
+            self.core_share(self.server_pub),
+            self.core_share(self.tool_pub),
+        )
     }
 }
 
@@ -633,40 +977,107 @@ fn ms(us: u32) -> String {
     format!("{:.2} ms", us as f64 / 1000.0)
 }
 
+fn mb(kib: u64) -> String {
+    format!("{:.1} MB", kib as f64 / 1024.0)
+}
+
+fn thousands(v: f64) -> String {
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, ch) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(ch);
+    }
+    out
+}
+
+/// `a ÷ b`, or n/a when there is nothing to divide by.
+fn times(a: f64, b: f64) -> String {
+    if a > 0.0 && b > 0.0 {
+        format!("{:.2}×", a / b)
+    } else {
+        "n/a".into()
+    }
+}
+
 struct TargetFigures {
     name: String,
-    connect_secs: f64,
+    server_cpus: String,
+    tool_cpus: String,
+    load_before: String,
+    load_after: String,
     runs: Vec<RunFigures>,
     idle_rss_kib: u64,
     idle_baseline_kib: u64,
     idle_connected: usize,
 }
 
-async fn bench(args: BenchArgs) -> anyhow::Result<()> {
+impl TargetFigures {
+    /// The best rate it kept up with (delivered ev/s), if any.
+    fn sustained(&self) -> Option<f64> {
+        self.runs
+            .iter()
+            .filter(|r| r.sustained())
+            .map(RunFigures::delivered_per_sec)
+            .max_by(f64::total_cmp)
+    }
+
+    fn max_delivered(&self) -> f64 {
+        self.runs
+            .iter()
+            .map(RunFigures::delivered_per_sec)
+            .fold(0.0, f64::max)
+    }
+
+    /// Deliveries per server CPU-second over every run.
+    fn deliveries_per_cpu_sec(&self) -> f64 {
+        let (cpu, n) = self.runs.iter().fold((0.0, 0u64), |(c, n), r| {
+            (c + r.server_cpu, n + r.in_cpu_window)
+        });
+        if cpu > 0.0 {
+            n as f64 / cpu
+        } else {
+            0.0
+        }
+    }
+}
+
+async fn bench(args: BenchArgs, pinning: Pinning) -> anyhow::Result<()> {
     let _ = epoch();
+    let load_before = loadavg();
     let mut all = Vec::new();
     for name in args.targets.clone() {
         println!("== {name}");
-        let figures = bench_target(&name, &args).await?;
+        let figures = bench_target(&name, &args, &pinning).await?;
         all.push(figures);
     }
-    summary(&args, &all);
+    summary(&args, &load_before, &all);
     Ok(())
 }
 
-async fn bench_target(name: &str, args: &BenchArgs) -> anyhow::Result<TargetFigures> {
+async fn bench_target(
+    name: &str,
+    args: &BenchArgs,
+    pinning: &Pinning,
+) -> anyhow::Result<TargetFigures> {
+    let load_before = loadavg();
     let devices = (args.clients + args.publishers).max(args.idle);
-    let target = start(name, args, devices).await?;
+    let target = start(name, args, pinning, devices).await?;
     let pid = target.pid();
+    let (server_cpus, tool_cpus) = (cpus_of(&pid.to_string()), cpus_of("self"));
+    println!(
+        "  server pid {pid} on cpus {server_cpus}, load tool on cpus {tool_cpus}; load average {load_before}"
+    );
 
     let t0 = Instant::now();
     let clients = connect_clients(&target, 0..args.clients).await?;
-    let connect_secs = t0.elapsed().as_secs_f64();
     println!(
-        "  {} clients connected in {:.2} s; RSS {:.1} MB",
+        "  {} clients connected in {:.2} s; RSS {}",
         clients.len(),
-        connect_secs,
-        rss_kib(pid) as f64 / 1024.0
+        t0.elapsed().as_secs_f64(),
+        mb(rss_kib(pid))
     );
     let acked = Arc::new(AtomicU64::new(0));
     let mut pubs = Vec::new();
@@ -682,22 +1093,24 @@ async fn bench_target(name: &str, args: &BenchArgs) -> anyhow::Result<TargetFigu
     let mut runs = Vec::new();
     for (run, &(rate, secs)) in plan.iter().enumerate() {
         let (rss_stop, rss) = rss_sampler(pid);
-        let (cpu0, tool0) = (cpu_secs(&pid.to_string()), cpu_secs("self"));
+        let (server0, tool0) = (Usage::of(&pid.to_string()), Usage::of("self"));
         let acked_before = acked.load(Ordering::Relaxed);
         let start_ms = micros() / 1000;
         let sent = publish_run(&mut pubs, run, rate, secs).await;
         let end_ms = micros() / 1000;
+        let server_pub = Usage::of(&pid.to_string()).since(server0);
+        let tool_pub = Usage::of("self").since(tool0);
         // Let the last deliveries land.
         tokio::time::sleep(Duration::from_secs(2)).await;
         let drained_ms = micros() / 1000;
         let acked = acked.load(Ordering::Relaxed) - acked_before;
         rss_stop.cancel();
         let rss = rss.await.unwrap_or(0);
-        let server_cpu = cpu_secs(&pid.to_string()) - cpu0;
-        let tool_cpu = cpu_secs("self") - tool0;
+        let server_cpu = cpu_secs(&pid.to_string()) - server0.cpu;
+        let tool_cpu = cpu_secs("self") - tool0.cpu;
         println!(
-            "  run {run}: {rate}/s for {secs} s: sent {sent}, acked {acked}, peak RSS {:.1} MB",
-            rss as f64 / 1024.0
+            "  run {run}: {rate}/s for {secs} s: sent {sent}, acked {acked}, peak RSS {}",
+            mb(rss)
         );
         runs.push(RunFigures {
             rate,
@@ -705,6 +1118,8 @@ async fn bench_target(name: &str, args: &BenchArgs) -> anyhow::Result<TargetFigu
             rss_kib: rss,
             server_cpu,
             tool_cpu,
+            server_pub,
+            tool_pub,
             window_ms: (start_ms as u32, end_ms as u32, drained_ms as u32),
             ..Default::default()
         });
@@ -728,16 +1143,17 @@ async fn bench_target(name: &str, args: &BenchArgs) -> anyhow::Result<TargetFigu
     if resets + errors > 0 {
         println!("  receivers saw {resets} resets and {errors} terminal errors");
     }
+    // Arrivals of every run's events: a server that fell behind spends a run's CPU on the
+    // events of the runs before it, and those deliveries count for that run's window.
+    let mut arrivals: Vec<u32> = per_run.iter().flatten().map(|&(_, at)| at).collect();
+    arrivals.sort_unstable();
+    let arrived = |from: u32, to: u32| {
+        (arrivals.partition_point(|&a| a <= to) - arrivals.partition_point(|&a| a < from)) as u64
+    };
     for (fig, samples) in runs.iter_mut().zip(per_run) {
         let (start, end, drained) = fig.window_ms;
-        fig.in_window = samples
-            .iter()
-            .filter(|(_, at)| (start..=end).contains(at))
-            .count() as u64;
-        fig.in_cpu_window = samples
-            .iter()
-            .filter(|(_, at)| (start..=drained).contains(at))
-            .count() as u64;
+        fig.in_window = arrived(start, end);
+        fig.in_cpu_window = arrived(start, drained);
         let mut s: Vec<u32> = samples.into_iter().map(|(l, _)| l).collect();
         s.sort_unstable();
         fig.delivered = s.len() as u64;
@@ -745,7 +1161,7 @@ async fn bench_target(name: &str, args: &BenchArgs) -> anyhow::Result<TargetFigu
         fig.p99_us = percentile(&s, 0.99);
         fig.max_us = s.last().copied().unwrap_or(0);
         println!(
-            "    {:>5}/s: delivered {:>9}/{:<9} ({:6.2}%), {:>9.0} ev/s while publishing,  p50 {:>9} p99 {:>9} max {:>9}  server CPU {:.2} µs/event ({:.1} s), load tool CPU {:.1} s",
+            "    {:>5}/s: delivered {:>9}/{:<9} ({:6.2}%), {:>9.0} ev/s while publishing,  p50 {:>9} p99 {:>9} max {:>9}  server CPU {:.2} µs/event ({:.1} s), load tool CPU {:.1} s; while publishing: server {} of a core, load tool {}",
             fig.rate,
             fig.delivered,
             fig.expected,
@@ -757,6 +1173,8 @@ async fn bench_target(name: &str, args: &BenchArgs) -> anyhow::Result<TargetFigu
             fig.cpu_us_per_event(),
             fig.server_cpu,
             fig.tool_cpu,
+            fig.core_share(fig.server_pub),
+            fig.core_share(fig.tool_pub),
         );
     }
     drop(pubs);
@@ -771,18 +1189,23 @@ async fn bench_target(name: &str, args: &BenchArgs) -> anyhow::Result<TargetFigu
         tokio::time::sleep(Duration::from_secs(3)).await;
         idle_rss = rss_kib(pid);
         println!(
-            "  {} idle connections in {:.1} s: RSS {:.1} MB (before: {:.1} MB)",
+            "  {} idle connections in {:.1} s: RSS {} (before: {})",
             idle_n,
             t0.elapsed().as_secs_f64(),
-            idle_rss as f64 / 1024.0,
-            idle_base as f64 / 1024.0
+            mb(idle_rss),
+            mb(idle_base)
         );
         drop(idle);
     }
     target.stop().await;
+    let load_after = loadavg();
+    println!("  load average after: {load_after}");
     Ok(TargetFigures {
         name: name.to_owned(),
-        connect_secs,
+        server_cpus,
+        tool_cpus,
+        load_before,
+        load_after,
         runs,
         idle_rss_kib: idle_rss,
         idle_baseline_kib: idle_base,
@@ -790,86 +1213,135 @@ async fn bench_target(name: &str, args: &BenchArgs) -> anyhow::Result<TargetFigu
     })
 }
 
-fn summary(args: &BenchArgs, all: &[TargetFigures]) {
+fn summary(args: &BenchArgs, load_before: &str, all: &[TargetFigures]) {
     println!();
     println!(
-        "## Summary ({} receiving clients, {} publishers)",
-        args.clients, args.publishers
+        "## Summary ({} receiving clients, {} publishers; load average {} before, {} after)",
+        args.clients,
+        args.publishers,
+        load_before,
+        loadavg()
     );
     println!();
-    println!(
-        "| server | {}/s: p50 | p99 | max | delivered ev/s | server CPU/event | peak RSS | best sustained ev/s (rate) | max delivered ev/s | {} idle: RSS |",
-        args.rate, args.idle
-    );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
-    let mut best = BTreeMap::new();
+    println!("| server | server cpus | load tool cpus | load average before → after |");
+    println!("|---|---|---|---|");
     for t in all {
-        let Some(first) = t.runs.first() else {
-            continue;
-        };
-        let sustained = t
-            .runs
-            .iter()
-            .filter(|r| r.sustained())
-            .max_by(|a, b| a.delivered_per_sec().total_cmp(&b.delivered_per_sec()));
-        let max_delivered = t
-            .runs
-            .iter()
-            .map(RunFigures::delivered_per_sec)
-            .fold(0.0, f64::max);
-        // CPU per event over every run.
-        let (cpu, n) = t.runs.iter().fold((0.0, 0u64), |(c, n), r| {
-            (c + r.server_cpu, n + r.in_cpu_window)
-        });
-        let cpu_per_event = if n > 0 { cpu * 1e6 / n as f64 } else { 0.0 };
-        best.insert(
-            t.name.clone(),
-            (
-                sustained.map(RunFigures::delivered_per_sec),
-                max_delivered,
-                cpu_per_event,
-            ),
-        );
         println!(
-            "| {} | {} | {} | {} | {:.0} | {:.2} µs | {:.1} MB | {} | {:.0} | {} |",
+            "| {} | {} | {} | {} → {} |",
+            t.name, t.server_cpus, t.tool_cpus, t.load_before, t.load_after
+        );
+    }
+
+    println!();
+    println!(
+        "{} publishes/s for {} s ({} deliveries/s owed):",
+        args.rate,
+        args.duration,
+        thousands((args.rate * args.clients as u64) as f64)
+    );
+    println!();
+    println!("| server | p50 | p99 | max | delivered | delivered ev/s | server CPU per delivery | server cpu while publishing | load tool cpu | peak RSS |");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
+    for t in all {
+        let Some(r) = t.runs.first() else { continue };
+        println!(
+            "| {} | {} | {} | {} | {:.1} % | {} | {:.2} µs | {} | {} | {} |",
             t.name,
-            ms(first.p50_us),
-            ms(first.p99_us),
-            ms(first.max_us),
-            first.delivered_per_sec(),
-            cpu_per_event,
-            first.rss_kib as f64 / 1024.0,
-            sustained
-                .map(|r| format!("{:.0} ({}/s)", r.delivered_per_sec(), r.rate))
-                .unwrap_or_else(|| "none".into()),
-            max_delivered,
-            if t.idle_connected > 0 {
+            ms(r.p50_us),
+            ms(r.p99_us),
+            ms(r.max_us),
+            r.ratio() * 100.0,
+            thousands(r.delivered_per_sec()),
+            r.cpu_us_per_event(),
+            r.core_share(r.server_pub),
+            r.core_share(r.tool_pub),
+            mb(r.rss_kib),
+        );
+    }
+
+    if !args.steps.is_empty() {
+        println!();
+        println!("Rate steps ({} s each; delivered ev/s while publishing, p99, share delivered, cpu used (and waited for) while publishing, in % of one core):", args.step_secs);
+        println!();
+        let names: Vec<&str> = all.iter().map(|t| t.name.as_str()).collect();
+        println!("| publishes/s | {} |", names.join(" | "));
+        println!("|---|{}", "---|".repeat(names.len()));
+        for (i, rate) in args.steps.iter().enumerate() {
+            let cells: Vec<String> = all
+                .iter()
+                .map(|t| {
+                    t.runs
+                        .get(i + 1)
+                        .map(RunFigures::cell)
+                        .unwrap_or_else(|| "-".into())
+                })
+                .collect();
+            println!("| {rate} | {} |", cells.join(" | "));
+        }
+    }
+
+    if args.idle > 0 {
+        println!();
+        println!(
+            "| server | {} idle connections: RSS | before | per connection |",
+            args.idle
+        );
+        println!("|---|---|---|---|");
+        for t in all {
+            let per = if t.idle_connected > 0 {
                 format!(
-                    "{:.1} MB ({} conns, {:.1} MB before)",
-                    t.idle_rss_kib as f64 / 1024.0,
-                    t.idle_connected,
-                    t.idle_baseline_kib as f64 / 1024.0
+                    "{:.1} KB",
+                    t.idle_rss_kib.saturating_sub(t.idle_baseline_kib) as f64
+                        / t.idle_connected as f64
                 )
             } else {
                 "-".into()
-            },
-        );
-        let _ = t.connect_secs;
-    }
-    println!();
-    if let Some((lk_s, lk_max, lk_cpu)) = best.get("latchkey") {
-        for other in ["bare", "python"] {
-            if let Some((o_s, o_max, o_cpu)) = best.get(other) {
-                let sus = match (lk_s, o_s) {
-                    (Some(a), Some(b)) if *b > 0.0 => format!("{:.2}×", a / b),
-                    _ => "n/a".into(),
-                };
-                println!(
-                    "latchkey / {other}: sustained throughput {sus}, max delivered {:.2}×, events per CPU-second {:.2}×",
-                    if *o_max > 0.0 { lk_max / o_max } else { 0.0 },
-                    if *lk_cpu > 0.0 { o_cpu / lk_cpu } else { 0.0 },
-                );
-            }
+            };
+            println!(
+                "| {} | {} ({} connected) | {} | {} |",
+                t.name,
+                mb(t.idle_rss_kib),
+                t.idle_connected,
+                mb(t.idle_baseline_kib),
+                per
+            );
         }
+    }
+
+    let Some(lk) = all.iter().find(|t| t.name == "latchkey") else {
+        return;
+    };
+    let Some(lk_first) = lk.runs.first() else {
+        return;
+    };
+    println!();
+    println!("Ratios, latchkey ÷ peer (p99 and RSS: below 1 = latchkey lower; ev/s: above 1 = latchkey delivers more):");
+    println!();
+    println!(
+        "| latchkey ÷ | p99 at {r}/s | delivered ev/s at {r}/s | max delivered ev/s | best sustained ev/s | deliveries per server CPU-s | peak RSS at {r}/s | idle RSS |",
+        r = args.rate
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for o in all.iter().filter(|t| t.name != "latchkey") {
+        let Some(o_first) = o.runs.first() else {
+            continue;
+        };
+        let sustained = match (lk.sustained(), o.sustained()) {
+            (Some(a), Some(b)) => times(a, b),
+            (Some(_), None) => format!("{} never kept up", o.name),
+            (None, Some(_)) => "latchkey never kept up".into(),
+            (None, None) => "neither kept up".into(),
+        };
+        println!(
+            "| {} | {} | {} | {} | {} | {} | {} | {} |",
+            o.name,
+            times(lk_first.p99_us as f64, o_first.p99_us as f64),
+            times(lk_first.delivered_per_sec(), o_first.delivered_per_sec()),
+            times(lk.max_delivered(), o.max_delivered()),
+            sustained,
+            times(lk.deliveries_per_cpu_sec(), o.deliveries_per_cpu_sec()),
+            times(lk_first.rss_kib as f64, o_first.rss_kib as f64),
+            times(lk.idle_rss_kib as f64, o.idle_rss_kib as f64),
+        );
     }
 }

@@ -38,8 +38,8 @@ use crate::web::auth::Admin;
 pub const QUEUE: usize = 1024;
 /// Events read from the log per replay step.
 const REPLAY_BATCH: i64 = 256;
-/// Most events written before one flush.
-const WRITE_BATCH: usize = 64;
+/// Most events written before one flush (the benchmark's bare server batches the same way).
+pub const WRITE_BATCH: usize = 64;
 /// Until the client resumes (or this passes), live events are held, never dropped: a client
 /// that sends `resume` right after connecting gets its replay before any live event.
 pub const HOLD: Duration = Duration::from_secs(1);
