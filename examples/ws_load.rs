@@ -14,13 +14,12 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
-use latchkey_phone::secret::SecretString;
 use latchkey_phone::sync_client::{Incoming, SyncClient};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
@@ -31,6 +30,10 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
+
+mod load;
+
+use load::{epoch, free_port, micros, raise_fd_limit, wait_listening};
 
 #[derive(Parser)]
 struct Cli {
@@ -83,15 +86,6 @@ struct BenchArgs {
     idle: usize,
 }
 
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn micros() -> u64 {
-    epoch().elapsed().as_micros() as u64
-}
-
 fn main() -> anyhow::Result<()> {
     raise_fd_limit();
     let cli = Cli::parse();
@@ -101,20 +95,6 @@ fn main() -> anyhow::Result<()> {
     match cli.cmd {
         Cmd::Bare { listen } => rt.block_on(bare_server(listen)),
         Cmd::Bench(args) => rt.block_on(bench(args)),
-    }
-}
-
-fn raise_fd_limit() {
-    // SAFETY: plain libc calls on a local struct.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
     }
 }
 
@@ -250,21 +230,6 @@ impl Target {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-async fn wait_listening(port: u16) -> anyhow::Result<()> {
-    for _ in 0..200 {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("nothing listens on port {port}")
-}
-
 fn log_file(dir: &std::path::Path, name: &str) -> anyhow::Result<std::process::Stdio> {
     Ok(std::fs::File::create(dir.join(name))?.into())
 }
@@ -306,7 +271,11 @@ async fn start(name: &str, args: &BenchArgs, devices: usize) -> anyhow::Result<T
                 .context("latchkey serve")?;
             wait_listening(port).await?;
             let t0 = Instant::now();
-            let keys = pair(port, &token, devices).await?;
+            let keys: Vec<String> = load::pair(port, &token, devices)
+                .await?
+                .into_iter()
+                .map(|p| p.device_key)
+                .collect();
             println!(
                 "  paired {} devices over the API in {:.1} s",
                 keys.len(),
@@ -343,48 +312,8 @@ async fn start(name: &str, args: &BenchArgs, devices: usize) -> anyhow::Result<T
     })
 }
 
-async fn pair(port: u16, token: &str, n: usize) -> anyhow::Result<Vec<String>> {
-    let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let results = futures_util::stream::iter(0..n)
-        .map(|i| {
-            let (http, base, token) = (http.clone(), base.clone(), token.to_owned());
-            async move {
-                let t: Value = http
-                    .post(format!("{base}/api/pair-tokens"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json()
-                    .await?;
-                let p: Value = http
-                    .post(format!("{base}/api/pair"))
-                    .json(&json!({"pairToken": t["pairToken"], "deviceInfo": {"name": format!("bench {i}"), "type": "mobile"}}))
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json()
-                    .await?;
-                anyhow::Ok(p["deviceKey"].as_str().unwrap_or_default().to_owned())
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
-    results.into_iter().collect()
-}
-
 fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1))
-                .and_then(|v| v.parse().ok())
-        })
-        .unwrap_or(0)
+    load::rss_kib(pid).unwrap_or(0)
 }
 
 /// CPU time (user + system) a process has used, in seconds.
@@ -424,20 +353,7 @@ async fn connect_clients(
     target: &Target,
     range: std::ops::Range<usize>,
 ) -> anyhow::Result<Vec<SyncClient>> {
-    let url = target.url();
-    let keys: Vec<String> = range.map(|i| target.key(i)).collect();
-    let clients = futures_util::stream::iter(keys)
-        .map(|k| {
-            let url = url.clone();
-            async move {
-                let mut c = SyncClient::new(url, SecretString::new(k)).max_attempts(5);
-                c.connect().await.map(|_| c)
-            }
-        })
-        .buffer_unordered(100)
-        .collect::<Vec<_>>()
-        .await;
-    Ok(clients.into_iter().collect::<Result<Vec<_>, _>>()?)
+    load::connect_clients(&target.url(), range.map(|i| target.key(i)).collect()).await
 }
 
 /// One delivery: its latency (µs) and when it arrived (ms since the tool started).
@@ -621,14 +537,6 @@ impl RunFigures {
     }
 }
 
-fn percentile(sorted: &[u32], p: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn ms(us: u32) -> String {
     format!("{:.2} ms", us as f64 / 1000.0)
 }
@@ -739,11 +647,8 @@ async fn bench_target(name: &str, args: &BenchArgs) -> anyhow::Result<TargetFigu
             .filter(|(_, at)| (start..=drained).contains(at))
             .count() as u64;
         let mut s: Vec<u32> = samples.into_iter().map(|(l, _)| l).collect();
-        s.sort_unstable();
         fig.delivered = s.len() as u64;
-        fig.p50_us = percentile(&s, 0.50);
-        fig.p99_us = percentile(&s, 0.99);
-        fig.max_us = s.last().copied().unwrap_or(0);
+        (fig.p50_us, fig.p99_us, fig.max_us) = load::p50_p99_max(&mut s);
         println!(
             "    {:>5}/s: delivered {:>9}/{:<9} ({:6.2}%), {:>9.0} ev/s while publishing,  p50 {:>9} p99 {:>9} max {:>9}  server CPU {:.2} µs/event ({:.1} s), load tool CPU {:.1} s",
             fig.rate,
