@@ -524,10 +524,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         writeln!(csv, "{}", row.csv())?;
         csv.flush()?;
         rows.push(row);
-        std::fs::write(
-            args.out.join("soak.svg"),
-            svg(&rows, minutes, &storm_times),
-        )?;
+        std::fs::write(args.out.join("soak.svg"), svg(&rows, minutes, &storm_times))?;
     }
 
     // Stop publishing and unlocking, let the last deliveries land, then count.
@@ -663,12 +660,12 @@ async fn run_phone(
                 let since = c.last_seq().unwrap_or(t.start_seq);
                 c.close().await;
                 c = SyncClient::new(url.clone(), SecretString::new(key.clone())).since(since);
-                match c.connect().await {
-                    Ok(()) => {
+                match tokio::time::timeout(LIMIT, c.connect()).await {
+                    Ok(Ok(())) => {
                         counters.reconnects.fetch_add(1, Ordering::Relaxed);
                         back.fetch_add(1, Ordering::Relaxed);
                     }
-                    Err(_) => {
+                    _ => {
                         counters.receiver_errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
@@ -842,7 +839,10 @@ async fn run_ble_unlocks(
             _ = tick.tick() => {}
         }
         if link.is_none() {
-            link = ble_link(&adapter).await.ok();
+            link = tokio::time::timeout(HTTP_TIMEOUT, ble_link(&adapter))
+                .await
+                .ok()
+                .and_then(Result::ok);
         }
         let at = i % ready.len().max(1);
         let (Some(l), Some(p)) = (link.as_ref(), ready.get_mut(at)) else {
@@ -930,9 +930,7 @@ fn svg(rows: &[Row], minutes: u64, storms: &[u64]) -> String {
                 (
                     "bytes",
                     "#999999",
-                    rows.iter()
-                        .map(|r| r.db_bytes as f64 / 1048.576)
-                        .collect(),
+                    rows.iter().map(|r| r.db_bytes as f64 / 1048.576).collect(),
                 ),
             ],
         ),
