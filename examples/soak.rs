@@ -472,10 +472,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let csv_path = args.out.join("soak.csv");
     std::fs::write(&csv_path, format!("{CSV_HEADER}\n"))?;
     let mut csv = std::fs::OpenOptions::new().append(true).open(&csv_path)?;
-    let mut rows: Vec<Row> = Vec::new();
     let start_rss = load::rss_kib(pid).unwrap_or(0);
     let start_fds = load::open_fds(pid).unwrap_or(0);
     println!("start: RSS {start_rss} KiB, {start_fds} fds");
+    // Minute 0: everything connected, no load yet (no latency figures).
+    let start = Row {
+        minute: 0,
+        rss_kib: start_rss,
+        fds: start_fds,
+        events_retained: events_retained(&http, &base, &token).await,
+        db_bytes: db_bytes(&data),
+        load1: load1(),
+        ..Row::default()
+    };
+    {
+        use std::io::Write;
+        writeln!(csv, "{}", start.csv())?;
+    }
+    let mut rows: Vec<Row> = vec![start];
     println!("minute  RSS KiB   fds  events  db+wal KiB  published  delivered   p50 ms   p99 ms   max ms  storm  load1");
     let mut published_before = 0;
     for m in 0..minutes {
@@ -901,14 +915,16 @@ async fn run_node_opens(
 // polylines do not need a plotting crate).
 
 fn svg(rows: &[Row], minutes: u64, storms: &[u64]) -> String {
-    type Series<'a> = (&'a str, &'a str, Vec<f64>);
+    type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
     let panels: [(&str, Vec<Series>); 4] = [
         (
             "daemon RSS (MiB)",
             vec![(
                 "RSS",
                 "#1f77b4",
-                rows.iter().map(|r| r.rss_kib as f64 / 1024.0).collect(),
+                rows.iter()
+                    .map(|r| (r.minute as f64, r.rss_kib as f64 / 1024.0))
+                    .collect(),
             )],
         ),
         (
@@ -916,7 +932,9 @@ fn svg(rows: &[Row], minutes: u64, storms: &[u64]) -> String {
             vec![(
                 "fds",
                 "#2ca02c",
-                rows.iter().map(|r| r.fds as f64).collect(),
+                rows.iter()
+                    .map(|r| (r.minute as f64, r.fds as f64))
+                    .collect(),
             )],
         ),
         (
@@ -925,12 +943,16 @@ fn svg(rows: &[Row], minutes: u64, storms: &[u64]) -> String {
                 (
                     "rows",
                     "#1f77b4",
-                    rows.iter().map(|r| r.events_retained as f64).collect(),
+                    rows.iter()
+                        .map(|r| (r.minute as f64, r.events_retained as f64))
+                        .collect(),
                 ),
                 (
                     "bytes",
                     "#999999",
-                    rows.iter().map(|r| r.db_bytes as f64 / 1048.576).collect(),
+                    rows.iter()
+                        .map(|r| (r.minute as f64, r.db_bytes as f64 / 1048.576))
+                        .collect(),
                 ),
             ],
         ),
@@ -940,12 +962,18 @@ fn svg(rows: &[Row], minutes: u64, storms: &[u64]) -> String {
                 (
                     "p50",
                     "#1f77b4",
-                    rows.iter().map(|r| ms(u64::from(r.p50_us))).collect(),
+                    rows.iter()
+                        .filter(|r| r.minute > 0)
+                        .map(|r| (r.minute as f64, ms(u64::from(r.p50_us))))
+                        .collect(),
                 ),
                 (
                     "p99",
                     "#ff7f0e",
-                    rows.iter().map(|r| ms(u64::from(r.p99_us))).collect(),
+                    rows.iter()
+                        .filter(|r| r.minute > 0)
+                        .map(|r| (r.minute as f64, ms(u64::from(r.p99_us))))
+                        .collect(),
                 ),
             ],
         ),
@@ -963,7 +991,7 @@ fn svg(rows: &[Row], minutes: u64, storms: &[u64]) -> String {
         let (pw, ph) = (w - left - right, h - top - bottom);
         let ymax = series
             .iter()
-            .flat_map(|s| s.2.iter().copied())
+            .flat_map(|s| s.2.iter().map(|p| p.1))
             .fold(0.0, f64::max)
             .max(1e-9)
             * 1.1;
@@ -1017,8 +1045,7 @@ fn svg(rows: &[Row], minutes: u64, storms: &[u64]) -> String {
         for (_, color, values) in series {
             let points: Vec<String> = values
                 .iter()
-                .enumerate()
-                .map(|(i, v)| format!("{:.1},{:.1}", x(i as f64 + 1.0), y(*v)))
+                .map(|(m, v)| format!("{:.1},{:.1}", x(*m), y(*v)))
                 .collect();
             out += &format!(
                 "<polyline fill=\"none\" stroke=\"{color}\" stroke-width=\"1.5\" points=\"{}\"/>\n",
