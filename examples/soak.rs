@@ -902,10 +902,19 @@ async fn run_node_opens(
             .bearer_auth(&admin)
             .send()
             .await;
-        if r.is_ok_and(|r| r.status() == 200) {
-            counters.node_opened.fetch_add(1, Ordering::Relaxed);
-        } else {
-            counters.node_failed.fetch_add(1, Ordering::Relaxed);
+        match r {
+            Ok(r) if r.status() == 200 => {
+                counters.node_opened.fetch_add(1, Ordering::Relaxed);
+            }
+            other => {
+                counters.node_failed.fetch_add(1, Ordering::Relaxed);
+                let why = match other {
+                    Ok(r) => format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+                    Err(e) => e.to_string(),
+                };
+                let at = epoch().elapsed().as_secs();
+                eprintln!("node open of {e} failed at {at} s: {why}");
+            }
         }
     }
 }
