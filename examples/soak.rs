@@ -925,65 +925,38 @@ async fn run_node_opens(
 
 fn svg(rows: &[Row], minutes: u64, storms: &[u64]) -> String {
     type Series<'a> = (&'a str, &'a str, Vec<(f64, f64)>);
+    // One point a row; latency from minute 1 (minute 0 has no publishes).
+    let over = |from: u64, f: fn(&Row) -> f64| -> Vec<(f64, f64)> {
+        rows.iter()
+            .filter(|r| r.minute >= from)
+            .map(|r| (r.minute as f64, f(r)))
+            .collect()
+    };
     let panels: [(&str, Vec<Series>); 4] = [
         (
             "daemon RSS (MiB)",
-            vec![(
-                "RSS",
-                "#1f77b4",
-                rows.iter()
-                    .map(|r| (r.minute as f64, r.rss_kib as f64 / 1024.0))
-                    .collect(),
-            )],
+            vec![("RSS", "#1f77b4", over(0, |r| r.rss_kib as f64 / 1024.0))],
         ),
         (
             "open fds",
-            vec![(
-                "fds",
-                "#2ca02c",
-                rows.iter()
-                    .map(|r| (r.minute as f64, r.fds as f64))
-                    .collect(),
-            )],
+            vec![("fds", "#2ca02c", over(0, |r| r.fds as f64))],
         ),
         (
             "event log: rows retained (blue), registry+WAL MiB ×1000 (grey)",
             vec![
-                (
-                    "rows",
-                    "#1f77b4",
-                    rows.iter()
-                        .map(|r| (r.minute as f64, r.events_retained as f64))
-                        .collect(),
-                ),
+                ("rows", "#1f77b4", over(0, |r| r.events_retained as f64)),
                 (
                     "bytes",
                     "#999999",
-                    rows.iter()
-                        .map(|r| (r.minute as f64, r.db_bytes as f64 / 1048.576))
-                        .collect(),
+                    over(0, |r| r.db_bytes as f64 / 1048.576),
                 ),
             ],
         ),
         (
             "delivery latency (ms): p50 (blue), p99 (orange)",
             vec![
-                (
-                    "p50",
-                    "#1f77b4",
-                    rows.iter()
-                        .filter(|r| r.minute > 0)
-                        .map(|r| (r.minute as f64, ms(u64::from(r.p50_us))))
-                        .collect(),
-                ),
-                (
-                    "p99",
-                    "#ff7f0e",
-                    rows.iter()
-                        .filter(|r| r.minute > 0)
-                        .map(|r| (r.minute as f64, ms(u64::from(r.p99_us))))
-                        .collect(),
-                ),
+                ("p50", "#1f77b4", over(1, |r| ms(u64::from(r.p50_us)))),
+                ("p99", "#ff7f0e", over(1, |r| ms(u64::from(r.p99_us)))),
             ],
         ),
     ];
