@@ -7,12 +7,12 @@
 //! node_load --base http://127.0.0.1:PORT --admin TOKEN --pid PID [--nodes 500] [--rate 10] [--seconds 30]
 //! ```
 
-#[path = "../tests/support/node.rs"]
-mod node;
+mod load;
+
+use load::{node, rss_kib};
 
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
 use clap::Parser;
 use serde_json::Value;
 
@@ -41,35 +41,12 @@ struct Args {
 /// Nothing here waits longer than this for one step.
 const LIMIT: Duration = Duration::from_secs(120);
 
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in /proc/PID/status")
-}
-
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-async fn online_count(http: &reqwest::Client, args: &Args) -> anyhow::Result<usize> {
-    let v: Value = http
-        .get(format!("{}/api/nodes", args.base))
-        .bearer_auth(&args.admin)
-        .send()
-        .await?
-        .json()
-        .await?;
-    Ok(v["nodes"]
-        .as_array()
-        .map(|a| a.iter().filter(|n| n["online"] == true).count())
-        .unwrap_or(0))
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -83,20 +60,7 @@ async fn main() -> anyhow::Result<()> {
 
     // Provision and register, a few at a time.
     let started = Instant::now();
-    let mut creds = Vec::with_capacity(args.nodes);
-    for chunk in (0..args.nodes).collect::<Vec<_>>().chunks(16) {
-        let mut batch = Vec::new();
-        for i in chunk {
-            let (http, base, admin) = (http.clone(), args.base.clone(), args.admin.clone());
-            let name = format!("Load door {i}");
-            batch.push(tokio::spawn(async move {
-                node::provisioned(&http, &base, &admin, &name).await
-            }));
-        }
-        for b in batch {
-            creds.push(b.await?);
-        }
-    }
+    let creds = load::provision_nodes(&http, &args.base, &args.admin, args.nodes).await?;
     println!(
         "{} nodes provisioned and registered in {:.1} s",
         creds.len(),
@@ -111,13 +75,7 @@ async fn main() -> anyhow::Result<()> {
         let (ws, _) = node::session(c).await;
         tasks.push(node::serve(ws, node::Answer::Ok));
     }
-    let deadline = Instant::now() + LIMIT;
-    while online_count(&http, &args).await? < creds.len() {
-        if Instant::now() > deadline {
-            bail!("not every node came online");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    load::wait_online(&http, &args.base, &args.admin, creds.len(), LIMIT).await?;
     println!(
         "{} nodes online in {:.1} s",
         creds.len(),

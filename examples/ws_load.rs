@@ -18,7 +18,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -26,7 +26,6 @@ use clap::parser::ValueSource;
 use clap::{ArgMatches, CommandFactory, FromArgMatches, Parser, Subcommand};
 use futures_util::{SinkExt, StreamExt};
 use latchkey::ws::session::WRITE_BATCH;
-use latchkey_phone::secret::SecretString;
 use latchkey_phone::sync_client::{Incoming, SyncClient};
 use serde_json::{json, Value};
 use tokio::net::{TcpListener, TcpStream};
@@ -37,6 +36,10 @@ use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Bytes, Message, Utf8Bytes};
 use tokio_util::sync::CancellationToken;
+
+mod load;
+
+use load::{epoch, free_port, micros, raise_fd_limit, wait_listening};
 
 #[derive(Parser)]
 struct Cli {
@@ -111,15 +114,6 @@ struct BenchArgs {
     /// Idle authenticated connections for the memory run (0 to skip).
     #[arg(long, default_value_t = 10_000)]
     idle: usize,
-}
-
-fn epoch() -> Instant {
-    static EPOCH: OnceLock<Instant> = OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn micros() -> u64 {
-    epoch().elapsed().as_micros() as u64
 }
 
 fn main() -> anyhow::Result<()> {
@@ -338,20 +332,6 @@ fn loadavg() -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-fn raise_fd_limit() {
-    // SAFETY: plain libc calls on a local struct.
-    unsafe {
-        let mut lim = libc::rlimit {
-            rlim_cur: 0,
-            rlim_max: 0,
-        };
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 {
-            lim.rlim_cur = lim.rlim_max;
-            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------------------------
 // The bare server: one task per connection, a broadcast channel, and latchkey's write batching
 // (`feed` each waiting event, one `flush`), nothing else.
@@ -514,21 +494,6 @@ impl Target {
     }
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(l.local_addr()?.port())
-}
-
-async fn wait_listening(port: u16) -> anyhow::Result<()> {
-    for _ in 0..200 {
-        if TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    bail!("nothing listens on port {port}")
-}
-
 fn log_file(dir: &std::path::Path, name: &str) -> anyhow::Result<std::process::Stdio> {
     Ok(std::fs::File::create(dir.join(name))?.into())
 }
@@ -606,7 +571,11 @@ async fn start(
     let keys = match admin_token {
         Some(token) => {
             let t0 = Instant::now();
-            let keys = pair(port, &token, devices).await?;
+            let keys: Vec<String> = load::pair(port, &token, devices)
+                .await?
+                .into_iter()
+                .map(|p| p.device_key)
+                .collect();
             println!(
                 "  paired {} devices over the API in {:.1} s",
                 keys.len(),
@@ -624,42 +593,8 @@ async fn start(
     })
 }
 
-async fn pair(port: u16, token: &str, n: usize) -> anyhow::Result<Vec<String>> {
-    let http = reqwest::Client::new();
-    let base = format!("http://127.0.0.1:{port}");
-    let results = futures_util::stream::iter(0..n)
-        .map(|i| {
-            let (http, base, token) = (http.clone(), base.clone(), token.to_owned());
-            async move {
-                let t: Value = http
-                    .post(format!("{base}/api/pair-tokens"))
-                    .bearer_auth(&token)
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json()
-                    .await?;
-                let p: Value = http
-                    .post(format!("{base}/api/pair"))
-                    .json(&json!({"pairToken": t["pairToken"], "deviceInfo": {"name": format!("bench {i}"), "type": "mobile"}}))
-                    .send()
-                    .await?
-                    .error_for_status()?
-                    .json()
-                    .await?;
-                anyhow::Ok(p["deviceKey"].as_str().unwrap_or_default().to_owned())
-            }
-        })
-        .buffer_unordered(16)
-        .collect::<Vec<_>>()
-        .await;
-    results.into_iter().collect()
-}
-
 fn rss_kib(pid: u32) -> u64 {
-    proc_status_field(&pid.to_string(), "VmRSS:")
-        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
-        .unwrap_or(0)
+    load::rss_kib(pid).unwrap_or(0)
 }
 
 /// CPU time (user + system) a process has used, in seconds.
@@ -740,20 +675,7 @@ async fn connect_clients(
     target: &Target,
     range: std::ops::Range<usize>,
 ) -> anyhow::Result<Vec<SyncClient>> {
-    let url = target.url();
-    let keys: Vec<String> = range.map(|i| target.key(i)).collect();
-    let clients = futures_util::stream::iter(keys)
-        .map(|k| {
-            let url = url.clone();
-            async move {
-                let mut c = SyncClient::new(url, SecretString::new(k)).max_attempts(5);
-                c.connect().await.map(|_| c)
-            }
-        })
-        .buffer_unordered(100)
-        .collect::<Vec<_>>()
-        .await;
-    Ok(clients.into_iter().collect::<Result<Vec<_>, _>>()?)
+    load::connect_clients(&target.url(), range.map(|i| target.key(i)).collect()).await
 }
 
 /// One delivery: its latency (µs) and when it arrived (ms since the tool started).
@@ -965,14 +887,6 @@ impl RunFigures {
     }
 }
 
-fn percentile(sorted: &[u32], p: f64) -> u32 {
-    if sorted.is_empty() {
-        return 0;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn ms(us: u32) -> String {
     format!("{:.2} ms", us as f64 / 1000.0)
 }
@@ -1155,11 +1069,8 @@ async fn bench_target(
         fig.in_window = arrived(start, end);
         fig.in_cpu_window = arrived(start, drained);
         let mut s: Vec<u32> = samples.into_iter().map(|(l, _)| l).collect();
-        s.sort_unstable();
         fig.delivered = s.len() as u64;
-        fig.p50_us = percentile(&s, 0.50);
-        fig.p99_us = percentile(&s, 0.99);
-        fig.max_us = s.last().copied().unwrap_or(0);
+        (fig.p50_us, fig.p99_us, fig.max_us) = load::p50_p99_max(&mut s);
         println!(
             "    {:>5}/s: delivered {:>9}/{:<9} ({:6.2}%), {:>9.0} ev/s while publishing,  p50 {:>9} p99 {:>9} max {:>9}  server CPU {:.2} µs/event ({:.1} s), load tool CPU {:.1} s; while publishing: server {} of a core, load tool {}",
             fig.rate,
