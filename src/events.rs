@@ -268,23 +268,14 @@ pub fn open_log(tx: &Transaction<'_>) -> Result<i64, StoreError> {
     } else {
         0
     };
-    set_appending(tx, "1")?;
+    crate::store::meta_set(tx, APPENDING, "1")?;
     Ok(skip)
 }
 
 /// At a clean stop, after the last event. Needs no sync: if a power cut takes it, the next
 /// start skips ahead for nothing.
 pub fn close_log(tx: &Transaction<'_>) -> Result<(), StoreError> {
-    set_appending(tx, "0")
-}
-
-fn set_appending(tx: &Transaction<'_>, value: &str) -> Result<(), StoreError> {
-    tx.execute(
-        "INSERT INTO meta (key, value) VALUES (?1, ?2)
-         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-        [APPENDING, value],
-    )?;
-    Ok(())
+    crate::store::meta_set(tx, APPENDING, "0")
 }
 
 /// The highest seq below which the log may lack events a client could see: a `resume` from

@@ -67,19 +67,16 @@ pub fn build_state(config: Config, port: u16) -> anyhow::Result<AppState> {
         .read_blocking(|c| store::meta_get(c, "gateway_id"))?
         .context("database has no gateway id")?;
     let advertise_host = net::advertise_host(config.advertise_host.as_deref(), config.listen);
-    // Recorded so `latchkey pair`, run beside this daemon, prints the address it really serves.
     let advertised = serde_json::json!({ "host": advertise_host, "port": port }).to_string();
-    store.write_blocking(|tx| {
-        tx.execute(
-            "INSERT INTO meta (key, value) VALUES ('advertise', ?1)
-             ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-            [advertised],
-        )?;
-        Ok(())
+    // One synced transaction at start: the log must be marked open on disk before any event.
+    let skipped = store.write_durable_blocking(|tx| {
+        // Recorded so `latchkey pair`, run beside this daemon, prints the address it serves.
+        store::meta_set(tx, "advertise", &advertised)?;
+        // No node is connected before this process accepts its session.
+        nodes::reset_online(tx)?;
+        events::open_log(tx)
     })?;
-    // No node is connected before this process accepts its session.
-    store.write_blocking(|tx| nodes::reset_online(tx).map(drop))?;
-    if store.write_durable_blocking(events::open_log)? > 0 {
+    if skipped > 0 {
         tracing::warn!(
             skip = events::SEQ_SKIP_AFTER_UNCLEAN_STOP,
             "the last run did not stop cleanly; event numbers skip ahead so none is issued twice"

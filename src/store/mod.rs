@@ -94,6 +94,11 @@ type Job = Box<dyn FnOnce(&Shared) + Send>;
 /// How often the checkpointer looks for new commits.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 
+/// Every connection's `synchronous` level. NORMAL is durable across application crashes in WAL
+/// mode; only a power cut can lose the last transactions, never corrupt the file. What must
+/// survive that too commits with [`Store::write_durable`].
+const SYNCHRONOUS: &str = "NORMAL";
+
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
@@ -105,9 +110,7 @@ impl std::fmt::Debug for Store {
 fn configure(conn: &Connection) -> Result<(), rusqlite::Error> {
     conn.busy_timeout(Duration::from_secs(5))?;
     conn.pragma_update(None, "foreign_keys", true)?;
-    // NORMAL is durable across application crashes in WAL mode; only a power cut can lose the
-    // last transactions, never corrupt the file.
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "synchronous", SYNCHRONOUS)?;
     Ok(())
 }
 
@@ -309,6 +312,7 @@ impl Store {
 
 /// How a commit reaches the disk: `Normal` is SQLite's `synchronous=NORMAL` in WAL mode (no
 /// sync at commit; the checkpoints sync), `Synced` is `synchronous=FULL` for this commit.
+/// `Normal` is [`SYNCHRONOUS`].
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Commit {
     Normal,
@@ -333,7 +337,7 @@ impl Shared {
             Ok(out)
         })();
         if commit == Commit::Synced {
-            conn.pragma_update(None, "synchronous", "NORMAL")?;
+            conn.pragma_update(None, "synchronous", SYNCHRONOUS)?;
         }
         let out = committed?;
         drop(conn);
@@ -404,6 +408,16 @@ pub fn meta_get(conn: &Connection, key: &str) -> Result<Option<String>, StoreErr
     Ok(conn
         .query_row("SELECT value FROM meta WHERE key = ?1", [key], |r| r.get(0))
         .optional()?)
+}
+
+/// Sets a `meta` value, replacing any.
+pub fn meta_set(conn: &Connection, key: &str, value: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO meta (key, value) VALUES (?1, ?2)
+         ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+        [key, value],
+    )?;
+    Ok(())
 }
 
 /// Whether anything in the database was sealed under a master key (the key check, or a

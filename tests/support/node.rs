@@ -30,12 +30,23 @@ pub async fn token_request(
     admin: &str,
     body: Value,
 ) -> reqwest::Response {
+    try_token_request(http, base, admin, body)
+        .await
+        .expect("provisioning/token")
+}
+
+/// [`token_request`], with no answer as an error (a load tool that kills the gateway).
+pub async fn try_token_request(
+    http: &reqwest::Client,
+    base: &str,
+    admin: &str,
+    body: Value,
+) -> reqwest::Result<reqwest::Response> {
     http.post(format!("{base}/api/v0/provisioning/token"))
         .bearer_auth(admin)
         .json(&body)
         .send()
         .await
-        .expect("provisioning/token")
 }
 
 /// A fresh token for a new node: `{token, node_id, expires_at, expires_in}`.
@@ -53,6 +64,19 @@ pub async fn register(
     token: &str,
     kind: &str,
 ) -> reqwest::Response {
+    try_register(http, base, node_id, token, kind)
+        .await
+        .expect("nodes/register")
+}
+
+/// [`register`], with no answer as an error.
+pub async fn try_register(
+    http: &reqwest::Client,
+    base: &str,
+    node_id: &str,
+    token: &str,
+    kind: &str,
+) -> reqwest::Result<reqwest::Response> {
     http.post(format!("{base}/api/v0/nodes/register"))
         .json(&json!({
             "node_id": node_id,
@@ -63,7 +87,6 @@ pub async fn register(
         }))
         .send()
         .await
-        .expect("nodes/register")
 }
 
 /// What a registered node keeps.

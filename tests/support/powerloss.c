@@ -140,14 +140,18 @@ static void synced(int fd) {
   pthread_mutex_unlock(&lock);
 }
 
+/* The mode argument open(2) and openat(2) take only when they may create the file. */
+#define TAKE_MODE(flags, mode)                                          \
+  do {                                                                  \
+    va_list ap;                                                         \
+    va_start(ap, flags);                                                \
+    mode = ((flags) & (O_CREAT | O_TMPFILE)) ? va_arg(ap, mode_t) : 0;  \
+    va_end(ap);                                                         \
+  } while (0)
+
 int open(const char *path, int flags, ...) {
-  mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) {
-    va_list ap;
-    va_start(ap, flags);
-    mode = va_arg(ap, mode_t);
-    va_end(ap);
-  }
+  mode_t mode;
+  TAKE_MODE(flags, mode);
   int fd = real_open(path, flags, mode);
   track(fd, path);
   return fd;
@@ -155,15 +159,10 @@ int open(const char *path, int flags, ...) {
 int open64(const char *path, int flags, ...) __attribute__((alias("open")));
 
 int openat(int dirfd, const char *path, int flags, ...) {
-  mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) {
-    va_list ap;
-    va_start(ap, flags);
-    mode = va_arg(ap, mode_t);
-    va_end(ap);
-  }
+  mode_t mode;
+  TAKE_MODE(flags, mode);
   int fd = real_openat(dirfd, path, flags, mode);
-  if (path[0] == '/') track(fd, path);
+  track(fd, path);
   return fd;
 }
 int openat64(int dirfd, const char *path, int flags, ...) __attribute__((alias("openat")));
