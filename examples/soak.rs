@@ -63,6 +63,10 @@ struct Args {
     /// Run without the BLE stand-in (node opens only).
     #[arg(long)]
     no_ble: bool,
+    /// The heap shim (examples/load/heapstats.c, built by `scripts/soak.sh --heap`): loaded into
+    /// the daemon, it writes DIR/heap.csv, and each minute's row gets the live heap beside RSS.
+    #[arg(long)]
+    heap_shim: Option<PathBuf>,
 }
 
 /// Nothing here waits longer than this for one step.
@@ -175,14 +179,49 @@ struct Row {
     max_us: u32,
     storm: bool,
     load1: f64,
+    heap: Option<Heap>,
 }
 
-const CSV_HEADER: &str = "minute,rss_kib,fds,events_retained,db_wal_bytes,published,delivered,p50_ms,p99_ms,max_ms,storm,loadavg1";
+/// The daemon's allocator at a moment (the last line of heap.csv).
+#[derive(Clone, Copy, Default)]
+struct Heap {
+    in_use: u64,
+    free: u64,
+    arenas: u64,
+}
+
+impl Heap {
+    /// The last sample in the heap shim's file.
+    fn last(path: &Path) -> Option<Heap> {
+        let text = std::fs::read_to_string(path).ok()?;
+        let f: Vec<u64> = text
+            .lines()
+            .last()?
+            .split(',')
+            .map(str::parse)
+            .collect::<Result<_, _>>()
+            .ok()?;
+        let &[_, in_use, free, _, arenas] = f.as_slice() else {
+            return None;
+        };
+        Some(Heap {
+            in_use,
+            free,
+            arenas,
+        })
+    }
+}
+
+const CSV_HEADER: &str = "minute,rss_kib,fds,events_retained,db_wal_bytes,published,delivered,p50_ms,p99_ms,max_ms,storm,loadavg1,heap_in_use_kib,heap_free_kib,arenas";
 
 impl Row {
     fn csv(&self) -> String {
+        let heap = self.heap.map_or_else(
+            || ",,".to_owned(),
+            |h| format!("{},{},{}", h.in_use / 1024, h.free / 1024, h.arenas),
+        );
         format!(
-            "{},{},{},{},{},{},{},{:.2},{:.2},{:.2},{},{:.2}",
+            "{},{},{},{},{},{},{},{:.2},{:.2},{:.2},{},{:.2},{heap}",
             self.minute,
             self.rss_kib,
             self.fds,
@@ -314,6 +353,12 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .stdout(std::fs::File::create(args.out.join("serve.log"))?)
         .stderr(std::fs::File::create(args.out.join("serve.err.log"))?)
         .kill_on_drop(true);
+    let heap_csv = args.out.join("heap.csv");
+    if let Some(shim) = &args.heap_shim {
+        cmd.env("LD_PRELOAD", std::path::absolute(shim)?)
+            .env("HEAPSTATS_FILE", &heap_csv);
+    }
+    let heap = || args.heap_shim.as_ref().and_then(|_| Heap::last(&heap_csv));
     match &ble {
         Some(b) => cmd
             .args(["--ble", "on"])
@@ -483,6 +528,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         events_retained: events_retained(&http, &base, &token).await,
         db_bytes: db_bytes(&data),
         load1: load1(),
+        heap: heap(),
         ..Row::default()
     };
     {
@@ -503,6 +549,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             db_bytes: db_bytes(&data),
             storm: storm_times.iter().any(|&s| s / 60 == m),
             load1: load1(),
+            heap: heap(),
             ..Row::default()
         };
         let published = Counters::get(&counters.published);
@@ -534,6 +581,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
             if row.storm { "yes" } else { "" },
             row.load1
         );
+        if let Some(h) = row.heap {
+            println!(
+                "        heap in use {} KiB, free in arenas {} KiB, {} arenas",
+                h.in_use / 1024,
+                h.free / 1024,
+                h.arenas
+            );
+        }
         use std::io::Write;
         writeln!(csv, "{}", row.csv())?;
         csv.flush()?;
@@ -934,8 +989,17 @@ fn svg(rows: &[Row], minutes: u64, storms: &[u64]) -> String {
     };
     let panels: [(&str, Vec<Series>); 4] = [
         (
-            "daemon RSS (MiB)",
-            vec![("RSS", "#1f77b4", over(0, |r| r.rss_kib as f64 / 1024.0))],
+            "daemon RSS (MiB), heap in use (orange, with --heap)",
+            vec![
+                ("RSS", "#1f77b4", over(0, |r| r.rss_kib as f64 / 1024.0)),
+                (
+                    "heap",
+                    "#ff7f0e",
+                    rows.iter()
+                        .filter_map(|r| Some((r.minute as f64, r.heap?.in_use as f64 / 1048576.0)))
+                        .collect(),
+                ),
+            ],
         ),
         (
             "open fds",

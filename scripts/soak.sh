@@ -5,19 +5,24 @@
 # plotted in DIR/soak.svg (both rewritten each minute, so a cut run keeps its data). Not run in
 # CI: the short version (`--minutes 5`) runs before a release. Loopback only.
 #
-#   scripts/soak.sh [--minutes 60] [--phones 1000] [--nodes 100] [--out DIR] [tool options]
+#   scripts/soak.sh [--minutes 60] [--phones 1000] [--nodes 100] [--out DIR] [--heap] [tool options]
 #
+# --heap loads examples/load/heapstats.c into the daemon: the live heap and glibc's arenas are
+# sampled beside RSS (DIR/heap.csv, columns in soak.csv, orange in the plot), to tell a leak
+# from memory the allocator keeps.
 # Other options go to the tool (`target/release/examples/soak --help`): --rate, --publishers,
 # --unlock-rate, --storm-every, --no-ble.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 out=""
+heap=""
 args=()
 while [ $# -gt 0 ]; do
     case "$1" in
         --out) out="$2"; shift 2 ;;
         --out=*) out="${1#--out=}"; shift ;;
+        --heap) heap=1; shift ;;
         *) args+=("$1"); shift ;;
     esac
 done
@@ -25,6 +30,11 @@ out=${out:-target/soak/$(date -u +%Y%m%dT%H%M%SZ)}
 mkdir -p "$out"
 
 cargo build --release --bin latchkey --example soak
+if [ -n "$heap" ]; then
+    gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o target/release/heapstats.so \
+        examples/load/heapstats.c -lpthread
+    args+=(--heap-shim target/release/heapstats.so)
+fi
 # 1,000 phones and 100 nodes: as many sockets on each side, plus the daemon's own.
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 {
