@@ -20,7 +20,6 @@ pub mod discovery;
 pub mod events;
 pub mod grants;
 pub mod listener;
-pub mod memory;
 pub mod names;
 pub mod net;
 pub mod nodes;
@@ -157,7 +156,6 @@ async fn serve_on(
         .watch_events(state.bus.subscribe(), state.shutdown.clone());
     ble::start(&state).await?;
     web::vehicles::spawn_housekeeping(&state);
-    memory::spawn_trimmer(state.shutdown.clone());
 
     let control_task = control::server::spawn(state.clone(), socket);
     spawn_daily_backups(&state);

@@ -10,8 +10,8 @@
  * deadlock.
  *
  * HEAPSTATS_TRIM_EVERY=N also calls malloc_trim(0) every N seconds (just before that sample),
- * which is what the daemon itself does (src/memory.rs): set it to see what trimming gives a
- * build that does not.
+ * to see what a daemon that trimmed its heap would gain (docs/RELIABILITY.md, "Soak": nothing
+ * measurable; the memory a storm leaves free lies in pieces smaller than a page).
  *
  * Build: gcc -shared -fPIC -O2 -o heapstats.so heapstats.c -lpthread
  */

@@ -154,15 +154,25 @@ pub async fn poll<T>(what: &str, mut f: impl AsyncFnMut() -> Option<T>) -> T {
     .unwrap_or_else(|_| panic!("never: {what}"))
 }
 
-/// Builds `latchkey-node` (a sibling workspace member; a no-op when it is up to date) and
-/// returns its path. Blocking: call it from `spawn_blocking`.
+/// Builds `latchkey-node` (a sibling workspace member) and returns its path. Blocking: call it
+/// from `spawn_blocking`.
+///
+/// The build is the whole suite's (`cargo test --workspace --all-targets`, which makes the node
+/// binary too): during that run it is a one-second check. `cargo build -p latchkey-node`
+/// resolved the dependencies' features differently and rebuilt the tree (7 minutes of a CI run).
 pub fn node_binary() -> std::path::PathBuf {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let status = std::process::Command::new(cargo)
-        .args(["build", "--quiet", "-p", "latchkey-node"])
+        .args([
+            "test",
+            "--quiet",
+            "--workspace",
+            "--all-targets",
+            "--no-run",
+        ])
         .status()
         .unwrap();
-    assert!(status.success(), "cargo build -p latchkey-node failed");
+    assert!(status.success(), "building the workspace's tests failed");
     let exe = std::env::current_exe().unwrap();
     // target/debug/deps/<test>-… → target/debug/latchkey-node
     exe.parent()
