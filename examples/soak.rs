@@ -170,6 +170,8 @@ struct Row {
     minute: u64,
     rss_kib: u64,
     fds: usize,
+    /// The daemon's threads (tokio's blocking pool grows in a storm).
+    threads: usize,
     events_retained: i64,
     db_bytes: u64,
     published: u64,
@@ -212,7 +214,7 @@ impl Heap {
     }
 }
 
-const CSV_HEADER: &str = "minute,rss_kib,fds,events_retained,db_wal_bytes,published,delivered,p50_ms,p99_ms,max_ms,storm,loadavg1,heap_in_use_kib,heap_free_kib,arenas";
+const CSV_HEADER: &str = "minute,rss_kib,fds,events_retained,db_wal_bytes,published,delivered,p50_ms,p99_ms,max_ms,storm,loadavg1,heap_in_use_kib,heap_free_kib,arenas,threads";
 
 impl Row {
     fn csv(&self) -> String {
@@ -221,7 +223,7 @@ impl Row {
             |h| format!("{},{},{}", h.in_use / 1024, h.free / 1024, h.arenas),
         );
         format!(
-            "{},{},{},{},{},{},{},{:.2},{:.2},{:.2},{},{:.2},{heap}",
+            "{},{},{},{},{},{},{},{:.2},{:.2},{:.2},{},{:.2},{heap},{}",
             self.minute,
             self.rss_kib,
             self.fds,
@@ -233,7 +235,8 @@ impl Row {
             ms(u64::from(self.p99_us)),
             ms(u64::from(self.max_us)),
             u8::from(self.storm),
-            self.load1
+            self.load1,
+            self.threads
         )
     }
 }
@@ -525,6 +528,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         minute: 0,
         rss_kib: start_rss,
         fds: start_fds,
+        threads: load::threads(pid).unwrap_or(0),
         events_retained: events_retained(&http, &base, &token).await,
         db_bytes: db_bytes(&data),
         load1: load1(),
@@ -545,6 +549,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             minute: m + 1,
             rss_kib: load::rss_kib(pid).unwrap_or(0),
             fds: load::open_fds(pid).unwrap_or(0),
+            threads: load::threads(pid).unwrap_or(0),
             events_retained: events_retained(&http, &base, &token).await,
             db_bytes: db_bytes(&data),
             storm: storm_times.iter().any(|&s| s / 60 == m),
@@ -583,10 +588,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         );
         if let Some(h) = row.heap {
             println!(
-                "        heap in use {} KiB, free in arenas {} KiB, {} arenas",
+                "        heap in use {} KiB, free in arenas {} KiB, {} arenas, {} threads",
                 h.in_use / 1024,
                 h.free / 1024,
-                h.arenas
+                h.arenas,
+                row.threads
             );
         }
         use std::io::Write;
