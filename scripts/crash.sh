@@ -19,14 +19,10 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-if [ "$profile" = release ]; then
-  cargo build --quiet --release --bin latchkey --example crash
-else
-  # The test suite's own build (it includes both): after scripts/test.sh's test run this is a
-  # one-second check. A narrower `cargo build` resolves the dependencies' features differently
-  # and builds the whole tree a second time (minutes of a CI run).
-  cargo test --quiet --workspace --all-targets --no-run
-fi
+# --workspace: the dependencies' features as `cargo test --workspace` resolves them, so after
+# scripts/test.sh's test run this links the two binaries and builds nothing else (without it,
+# the whole tree was built a second time: minutes of a CI run).
+cargo build --quiet --workspace "${flags[@]}" --bin latchkey --example crash
 gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o "target/$profile/powerloss.so" \
   tests/support/powerloss.c -ldl -lpthread
 
