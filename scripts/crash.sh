@@ -19,6 +19,8 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+flags=()
+[ "$profile" = release ] && flags=(--release)
 # --workspace: the dependencies' features as `cargo test --workspace` resolves them, so after
 # scripts/test.sh's test run this links the two binaries and builds nothing else (without it,
 # the whole tree was built a second time: minutes of a CI run).
