@@ -185,7 +185,7 @@ struct Row {
 }
 
 /// The daemon's allocator at a moment (the last line of heap.csv).
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Heap {
     in_use: u64,
     free: u64,

@@ -21,9 +21,8 @@ done
 
 flags=()
 [ "$profile" = release ] && flags=(--release)
-# --workspace: the dependencies' features as `cargo test --workspace` resolves them, so after
-# scripts/test.sh's test run this links the two binaries and builds nothing else (without it,
-# the whole tree was built a second time: minutes of a CI run).
+# With --workspace the features match what scripts/test.sh's test run built (after it, this
+# links one crate); without it cargo resolved other features and built the whole tree again.
 cargo build --quiet --workspace "${flags[@]}" --bin latchkey --example crash
 gcc -shared -fPIC -O2 -Wall -Wextra -Werror -o "target/$profile/powerloss.so" \
   tests/support/powerloss.c -ldl -lpthread

@@ -35,11 +35,11 @@ fi
 cargo afl config --build >/dev/null 2>&1 || true
 cargo afl build --profile fuzz -p latchkey-fuzz --features afl --quiet
 
-# Not a tuned fuzzing host: no CPU governor, a core_pattern that may pipe to a crash
-# reporter, cores shared with the build. AFL++ is told to carry on and not pin CPUs.
 # The gateway targets write a registry (with fsyncs) and a config file per run: on tmpfs the code
 # path is the same and the disk is not the limit.
 if [ -z "${TMPDIR:-}" ] && [ -d /dev/shm ] && [ -w /dev/shm ]; then export TMPDIR=/dev/shm; fi
+# Not a tuned fuzzing host: no CPU governor, a core_pattern that may pipe to a crash
+# reporter, cores shared with the build. AFL++ is told to carry on and not pin CPUs.
 export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_AFFINITY=1 \
   AFL_NO_UI=1 AFL_QUIET=1
 limit=(-V "$seconds")
