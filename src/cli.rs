@@ -232,9 +232,7 @@ fn ask(config: &Config, request: Request) -> anyhow::Result<serde_json::Value> {
 
 fn serve(config: Config) -> anyhow::Result<()> {
     return_big_allocations();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    let runtime = runtime()?;
     let result = runtime.block_on(async move {
         // Handlers go in first, so a SIGTERM that arrives while we start is a clean stop, not
         // the default action (death by signal, which systemd counts as a failure).
@@ -247,6 +245,20 @@ fn serve(config: Config) -> anyhow::Result<()> {
     // Everything is committed by now; do not let a stuck blocking task hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(500));
     result
+}
+
+/// The blocking pool's bound. Its work is serial underneath (one read connection behind a lock,
+/// one writer thread, one GPIO line at a time), so more threads only wait. tokio's default of
+/// 512 let each reconnect storm grow the pool to hundreds of threads that steady load then kept
+/// alive, each with its stack and its allocator cache (docs/RELIABILITY.md, "The heap across
+/// storms"). Past the bound, blocking jobs queue in order.
+const BLOCKING_THREADS: usize = 16;
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .max_blocking_threads(BLOCKING_THREADS)
+        .build()
 }
 
 /// glibc serves large allocations with mmap only until the first is freed; then it raises
@@ -489,4 +501,47 @@ fn restore(config: &Config, file: &std::path::Path) -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::{Arc, Barrier};
+
+    use super::*;
+
+    #[test]
+    fn the_daemon_runs_a_bounded_number_of_blocking_jobs_and_queues_the_rest() {
+        let rt = runtime().unwrap();
+        let jobs = 3 * BLOCKING_THREADS;
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        // Holds the first jobs until the bound is reached, so every thread the pool may
+        // start is started; without a bound all `jobs` would run at once.
+        let full = Arc::new(Barrier::new(BLOCKING_THREADS));
+        let done = rt.block_on(async {
+            let handles: Vec<_> = (0..jobs)
+                .map(|i| {
+                    let (running, most, full) = (running.clone(), most.clone(), full.clone());
+                    tokio::task::spawn_blocking(move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        if i < BLOCKING_THREADS {
+                            full.wait();
+                        }
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    })
+                })
+                .collect();
+            let mut done = 0;
+            for h in handles {
+                h.await.unwrap();
+                done += 1;
+            }
+            done
+        });
+        assert_eq!(done, jobs);
+        assert_eq!(most.load(Ordering::SeqCst), BLOCKING_THREADS);
+    }
 }

@@ -68,8 +68,10 @@ pub struct Grantee {
     pub device_name: String,
 }
 
-/// One lock per GPIO line (chip path, offset), so two grants pulse one after the other.
-type LineLocks = HashMap<(PathBuf, u32), Arc<Mutex<()>>>;
+/// One lock per GPIO line (chip path, offset), so two grants pulse one after the other. An
+/// async lock: a grant waiting for the line waits on the runtime, not on one of the few
+/// blocking threads (`cli::BLOCKING_THREADS`) the registry's reads and writes need.
+type LineLocks = HashMap<(PathBuf, u32), Arc<tokio::sync::Mutex<()>>>;
 
 /// Runs endpoint actions; one per gateway.
 #[derive(Default)]
@@ -237,7 +239,7 @@ fn kill_group(pgid: i32) {
 }
 
 async fn pulse(
-    lock: Arc<Mutex<()>>,
+    lock: Arc<tokio::sync::Mutex<()>>,
     chip: PathBuf,
     line: u32,
     active_low: bool,
@@ -245,8 +247,9 @@ async fn pulse(
 ) -> Result<(), ActionError> {
     let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
     let chip_name = chip.display().to_string();
+    let serial = lock.lock_owned().await;
     tokio::task::spawn_blocking(move || {
-        let _serial = lock.lock().unwrap_or_else(|p| p.into_inner());
+        let _serial = serial;
         let mut builder = gpiocdev::Request::builder();
         builder
             .on_chip(&chip)

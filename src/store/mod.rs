@@ -256,16 +256,14 @@ impl Store {
         Self::wait(result).await?
     }
 
-    /// Waits for the writer thread's answer on the blocking pool rather than on the runtime:
-    /// tokio does not auto-advance a paused test clock while a `spawn_blocking` task runs, so
-    /// time-paused tests see no time pass during a write, as with a direct blocking call.
+    /// Waits for the writer thread's answer on the runtime: a write in flight holds no thread,
+    /// so a reconnect storm's writes do not take the (bounded) blocking pool from reads. On a
+    /// paused test clock tokio may auto-advance while a write is in flight, as real time would
+    /// pass.
     async fn wait<T: Send + 'static>(
         result: tokio::sync::oneshot::Receiver<T>,
     ) -> Result<T, StoreError> {
-        tokio::task::spawn_blocking(move || result.blocking_recv())
-            .await
-            .map_err(|_| StoreError::Worker)?
-            .map_err(|_| StoreError::Worker)
+        result.await.map_err(|_| StoreError::Worker)
     }
 
     /// A read off the async runtime.
