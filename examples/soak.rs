@@ -247,7 +247,15 @@ fn main() -> anyhow::Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    rt.block_on(run(args))
+    rt.block_on(async {
+        // A signal would end the process without drops: the daemon (kill_on_drop) and the
+        // stand-in's bus would outlive the tool. Dropping the run stops them.
+        let interrupted = latchkey::shutdown_signal()?;
+        tokio::select! {
+            done = run(args) => done,
+            () = interrupted => bail!("interrupted: the daemon and the private bus were stopped"),
+        }
+    })
 }
 
 fn admin_token(bin: &Path, data: &Path) -> anyhow::Result<String> {
@@ -349,7 +357,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .arg(&config)
         .args(["serve", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
-        .env("LATCHKEY_LOG", "warn")
+        // The tool's own LATCHKEY_LOG, if set, reaches the daemon (e.g. `latchkey::listener=debug`).
+        .env(
+            "LATCHKEY_LOG",
+            std::env::var("LATCHKEY_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .env("LATCHKEY_MDNS", "off")
         .env_remove("NOTIFY_SOCKET")
         .stdin(std::process::Stdio::null())
