@@ -247,11 +247,11 @@ fn serve(config: Config) -> anyhow::Result<()> {
     result
 }
 
-/// The blocking pool's bound. Its work is serial underneath (one read connection behind a lock,
-/// one writer thread, one GPIO line at a time), so more threads only wait. tokio's default of
-/// 512 let each reconnect storm grow the pool to hundreds of threads that steady load then kept
-/// alive, each with its stack and its allocator cache (docs/RELIABILITY.md, "The heap across
-/// storms"). Past the bound, blocking jobs queue in order.
+/// The blocking pool's bound. Most of its work is serial underneath (one read connection behind
+/// a lock, one GPIO line at a time; writes go to the store's own thread), so more threads only
+/// wait. tokio's default of 512 let each reconnect storm grow the pool to hundreds of threads
+/// that steady load then kept alive, each with its stack and its allocator cache
+/// (docs/RELIABILITY.md, "The heap across storms"). Past the bound, blocking jobs queue in order.
 const BLOCKING_THREADS: usize = 16;
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
@@ -519,7 +519,8 @@ mod tests {
         // Holds the first jobs until the bound is reached, so every thread the pool may
         // start is started; without a bound all `jobs` would run at once.
         let full = Arc::new(Barrier::new(BLOCKING_THREADS));
-        let done = rt.block_on(async {
+        // Every job finishes (a job that never got a thread would hang the test here).
+        rt.block_on(async {
             let handles: Vec<_> = (0..jobs)
                 .map(|i| {
                     let (running, most, full) = (running.clone(), most.clone(), full.clone());
@@ -534,14 +535,10 @@ mod tests {
                     })
                 })
                 .collect();
-            let mut done = 0;
             for h in handles {
                 h.await.unwrap();
-                done += 1;
             }
-            done
         });
-        assert_eq!(done, jobs);
         assert_eq!(most.load(Ordering::SeqCst), BLOCKING_THREADS);
     }
 }

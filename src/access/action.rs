@@ -70,7 +70,7 @@ pub struct Grantee {
 
 /// One lock per GPIO line (chip path, offset), so two grants pulse one after the other. An
 /// async lock: a grant waiting for the line waits on the runtime, not on one of the few
-/// blocking threads (`cli::BLOCKING_THREADS`) the registry's reads and writes need.
+/// blocking threads (`cli::BLOCKING_THREADS`) the registry's reads need.
 type LineLocks = HashMap<(PathBuf, u32), Arc<tokio::sync::Mutex<()>>>;
 
 /// Runs endpoint actions; one per gateway.
